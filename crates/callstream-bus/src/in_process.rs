@@ -1,0 +1,391 @@
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::{Bus, BusError, BusStats, Event, Gap, PublishReport, Resume, SubscribeOptions, Topic};
+
+/// Sizes of the in-process backend.
+#[derive(Debug, Clone)]
+pub struct InProcessConfig {
+    /// Events kept per topic for resume (`Last-Event-ID`, `since`).
+    pub history_capacity: usize,
+    /// How long a topic's history is kept after its call ended, so late reconnects can resume.
+    pub ended_retention: Duration,
+    /// How long a topic with no subscribers and no publishes keeps its history.
+    pub idle_retention: Duration,
+}
+
+impl Default for InProcessConfig {
+    fn default() -> Self {
+        Self {
+            history_capacity: 128,
+            ended_retention: Duration::from_secs(300),
+            idle_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The embedded bus: every topic lives in this process.
+///
+/// Topics sit in a sharded map (`DashMap`), so two calls never contend on one lock; each topic
+/// has its own mutex, held only while a publish appends to the history and offers the event to
+/// each subscriber's queue with `try_send` (no awaiting under the lock).
+pub struct InProcessBus {
+    config: InProcessConfig,
+    topics: DashMap<Topic, Arc<TopicState>>,
+}
+
+struct TopicState {
+    inner: Mutex<TopicInner>,
+}
+
+struct TopicInner {
+    history: VecDeque<Arc<Event>>,
+    last_seq: u64,
+    subscribers: Vec<Subscriber>,
+    ended: bool,
+    touched: Instant,
+}
+
+struct Subscriber {
+    tx: mpsc::Sender<Arc<Event>>,
+    dropped: Counter,
+}
+
+impl TopicState {
+    fn lock(&self) -> MutexGuard<'_, TopicInner> {
+        // A panic while holding this lock cannot leave the history inconsistent (every update is
+        // a push or a retain), so a poisoned lock is still safe to use.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl InProcessBus {
+    pub fn new(config: InProcessConfig) -> Self {
+        Self {
+            config,
+            topics: DashMap::new(),
+        }
+    }
+
+    fn topic(&self, topic: &Topic) -> Arc<TopicState> {
+        if let Some(state) = self.topics.get(topic) {
+            return state.clone();
+        }
+        self.topics
+            .entry(topic.clone())
+            .or_insert_with(|| {
+                Arc::new(TopicState {
+                    inner: Mutex::new(TopicInner {
+                        history: VecDeque::new(),
+                        last_seq: 0,
+                        subscribers: Vec::new(),
+                        ended: false,
+                        touched: Instant::now(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets topics whose retention has passed. Runs from [`Bus::maintain`].
+    pub fn sweep(&self, now: Instant) {
+        self.topics.retain(|_, state| {
+            let mut inner = state.lock();
+            inner.subscribers.retain(|s| !s.tx.is_closed());
+            let age = now.saturating_duration_since(inner.touched);
+            let keep_for = if inner.ended {
+                self.config.ended_retention
+            } else {
+                self.config.idle_retention
+            };
+            !(inner.subscribers.is_empty() && age >= keep_for)
+        });
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, event: Arc<Event>) -> Result<PublishReport, BusError> {
+        let topic = self.topic(&Topic::of(event.envelope()));
+        let mut inner = topic.lock();
+        let mut report = PublishReport::default();
+        if event.seq() <= inner.last_seq || inner.ended {
+            return Ok(report);
+        }
+        inner.last_seq = event.seq();
+        inner.touched = Instant::now();
+        inner.history.push_back(event.clone());
+        while inner.history.len() > self.config.history_capacity {
+            inner.history.pop_front();
+        }
+        inner
+            .subscribers
+            .retain(|sub| match sub.tx.try_send(event.clone()) {
+                Ok(()) => {
+                    report.queued += 1;
+                    true
+                }
+                Err(TrySendError::Full(_)) => {
+                    sub.dropped.inc();
+                    report.dropped += 1;
+                    true
+                }
+                Err(TrySendError::Closed(_)) => false,
+            });
+        if event.envelope().payload.is_terminal() {
+            // Dropping the senders ends every subscription once it has drained its queue, so a
+            // subscriber learns that the call ended even if the terminal frame itself was dropped.
+            inner.ended = true;
+            inner.subscribers.clear();
+        }
+        Ok(report)
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        resume: Resume,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, BusError> {
+        let state = self.topic(topic);
+        let mut inner = state.lock();
+        let mut gap = None;
+        let backlog: VecDeque<Arc<Event>> = match resume {
+            Resume::Live => VecDeque::new(),
+            Resume::After(after) => {
+                if let Some(first) = inner.history.front() {
+                    if first.seq() > after + 1 {
+                        gap = Some(Gap {
+                            requested_after: after,
+                            first_available: first.seq(),
+                        });
+                    }
+                } else if inner.last_seq > after {
+                    gap = Some(Gap {
+                        requested_after: after,
+                        first_available: inner.last_seq + 1,
+                    });
+                }
+                inner
+                    .history
+                    .iter()
+                    .filter(|e| e.seq() > after)
+                    .cloned()
+                    .collect()
+            }
+        };
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        if !inner.ended {
+            inner.touched = Instant::now();
+            inner.subscribers.push(Subscriber {
+                tx,
+                dropped: options.dropped.clone(),
+            });
+        }
+        // When the topic has ended, `tx` is dropped here and the subscription ends after its
+        // backlog.
+        Ok(Subscription {
+            backlog,
+            rx,
+            gap,
+            dropped: options.dropped,
+        })
+    }
+
+    async fn maintain(&self) {
+        self.sweep(Instant::now());
+    }
+
+    fn stats(&self) -> BusStats {
+        let mut stats = BusStats {
+            topics: self.topics.len(),
+            subscribers: 0,
+        };
+        for state in &self.topics {
+            stats.subscribers += state.lock().subscribers.len();
+        }
+        stats
+    }
+}
+
+/// One subscriber's view of a topic: the resume backlog first, then live events, ending when
+/// the topic ends (after a terminal event) or the bus goes away.
+pub struct Subscription {
+    backlog: VecDeque<Arc<Event>>,
+    rx: mpsc::Receiver<Arc<Event>>,
+    gap: Option<Gap>,
+    dropped: Counter,
+}
+
+impl Subscription {
+    /// The next event, or `None` once the topic has ended and everything queued was taken.
+    pub async fn next(&mut self) -> Option<Arc<Event>> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Some(e);
+        }
+        self.rx.recv().await
+    }
+
+    /// Set when the resume point was older than the history.
+    pub fn gap(&self) -> Option<Gap> {
+        self.gap
+    }
+
+    /// The drop counter this subscription was given.
+    pub fn dropped(&self) -> &Counter {
+        &self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callstream_core::{CallId, Envelope, Payload, Subject, WorkspaceId, time};
+    use serde_json::json;
+
+    fn call() -> (WorkspaceId, CallId) {
+        (WorkspaceId::new(), CallId::new())
+    }
+
+    fn event(ws: &WorkspaceId, call: &CallId, seq: u64, terminal: bool) -> Arc<Event> {
+        let payload = if terminal {
+            Payload::parse("call.completed", json!({})).unwrap()
+        } else {
+            Payload::parse("call.dtmf", json!({"digits": "1"})).unwrap()
+        };
+        Event::new(
+            Envelope::new(
+                ws.clone(),
+                Subject::Call(call.clone()),
+                seq,
+                time::now(),
+                payload,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn opts(cap: usize) -> SubscribeOptions {
+        SubscribeOptions {
+            queue_capacity: cap,
+            dropped: Counter::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_newest_and_counts_without_blocking_others() {
+        let bus = InProcessBus::new(InProcessConfig::default());
+        let (ws, c) = call();
+        let topic = Topic::call(&ws, &c);
+        let mut slow = bus.subscribe(&topic, Resume::Live, opts(2)).await.unwrap();
+        let mut fast = bus.subscribe(&topic, Resume::Live, opts(64)).await.unwrap();
+        for seq in 1..=5 {
+            bus.publish(event(&ws, &c, seq, false)).await.unwrap();
+        }
+        for seq in 1..=5 {
+            assert_eq!(fast.next().await.unwrap().seq(), seq);
+        }
+        assert_eq!(slow.next().await.unwrap().seq(), 1);
+        assert_eq!(slow.next().await.unwrap().seq(), 2);
+        assert_eq!(slow.dropped().get(), 3);
+        assert_eq!(fast.dropped().get(), 0);
+    }
+
+    #[tokio::test]
+    async fn resume_serves_backlog_then_live_and_reports_gaps() {
+        let bus = InProcessBus::new(InProcessConfig {
+            history_capacity: 3,
+            ..Default::default()
+        });
+        let (ws, c) = call();
+        let topic = Topic::call(&ws, &c);
+        for seq in 1..=5 {
+            bus.publish(event(&ws, &c, seq, false)).await.unwrap();
+        }
+        let mut sub = bus
+            .subscribe(&topic, Resume::After(3), opts(8))
+            .await
+            .unwrap();
+        assert_eq!(sub.gap(), None);
+        bus.publish(event(&ws, &c, 6, false)).await.unwrap();
+        let seqs: Vec<u64> = [sub.next().await, sub.next().await, sub.next().await]
+            .into_iter()
+            .map(|e| e.unwrap().seq())
+            .collect();
+        assert_eq!(seqs, [4, 5, 6]);
+
+        let old = bus
+            .subscribe(&topic, Resume::After(1), opts(8))
+            .await
+            .unwrap();
+        assert_eq!(
+            old.gap(),
+            Some(Gap {
+                requested_after: 1,
+                first_available: 4
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_ignored_and_terminal_ends_subscriptions() {
+        let bus = InProcessBus::new(InProcessConfig::default());
+        let (ws, c) = call();
+        let topic = Topic::call(&ws, &c);
+        let mut sub = bus.subscribe(&topic, Resume::Live, opts(1)).await.unwrap();
+        bus.publish(event(&ws, &c, 1, false)).await.unwrap();
+        let again = bus.publish(event(&ws, &c, 1, false)).await.unwrap();
+        assert_eq!(again, PublishReport::default());
+        // The queue (1) is full: the terminal frame is dropped, yet the subscription still ends.
+        bus.publish(event(&ws, &c, 2, true)).await.unwrap();
+        assert_eq!(sub.next().await.unwrap().seq(), 1);
+        assert!(sub.next().await.is_none());
+
+        // A late subscriber to an ended topic gets the history and then the end.
+        let mut late = bus
+            .subscribe(&topic, Resume::After(0), opts(4))
+            .await
+            .unwrap();
+        assert_eq!(late.next().await.unwrap().seq(), 1);
+        assert_eq!(late.next().await.unwrap().seq(), 2);
+        assert!(late.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn encodings_are_computed_once_and_shared() {
+        let (ws, c) = call();
+        let e = event(&ws, &c, 1, false);
+        let slot = crate::FormatSlot::new(0);
+        let mut calls = 0;
+        let a = e.encoded(slot, |env| {
+            calls += 1;
+            Some(bytes::Bytes::from(env.to_json()))
+        });
+        let b = e.encoded(slot, |_| unreachable!("encoded twice"));
+        assert_eq!(calls, 1);
+        assert_eq!(a.unwrap().as_ptr(), b.unwrap().as_ptr());
+    }
+
+    #[tokio::test]
+    async fn sweep_forgets_ended_topics_after_retention() {
+        let bus = InProcessBus::new(InProcessConfig {
+            ended_retention: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let (ws, c) = call();
+        bus.publish(event(&ws, &c, 1, true)).await.unwrap();
+        assert_eq!(bus.stats().topics, 1);
+        bus.sweep(Instant::now());
+        assert_eq!(bus.stats().topics, 1);
+        bus.sweep(Instant::now() + Duration::from_secs(11));
+        assert_eq!(bus.stats().topics, 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! The bus: publish/subscribe of canonical event envelopes, per call and per conversation.
+//!
+//! One trait, [`Bus`], with the in-process backend ([`InProcessBus`]) as the embedded default;
+//! a NATS backend implements the same trait. Callers never learn which one they hold.
+//!
+//! Three promises hold for every backend:
+//! - **Shared frames.** An event travels as an [`Arc<Event>`]; each surface encodes it at most
+//!   once into a [`bytes::Bytes`] that every subscriber of that surface shares.
+//! - **Isolation.** Each subscription has its own bounded queue. When it is full the newest frame
+//!   is dropped for that subscriber and counted; the publisher is never blocked, so one consumer
+//!   that stops reading cannot slow any other.
+//! - **Resume.** A subscriber may ask for everything after a `seq` it already has; the backlog is
+//!   served from a bounded per-topic history ring, with a [`Gap`] reported when the ring no longer
+//!   reaches back that far.
+//!
+//! The bus knows envelopes and topics. It does not know surfaces, wire formats other than the
+//! envelope, the store, or who may read what: authorisation happens before anyone subscribes.
+
+mod event;
+mod in_process;
+mod topic;
+
+use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
+
+pub use event::{Event, FORMAT_SLOTS, FormatSlot};
+pub use in_process::{InProcessBus, InProcessConfig};
+pub use topic::Topic;
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The backend cannot be reached (a NATS server down, say). Retryable.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Only events published from now on.
+    Live,
+    /// Everything with a `seq` greater than this one that the history still holds, then live.
+    After(u64),
+}
+
+/// A subscriber's resume point is older than the history ring reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The seq the subscriber asked to resume after.
+    pub requested_after: u64,
+    /// The oldest seq the history still holds (the backlog starts there).
+    pub first_available: u64,
+}
+
+/// Per-subscription options.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// Frames that may wait for this subscriber before newer ones are dropped.
+    pub queue_capacity: usize,
+    /// Counts the frames dropped for this subscriber (shared with the surface's metric).
+    pub dropped: Counter,
+}
+
+/// What a publish did, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Subscribers whose queue took the event.
+    pub queued: usize,
+    /// Subscribers whose queue was full.
+    pub dropped: usize,
+}
+
+/// Gauges a backend reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    pub topics: usize,
+    pub subscribers: usize,
+}
+
+/// Publish/subscribe of event envelopes.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes one event to its topic. Events of one topic must be published in `seq` order;
+    /// an event whose `seq` is not above the last one published there is ignored (so a
+    /// republish after a retry is harmless). A terminal event (`call.completed`/`call.failed`)
+    /// ends the topic: subscriptions drain what they hold, then end.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the backend cannot take it.
+    async fn publish(&self, event: std::sync::Arc<Event>) -> Result<PublishReport, BusError>;
+
+    /// Subscribes to one topic.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the backend cannot take it.
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        resume: Resume,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, BusError>;
+
+    /// Housekeeping the server runs every few seconds (expiring idle history, say).
+    async fn maintain(&self) {}
+
+    fn stats(&self) -> BusStats;
+}
+
+pub use in_process::Subscription;

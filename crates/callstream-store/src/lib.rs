@@ -1,0 +1,202 @@
+//! callstream's durable records: workspaces, hashed keys, calls, final transcript turns and
+//! conversations, behind one trait, [`Store`].
+//!
+//! SQLite ([`SqliteStore`]) is the embedded default. The store is also the single authority for
+//! event `seq` numbers: [`Store::append_call_events`] assigns them in the same transaction that
+//! records what the events change, so several gateway nodes ingesting for one call still produce
+//! one gap-free sequence.
+//!
+//! The store knows records and SQL. It does not know HTTP, the bus, key secrets (only their
+//! hashes) or who is asking: every read of a workspace's data takes that workspace's id.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use callstream_core::event::{Role, Transcription};
+use callstream_core::id::KeyId;
+use callstream_core::{
+    Call, CallId, CallStatus, Conversation, ConversationId, Envelope, EventId, KeyKind, Payload,
+    TurnId, Workspace, WorkspaceId,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist in that workspace.
+    #[error("not found")]
+    NotFound,
+    /// The call has ended; nothing more may be appended to it.
+    #[error("call has already ended ({0})")]
+    CallEnded(CallStatus),
+    /// The request contradicts itself or the stored state.
+    #[error("{0}")]
+    Invalid(String),
+    /// A stored value could not be read back (a bug or a hand-edited database).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stored key: what a presented secret resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub workspace_id: WorkspaceId,
+    pub kind: KeyKind,
+    pub key_hash: [u8; 32],
+    /// The first characters of the secret (`pk_live_ab12…`), to tell keys apart in listings.
+    pub hint: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// One event to append: everything but the `seq`, which the store assigns.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub timestamp: DateTime<Utc>,
+    pub payload: Payload,
+}
+
+impl NewEvent {
+    pub fn new(timestamp: DateTime<Utc>, payload: Payload) -> Self {
+        Self {
+            event_id: EventId::new(),
+            timestamp,
+            payload,
+        }
+    }
+}
+
+/// Which calls to list.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub status: Option<CallStatus>,
+    /// Calls that started at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// One final transcript turn.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TranscriptTurn {
+    pub turn_id: TurnId,
+    /// The seq of the final `call.transcription` event that recorded it.
+    pub seq: u64,
+    pub role: Role,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_start: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_end: Option<f64>,
+    #[serde(with = "callstream_core::time::millis")]
+    pub ts: DateTime<Utc>,
+}
+
+impl TranscriptTurn {
+    /// The final turn a `call.transcription` event records, if it is final.
+    pub fn from_event(seq: u64, ts: DateTime<Utc>, t: &Transcription) -> Option<Self> {
+        t.is_final.then(|| Self {
+            turn_id: t.turn_id.clone(),
+            seq,
+            role: t.role,
+            text: t.text.clone(),
+            confidence: t.confidence,
+            segment_start: t.segment_start,
+            segment_end: t.segment_end,
+            ts,
+        })
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The events with their seqs, in order, ready to publish.
+    pub envelopes: Vec<Envelope>,
+    /// The call after the append (status changed if a terminal event was among them).
+    pub call: Call,
+}
+
+/// callstream's durable state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Returns the workspace with this name, creating it on first use.
+    async fn ensure_workspace(&self, name: &str) -> Result<Workspace>;
+
+    async fn workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>>;
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+
+    /// The key whose secret hashes to `hash`, revoked or not.
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>>;
+
+    /// Records a new call. Its `last_seq` must be 0; events follow through
+    /// [`Store::append_call_events`].
+    async fn create_call(&self, call: &Call) -> Result<()>;
+
+    async fn call(&self, workspace: &WorkspaceId, id: &CallId) -> Result<Option<Call>>;
+
+    async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>>;
+
+    /// Assigns the next seqs of the call to `events`, records final transcript turns, and ends the
+    /// call if the last event is terminal — all in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown call or one of another workspace,
+    /// [`StoreError::CallEnded`] once the call has ended, [`StoreError::Invalid`] when a terminal
+    /// event is not last or a payload belongs to conversations.
+    async fn append_call_events(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended>;
+
+    /// The call's final transcript turns in the order they were spoken (by seq).
+    async fn transcript(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Result<Vec<TranscriptTurn>>;
+
+    async fn create_conversation(&self, conversation: &Conversation) -> Result<()>;
+
+    async fn conversation(
+        &self,
+        workspace: &WorkspaceId,
+        id: &ConversationId,
+    ) -> Result<Option<Conversation>>;
+
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Checks a batch before any seq is assigned: only call events, and a terminal event only last.
+pub(crate) fn check_call_batch(events: &[NewEvent]) -> Result<()> {
+    for (i, e) in events.iter().enumerate() {
+        let ty = e.payload.event_type();
+        if ty.subject_kind() != callstream_core::event::SubjectKind::Call {
+            return Err(StoreError::Invalid(format!(
+                "events[{i}].event_type: {ty} is not a call event"
+            )));
+        }
+        if e.payload.is_terminal() && i + 1 != events.len() {
+            return Err(StoreError::Invalid(format!(
+                "events[{i}]: {ty} ends the call, so it must be the last event of the batch"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,680 @@
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use callstream_core::event::Role;
+use callstream_core::id::KeyId;
+use callstream_core::{
+    Call, CallId, CallStatus, Channel, Conversation, ConversationId, ConversationMode, Direction,
+    Envelope, KeyKind, Payload, Phone, Subject, Transport, Workspace, WorkspaceId, time,
+};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use crate::{
+    Appended, CallFilter, KeyRecord, NewEvent, Result, Store, StoreError, TranscriptTurn,
+    check_call_batch,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The embedded store: one SQLite file in write-ahead-log mode.
+///
+/// WAL lets readers run beside the one writer, and lets `callstream keys create` write from
+/// another process while the server runs. Every write transaction starts with `BEGIN IMMEDIATE`
+/// so that it takes the write lock up front and waits on `busy_timeout`, instead of failing with
+/// `SQLITE_BUSY` when it upgrades from a read.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs pending migrations.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or a migration fails.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn ts(text: &str) -> Result<DateTime<Utc>> {
+    time::parse(text).map_err(|e| StoreError::Corrupt(format!("timestamp {text:?}: {e}")))
+}
+
+fn ts_opt(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref().map(ts).transpose()
+}
+
+fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {value}"))
+}
+
+fn seq_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn workspace_row(row: &SqliteRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: WorkspaceId::parse(row.try_get("id")?).map_err(|e| corrupt("workspace id", e))?,
+        name: row.try_get("name")?,
+        auth_id: row.try_get("auth_id")?,
+        created_at: ts(row.try_get("created_at")?)?,
+    })
+}
+
+fn key_row(row: &SqliteRow) -> Result<KeyRecord> {
+    let hash: Vec<u8> = row.try_get("key_hash")?;
+    let kind: &str = row.try_get("kind")?;
+    Ok(KeyRecord {
+        id: KeyId::parse(row.try_get("id")?).map_err(|e| corrupt("key id", e))?,
+        workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+            .map_err(|e| corrupt("workspace id", e))?,
+        kind: KeyKind::parse(kind).ok_or_else(|| corrupt("key kind", kind))?,
+        key_hash: hash
+            .try_into()
+            .map_err(|_| corrupt("key hash", "not 32 bytes"))?,
+        hint: row.try_get("hint")?,
+        created_at: ts(row.try_get("created_at")?)?,
+        revoked: row.try_get::<Option<String>, _>("revoked_at")?.is_some(),
+    })
+}
+
+fn call_row(row: &SqliteRow) -> Result<Call> {
+    let direction: &str = row.try_get("direction")?;
+    let transport: &str = row.try_get("transport")?;
+    let status: &str = row.try_get("status")?;
+    Ok(Call {
+        id: CallId::parse(row.try_get("id")?).map_err(|e| corrupt("call id", e))?,
+        workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+            .map_err(|e| corrupt("workspace id", e))?,
+        phone: Phone::parse(row.try_get("phone")?).map_err(|e| corrupt("phone", e))?,
+        direction: Direction::parse(direction).ok_or_else(|| corrupt("direction", direction))?,
+        transport: Transport::parse(transport).ok_or_else(|| corrupt("transport", transport))?,
+        external_id: row.try_get("external_id")?,
+        status: CallStatus::parse(status).ok_or_else(|| corrupt("status", status))?,
+        live_conversation_token: row.try_get("live_conversation_token")?,
+        started_at: ts(row.try_get("started_at")?)?,
+        ended_at: ts_opt(row.try_get("ended_at")?)?,
+        last_seq: seq_of(row.try_get("last_seq")?),
+    })
+}
+
+fn turn_row(row: &SqliteRow) -> Result<TranscriptTurn> {
+    let role: &str = row.try_get("role")?;
+    Ok(TranscriptTurn {
+        turn_id: callstream_core::TurnId::parse(row.try_get("turn_id")?)
+            .map_err(|e| corrupt("turn id", e))?,
+        seq: seq_of(row.try_get("seq")?),
+        role: match role {
+            "user" => Role::User,
+            "agent" => Role::Agent,
+            other => return Err(corrupt("role", other)),
+        },
+        text: row.try_get("text")?,
+        confidence: row.try_get("confidence")?,
+        segment_start: row.try_get("segment_start")?,
+        segment_end: row.try_get("segment_end")?,
+        ts: ts(row.try_get("ts")?)?,
+    })
+}
+
+fn conversation_row(row: &SqliteRow) -> Result<Conversation> {
+    let channel: &str = row.try_get("channel")?;
+    let mode: &str = row.try_get("mode")?;
+    let participants: &str = row.try_get("participants")?;
+    Ok(Conversation {
+        id: ConversationId::parse(row.try_get("id")?).map_err(|e| corrupt("conversation id", e))?,
+        workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+            .map_err(|e| corrupt("workspace id", e))?,
+        channel: Channel::parse(channel).ok_or_else(|| corrupt("channel", channel))?,
+        participants: serde_json::from_str(participants).map_err(|e| corrupt("participants", e))?,
+        mode: ConversationMode::parse(mode).ok_or_else(|| corrupt("mode", mode))?,
+        created_at: ts(row.try_get("created_at")?)?,
+        last_seq: seq_of(row.try_get("last_seq")?),
+    })
+}
+
+/// `SELECT <every call column> FROM calls <rest>`, as one static string (sqlx takes only static
+/// SQL without an explicit assertion, which keeps injection out by construction).
+macro_rules! call_select {
+    ($rest:literal $(,)?) => {
+        concat!(
+            "SELECT id, workspace_id, phone, direction, transport, external_id, status, \
+             live_conversation_token, started_at, ended_at, last_seq FROM calls ",
+            $rest
+        )
+    };
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ensure_workspace(&self, name: &str) -> Result<Workspace> {
+        let candidate = Workspace {
+            id: WorkspaceId::new(),
+            name: name.to_owned(),
+            auth_id: Workspace::new_auth_id(),
+            created_at: time::now(),
+        };
+        // INSERT OR IGNORE then SELECT makes concurrent first uses of one name agree on one row.
+        sqlx::query("INSERT OR IGNORE INTO workspaces (id, name, auth_id, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(candidate.id.as_str())
+            .bind(&candidate.name)
+            .bind(&candidate.auth_id)
+            .bind(time::format(&candidate.created_at))
+            .execute(&self.pool)
+            .await?;
+        let row =
+            sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+        workspace_row(&row)
+    }
+
+    async fn workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>> {
+        let row = sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(workspace_row).transpose()
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace_id, kind, key_hash, hint, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.workspace_id.as_str())
+        .bind(key.kind.as_str())
+        .bind(&key.key_hash[..])
+        .bind(&key.hint)
+        .bind(time::format(&key.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at \
+             FROM api_keys WHERE key_hash = $1",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn create_call(&self, call: &Call) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO calls (id, workspace_id, phone, direction, transport, external_id, status, \
+             live_conversation_token, started_at, ended_at, last_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
+        )
+        .bind(call.id.as_str())
+        .bind(call.workspace_id.as_str())
+        .bind(call.phone.as_str())
+        .bind(call.direction.as_str())
+        .bind(call.transport.as_str())
+        .bind(call.external_id.as_deref())
+        .bind(call.status.as_str())
+        .bind(&call.live_conversation_token)
+        .bind(time::format(&call.started_at))
+        .bind(call.ended_at.as_ref().map(time::format))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn call(&self, workspace: &WorkspaceId, id: &CallId) -> Result<Option<Call>> {
+        let sql = call_select!("WHERE workspace_id = $1 AND id = $2");
+        let row = sqlx::query(sql)
+            .bind(workspace.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(call_row).transpose()
+    }
+
+    async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>> {
+        let sql = call_select!(
+            "WHERE workspace_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR started_at >= $3) \
+             ORDER BY started_at DESC, id LIMIT $4",
+        );
+        let rows = sqlx::query(sql)
+            .bind(workspace.as_str())
+            .bind(filter.status.map(CallStatus::as_str))
+            .bind(filter.since.as_ref().map(time::format))
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(call_row).collect()
+    }
+
+    async fn append_call_events(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        check_call_batch(&events)?;
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The UPDATE is the seq authority: it reserves `count` numbers atomically, and only while
+        // the call is still in progress.
+        let reserved = sqlx::query(
+            "UPDATE calls SET last_seq = last_seq + $1 \
+             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(reserved) = reserved else {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
+                    .bind(workspace.as_str())
+                    .bind(call_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match status.as_deref().and_then(CallStatus::parse) {
+                Some(status) => StoreError::CallEnded(status),
+                None => StoreError::NotFound,
+            });
+        };
+        let last = seq_of(reserved.try_get(0)?);
+        let first = last + 1 - events.len() as u64;
+
+        let mut envelopes = Vec::with_capacity(events.len());
+        let mut end: Option<(CallStatus, DateTime<Utc>)> = None;
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as u64;
+            match &event.payload {
+                Payload::Transcription(t) => {
+                    if let Some(turn) = TranscriptTurn::from_event(seq, event.timestamp, t) {
+                        insert_turn(&mut tx, call_id, &turn).await?;
+                    }
+                }
+                Payload::Completed(_) => end = Some((CallStatus::Completed, event.timestamp)),
+                Payload::Failed(_) => end = Some((CallStatus::Failed, event.timestamp)),
+                _ => {}
+            }
+            let mut env = Envelope::new(
+                workspace.clone(),
+                Subject::Call(call_id.clone()),
+                seq,
+                event.timestamp,
+                event.payload,
+            )
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            env.event_id = event.event_id;
+            envelopes.push(env);
+        }
+        if let Some((status, at)) = end {
+            sqlx::query("UPDATE calls SET status = $1, ended_at = $2 WHERE id = $3")
+                .bind(status.as_str())
+                .bind(time::format(&at))
+                .bind(call_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(call_select!("WHERE id = $1"))
+            .bind(call_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let call = call_row(&row)?;
+        tx.commit().await?;
+        Ok(Appended { envelopes, call })
+    }
+
+    async fn transcript(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Result<Vec<TranscriptTurn>> {
+        let rows = sqlx::query(
+            "SELECT t.turn_id, t.seq, t.role, t.text, t.confidence, t.segment_start, t.segment_end, t.ts \
+             FROM transcript_turns t JOIN calls c ON c.id = t.call_id \
+             WHERE c.workspace_id = $1 AND c.id = $2 ORDER BY t.seq",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(turn_row).collect()
+    }
+
+    async fn create_conversation(&self, c: &Conversation) -> Result<()> {
+        let participants = serde_json::to_string(&c.participants)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO conversations (id, workspace_id, channel, participants, mode, created_at, last_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0)",
+        )
+        .bind(c.id.as_str())
+        .bind(c.workspace_id.as_str())
+        .bind(c.channel.as_str())
+        .bind(participants)
+        .bind(c.mode.as_str())
+        .bind(time::format(&c.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn conversation(
+        &self,
+        workspace: &WorkspaceId,
+        id: &ConversationId,
+    ) -> Result<Option<Conversation>> {
+        let row = sqlx::query(
+            "SELECT id, workspace_id, channel, participants, mode, created_at, last_seq \
+             FROM conversations WHERE workspace_id = $1 AND id = $2",
+        )
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(conversation_row).transpose()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+async fn insert_turn(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    call: &CallId,
+    turn: &TranscriptTurn,
+) -> Result<()> {
+    // A second final for the same turn (a correction) replaces the first.
+    sqlx::query(
+        "INSERT OR REPLACE INTO transcript_turns \
+         (call_id, turn_id, seq, role, text, confidence, segment_start, segment_end, ts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(call.as_str())
+    .bind(turn.turn_id.as_str())
+    .bind(i64::try_from(turn.seq).unwrap_or(i64::MAX))
+    .bind(match turn.role {
+        Role::User => "user",
+        Role::Agent => "agent",
+    })
+    .bind(&turn.text)
+    .bind(turn.confidence)
+    .bind(turn.segment_start)
+    .bind(turn.segment_end)
+    .bind(time::format(&turn.ts))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callstream_core::TurnId;
+    use serde_json::json;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cs.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn new_call(ws: &WorkspaceId) -> Call {
+        Call {
+            id: CallId::new(),
+            workspace_id: ws.clone(),
+            phone: Phone::parse("+14155550123").unwrap(),
+            direction: Direction::Inbound,
+            transport: Transport::Sip,
+            external_id: Some("CA0123".into()),
+            status: CallStatus::InProgress,
+            live_conversation_token: Call::new_live_conversation_token(),
+            started_at: time::now(),
+            ended_at: None,
+            last_seq: 0,
+        }
+    }
+
+    fn ev(ty: &str, payload: serde_json::Value) -> NewEvent {
+        NewEvent::new(time::now(), Payload::parse(ty, payload).unwrap())
+    }
+
+    fn turn(id: &TurnId, text: &str, is_final: bool) -> NewEvent {
+        ev(
+            "call.transcription",
+            json!({"role": "user", "text": text, "is_final": is_final, "turn_id": id}),
+        )
+    }
+
+    #[tokio::test]
+    async fn seqs_are_gap_free_and_finals_are_kept_across_reopen() {
+        let (dir, store) = store().await;
+        let ws = store.ensure_workspace("acme").await.unwrap();
+        assert_eq!(store.ensure_workspace("acme").await.unwrap(), ws);
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        let t1 = TurnId::new();
+        let a = store
+            .append_call_events(
+                &ws.id,
+                &call.id,
+                vec![turn(&t1, "hel", false), turn(&t1, "hello", true)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            a.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let b = store
+            .append_call_events(
+                &ws.id,
+                &call.id,
+                vec![ev("call.completed", json!({"reason": "hangup"}))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(b.envelopes[0].seq, 3);
+        assert_eq!(b.call.status, CallStatus::Completed);
+        assert!(b.call.ended_at.is_some());
+        drop(store);
+
+        let store = SqliteStore::open(&dir.path().join("cs.db")).await.unwrap();
+        let got = store.call(&ws.id, &call.id).await.unwrap().unwrap();
+        assert_eq!((got.status, got.last_seq), (CallStatus::Completed, 3));
+        let turns = store.transcript(&ws.id, &call.id).await.unwrap();
+        assert_eq!(turns.len(), 1);
+        assert_eq!((turns[0].text.as_str(), turns[0].seq), ("hello", 2));
+        let more = store
+            .append_call_events(
+                &ws.id,
+                &call.id,
+                vec![ev("call.dtmf", json!({"digits": "1"}))],
+            )
+            .await;
+        assert!(
+            matches!(more, Err(StoreError::CallEnded(CallStatus::Completed))),
+            "{more:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_workspace_sees_nothing() {
+        let (_dir, store) = store().await;
+        let a = store.ensure_workspace("a").await.unwrap();
+        let b = store.ensure_workspace("b").await.unwrap();
+        let call = new_call(&a.id);
+        store.create_call(&call).await.unwrap();
+        assert!(store.call(&b.id, &call.id).await.unwrap().is_none());
+        assert!(
+            store
+                .calls(
+                    &b.id,
+                    &CallFilter {
+                        limit: 10,
+                        ..Default::default()
+                    }
+                )
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.transcript(&b.id, &call.id).await.unwrap().is_empty());
+        let r = store
+            .append_call_events(
+                &b.id,
+                &call.id,
+                vec![ev("call.dtmf", json!({"digits": "1"}))],
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::NotFound)));
+        // Nothing was reserved on the real call by the refused append.
+        assert_eq!(
+            store.call(&a.id, &call.id).await.unwrap().unwrap().last_seq,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn terminal_must_be_last_and_concurrent_appends_never_share_a_seq() {
+        let (_dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        let bad = store
+            .append_call_events(
+                &ws.id,
+                &call.id,
+                vec![
+                    ev("call.completed", json!({})),
+                    ev("call.dtmf", json!({"digits": "1"})),
+                ],
+            )
+            .await;
+        assert!(matches!(bad, Err(StoreError::Invalid(_))));
+
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, ws, id) = (store.clone(), ws.id.clone(), call.id.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for _ in 0..10 {
+                    let a = store
+                        .append_call_events(&ws, &id, vec![ev("call.dtmf", json!({"digits": "1"}))])
+                        .await
+                        .unwrap();
+                    seqs.push(a.envelopes[0].seq);
+                }
+                seqs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=80).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn keys_resolve_by_hash_and_filters_apply() {
+        let (_dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let key = KeyRecord {
+            id: KeyId::new(),
+            workspace_id: ws.id.clone(),
+            kind: KeyKind::Runtime,
+            key_hash: [7; 32],
+            hint: "rk_live_ab".into(),
+            created_at: time::now(),
+            revoked: false,
+        };
+        store.insert_key(&key).await.unwrap();
+        assert_eq!(store.key_by_hash(&[7; 32]).await.unwrap(), Some(key));
+        assert_eq!(store.key_by_hash(&[8; 32]).await.unwrap(), None);
+
+        let live = new_call(&ws.id);
+        let done = new_call(&ws.id);
+        store.create_call(&live).await.unwrap();
+        store.create_call(&done).await.unwrap();
+        store
+            .append_call_events(
+                &ws.id,
+                &done.id,
+                vec![ev("call.failed", json!({"reason": "busy"}))],
+            )
+            .await
+            .unwrap();
+        let active = store
+            .calls(
+                &ws.id,
+                &CallFilter {
+                    status: Some(CallStatus::InProgress),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            active.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            [live.id]
+        );
+        let future = store
+            .calls(
+                &ws.id,
+                &CallFilter {
+                    since: Some(time::now() + chrono::Duration::hours(1)),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(future.is_empty());
+    }
+
+    #[tokio::test]
+    async fn conversations_survive_reopen() {
+        let (dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let c = Conversation {
+            id: ConversationId::new(),
+            workspace_id: ws.id.clone(),
+            channel: Channel::Whatsapp,
+            participants: vec!["+14155550123".into()],
+            mode: ConversationMode::Ai,
+            created_at: time::now(),
+            last_seq: 0,
+        };
+        store.create_conversation(&c).await.unwrap();
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("cs.db")).await.unwrap();
+        assert_eq!(store.conversation(&ws.id, &c.id).await.unwrap(), Some(c));
+    }
+}
