@@ -286,9 +286,8 @@ impl<'a> From<&'a str> for RateValue<'a> {
 
 fn parse_hz(text: &str) -> Result<u64, FormatError> {
     let text = text.trim();
-    text.parse().map_err(|_| FormatError::MalformedRate {
-        value: echo(text),
-    })
+    text.parse()
+        .map_err(|_| FormatError::MalformedRate { value: echo(text) })
 }
 
 // === impl MediaFormat ===
@@ -333,10 +332,12 @@ impl MediaFormat {
     /// [`FormatError::UnsupportedRate`] for G.711 at 16 kHz, which no telephony peer sends.
     pub fn new(encoding: Encoding, sample_rate: SampleRate) -> Result<Self, FormatError> {
         match (encoding, sample_rate) {
-            (Encoding::L16, _) | (Encoding::Mulaw | Encoding::Alaw, SampleRate::Hz8000) => Ok(Self {
-                encoding,
-                sample_rate,
-            }),
+            (Encoding::L16, _) | (Encoding::Mulaw | Encoding::Alaw, SampleRate::Hz8000) => {
+                Ok(Self {
+                    encoding,
+                    sample_rate,
+                })
+            }
             (Encoding::Mulaw | Encoding::Alaw, SampleRate::Hz16000) => {
                 Err(FormatError::UnsupportedRate {
                     encoding,
@@ -398,9 +399,7 @@ impl MediaFormat {
                 }
                 in_content_type = Some(parse_hz(value)?);
             } else if name.eq_ignore_ascii_case("channels") && value != "1" {
-                return Err(FormatError::UnsupportedChannels {
-                    value: echo(value),
-                });
+                return Err(FormatError::UnsupportedChannels { value: echo(value) });
             }
         }
 
@@ -515,48 +514,95 @@ mod tests {
             ("audio/PCMU", Ok(MediaFormat::MULAW_8K)),
             ("audio/x-mulaw", Ok(MediaFormat::MULAW_8K)),
             ("audio/pcma", Ok(MediaFormat::ALAW_8K)),
-            ("audio/x-l16", Err(FormatError::MissingRate {
-                encoding: Encoding::L16,
-            })),
-            ("audio/x-l16;rate=44100", Err(unsupported(Encoding::L16, 44100))),
+            (
+                "audio/x-l16",
+                Err(FormatError::MissingRate {
+                    encoding: Encoding::L16,
+                }),
+            ),
+            (
+                "audio/x-l16;rate=44100",
+                Err(unsupported(Encoding::L16, 44100)),
+            ),
             ("audio/x-l16;rate=0", Err(unsupported(Encoding::L16, 0))),
-            ("audio/x-mulaw;rate=16000", Err(unsupported(Encoding::Mulaw, 16000))),
-            ("audio/x-alaw;rate=16000", Err(unsupported(Encoding::Alaw, 16000))),
-            ("audio/x-l16;rate=16k", Err(FormatError::MalformedRate {
-                value: "16k".to_owned(),
-            })),
-            ("audio/x-l16;rate=-8000", Err(FormatError::MalformedRate {
-                value: "-8000".to_owned(),
-            })),
-            ("audio/x-l16;rate", Err(FormatError::MalformedParameter {
-                parameter: "rate".to_owned(),
-            })),
+            (
+                "audio/x-mulaw;rate=16000",
+                Err(unsupported(Encoding::Mulaw, 16000)),
+            ),
+            (
+                "audio/x-alaw;rate=16000",
+                Err(unsupported(Encoding::Alaw, 16000)),
+            ),
+            (
+                "audio/x-l16;rate=16k",
+                Err(FormatError::MalformedRate {
+                    value: "16k".to_owned(),
+                }),
+            ),
+            (
+                "audio/x-l16;rate=-8000",
+                Err(FormatError::MalformedRate {
+                    value: "-8000".to_owned(),
+                }),
+            ),
+            (
+                "audio/x-l16;rate",
+                Err(FormatError::MalformedParameter {
+                    parameter: "rate".to_owned(),
+                }),
+            ),
             (
                 "audio/x-l16;rate=8000;rate=8000",
                 Err(FormatError::MalformedParameter {
                     parameter: "rate=8000".to_owned(),
                 }),
             ),
-            ("audio/x-l16;rate=8000;channels=2", Err(FormatError::UnsupportedChannels {
-                value: "2".to_owned(),
-            })),
+            (
+                "audio/x-l16;rate=8000;channels=2",
+                Err(FormatError::UnsupportedChannels {
+                    value: "2".to_owned(),
+                }),
+            ),
             ("audio/opus;rate=48000", Err(unknown("audio/opus"))),
-            ("audio/x-l16 rate=8000", Err(unknown("audio/x-l16 rate=8000"))),
+            (
+                "audio/x-l16 rate=8000",
+                Err(unknown("audio/x-l16 rate=8000")),
+            ),
             ("", Err(unknown(""))),
         ];
         for (content_type, expected) in cases {
-            assert_eq!(&MediaFormat::parse(content_type), expected, "{content_type:?}");
+            assert_eq!(
+                &MediaFormat::parse(content_type),
+                expected,
+                "{content_type:?}"
+            );
         }
     }
 
     #[test]
     fn parse_with_separate_rate() {
-        let cases: &[(&str, Option<RateValue<'_>>, Result<MediaFormat, FormatError>)] = &[
+        let cases: &[(
+            &str,
+            Option<RateValue<'_>>,
+            Result<MediaFormat, FormatError>,
+        )] = &[
             // Plivo: a number.
-            ("audio/x-l16", Some(RateValue::Number(16000)), Ok(MediaFormat::L16_16K)),
+            (
+                "audio/x-l16",
+                Some(RateValue::Number(16000)),
+                Ok(MediaFormat::L16_16K),
+            ),
             // Twilio: a string.
-            ("audio/x-mulaw", Some(RateValue::Text("8000")), Ok(MediaFormat::MULAW_8K)),
-            ("audio/x-l16", Some(RateValue::Text(" 8000 ")), Ok(MediaFormat::L16_8K)),
+            (
+                "audio/x-mulaw",
+                Some(RateValue::Text("8000")),
+                Ok(MediaFormat::MULAW_8K),
+            ),
+            (
+                "audio/x-l16",
+                Some(RateValue::Text(" 8000 ")),
+                Ok(MediaFormat::L16_8K),
+            ),
             (
                 "audio/x-l16;rate=16000",
                 Some(RateValue::Number(16000)),
@@ -587,7 +633,11 @@ mod tests {
                 Some(RateValue::Number(22050)),
                 Err(unsupported(Encoding::L16, 22050)),
             ),
-            ("audio/wav", Some(RateValue::Number(8000)), Err(unknown("audio/wav"))),
+            (
+                "audio/wav",
+                Some(RateValue::Number(8000)),
+                Err(unknown("audio/wav")),
+            ),
         ];
         for (content_type, rate, expected) in cases {
             assert_eq!(
@@ -633,11 +683,20 @@ mod tests {
         let format = MediaFormat::L16_16K;
         assert_eq!(format.duration_of(0), Duration::ZERO);
         assert_eq!(format.duration_of(1), Duration::ZERO);
-        assert_eq!(format.duration_of(2), Duration::from_micros(62) + Duration::from_nanos(500));
+        assert_eq!(
+            format.duration_of(2),
+            Duration::from_micros(62) + Duration::from_nanos(500)
+        );
         assert_eq!(format.duration_of(32_000), Duration::from_secs(1));
         assert_eq!(format.bytes_for(Duration::from_secs(1)), 32_000);
-        assert_eq!(MediaFormat::MULAW_8K.bytes_for(Duration::from_micros(125)), 1);
-        assert_eq!(MediaFormat::MULAW_8K.bytes_for(Duration::from_micros(124)), 0);
+        assert_eq!(
+            MediaFormat::MULAW_8K.bytes_for(Duration::from_micros(125)),
+            1
+        );
+        assert_eq!(
+            MediaFormat::MULAW_8K.bytes_for(Duration::from_micros(124)),
+            0
+        );
         assert!(MediaFormat::MULAW_8K.duration_of(usize::MAX) > Duration::from_secs(1 << 40));
     }
 
@@ -666,8 +725,14 @@ mod tests {
     fn error_messages_name_the_wrong_part() {
         let cases = [
             ("audio/opus", "unknown audio encoding \"audio/opus\""),
-            ("audio/x-mulaw;rate=16000", "16000 Hz is not supported for audio/x-mulaw"),
-            ("audio/x-l16;rate=abc", "sample rate \"abc\" is not a whole number"),
+            (
+                "audio/x-mulaw;rate=16000",
+                "16000 Hz is not supported for audio/x-mulaw",
+            ),
+            (
+                "audio/x-l16;rate=abc",
+                "sample rate \"abc\" is not a whole number",
+            ),
             ("audio/x-l16", "no sample rate given for audio/x-l16"),
         ];
         for (content_type, fragment) in cases {
@@ -684,7 +749,10 @@ mod tests {
         assert_eq!(Encoding::L16.encode_into(&[0x0102], &mut bytes), Ok(2));
         assert_eq!(bytes, [0x02, 0x01]);
         let mut samples = [0_i16; 2];
-        assert_eq!(Encoding::Mulaw.decode_into(&[0x00, 0x80], &mut samples), Ok(2));
+        assert_eq!(
+            Encoding::Mulaw.decode_into(&[0x00, 0x80], &mut samples),
+            Ok(2)
+        );
         assert_eq!(samples, [-32124, 32124]);
         for encoding in [Encoding::Mulaw, Encoding::Alaw, Encoding::L16] {
             let silence = [encoding.silence_byte(); 2];
@@ -692,7 +760,11 @@ mod tests {
             encoding
                 .decode_into(&silence[..encoding.bytes_per_sample()], &mut decoded)
                 .expect("one sample");
-            assert!(decoded[0].abs() <= 8, "{encoding} silence decodes to {}", decoded[0]);
+            assert!(
+                decoded[0].abs() <= 8,
+                "{encoding} silence decodes to {}",
+                decoded[0]
+            );
         }
     }
 }

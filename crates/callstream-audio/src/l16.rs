@@ -40,7 +40,7 @@ pub const BYTES_PER_SAMPLE: usize = 2;
 ///
 /// On error `out` is left untouched.
 pub fn decode_into(bytes: &[u8], order: ByteOrder, out: &mut [i16]) -> Result<usize, CodecError> {
-    if bytes.len() % BYTES_PER_SAMPLE != 0 {
+    if !bytes.len().is_multiple_of(BYTES_PER_SAMPLE) {
         return Err(CodecError::OddByteCount { len: bytes.len() });
     }
     let count = bytes.len() / BYTES_PER_SAMPLE;

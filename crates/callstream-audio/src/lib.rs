@@ -13,7 +13,7 @@
 //! Map:
 //! - [`g711`]: per-sample and slice encode/decode for mu-law and A-law.
 //! - [`l16`]: 16-bit PCM to and from bytes in an explicit [`l16::ByteOrder`].
-//! - [`format`]: [`Encoding`], [`SampleRate`], [`MediaFormat`] and content-type parsing.
+//! - [`format`](mod@format): [`Encoding`], [`SampleRate`], [`MediaFormat`] and content-type parsing.
 //! - [`resample`]: streaming half-band [`Upsampler`] and [`Downsampler`] (factor 2).
 //! - [`framer`]: [`Framer`], arbitrary chunks in, whole 20 ms frames out, bounded.
 //! - [`transcode`]: [`Transcoder`], one frame from any supported format to any other.

@@ -234,6 +234,12 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// Takes the resume backlog out, leaving only live events to [`Subscription::next`]. Lets a
+    /// surface pick from the history (say, only the in-flight turn) instead of replaying it all.
+    pub fn take_backlog(&mut self) -> VecDeque<Arc<Event>> {
+        std::mem::take(&mut self.backlog)
+    }
+
     /// Set when the resume point was older than the history.
     pub fn gap(&self) -> Option<Gap> {
         self.gap

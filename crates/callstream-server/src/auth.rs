@@ -1,0 +1,248 @@
+//! API keys and who a request is.
+//!
+//! Secrets are `pk_live_…` (API) or `rk_live_…` (runtime) followed by 32 random characters
+//! (about 190 bits). Only their SHA-256 is stored. A presented secret is hashed and looked up by
+//! hash; because the lookup key is a hash, response timing says nothing useful about any stored
+//! secret, and the stored hash is then compared again in constant time as a second guard.
+//!
+//! `?token=` is accepted only on the browser paths seed 000 names (see
+//! [`token_query_allowed`]); a middleware refuses it with 401 everywhere else, before any
+//! handler runs, so a key in a URL is never honoured where it would end up in logs by design.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use callstream_core::id::KeyId;
+use callstream_core::{KeyKind, WorkspaceId, time};
+use callstream_store::{KeyRecord, Store};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const SECRET_CHARS: usize = 32;
+
+/// A freshly minted key: the secret (shown once) and the record to store.
+pub struct NewKey {
+    pub secret: String,
+    pub record: KeyRecord,
+}
+
+/// Mints a key of `kind` for `workspace`.
+pub fn mint(workspace: &WorkspaceId, kind: KeyKind) -> NewKey {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut secret = String::from(kind.prefix());
+    while secret.len() < kind.prefix().len() + SECRET_CHARS {
+        let mut bytes = [0u8; 64];
+        callstream_core::id::random_bytes(&mut bytes);
+        // Rejection sampling: 248 = 4 * 62, so every accepted byte maps without bias.
+        for b in bytes.into_iter().filter(|b| *b < 248) {
+            if secret.len() == kind.prefix().len() + SECRET_CHARS {
+                break;
+            }
+            secret.push(ALPHABET[usize::from(b) % ALPHABET.len()] as char);
+        }
+    }
+    let record = KeyRecord {
+        id: KeyId::new(),
+        workspace_id: workspace.clone(),
+        kind,
+        key_hash: hash(&secret),
+        hint: secret[..kind.prefix().len() + 4].to_owned(),
+        created_at: time::now(),
+        revoked: false,
+    };
+    NewKey { secret, record }
+}
+
+pub fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub workspace_id: WorkspaceId,
+    pub kind: KeyKind,
+    pub key_id: KeyId,
+}
+
+/// Resolves a presented secret to its principal.
+///
+/// # Errors
+/// 401 for anything that is not a live key; 500 when the store fails.
+pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<Principal, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid API key");
+    if KeyKind::of_secret(secret).is_none() || secret.len() > 128 {
+        return Err(invalid());
+    }
+    let presented = hash(secret);
+    let record = store.key_by_hash(&presented).await?.ok_or_else(invalid)?;
+    if !bool::from(record.key_hash.ct_eq(&presented)) || record.revoked {
+        return Err(invalid());
+    }
+    Ok(Principal {
+        workspace_id: record.workspace_id,
+        kind: record.kind,
+        key_id: record.id,
+    })
+}
+
+fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("Authorization header is not valid text"))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <key>`"))?;
+    Ok(Some(token.trim()))
+}
+
+/// The value of the `token` query parameter, if present.
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    url_pairs(query).find(|(k, _)| k == "token").map(|(_, v)| v)
+}
+
+/// `application/x-www-form-urlencoded` pairs of a query string.
+pub fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// The paths on which seed 000 allows `?token=`: the call transcript SSE stream and the call
+/// event WebSocket, both of which browsers open without custom headers.
+pub fn token_query_allowed(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "v1", "calls", _, "transcript", "stream"] | ["", "v1", "calls", _, "stream"]
+    )
+}
+
+/// Middleware: refuses `?token=` with 401 on every path but the browser streams.
+pub async fn refuse_query_tokens(request: Request, next: Next) -> Response {
+    let has_token = request
+        .uri()
+        .query()
+        .is_some_and(|q| url_pairs(q).any(|(k, _)| k == "token"));
+    if has_token && !token_query_allowed(request.uri().path()) {
+        return ApiError::unauthorized(
+            "the ?token= query parameter is not accepted on this path; send `Authorization: Bearer <key>`",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn principal(
+    parts: &Parts,
+    state: &AppState,
+    allow_query: bool,
+    kind: KeyKind,
+) -> Result<Principal, ApiError> {
+    let header = bearer(parts)?.map(str::to_owned);
+    let query = if allow_query {
+        query_token(parts.uri.query())
+    } else {
+        None
+    };
+    let secret = header.or(query).ok_or_else(|| {
+        ApiError::unauthorized(if allow_query {
+            "missing credentials: send `Authorization: Bearer <key>` or `?token=`"
+        } else {
+            "missing credentials: send `Authorization: Bearer <key>`"
+        })
+    })?;
+    let principal = authenticate(state.store(), &secret).await?;
+    if principal.kind != kind {
+        return Err(ApiError::forbidden(match kind {
+            KeyKind::Api => "this endpoint needs an API key (pk_live_…); runtime keys only ingest",
+            KeyKind::Runtime => "this endpoint needs a runtime key (rk_live_…)",
+        }));
+    }
+    Ok(principal)
+}
+
+/// An API key (`pk_live_…`) from the `Authorization` header.
+pub struct ApiKey(pub Principal);
+
+/// An API key from the header or, on the browser paths, `?token=`.
+pub struct BrowserApiKey(pub Principal);
+
+/// A runtime key (`rk_live_…`) from the `Authorization` header.
+pub struct RuntimeKey(pub Principal);
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        principal(parts, state, false, KeyKind::Api).await.map(Self)
+    }
+}
+
+impl FromRequestParts<AppState> for BrowserApiKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        principal(parts, state, true, KeyKind::Api).await.map(Self)
+    }
+}
+
+impl FromRequestParts<AppState> for RuntimeKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        principal(parts, state, false, KeyKind::Runtime)
+            .await
+            .map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_secrets_have_prefix_length_and_hash() {
+        let ws = WorkspaceId::new();
+        let k = mint(&ws, KeyKind::Api);
+        assert!(k.secret.starts_with("pk_live_"));
+        assert_eq!(k.secret.len(), 8 + SECRET_CHARS);
+        assert!(k.secret[8..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(k.record.key_hash, hash(&k.secret));
+        assert!(!k.record.hint.contains(&k.secret[12..]));
+        assert_ne!(mint(&ws, KeyKind::Api).secret, k.secret);
+    }
+
+    #[test]
+    fn token_paths() {
+        let cases = [
+            ("/v1/calls/call_1/transcript/stream", true),
+            ("/v1/calls/call_1/stream", true),
+            ("/v1/calls/call_1/stream/", true),
+            ("/v1/conversations/conv_1/stream", false),
+            ("/v1/calls/call_1", false),
+            ("/v1/calls", false),
+            ("/metrics", false),
+            ("/v1/calls/call_1/transcript", false),
+        ];
+        for (path, ok) in cases {
+            assert_eq!(token_query_allowed(path), ok, "{path}");
+        }
+    }
+
+    #[test]
+    fn query_tokens_decode() {
+        assert_eq!(
+            query_token(Some("a=1&token=pk%5Flive%5Fx")),
+            Some("pk_live_x".into())
+        );
+        assert_eq!(query_token(Some("tokens=1")), None);
+        assert_eq!(query_token(Some("token=%zz%")), Some("%zz%".into()));
+        assert_eq!(query_token(None), None);
+    }
+}

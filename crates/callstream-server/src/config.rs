@@ -1,0 +1,241 @@
+//! The server's configuration: one typed struct, defaults embedded, then a TOML file, then
+//! `CALLSTREAM_*` environment variables, then command-line flags; validated once at load.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything the server can be told. Each field is also a `CALLSTREAM_<FIELD>` variable
+/// (upper case), e.g. `CALLSTREAM_STREAM_QUEUE_CAPACITY=128`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// Directory for the embedded SQLite database (`callstream.db`).
+    pub data_dir: PathBuf,
+    /// Frames that may wait for one stream before newer frames are dropped for it.
+    pub stream_queue_capacity: usize,
+    /// Events kept per call and per conversation for resume (`Last-Event-ID`).
+    pub history_capacity: usize,
+    /// Seconds a finished call's history stays available for resume.
+    pub history_retention_secs: u64,
+    /// Seconds between SSE comment heartbeats.
+    pub sse_heartbeat_secs: u64,
+    /// Seconds a non-streaming request may take before it is answered with a timeout.
+    pub request_timeout_secs: u64,
+    /// Seconds graceful shutdown waits for open requests before exiting anyway.
+    pub shutdown_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events one ingest request may carry.
+    pub max_events_per_request: usize,
+    /// Origins allowed to call the API from a browser (CORS); `*` allows any. Streams are
+    /// authorised by key or stream token, never by cookie, so `*` exposes nothing by itself.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./callstream-data"),
+            stream_queue_capacity: 64,
+            history_capacity: 128,
+            history_retention_secs: 300,
+            sse_heartbeat_secs: 30,
+            request_timeout_secs: 10,
+            shutdown_timeout_secs: 10,
+            max_body_bytes: 1024 * 1024,
+            max_events_per_request: 500,
+            cors_allowed_origins: vec!["*".to_owned()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(l) => l,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl Config {
+    /// Loads defaults, then `file` (TOML) if given, then every `CALLSTREAM_*` pair of `env`.
+    /// `env` is passed in rather than read here so tests never touch the process environment.
+    ///
+    /// # Errors
+    /// When the file cannot be read, a value has the wrong type, a key is unknown, or a value
+    /// is out of range; the message names the file or variable.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            table = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        for (key, value) in env {
+            let Some(field) = key.strip_prefix("CALLSTREAM_") else {
+                continue;
+            };
+            // Variables that configure the command line, not the server.
+            if matches!(
+                field,
+                "CONFIG" | "REQUIRE_SERVICES" | "SERVER" | "RUNTIME_KEY"
+            ) {
+                continue;
+            }
+            table.insert(field.to_ascii_lowercase(), env_value(&value));
+        }
+        let config: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: "configuration".into(),
+                message: e.message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("stream_queue_capacity", self.stream_queue_capacity as u64),
+            ("history_capacity", self.history_capacity as u64),
+            ("sse_heartbeat_secs", self.sse_heartbeat_secs),
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_events_per_request", self.max_events_per_request as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    origin: name.into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("callstream.db")
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.sse_heartbeat_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// An environment value as TOML: numbers and booleans as such, everything else a string.
+fn env_value(text: &str) -> toml::Value {
+    if let Ok(i) = text.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = text.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    toml::Value::String(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_defaults_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "stream_queue_capacity = 16\nsse_heartbeat_secs = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("CALLSTREAM_SSE_HEARTBEAT_SECS", "7"),
+                (
+                    "CALLSTREAM_CORS_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("CALLSTREAM_CONFIG", "ignored"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.stream_queue_capacity, 16);
+        assert_eq!(c.sse_heartbeat_secs, 7);
+        assert_eq!(
+            c.cors_allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.history_capacity, Config::default().history_capacity);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_wrong_types_and_zeroes() {
+        let cases = [
+            (
+                vec![("CALLSTREAM_STREAM_QUEUE_CAPACITY", "0")],
+                "stream_queue_capacity: must be at least 1",
+            ),
+            (
+                vec![("CALLSTREAM_STREAM_QUEUE_CAPACITY", "many")],
+                "invalid type",
+            ),
+            (vec![("CALLSTREAM_NOPE", "1")], "unknown field `nope`"),
+            (
+                vec![("CALLSTREAM_LISTEN", "not-an-address")],
+                "invalid socket address",
+            ),
+        ];
+        for (vars, expect) in cases {
+            let err = Config::load(None, env(&vars)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{vars:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! callstream's HTTP server: configuration, authentication, ingest, the surfaces' handlers,
+//! metrics, and a graceful shutdown that closes streams.
+//!
+//! [`app`] builds the router from an [`AppState`] (so tests can drive it), [`start`] opens the
+//! backends chosen by the configuration, binds, and serves until told to stop. The server owns
+//! the I/O; the domain lives in `callstream-core`, formats in `callstream-surfaces`, fan-out in
+//! `callstream-bus`, and records in `callstream-store`.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use callstream_bus::{Bus, InProcessBus, InProcessConfig};
+use callstream_store::{SqliteStore, Store, StoreError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use config::Config;
+pub use error::ApiError;
+pub use state::AppState;
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    // Everything but the long-lived streams answers within `request_timeout_secs`.
+    let bounded = Router::new()
+        .route(
+            "/v1/calls",
+            post(routes::calls::create).get(routes::calls::list),
+        )
+        .route("/v1/calls/{id}", get(routes::calls::get))
+        .route("/v1/calls/{id}/events", post(routes::calls::ingest_events))
+        .route("/v1/calls/{id}/transcript", get(routes::calls::transcript))
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/demo", get(routes::demo::page))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ));
+    let streams = Router::new().route(
+        "/v1/calls/{id}/transcript/stream",
+        get(routes::transcript_stream::stream),
+    );
+
+    Router::new()
+        .merge(bounded)
+        .merge(streams)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
+        .layer(middleware::from_fn(auth::refuse_query_tokens))
+        .layer(middleware::from_fn(log_request))
+        .layer(cors(state.config()))
+        .with_state(state)
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins = if config.cors_allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .cors_allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config().request_timeout();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// One log line per request: method, path, status, latency. Never the query string or headers,
+/// which may carry a key.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracing::info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store and bus the configuration names. One place chooses backends.
+///
+/// # Errors
+/// When the data directory or database cannot be opened.
+pub async fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Bus>), StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path()).await?);
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(InProcessConfig {
+        history_capacity: config.history_capacity,
+        ended_retention: Duration::from_secs(config.history_retention_secs),
+        ..InProcessConfig::default()
+    }));
+    Ok((store, bus))
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the backends, binds `config.listen` and serves in the background.
+///
+/// # Errors
+/// When the backends cannot be opened or the address cannot be bound.
+pub async fn start(config: Config) -> Result<Server, StartError> {
+    let (store, bus) = open_backends(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    let state = AppState::new(config, store, bus, shutdown.clone());
+
+    let maintenance_state = state.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = maintenance_state.shutdown().cancelled() => break,
+                _ = every.tick() => maintenance_state.bus().maintain().await,
+            }
+        }
+    });
+
+    let router = app(state.clone());
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, "callstream listening");
+    Ok(Server { addr, state, task })
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Starts a graceful shutdown: streams get a closing frame and end, new connections are
+    /// refused, in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.state.shutdown().cancel();
+    }
+
+    /// Waits for the server to stop, at most `shutdown_timeout_secs` after shutdown began.
+    ///
+    /// # Errors
+    /// When serving failed or shutdown took too long.
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.state.shutdown().cancelled().await;
+        let limit = Duration::from_secs(self.state.config().shutdown_timeout_secs);
+        match tokio::time::timeout(limit, self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(std::io::Error::other(join)),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "graceful shutdown timed out",
+            )),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Prometheus metrics. Handles to individual series are taken once (per stream, per event type)
+//! and then only touched atomically, so the fan-out path never takes a lock for metrics.
+
+use callstream_bus::BusStats;
+use callstream_core::EventType;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The surfaces that hold streams open.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Surface {
+    /// Seed 000 `GET /v1/calls/{id}/transcript/stream`.
+    native_transcript_sse,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SurfaceLabels {
+    pub surface: Surface,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event_type: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub open_streams: Family<SurfaceLabels, Gauge>,
+    pub frames_sent: Family<SurfaceLabels, Counter>,
+    pub frames_dropped: Family<SurfaceLabels, Counter>,
+    ingest_events: Vec<Counter>,
+    bus_topics: Gauge,
+    bus_subscribers: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("callstream");
+        let open_streams = Family::<SurfaceLabels, Gauge>::default();
+        let frames_sent = Family::<SurfaceLabels, Counter>::default();
+        let frames_dropped = Family::<SurfaceLabels, Counter>::default();
+        let ingest_family = Family::<EventLabels, Counter>::default();
+        let bus_topics = Gauge::default();
+        let bus_subscribers = Gauge::default();
+        registry.register(
+            "open_streams",
+            "Streams currently open, by surface",
+            open_streams.clone(),
+        );
+        registry.register(
+            "frames_sent",
+            "Frames written to streams, by surface",
+            frames_sent.clone(),
+        );
+        registry.register(
+            "frames_dropped",
+            "Frames dropped because a stream's queue was full, by surface",
+            frames_dropped.clone(),
+        );
+        registry.register(
+            "ingest_events",
+            "Events accepted through ingest, by event type",
+            ingest_family.clone(),
+        );
+        registry.register(
+            "bus_topics",
+            "Calls and conversations the bus holds history for",
+            bus_topics.clone(),
+        );
+        registry.register(
+            "bus_subscribers",
+            "Subscriptions open on the bus",
+            bus_subscribers.clone(),
+        );
+        // One series per event type, created up front so ingest increments without a map lookup.
+        let ingest_events = EventType::ALL
+            .iter()
+            .map(|t| {
+                ingest_family
+                    .get_or_create(&EventLabels {
+                        event_type: t.as_str().to_owned(),
+                    })
+                    .clone()
+            })
+            .collect();
+        Self {
+            registry,
+            open_streams,
+            frames_sent,
+            frames_dropped,
+            ingest_events,
+            bus_topics,
+            bus_subscribers,
+        }
+    }
+
+    pub fn ingested(&self, event_type: EventType) {
+        if let Some(i) = EventType::ALL.iter().position(|t| *t == event_type) {
+            if let Some(c) = self.ingest_events.get(i) {
+                c.inc();
+            }
+        }
+    }
+
+    /// The Prometheus text exposition, with the bus gauges read at scrape time.
+    pub fn render(&self, bus: BusStats) -> String {
+        self.bus_topics
+            .set(i64::try_from(bus.topics).unwrap_or(i64::MAX));
+        self.bus_subscribers
+            .set(i64::try_from(bus.subscribers).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Marks one open stream for as long as it lives.
+pub struct OpenStream(Gauge);
+
+impl OpenStream {
+    pub fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,246 @@
+//! Calls: creation and event ingest (runtime key), the call log and final transcripts (API key).
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use callstream_core::{Call, CallStatus, Direction, EventType, Payload, Phone, Transport, time};
+use callstream_store::{CallFilter, NewEvent};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{ApiKey, RuntimeKey, url_pairs};
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::ingest;
+use crate::routes::call_id;
+use crate::state::AppState;
+
+const MAX_EXTERNAL_ID: usize = 128;
+const DEFAULT_LIST_LIMIT: u32 = 50;
+const MAX_LIST_LIMIT: u32 = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCall {
+    phone: Phone,
+    direction: Direction,
+    transport: Transport,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+/// `POST /v1/calls`: the runtime announces a call. Publishes `call.started` as seq 1.
+pub async fn create(
+    State(state): State<AppState>,
+    RuntimeKey(who): RuntimeKey,
+    JsonBody(body): JsonBody<CreateCall>,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(ext) = &body.external_id {
+        if ext.is_empty() || ext.len() > MAX_EXTERNAL_ID || ext.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(format!(
+                "body.external_id: must be 1 to {MAX_EXTERNAL_ID} printable characters"
+            )));
+        }
+    }
+    let call = Call {
+        id: callstream_core::CallId::new(),
+        workspace_id: who.workspace_id.clone(),
+        phone: body.phone,
+        direction: body.direction,
+        transport: body.transport,
+        external_id: body.external_id,
+        status: CallStatus::InProgress,
+        live_conversation_token: Call::new_live_conversation_token(),
+        started_at: time::now(),
+        ended_at: None,
+        last_seq: 0,
+    };
+    state.store().create_call(&call).await?;
+    let started = Payload::CallStarted(callstream_core::event::CallStarted {
+        phone: call.phone.clone(),
+        direction: call.direction,
+        transport: call.transport,
+        external_id: call.external_id.clone(),
+    });
+    let appended = ingest::append_call_events(
+        &state,
+        &who.workspace_id,
+        &call.id,
+        vec![NewEvent::new(call.started_at, started)],
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(appended.call)))
+}
+
+/// One event as the runtime sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestEvent {
+    event_type: String,
+    payload: Value,
+    #[serde(default)]
+    timestamp: Option<String>,
+}
+
+/// Parses one ingested event; `at` prefixes every field path (`events[3].`) for batches.
+fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError> {
+    let raw: IngestEvent = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            at.trim_end_matches('.').to_owned()
+        } else {
+            format!("{at}{path}")
+        };
+        let path = if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        ApiError::invalid_event(format!("{path}: {}", e.into_inner()))
+    })?;
+    let payload = Payload::parse(&raw.event_type, raw.payload)
+        .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;
+    match payload.event_type() {
+        EventType::CallStarted => {
+            return Err(ApiError::invalid_event(format!(
+                "{at}event_type: call.started is emitted by callstream when the call is created (POST /v1/calls)"
+            )));
+        }
+        EventType::BargeIn if !call.transport.is_phone() => {
+            return Err(ApiError::invalid_event(format!(
+                "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {}",
+                call.transport
+            )));
+        }
+        _ => {}
+    }
+    let timestamp = match raw.timestamp {
+        Some(text) => time::parse(&text)
+            .map_err(|e| ApiError::invalid_event(format!("{at}timestamp: {e}")))?,
+        None => time::now(),
+    };
+    Ok(NewEvent::new(timestamp, payload))
+}
+
+/// `POST /v1/calls/{id}/events`: one event object, or an array of them, in order.
+pub async fn ingest_events(
+    State(state): State<AppState>,
+    RuntimeKey(who): RuntimeKey,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = call_id(&id)?;
+    let call = state
+        .store()
+        .call(&who.workspace_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    let max = state.config().max_events_per_request;
+    let events = match body {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > max {
+                return Err(ApiError::invalid_event(format!(
+                    "body: send 1 to {max} events per request"
+                )));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| parse_event(v, &format!("events[{i}]."), &call))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        value @ Value::Object(_) => vec![parse_event(value, "", &call)?],
+        _ => {
+            return Err(ApiError::invalid_event(
+                "body: expected an event object or an array of events",
+            ));
+        }
+    };
+    let appended = ingest::append_call_events(&state, &who.workspace_id, &id, events).await?;
+    let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
+    let event_ids: Vec<&str> = appended
+        .envelopes
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "seqs": seqs, "event_ids": event_ids })),
+    ))
+}
+
+/// `GET /v1/calls?status=&since=&limit=`: the call log, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut filter = CallFilter {
+        limit: DEFAULT_LIST_LIMIT,
+        ..Default::default()
+    };
+    for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
+        match key.as_str() {
+            "status" => {
+                filter.status = Some(CallStatus::parse(&value).ok_or_else(|| {
+                    ApiError::bad_request("status: expected one of in_progress, completed, failed")
+                })?);
+            }
+            "since" => {
+                filter.since = Some(time::parse(&value).map_err(|e| {
+                    ApiError::bad_request(format!("since: expected an RFC 3339 time: {e}"))
+                })?);
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIST_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit: expected 1 to {MAX_LIST_LIMIT}"))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown query parameter"
+                )));
+            }
+        }
+    }
+    let calls = state.store().calls(&who.workspace_id, &filter).await?;
+    Ok(Json(json!({ "calls": calls })))
+}
+
+/// `GET /v1/calls/{id}`: one call log entry.
+pub async fn get(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = call_id(&id)?;
+    let call = state
+        .store()
+        .call(&who.workspace_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    Ok(Json(call))
+}
+
+/// `GET /v1/calls/{id}/transcript`: the final turns so far.
+pub async fn transcript(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = call_id(&id)?;
+    let call = state
+        .store()
+        .call(&who.workspace_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    let turns = state.store().transcript(&who.workspace_id, &id).await?;
+    Ok(Json(
+        json!({ "call_id": call.id, "status": call.status, "turns": turns }),
+    ))
+}

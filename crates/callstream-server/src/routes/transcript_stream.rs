@@ -1,0 +1,205 @@
+//! Seed 000 `GET /v1/calls/{id}/transcript/stream`: the live per-turn transcript over SSE.
+//!
+//! A new connection first gets the latest partial of a turn still being spoken (the seed's
+//! "in-flight turn"), then live frames. Beyond the seed (which buffers nothing more), every frame's `id:` is the event's `seq`, and a
+//! client that reconnects with `Last-Event-ID` first gets what it missed: from the bus history
+//! while it reaches back, and final turns from the store before that. A finished call's stream
+//! replays its final turns and closes; reconnecting after that answers `204 No Content`, which
+//! tells a browser `EventSource` to stop reconnecting.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use callstream_bus::{Resume, SubscribeOptions, Subscription, Topic};
+use callstream_core::Payload;
+use callstream_store::TranscriptTurn;
+use callstream_surfaces::native::{self, TranscriptFrame};
+use callstream_surfaces::sse;
+use futures::stream;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::BrowserApiKey;
+use crate::error::ApiError;
+use crate::metrics::{OpenStream, Surface, SurfaceLabels};
+use crate::routes::call_id;
+use crate::state::AppState;
+
+const LABELS: SurfaceLabels = SurfaceLabels {
+    surface: Surface::native_transcript_sse,
+};
+
+pub async fn stream(
+    State(state): State<AppState>,
+    BrowserApiKey(who): BrowserApiKey,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = call_id(&id)?;
+    let call = state
+        .store()
+        .call(&who.workspace_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(sse::last_event_id);
+
+    let mut prefix = VecDeque::new();
+    let subscription = if call.status.is_active() {
+        let options = SubscribeOptions {
+            queue_capacity: state.config().stream_queue_capacity,
+            dropped: state
+                .metrics()
+                .frames_dropped
+                .get_or_create(&LABELS)
+                .clone(),
+        };
+        // Without a resume point, read the whole history too, to find the in-flight turn.
+        let resume = Resume::After(resume_after.unwrap_or(0));
+        let topic = Topic::call(&who.workspace_id, &id);
+        let mut sub = state
+            .bus()
+            .subscribe(&topic, resume, options)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
+        if resume_after.is_none() {
+            prefix.extend(in_flight_turn(sub.take_backlog()));
+        } else if let Some(gap) = sub.gap() {
+            // The history no longer reaches back to the resume point: fill in the final turns
+            // the store kept for the stretch that fell out of it.
+            let turns = state.store().transcript(&who.workspace_id, &id).await?;
+            prefix.extend(
+                turns
+                    .iter()
+                    .filter(|t| t.seq > gap.requested_after && t.seq < gap.first_available)
+                    .map(stored_frame),
+            );
+        }
+        Some(sub)
+    } else {
+        let turns = state.store().transcript(&who.workspace_id, &id).await?;
+        prefix.extend(
+            turns
+                .iter()
+                .filter(|t| t.seq > resume_after.unwrap_or(0))
+                .map(stored_frame),
+        );
+        if prefix.is_empty() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        None
+    };
+
+    let live = LiveStream {
+        prefix,
+        subscription,
+        heartbeat: heartbeat(state.config().heartbeat()),
+        shutdown: state.shutdown().clone(),
+        sent: state.metrics().frames_sent.get_or_create(&LABELS).clone(),
+        finished: false,
+        _open: OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone()),
+    };
+    Ok(sse_response(Body::from_stream(stream::unfold(
+        live,
+        LiveStream::next,
+    ))))
+}
+
+/// The latest partial of the last turn in `history` if that turn has no final yet.
+fn in_flight_turn(history: VecDeque<std::sync::Arc<callstream_bus::Event>>) -> Option<Bytes> {
+    let last = history
+        .iter()
+        .rev()
+        .find(|e| matches!(e.envelope().payload, Payload::Transcription(_)))?;
+    match &last.envelope().payload {
+        Payload::Transcription(t) if !t.is_final => native::transcript_sse(last),
+        _ => None,
+    }
+}
+
+fn stored_frame(turn: &TranscriptTurn) -> Bytes {
+    TranscriptFrame {
+        role: turn.role,
+        text: &turn.text,
+        is_final: true,
+        turn_id: &turn.turn_id,
+        ts: turn.ts,
+    }
+    .to_sse(turn.seq)
+}
+
+fn heartbeat(period: std::time::Duration) -> Interval {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+/// The response head every SSE stream shares. `X-Accel-Buffering: no` keeps nginx from
+/// buffering the stream; `no-cache` keeps any proxy from caching it.
+pub fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// One open transcript stream: stored frames first, then the live subscription, with
+/// heartbeats in between, until the call ends, the client leaves (the body is dropped) or the
+/// server shuts down.
+struct LiveStream {
+    prefix: VecDeque<Bytes>,
+    subscription: Option<Subscription>,
+    heartbeat: Interval,
+    shutdown: CancellationToken,
+    sent: Counter,
+    finished: bool,
+    _open: OpenStream,
+}
+
+impl LiveStream {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        if self.finished {
+            return None;
+        }
+        if let Some(frame) = self.prefix.pop_front() {
+            self.sent.inc();
+            return Some((Ok(frame), self));
+        }
+        let sub = self.subscription.as_mut()?;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    self.finished = true;
+                    let frame = native::error_sse(
+                        "going_away",
+                        "the server is shutting down; reconnect with Last-Event-ID to resume",
+                    );
+                    return Some((Ok(frame), self));
+                }
+                event = sub.next() => {
+                    let event = event?;
+                    if let Some(frame) = native::transcript_sse(&event) {
+                        self.sent.inc();
+                        return Some((Ok(frame), self));
+                    }
+                }
+                _ = self.heartbeat.tick() => {
+                    return Some((Ok(sse::comment("heartbeat")), self));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use callstream_bus::Bus;
+use callstream_core::CallId;
+use callstream_store::Store;
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Cheap to clone: one `Arc` around everything.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    metrics: Metrics,
+    /// Cancelled when the server begins to shut down: streams watch it and close.
+    shutdown: CancellationToken,
+    /// One async lock per call with an ingest in flight. The store assigns seqs, but the bus
+    /// must also see one call's events in seq order, so "append to the store, then publish" runs
+    /// under the call's lock. Calls are independent: there is no lock across calls. Entries go
+    /// when the call ends.
+    ingest_order: DashMap<CallId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            config,
+            store,
+            bus,
+            metrics: Metrics::new(),
+            shutdown,
+            ingest_order: DashMap::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.0.store.as_ref()
+    }
+
+    pub fn bus(&self) -> &dyn Bus {
+        self.0.bus.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.0.shutdown
+    }
+
+    pub(crate) fn ingest_lock(&self, call: &CallId) -> Arc<tokio::sync::Mutex<()>> {
+        self.0.ingest_order.entry(call.clone()).or_default().clone()
+    }
+
+    pub(crate) fn forget_ingest_lock(&self, call: &CallId) {
+        self.0.ingest_order.remove(call);
+    }
+}

@@ -1,0 +1,211 @@
+//! The simulator: a call runtime that plays realistic scripted calls through the same ingest
+//! API a real runtime uses (`POST /v1/calls`, `POST /v1/calls/{id}/events`).
+//!
+//! A [`script`] is a pure, seeded plan of timed events: partial then final user turns, agent
+//! turns with TTS and latency metrics, barge-in (phone transports only), silences, quality dips,
+//! and the call's end. [`Runtime`] plays scripts against a server. The simulator knows the
+//! ingest API's JSON and nothing of the server's insides.
+
+pub mod script;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use script::{CallPlan, Step, script};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// The part of the call resource the simulator needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatedCall {
+    pub id: String,
+    pub transport: String,
+}
+
+/// A runtime connected to one callstream server with one runtime key.
+#[derive(Clone)]
+pub struct Runtime {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Runtime {
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(base: &str, runtime_key: &str) -> Result<Self, SimError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|source| SimError::Http {
+                url: base.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key: runtime_key.to_owned(),
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, SimError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|source| SimError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|source| SimError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(SimError::Status {
+                url,
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Announces a call.
+    ///
+    /// # Errors
+    /// When the server refuses it or cannot be reached.
+    pub async fn create_call(&self, plan: &CallPlan) -> Result<CreatedCall, SimError> {
+        let body = self.post("/v1/calls", &plan.create_body()).await?;
+        serde_json::from_value(body).map_err(|e| SimError::Status {
+            url: format!("{}/v1/calls", self.base),
+            status: 201,
+            body: format!("unexpected body: {e}"),
+        })
+    }
+
+    /// Sends events for a call (one request, in order).
+    ///
+    /// # Errors
+    /// When the server refuses them or cannot be reached.
+    pub async fn send(&self, call_id: &str, events: &[Value]) -> Result<Value, SimError> {
+        self.post(
+            &format!("/v1/calls/{call_id}/events"),
+            &Value::Array(events.to_vec()),
+        )
+        .await
+    }
+
+    /// Plays one call from creation to its end. `speed` divides every delay (2.0 plays twice as
+    /// fast as real time; `f64::INFINITY` sends everything at once). Stops early, ending the
+    /// call, when `stop` is cancelled.
+    ///
+    /// # Errors
+    /// The first request that fails.
+    pub async fn play(
+        &self,
+        plan: &CallPlan,
+        speed: f64,
+        stop: &CancellationToken,
+    ) -> Result<CreatedCall, SimError> {
+        let call = self.create_call(plan).await?;
+        for step in &plan.steps {
+            let delay = step.delay.div_f64(speed.max(f64::MIN_POSITIVE));
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        self.send(&call.id, &[script::event("call.completed", serde_json::json!({"reason": "simulator_stopped"}))]).await?;
+                        return Ok(call);
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            self.send(&call.id, &step.events).await?;
+        }
+        Ok(call)
+    }
+}
+
+/// Options for [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Calls to play in all; `None` plays until stopped.
+    pub calls: Option<u64>,
+    /// New calls started per second.
+    pub rate: f64,
+    /// Playback speed (1.0 = real time).
+    pub speed: f64,
+    /// Seed for the scripts, so a run can be repeated.
+    pub seed: u64,
+}
+
+/// What [`run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// Starts calls at `rate` per second and plays them concurrently until `calls` have been played
+/// or `stop` is cancelled.
+pub async fn run(runtime: &Runtime, options: &RunOptions, stop: &CancellationToken) -> RunReport {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut report = RunReport::default();
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate.max(0.001)));
+    let mut started = 0u64;
+    loop {
+        if options.calls.is_some_and(|n| started >= n) {
+            break;
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let plan = script(options.seed.wrapping_add(started));
+        let (runtime, speed, stop) = (runtime.clone(), options.speed, stop.clone());
+        tasks.spawn(async move { runtime.play(&plan, speed, &stop).await });
+        started += 1;
+        while let Some(done) = tasks.try_join_next() {
+            tally(&mut report, done);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        tally(&mut report, done);
+    }
+    report
+}
+
+fn tally(
+    report: &mut RunReport,
+    done: Result<Result<CreatedCall, SimError>, tokio::task::JoinError>,
+) {
+    match done {
+        Ok(Ok(_)) => report.completed += 1,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "simulated call failed");
+            report.failed += 1;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "simulated call task panicked");
+            report.failed += 1;
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! callstream's wire contracts, one module per surface: each maps canonical envelopes to its
+//! frames (and, for sockets, its client messages to commands).
+//!
+//! Everything here is a pure function of its input: no sockets, no store, no clock except the
+//! timestamps inside the envelope. Encoded frames are cached in the bus [`callstream_bus::Event`]
+//! under the surface's own [`FormatSlot`], so each event is encoded once per surface however many
+//! subscribers it has. The server's handlers do the I/O and call these.
+
+pub mod native;
+pub mod sse;
+
+use callstream_bus::FormatSlot;
+
+/// Every surface format's cache slot, in one place so no two formats share one.
+pub mod slots {
+    use super::FormatSlot;
+
+    /// Seed 000, call transcript SSE frames.
+    pub const NATIVE_TRANSCRIPT_SSE: FormatSlot = FormatSlot::new(0);
+    /// The canonical envelope JSON (native WebSocket, webhooks).
+    pub const ENVELOPE_JSON: FormatSlot = FormatSlot::new(1);
+}

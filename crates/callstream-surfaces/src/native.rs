@@ -1,0 +1,145 @@
+//! Seed 000, the native v1 API: frames of the call transcript SSE stream
+//! (`/v1/calls/{id}/transcript/stream`) and the canonical envelope JSON.
+
+use bytes::Bytes;
+use callstream_bus::Event;
+use callstream_core::event::{Role, Transcription};
+use callstream_core::{Envelope, Payload, TurnId, time};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{slots, sse};
+
+/// One transcript SSE frame's data, exactly the seed's fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TranscriptFrame<'a> {
+    /// `user` or `agent`.
+    pub role: Role,
+    pub text: &'a str,
+    /// `false` for partial turns; the final for the same `turn_id` follows with `true`.
+    pub is_final: bool,
+    pub turn_id: &'a TurnId,
+    #[serde(with = "time::millis")]
+    pub ts: DateTime<Utc>,
+}
+
+impl<'a> TranscriptFrame<'a> {
+    pub fn from_transcription(t: &'a Transcription, ts: DateTime<Utc>) -> Self {
+        Self {
+            role: t.role,
+            text: &t.text,
+            is_final: t.is_final,
+            turn_id: &t.turn_id,
+            ts,
+        }
+    }
+
+    /// The SSE frame, with the event's `seq` as its `id:` so `Last-Event-ID` can resume.
+    pub fn to_sse(&self, seq: u64) -> Bytes {
+        sse::frame(Some(seq), None, &json(self))
+    }
+}
+
+/// The transcript SSE frame for an event, shared by all subscribers; `None` for event types the
+/// transcript stream does not carry.
+pub fn transcript_sse(event: &Event) -> Option<Bytes> {
+    event.encoded(slots::NATIVE_TRANSCRIPT_SSE, |env: &Envelope| {
+        match &env.payload {
+            Payload::Transcription(t) => {
+                Some(TranscriptFrame::from_transcription(t, env.timestamp).to_sse(env.seq))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The canonical envelope JSON for an event (native WebSocket frames and webhook bodies).
+pub fn envelope_json(event: &Event) -> Bytes {
+    event
+        .encoded(slots::ENVELOPE_JSON, |env| Some(Bytes::from(env.to_json())))
+        .unwrap_or_default()
+}
+
+/// The body of every error the native API returns, in HTTP responses and `event: error` frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error_code: &'a str,
+    pub message: &'a str,
+}
+
+/// A terminal `event: error` SSE frame.
+pub fn error_sse(error_code: &str, message: &str) -> Bytes {
+    sse::frame(
+        None,
+        Some("error"),
+        &json(&ErrorBody {
+            error_code,
+            message,
+        }),
+    )
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain structs with string keys always serialise.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callstream_core::{CallId, Subject, WorkspaceId};
+    use serde_json::json;
+
+    fn event(ty: &str, payload: serde_json::Value) -> std::sync::Arc<Event> {
+        let env = Envelope::new(
+            WorkspaceId::parse("ws_1").unwrap(),
+            Subject::Call(CallId::parse("call_1").unwrap()),
+            5,
+            time::parse("2026-05-15T14:32:01.123Z").unwrap(),
+            Payload::parse(ty, payload).unwrap(),
+        )
+        .unwrap();
+        Event::new(env)
+    }
+
+    #[test]
+    fn transcript_frames_carry_exactly_the_seed_fields() {
+        let e = event(
+            "call.transcription",
+            json!({"role": "agent", "text": "We open at nine.", "is_final": false, "turn_id": "trn_xyz", "confidence": 0.9}),
+        );
+        assert_eq!(
+            transcript_sse(&e).unwrap(),
+            Bytes::from(
+                "id: 5\ndata: {\"role\":\"agent\",\"text\":\"We open at nine.\",\"is_final\":false,\"turn_id\":\"trn_xyz\",\"ts\":\"2026-05-15T14:32:01.123Z\"}\n\n"
+            )
+        );
+    }
+
+    #[test]
+    fn other_events_have_no_transcript_frame() {
+        for (ty, payload) in [
+            ("call.dtmf", json!({"digits": "5"})),
+            ("call.completed", json!({})),
+            ("call.tts_completed", json!({"text": "hi"})),
+        ] {
+            assert_eq!(transcript_sse(&event(ty, payload)), None, "{ty}");
+        }
+    }
+
+    #[test]
+    fn error_frame() {
+        assert_eq!(
+            error_sse("call_not_found", "no such call"),
+            Bytes::from(
+                "event: error\ndata: {\"error_code\":\"call_not_found\",\"message\":\"no such call\"}\n\n"
+            )
+        );
+    }
+
+    #[test]
+    fn envelope_json_is_the_canonical_envelope() {
+        let e = event("call.dtmf", json!({"digits": "5"}));
+        assert_eq!(envelope_json(&e), Bytes::from(e.envelope().to_json()));
+    }
+}

@@ -1,0 +1,324 @@
+//! `callstream`: the gateway's command line. Everything here is wiring; the server, simulator
+//! and store crates do the work.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use callstream_core::KeyKind;
+use callstream_server::{Config, auth};
+use callstream_simulator::{RunOptions, Runtime};
+use callstream_store::{SqliteStore, Store};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "callstream",
+    version,
+    about = "Live-call streaming gateway: transcripts and events over SSE and WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run the gateway on embedded defaults with simulated calls flowing, and print how to watch them.
+    Demo(ServeArgs),
+    /// Play realistic simulated calls against a running gateway through its ingest API.
+    Simulate(SimulateArgs),
+    /// Manage API and runtime keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CALLSTREAM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the embedded database [default: ./callstream-data].
+    #[arg(long, env = "CALLSTREAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (see docs/operations.md).
+    #[arg(long, env = "CALLSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Base URL of the gateway.
+    #[arg(
+        long,
+        env = "CALLSTREAM_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Runtime key (`rk_live_…`) of the workspace to ingest into.
+    #[arg(long, env = "CALLSTREAM_RUNTIME_KEY")]
+    runtime_key: String,
+    /// Calls to play; 0 plays until interrupted.
+    #[arg(long, default_value_t = 1)]
+    calls: u64,
+    /// New calls started per second.
+    #[arg(long, default_value_t = 0.5)]
+    rate: f64,
+    /// Playback speed: 1 is real time, 10 is ten times faster.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Seed for the call scripts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key (and the workspace, on first use). Safe while the server runs.
+    Create {
+        /// The gateway's data directory.
+        #[arg(long, env = "CALLSTREAM_DATA_DIR", default_value = "./callstream-data")]
+        data_dir: PathBuf,
+        /// Workspace name.
+        #[arg(long)]
+        workspace: String,
+        /// Create a runtime key (`rk_live_…`, for ingest) instead of an API key (`pk_live_…`).
+        #[arg(long)]
+        runtime: bool,
+        /// Print JSON `{"workspace_id","auth_id","key"}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let json = std::env::var("CALLSTREAM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logs();
+            serve(load_config(&args)?).await
+        }
+        Command::Demo(args) => {
+            init_logs();
+            demo(load_config(&args)?).await
+        }
+        Command::Simulate(args) => {
+            init_logs();
+            simulate(args).await
+        }
+        Command::Keys(KeysCommand::Create {
+            data_dir,
+            workspace,
+            runtime,
+            json,
+        }) => {
+            let kind = if runtime {
+                KeyKind::Runtime
+            } else {
+                KeyKind::Api
+            };
+            keys_create(&data_dir, &workspace, kind, json).await
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let server = callstream_server::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown();
+    server.wait().await.context("shutdown")?;
+    Ok(())
+}
+
+async fn open_store(data_dir: &Path) -> Result<SqliteStore> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    Ok(SqliteStore::open(&data_dir.join("callstream.db")).await?)
+}
+
+/// Creates a workspace (if needed) and a key; returns `(workspace, secret)`.
+async fn create_key(
+    store: &dyn Store,
+    workspace: &str,
+    kind: KeyKind,
+) -> Result<(callstream_core::Workspace, String)> {
+    if workspace.trim().is_empty() || workspace.len() > 100 {
+        bail!("--workspace must be 1 to 100 characters");
+    }
+    let ws = store.ensure_workspace(workspace).await?;
+    let key = auth::mint(&ws.id, kind);
+    store.insert_key(&key.record).await?;
+    Ok((ws, key.secret))
+}
+
+async fn keys_create(data_dir: &Path, workspace: &str, kind: KeyKind, json: bool) -> Result<()> {
+    let store = open_store(data_dir).await?;
+    let (ws, secret) = create_key(&store, workspace, kind).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "workspace_id": ws.id, "auth_id": ws.auth_id, "key": secret })
+        );
+    } else {
+        println!(
+            "workspace  {} ({})\nauth_id    {}\n{} key    {secret}\n\nThe key is shown once; only its hash is stored.",
+            ws.name,
+            ws.id,
+            ws.auth_id,
+            kind.as_str()
+        );
+    }
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> Result<()> {
+    let runtime = Runtime::new(&args.server, &args.runtime_key)?;
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_stop.cancel();
+    });
+    let options = RunOptions {
+        calls: (args.calls > 0).then_some(args.calls),
+        rate: args.rate,
+        speed: args.speed,
+        seed: args.seed,
+    };
+    let report = callstream_simulator::run(&runtime, &options, &stop).await;
+    println!(
+        "{} calls played, {} failed",
+        report.completed, report.failed
+    );
+    if report.failed > 0 {
+        bail!(
+            "{} simulated calls failed (see the log above)",
+            report.failed
+        );
+    }
+    Ok(())
+}
+
+async fn demo(config: Config) -> Result<()> {
+    let server = callstream_server::start(config).await?;
+    let store = server.state().store();
+    let (_, api_key) = create_key(store, "demo", KeyKind::Api).await?;
+    let (_, runtime_key) = create_key(store, "demo", KeyKind::Runtime).await?;
+    let base = format!("http://{}", server.addr());
+    let runtime = Runtime::new(&base, &runtime_key)?;
+    let stop = CancellationToken::new();
+
+    // One long call (about an hour) so that the printed curl command keeps showing a live
+    // transcript, plus a steady flow of ordinary calls that start and end.
+    let showcase = callstream_simulator::script::long_script(42, 120);
+    let call = runtime.create_call(&showcase).await?;
+    let (showcase_runtime, showcase_stop, call_id) =
+        (runtime.clone(), stop.clone(), call.id.clone());
+    let showcase_task = tokio::spawn(async move {
+        for step in &showcase.steps {
+            tokio::select! {
+                () = showcase_stop.cancelled() => break,
+                () = tokio::time::sleep(step.delay) => {}
+            }
+            if let Err(err) = showcase_runtime.send(&call_id, &step.events).await {
+                tracing::warn!(error = %err, "demo call stopped");
+                return;
+            }
+        }
+        let end = [callstream_simulator::script::event(
+            "call.completed",
+            serde_json::json!({ "reason": "demo_stopped" }),
+        )];
+        let _ = showcase_runtime.send(&call_id, &end).await;
+    });
+    let flow_runtime = runtime.clone();
+    let flow_stop = stop.clone();
+    let flow = tokio::spawn(async move {
+        let options = RunOptions {
+            calls: None,
+            rate: 0.2,
+            speed: 1.0,
+            seed: 1000,
+        };
+        callstream_simulator::run(&flow_runtime, &options, &flow_stop).await
+    });
+
+    println!(
+        "\ncallstream demo is running on {base}\n\n\
+         API key (workspace \"demo\"):  {api_key}\n\
+         Runtime key:                 {runtime_key}\n\n\
+         Watch a live transcript in the terminal:\n\
+         \x20 curl -N -H 'Authorization: Bearer {api_key}' {base}/v1/calls/{}/transcript/stream\n\n\
+         Or in a browser:\n\
+         \x20 {base}/demo#token={api_key}\n\n\
+         List calls:   curl -H 'Authorization: Bearer {api_key}' '{base}/v1/calls?status=in_progress'\n\
+         Metrics:      curl {base}/metrics\n\n\
+         Press Ctrl-C to stop.\n",
+        call.id
+    );
+
+    wait_for_signal().await;
+    tracing::info!("stopping the demo");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = showcase_task.await;
+        let _ = flow.await;
+    })
+    .await;
+    server.shutdown();
+    server.wait().await.context("shutdown")?;
+    Ok(())
+}

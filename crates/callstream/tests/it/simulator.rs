@@ -1,0 +1,58 @@
+//! The simulator drives realistic calls through the real ingest API.
+
+use callstream_simulator::{RunOptions, Runtime};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{TestServer, transcript_stream};
+
+#[tokio::test]
+async fn simulated_calls_flow_through_ingest_to_the_transcript_stream() {
+    let ts = TestServer::start().await;
+    let runtime = Runtime::new(&ts.base, &ts.acme.runtime).unwrap();
+    let stop = CancellationToken::new();
+
+    // Watch one call live while it plays at 50x speed.
+    let plan = callstream_simulator::script(11);
+    let call = runtime.create_call(&plan).await.unwrap();
+    let mut s = transcript_stream(&ts, &call.id, &ts.acme.api, None).await;
+    for step in &plan.steps {
+        runtime.send(&call.id, &step.events).await.unwrap();
+    }
+    let mut partial_then_final = false;
+    let mut last_partial_turn = None;
+    while let Some(frame) = s.next_data().await {
+        let turn = frame.json();
+        if turn["is_final"] == false {
+            last_partial_turn = Some(turn["turn_id"].clone());
+        } else if last_partial_turn.as_ref() == Some(&turn["turn_id"]) {
+            partial_then_final = true;
+        }
+    }
+    assert!(
+        partial_then_final,
+        "a partial and then its final, sharing turn_id"
+    );
+
+    // And a batch of whole calls, played as fast as possible.
+    let options = RunOptions {
+        calls: Some(6),
+        rate: 100.0,
+        speed: f64::INFINITY,
+        seed: 5,
+    };
+    let report = callstream_simulator::run(&runtime, &options, &stop).await;
+    assert_eq!((report.completed, report.failed), (6, 0));
+    let (_, list) = ts.get("/v1/calls?limit=10", &ts.acme.api).await;
+    let calls = list["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 7);
+    for c in calls {
+        assert_ne!(c["status"], "in_progress", "{c}");
+        let (_, t) = ts
+            .get(
+                &format!("/v1/calls/{}/transcript", c["id"].as_str().unwrap()),
+                &ts.acme.api,
+            )
+            .await;
+        assert!(t["turns"].as_array().unwrap().len() >= 6);
+    }
+}

@@ -1,0 +1,327 @@
+//! Test support: a real server on 127.0.0.1 port 0 with a real SQLite file, real HTTP clients,
+//! an SSE reader, and a capture of every log line the process writes.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use callstream_core::KeyKind;
+use callstream_server::{Config, Server, auth};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// Every log line written by any test in this binary, at TRACE for callstream and the HTTP stack.
+pub fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("trace,sqlx=debug")
+            .with_ansi(false)
+            .with_writer(move || CaptureWriter(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    })
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A workspace's keys.
+#[derive(Clone)]
+pub struct Tenant {
+    pub api: String,
+    pub runtime: String,
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub acme: Tenant,
+    pub other: Tenant,
+    pub http: reqwest::Client,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+pub fn config(dir: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut c = config(dir.path());
+        tune(&mut c);
+        let server = callstream_server::start(c).await.unwrap();
+        let acme = tenant(&server, "acme").await;
+        let other = tenant(&server, "other").await;
+        Self::wrap(server, dir, acme, other)
+    }
+
+    /// Starts another server on the same data directory (after a restart).
+    pub async fn restart(mut self) -> Self {
+        let old = self.server.take().unwrap();
+        old.shutdown();
+        old.wait().await.unwrap();
+        let server = callstream_server::start(config(self.dir.path()))
+            .await
+            .unwrap();
+        Self::wrap(
+            server,
+            self.dir.clone(),
+            self.acme.clone(),
+            self.other.clone(),
+        )
+    }
+
+    fn wrap(server: Server, dir: Arc<tempfile::TempDir>, acme: Tenant, other: Tenant) -> Self {
+        logs();
+        let base = format!("http://{}", server.addr());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        Self {
+            server: Some(server),
+            base,
+            acme,
+            other,
+            http,
+            dir,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a call as acme's runtime and returns its JSON.
+    pub async fn create_call(&self, transport: &str) -> Value {
+        let (status, call) = self
+            .post(
+                "/v1/calls",
+                &self.acme.runtime,
+                &json!({"phone": "+14155550123", "direction": "inbound", "transport": transport}),
+            )
+            .await;
+        assert_eq!(status, 201, "{call}");
+        call
+    }
+
+    pub async fn ingest(&self, call_id: &str, events: Value) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/v1/calls/{call_id}/events"),
+                &self.acme.runtime,
+                &events,
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("metric {name_and_labels} not in:\n{text}"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = &self.server {
+            s.shutdown();
+        }
+    }
+}
+
+async fn tenant(server: &Server, name: &str) -> Tenant {
+    let store = server.state().store();
+    let ws = store.ensure_workspace(name).await.unwrap();
+    let api = auth::mint(&ws.id, KeyKind::Api);
+    let runtime = auth::mint(&ws.id, KeyKind::Runtime);
+    store.insert_key(&api.record).await.unwrap();
+    store.insert_key(&runtime.record).await.unwrap();
+    Tenant {
+        api: api.secret,
+        runtime: runtime.secret,
+    }
+}
+
+pub fn transcription(role: &str, text: &str, is_final: bool, turn_id: &str) -> Value {
+    json!({"event_type": "call.transcription", "payload": {"role": role, "text": text, "is_final": is_final, "turn_id": turn_id}})
+}
+
+pub fn completed() -> Value {
+    json!({"event_type": "call.completed", "payload": {"reason": "hangup"}})
+}
+
+/// One parsed SSE frame (or comment).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Frame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub comment: Option<String>,
+}
+
+impl Frame {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("frame data {:?}: {e}", self.data))
+    }
+}
+
+/// Reads SSE frames from a streaming response.
+pub struct SseReader {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: BytesMut,
+}
+
+impl SseReader {
+    pub async fn open(request: reqwest::RequestBuilder) -> Self {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Self {
+            status,
+            headers,
+            body: response.bytes_stream().boxed(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame or comment; `None` when the server closed the stream. Panics after 10 s.
+    pub async fn next(&mut self) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(10), self.next_inner())
+            .await
+            .expect("no SSE frame within 10 s")
+    }
+
+    async fn next_inner(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw = self.buf.split_to(end + 2);
+                let text = String::from_utf8(raw.to_vec()).unwrap();
+                let mut frame = Frame::default();
+                let mut data = Vec::new();
+                for line in text.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        frame.comment = Some(c.trim().to_owned());
+                    } else if let Some((k, v)) = line.split_once(": ") {
+                        match k {
+                            "id" => frame.id = Some(v.to_owned()),
+                            "event" => frame.event = Some(v.to_owned()),
+                            "data" => data.push(v.to_owned()),
+                            _ => {}
+                        }
+                    }
+                }
+                frame.data = data.join("\n");
+                return Some(frame);
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next data frame, skipping heartbeat comments.
+    pub async fn next_data(&mut self) -> Option<Frame> {
+        loop {
+            let f = self.next().await?;
+            if f.comment.is_none() {
+                return Some(f);
+            }
+        }
+    }
+}
+
+/// Opens the transcript stream of a call with a Bearer key.
+pub async fn transcript_stream(
+    ts: &TestServer,
+    call_id: &str,
+    key: &str,
+    last_event_id: Option<u64>,
+) -> SseReader {
+    let mut req = ts
+        .http
+        .get(ts.url(&format!("/v1/calls/{call_id}/transcript/stream")))
+        .bearer_auth(key);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    SseReader::open(req).await
+}
+
+/// Whether the tests that need outside services must run (CI) rather than skip.
+pub fn services_required() -> bool {
+    std::env::var("CALLSTREAM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
