@@ -266,13 +266,13 @@ impl Message {
                 }
             }
         }
-        if let Some(d) = raw.get("direction").and_then(Value::as_str) {
-            if Direction::parse(d).is_none() {
-                return Err(EventError::field(
-                    "payload.direction",
-                    "expected `inbound` or `outbound`",
-                ));
-            }
+        if let Some(d) = raw.get("direction").and_then(Value::as_str)
+            && Direction::parse(d).is_none()
+        {
+            return Err(EventError::field(
+                "payload.direction",
+                "expected `inbound` or `outbound`",
+            ));
         }
         match raw.get("text") {
             None | Some(Value::String(_) | Value::Null) => {}

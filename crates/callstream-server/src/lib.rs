@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,7 @@ pub use state::AppState;
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     // Everything but the long-lived streams answers within `request_timeout_secs`.
+    let timeout = state.config().request_timeout();
     let bounded = Router::new()
         .route(
             "/v1/calls",
@@ -50,10 +51,9 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
         .route("/demo", get(routes::demo::page))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_timeout,
-        ));
+        .route_layer(middleware::from_fn(move |request, next| {
+            answer_within(timeout, request, next)
+        }));
     let streams = Router::new().route(
         "/v1/calls/{id}/transcript/stream",
         get(routes::transcript_stream::stream),
@@ -94,8 +94,9 @@ fn cors(config: &Config) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = state.config().request_timeout();
+/// Answers 503 `timeout` when the inner handler takes longer than `limit`. Applied to every
+/// route except the long-lived streams (seed 000's 10-second write timeout).
+async fn answer_within(limit: Duration, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -236,5 +237,36 @@ impl Server {
                 "graceful shutdown timed out",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_routes_answer_503_after_the_limit() {
+        let limit = Duration::from_secs(10);
+        let router: Router = Router::new()
+            .route("/slow", get(|| async {
+                tokio::time::sleep(Duration::from_secs(11)).await;
+                "late"
+            }))
+            .route("/fast", get(|| async {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                "ok"
+            }))
+            .route_layer(middleware::from_fn(move |r, n| answer_within(limit, r, n)));
+        let call = |path: &'static str| router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap());
+        let slow = call("/slow").await.unwrap();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(slow.into_body(), 1024).await.unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"error_code": "timeout", "message": "the request took longer than 10 s"})
+        );
+        assert_eq!(call("/fast").await.unwrap().status(), StatusCode::OK);
     }
 }

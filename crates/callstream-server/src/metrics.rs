@@ -99,10 +99,10 @@ impl Metrics {
     }
 
     pub fn ingested(&self, event_type: EventType) {
-        if let Some(i) = EventType::ALL.iter().position(|t| *t == event_type) {
-            if let Some(c) = self.ingest_events.get(i) {
-                c.inc();
-            }
+        if let Some(i) = EventType::ALL.iter().position(|t| *t == event_type)
+            && let Some(c) = self.ingest_events.get(i)
+        {
+            c.inc();
         }
     }
 

@@ -185,7 +185,7 @@ fn plan(seed: u64, rounds: usize) -> CallPlan {
                     )],
                 });
             }
-            if exchanges % 2 == 0 {
+            if exchanges.is_multiple_of(2) {
                 let mut events = vec![event(
                     "call.metrics",
                     json!({

@@ -36,12 +36,12 @@ pub async fn create(
     RuntimeKey(who): RuntimeKey,
     JsonBody(body): JsonBody<CreateCall>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if let Some(ext) = &body.external_id {
-        if ext.is_empty() || ext.len() > MAX_EXTERNAL_ID || ext.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(format!(
-                "body.external_id: must be 1 to {MAX_EXTERNAL_ID} printable characters"
-            )));
-        }
+    if let Some(ext) = &body.external_id
+        && (ext.is_empty() || ext.len() > MAX_EXTERNAL_ID || ext.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(format!(
+            "body.external_id: must be 1 to {MAX_EXTERNAL_ID} printable characters"
+        )));
     }
     let call = Call {
         id: callstream_core::CallId::new(),

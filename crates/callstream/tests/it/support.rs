@@ -1,6 +1,8 @@
 //! Test support: a real server on 127.0.0.1 port 0 with a real SQLite file, real HTTP clients,
 //! an SSE reader, and a capture of every log line the process writes.
 
+#![allow(clippy::unwrap_used)] // test support: a panic is how a test reports a failure
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
