@@ -49,6 +49,10 @@ struct TopicInner {
     last_seq: u64,
     subscribers: Vec<Subscriber>,
     ended: bool,
+    /// Set by `sweep` when it takes the topic out of the map. Anyone who fetched the `Arc`
+    /// before that and locks it after must fetch the topic again, or a publish or subscription
+    /// would land on a topic nobody else can reach.
+    removed: bool,
     touched: Instant,
 }
 
@@ -75,6 +79,17 @@ impl InProcessBus {
         }
     }
 
+    /// The topic's state, locked, created on first use; never one that `sweep` removed.
+    fn locked<R>(&self, topic: &Topic, f: impl FnOnce(&mut TopicInner) -> R) -> R {
+        loop {
+            let state = self.topic(topic);
+            let mut inner = state.lock();
+            if !inner.removed {
+                return f(&mut inner);
+            }
+        }
+    }
+
     fn topic(&self, topic: &Topic) -> Arc<TopicState> {
         if let Some(state) = self.topics.get(topic) {
             return state.clone();
@@ -88,6 +103,7 @@ impl InProcessBus {
                         last_seq: 0,
                         subscribers: Vec::new(),
                         ended: false,
+                        removed: false,
                         touched: Instant::now(),
                     }),
                 })
@@ -106,7 +122,9 @@ impl InProcessBus {
             } else {
                 self.config.idle_retention
             };
-            !(inner.subscribers.is_empty() && age >= keep_for)
+            let expired = inner.subscribers.is_empty() && age >= keep_for;
+            inner.removed = expired;
+            !expired
         });
     }
 }
@@ -114,38 +132,40 @@ impl InProcessBus {
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, event: Arc<Event>) -> Result<PublishReport, BusError> {
-        let topic = self.topic(&Topic::of(event.envelope()));
-        let mut inner = topic.lock();
-        let mut report = PublishReport::default();
-        if event.seq() <= inner.last_seq || inner.ended {
-            return Ok(report);
-        }
-        inner.last_seq = event.seq();
-        inner.touched = Instant::now();
-        inner.history.push_back(event.clone());
-        while inner.history.len() > self.config.history_capacity {
-            inner.history.pop_front();
-        }
-        inner
-            .subscribers
-            .retain(|sub| match sub.tx.try_send(event.clone()) {
-                Ok(()) => {
-                    report.queued += 1;
-                    true
-                }
-                Err(TrySendError::Full(_)) => {
-                    sub.dropped.inc();
-                    report.dropped += 1;
-                    true
-                }
-                Err(TrySendError::Closed(_)) => false,
-            });
-        if event.envelope().payload.is_terminal() {
-            // Dropping the senders ends every subscription once it has drained its queue, so a
-            // subscriber learns that the call ended even if the terminal frame itself was dropped.
-            inner.ended = true;
-            inner.subscribers.clear();
-        }
+        let report = self.locked(&Topic::of(event.envelope()), |inner| {
+            let mut report = PublishReport::default();
+            if event.seq() <= inner.last_seq || inner.ended {
+                return report;
+            }
+            inner.last_seq = event.seq();
+            inner.touched = Instant::now();
+            inner.history.push_back(event.clone());
+            while inner.history.len() > self.config.history_capacity {
+                inner.history.pop_front();
+            }
+            inner
+                .subscribers
+                .retain(|sub| match sub.tx.try_send(event.clone()) {
+                    Ok(()) => {
+                        report.queued += 1;
+                        true
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        sub.dropped.inc();
+                        report.dropped += 1;
+                        true
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                });
+            if event.envelope().payload.is_terminal() {
+                // Dropping the senders ends every subscription once it has drained its queue, so
+                // a subscriber learns that the call ended even if the terminal frame itself was
+                // dropped.
+                inner.ended = true;
+                inner.subscribers.clear();
+            }
+            report
+        });
         Ok(report)
     }
 
@@ -155,14 +175,39 @@ impl Bus for InProcessBus {
         resume: Resume,
         options: SubscribeOptions,
     ) -> Result<Subscription, BusError> {
-        let state = self.topic(topic);
-        let mut inner = state.lock();
+        Ok(self.locked(topic, |inner| {
+            Self::subscribe_locked(inner, resume, options)
+        }))
+    }
+
+    async fn maintain(&self) {
+        self.sweep(Instant::now());
+    }
+
+    fn stats(&self) -> BusStats {
+        let mut stats = BusStats {
+            topics: self.topics.len(),
+            subscribers: 0,
+        };
+        for state in &self.topics {
+            stats.subscribers += state.lock().subscribers.len();
+        }
+        stats
+    }
+}
+
+impl InProcessBus {
+    fn subscribe_locked(
+        inner: &mut TopicInner,
+        resume: Resume,
+        options: SubscribeOptions,
+    ) -> Subscription {
         let mut gap = None;
         let backlog: VecDeque<Arc<Event>> = match resume {
             Resume::Live => VecDeque::new(),
             Resume::After(after) => {
                 if let Some(first) = inner.history.front() {
-                    if first.seq() > after + 1 {
+                    if first.seq() > after.saturating_add(1) {
                         gap = Some(Gap {
                             requested_after: after,
                             first_available: first.seq(),
@@ -171,7 +216,7 @@ impl Bus for InProcessBus {
                 } else if inner.last_seq > after {
                     gap = Some(Gap {
                         requested_after: after,
-                        first_available: inner.last_seq + 1,
+                        first_available: inner.last_seq.saturating_add(1),
                     });
                 }
                 inner
@@ -192,27 +237,12 @@ impl Bus for InProcessBus {
         }
         // When the topic has ended, `tx` is dropped here and the subscription ends after its
         // backlog.
-        Ok(Subscription {
+        Subscription {
             backlog,
             rx,
             gap,
             dropped: options.dropped,
-        })
-    }
-
-    async fn maintain(&self) {
-        self.sweep(Instant::now());
-    }
-
-    fn stats(&self) -> BusStats {
-        let mut stats = BusStats {
-            topics: self.topics.len(),
-            subscribers: 0,
-        };
-        for state in &self.topics {
-            stats.subscribers += state.lock().subscribers.len();
         }
-        stats
     }
 }
 
@@ -378,6 +408,39 @@ mod tests {
         let b = e.encoded(slot, |_| unreachable!("encoded twice"));
         assert_eq!(calls, 1);
         assert_eq!(a.unwrap().as_ptr(), b.unwrap().as_ptr());
+    }
+
+    #[tokio::test]
+    async fn resume_from_any_seq_is_safe() {
+        let bus = InProcessBus::new(InProcessConfig::default());
+        let (ws, c) = call();
+        let topic = Topic::call(&ws, &c);
+        bus.publish(event(&ws, &c, 1, false)).await.unwrap();
+        let mut sub = bus
+            .subscribe(&topic, Resume::After(u64::MAX), opts(4))
+            .await
+            .unwrap();
+        assert_eq!(sub.gap(), None);
+        assert!(sub.take_backlog().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_swept_topic_is_recreated_for_late_users() {
+        let bus = InProcessBus::new(InProcessConfig {
+            idle_retention: Duration::from_secs(1),
+            ..Default::default()
+        });
+        let (ws, c) = call();
+        let topic = Topic::call(&ws, &c);
+        bus.publish(event(&ws, &c, 1, false)).await.unwrap();
+        // A handle fetched before the sweep must not be used after it.
+        let stale = bus.topic(&topic);
+        bus.sweep(Instant::now() + Duration::from_secs(2));
+        assert!(stale.lock().removed);
+        let mut sub = bus.subscribe(&topic, Resume::Live, opts(4)).await.unwrap();
+        bus.publish(event(&ws, &c, 2, false)).await.unwrap();
+        assert_eq!(sub.next().await.unwrap().seq(), 2);
+        assert_eq!(bus.stats().topics, 1);
     }
 
     #[tokio::test]

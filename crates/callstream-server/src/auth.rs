@@ -98,10 +98,13 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     let text = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("Authorization header is not valid text"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <key>`"))?;
+    // The scheme name is case-insensitive (RFC 9110 section 11.1).
+    let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "Authorization must be `Bearer <key>`",
+        ));
+    }
     Ok(Some(token.trim()))
 }
 

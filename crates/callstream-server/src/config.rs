@@ -28,6 +28,9 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// Seconds graceful shutdown waits for open requests before exiting anyway.
     pub shutdown_timeout_secs: u64,
+    /// Seconds a connection may make no write progress (its client reads nothing) before it is
+    /// closed. A slow reader keeps progressing and is never cut off by this.
+    pub write_stall_timeout_secs: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Most events one ingest request may carry.
@@ -49,6 +52,7 @@ impl Default for Config {
             sse_heartbeat_secs: 30,
             request_timeout_secs: 10,
             shutdown_timeout_secs: 10,
+            write_stall_timeout_secs: 60,
             max_body_bytes: 1024 * 1024,
             max_events_per_request: 500,
             cors_allowed_origins: vec!["*".to_owned()],
@@ -66,6 +70,23 @@ pub enum ConfigError {
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
 }
+
+/// `CALLSTREAM_*` variables that configure the command line rather than the server; every
+/// other `CALLSTREAM_*` variable must name a [`Config`] field, so that a typo is an error.
+pub const COMMAND_LINE_VARIABLES: &[&str] = &[
+    "CONFIG",
+    "LOG_FORMAT",
+    "REQUIRE_SERVICES",
+    "SERVER",
+    "RUNTIME_KEY",
+    "SIM_CALLS",
+    "SIM_RATE",
+    "SIM_SPEED",
+    "SIM_SEED",
+    "WORKSPACE",
+    "KEY_RUNTIME",
+    "KEY_JSON",
+];
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -111,11 +132,7 @@ impl Config {
             let Some(field) = key.strip_prefix("CALLSTREAM_") else {
                 continue;
             };
-            // Variables that configure the command line, not the server.
-            if matches!(
-                field,
-                "CONFIG" | "REQUIRE_SERVICES" | "SERVER" | "RUNTIME_KEY"
-            ) {
+            if COMMAND_LINE_VARIABLES.contains(&field) {
                 continue;
             }
             table.insert(field.to_ascii_lowercase(), env_value(&value));
@@ -136,6 +153,7 @@ impl Config {
             ("history_capacity", self.history_capacity as u64),
             ("sse_heartbeat_secs", self.sse_heartbeat_secs),
             ("request_timeout_secs", self.request_timeout_secs),
+            ("write_stall_timeout_secs", self.write_stall_timeout_secs),
             ("max_body_bytes", self.max_body_bytes as u64),
             ("max_events_per_request", self.max_events_per_request as u64),
         ];
@@ -156,6 +174,10 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.sse_heartbeat_secs)
+    }
+
+    pub fn write_stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_stall_timeout_secs)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -203,6 +225,8 @@ mod tests {
                     "https://a.example, https://b.example",
                 ),
                 ("CALLSTREAM_CONFIG", "ignored"),
+                ("CALLSTREAM_LOG_FORMAT", "json"),
+                ("CALLSTREAM_SIM_RATE", "2"),
                 ("PATH", "/bin"),
             ]),
         )

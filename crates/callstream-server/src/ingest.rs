@@ -20,7 +20,21 @@ pub async fn append_call_events(
     events: Vec<NewEvent>,
 ) -> Result<Appended, ApiError> {
     let lock = state.ingest_lock(call);
-    let _ordered = lock.lock().await;
+    let result = {
+        let _ordered = lock.lock().await;
+        append_and_publish(state, workspace, call, events).await
+    };
+    drop(lock);
+    state.release_ingest_lock(call);
+    result
+}
+
+async fn append_and_publish(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    events: Vec<NewEvent>,
+) -> Result<Appended, ApiError> {
     let appended = state
         .store()
         .append_call_events(workspace, call, events)
@@ -33,9 +47,6 @@ pub async fn append_call_events(
             // resubmitting would mint duplicate seqs, so the ingest still succeeds.
             tracing::error!(error = %err, call_id = %call, seq = envelope.seq, "publish failed");
         }
-    }
-    if !appended.call.status.is_active() {
-        state.forget_ingest_lock(call);
     }
     Ok(appended)
 }

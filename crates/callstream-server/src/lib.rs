@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -64,6 +65,13 @@ pub fn app(state: AppState) -> Router {
         .merge(streams)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(middleware::from_fn(auth::refuse_query_tokens))
@@ -198,6 +206,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
 
     let router = app(state.clone());
     let stop = shutdown.clone();
+    let listener = conn::GuardedListener::new(listener, state.config().write_stall_timeout());
     let task = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -222,20 +231,24 @@ impl Server {
         self.state.shutdown().cancel();
     }
 
-    /// Waits for the server to stop, at most `shutdown_timeout_secs` after shutdown began.
+    /// Waits for the server to stop, at most `shutdown_timeout_secs` after shutdown began;
+    /// connections still open then are abandoned with a warning.
     ///
     /// # Errors
-    /// When serving failed or shutdown took too long.
+    /// When serving itself failed.
     pub async fn wait(self) -> std::io::Result<()> {
         self.state.shutdown().cancelled().await;
         let limit = Duration::from_secs(self.state.config().shutdown_timeout_secs);
         match tokio::time::timeout(limit, self.task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(std::io::Error::other(join)),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "graceful shutdown timed out",
-            )),
+            Err(_) => {
+                tracing::warn!(
+                    seconds = limit.as_secs(),
+                    "connections still open after the shutdown timeout; closing them"
+                );
+                Ok(())
+            }
         }
     }
 }
@@ -250,16 +263,26 @@ mod tests {
     async fn bounded_routes_answer_503_after_the_limit() {
         let limit = Duration::from_secs(10);
         let router: Router = Router::new()
-            .route("/slow", get(|| async {
-                tokio::time::sleep(Duration::from_secs(11)).await;
-                "late"
-            }))
-            .route("/fast", get(|| async {
-                tokio::time::sleep(Duration::from_secs(9)).await;
-                "ok"
-            }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(11)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/fast",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(9)).await;
+                    "ok"
+                }),
+            )
             .route_layer(middleware::from_fn(move |r, n| answer_within(limit, r, n)));
-        let call = |path: &'static str| router.clone().oneshot(Request::get(path).body(Body::empty()).unwrap());
+        let call = |path: &'static str| {
+            router
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        };
         let slow = call("/slow").await.unwrap();
         assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = axum::body::to_bytes(slow.into_body(), 1024).await.unwrap();

@@ -17,6 +17,10 @@ pub enum Surface {
     native_transcript_sse,
 }
 
+impl Surface {
+    pub const ALL: &'static [Self] = &[Self::native_transcript_sse];
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SurfaceLabels {
     pub surface: Surface,
@@ -76,6 +80,14 @@ impl Metrics {
             "Subscriptions open on the bus",
             bus_subscribers.clone(),
         );
+        // Every surface's series exist from the start, at zero, so dashboards and alerts see them
+        // before the first stream opens.
+        for &surface in Surface::ALL {
+            let labels = SurfaceLabels { surface };
+            let _ = open_streams.get_or_create(&labels);
+            let _ = frames_sent.get_or_create(&labels);
+            let _ = frames_dropped.get_or_create(&labels);
+        }
         // One series per event type, created up front so ingest increments without a map lookup.
         let ingest_events = EventType::ALL
             .iter()

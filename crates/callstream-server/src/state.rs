@@ -25,7 +25,8 @@ struct Inner {
     /// One async lock per call with an ingest in flight. The store assigns seqs, but the bus
     /// must also see one call's events in seq order, so "append to the store, then publish" runs
     /// under the call's lock. Calls are independent: there is no lock across calls. Entries go
-    /// when the call ends.
+    /// as soon as no ingest for the call is in flight, so the map holds only calls being ingested
+    /// right now.
     ingest_order: DashMap<CallId, Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -70,7 +71,11 @@ impl AppState {
         self.0.ingest_order.entry(call.clone()).or_default().clone()
     }
 
-    pub(crate) fn forget_ingest_lock(&self, call: &CallId) {
-        self.0.ingest_order.remove(call);
+    /// Drops the call's lock once nobody holds or waits for it. Safe against a racing
+    /// `ingest_lock`: both run under the map shard's lock, so a clone taken there is counted.
+    pub(crate) fn release_ingest_lock(&self, call: &CallId) {
+        self.0
+            .ingest_order
+            .remove_if(call, |_, lock| Arc::strong_count(lock) == 1);
     }
 }

@@ -128,7 +128,7 @@ impl Runtime {
     ) -> Result<CreatedCall, SimError> {
         let call = self.create_call(plan).await?;
         for step in &plan.steps {
-            let delay = step.delay.div_f64(speed.max(f64::MIN_POSITIVE));
+            let delay = scaled(step.delay, speed);
             if !delay.is_zero() {
                 tokio::select! {
                     () = stop.cancelled() => {
@@ -144,12 +144,21 @@ impl Runtime {
     }
 }
 
+/// `delay` played at `speed`; a speed that is not a positive number plays in real time.
+fn scaled(delay: Duration, speed: f64) -> Duration {
+    if speed > 0.0 {
+        Duration::try_from_secs_f64(delay.as_secs_f64() / speed).unwrap_or(delay)
+    } else {
+        delay
+    }
+}
+
 /// Options for [`run`].
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Calls to play in all; `None` plays until stopped.
     pub calls: Option<u64>,
-    /// New calls started per second.
+    /// New calls started per second (clamped to 0.001..=1000).
     pub rate: f64,
     /// Playback speed (1.0 = real time).
     pub speed: f64,
@@ -169,7 +178,12 @@ pub struct RunReport {
 pub async fn run(runtime: &Runtime, options: &RunOptions, stop: &CancellationToken) -> RunReport {
     let mut tasks = tokio::task::JoinSet::new();
     let mut report = RunReport::default();
-    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate.max(0.001)));
+    let rate = if options.rate.is_finite() {
+        options.rate.clamp(0.001, 1000.0)
+    } else {
+        1000.0
+    };
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut started = 0u64;
     loop {
         if options.calls.is_some_and(|n| started >= n) {
@@ -206,6 +220,28 @@ fn tally(
         Err(err) => {
             tracing::warn!(error = %err, "simulated call task panicked");
             report.failed += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds_scale_delays_and_never_panic() {
+        let d = Duration::from_millis(500);
+        let cases = [
+            (1.0, d),
+            (10.0, Duration::from_millis(50)),
+            (f64::INFINITY, Duration::ZERO),
+            (0.0, d),
+            (-3.0, d),
+            (f64::NAN, d),
+            (f64::MIN_POSITIVE, d),
+        ];
+        for (speed, expect) in cases {
+            assert_eq!(scaled(d, speed), expect, "{speed}");
         }
     }
 }

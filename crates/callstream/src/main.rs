@@ -63,16 +63,16 @@ struct SimulateArgs {
     #[arg(long, env = "CALLSTREAM_RUNTIME_KEY")]
     runtime_key: String,
     /// Calls to play; 0 plays until interrupted.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "CALLSTREAM_SIM_CALLS", default_value_t = 1)]
     calls: u64,
-    /// New calls started per second.
-    #[arg(long, default_value_t = 0.5)]
+    /// New calls started per second (above 0, at most 1000).
+    #[arg(long, env = "CALLSTREAM_SIM_RATE", default_value_t = 0.5, value_parser = rate)]
     rate: f64,
-    /// Playback speed: 1 is real time, 10 is ten times faster.
-    #[arg(long, default_value_t = 1.0)]
+    /// Playback speed: 1 is real time, 10 is ten times faster, `inf` sends without pauses.
+    #[arg(long, env = "CALLSTREAM_SIM_SPEED", default_value_t = 1.0, value_parser = speed)]
     speed: f64,
     /// Seed for the call scripts.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "CALLSTREAM_SIM_SEED", default_value_t = 1)]
     seed: u64,
 }
 
@@ -84,15 +84,29 @@ enum KeysCommand {
         #[arg(long, env = "CALLSTREAM_DATA_DIR", default_value = "./callstream-data")]
         data_dir: PathBuf,
         /// Workspace name.
-        #[arg(long)]
+        #[arg(long, env = "CALLSTREAM_WORKSPACE")]
         workspace: String,
         /// Create a runtime key (`rk_live_…`, for ingest) instead of an API key (`pk_live_…`).
-        #[arg(long)]
+        #[arg(long, env = "CALLSTREAM_KEY_RUNTIME")]
         runtime: bool,
         /// Print JSON `{"workspace_id","auth_id","key"}`.
-        #[arg(long)]
+        #[arg(long, env = "CALLSTREAM_KEY_JSON")]
         json: bool,
     },
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1000.0 => Ok(r),
+        _ => Err("expected a number of calls per second above 0 and at most 1000".into()),
+    }
+}
+
+fn speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 => Ok(s),
+        _ => Err("expected a speed above 0 (1 is real time, `inf` sends without pauses)".into()),
+    }
 }
 
 fn init_logs() {

@@ -1,7 +1,7 @@
 //! Calls: creation and event ingest (runtime key), the call log and final transcripts (API key).
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use callstream_core::{Call, CallStatus, Direction, EventType, Payload, Phone, Transport, time};
@@ -13,7 +13,7 @@ use crate::auth::{ApiKey, RuntimeKey, url_pairs};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::ingest;
-use crate::routes::call_id;
+use crate::routes::CallPath;
 use crate::state::AppState;
 
 const MAX_EXTERNAL_ID: usize = 128;
@@ -127,10 +127,9 @@ fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError
 pub async fn ingest_events(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
-    Path(id): Path<String>,
+    CallPath(id): CallPath,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = call_id(&id)?;
     let call = state
         .store()
         .call(&who.workspace_id, &id)
@@ -216,9 +215,8 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
-    Path(id): Path<String>,
+    CallPath(id): CallPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = call_id(&id)?;
     let call = state
         .store()
         .call(&who.workspace_id, &id)
@@ -231,9 +229,8 @@ pub async fn get(
 pub async fn transcript(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
-    Path(id): Path<String>,
+    CallPath(id): CallPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = call_id(&id)?;
     let call = state
         .store()
         .call(&who.workspace_id, &id)

@@ -11,11 +11,11 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use callstream_bus::{Resume, SubscribeOptions, Subscription, Topic};
-use callstream_core::Payload;
+use callstream_core::{CallId, CallStatus, Payload, WorkspaceId};
 use callstream_store::TranscriptTurn;
 use callstream_surfaces::native::{self, TranscriptFrame};
 use callstream_surfaces::sse;
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::BrowserApiKey;
 use crate::error::ApiError;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_id;
+use crate::routes::CallPath;
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -37,10 +37,9 @@ const LABELS: SurfaceLabels = SurfaceLabels {
 pub async fn stream(
     State(state): State<AppState>,
     BrowserApiKey(who): BrowserApiKey,
-    Path(id): Path<String>,
+    CallPath(id): CallPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = call_id(&id)?;
     let call = state
         .store()
         .call(&who.workspace_id, &id)
@@ -61,26 +60,34 @@ pub async fn stream(
                 .get_or_create(&LABELS)
                 .clone(),
         };
-        // Without a resume point, read the whole history too, to find the in-flight turn.
-        let resume = Resume::After(resume_after.unwrap_or(0));
+        // Read the history too: it holds the in-flight turn, or what a resuming client missed.
         let topic = Topic::call(&who.workspace_id, &id);
         let mut sub = state
             .bus()
-            .subscribe(&topic, resume, options)
+            .subscribe(&topic, Resume::After(resume_after.unwrap_or(0)), options)
             .await
             .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
-        if resume_after.is_none() {
-            prefix.extend(in_flight_turn(sub.take_backlog()));
-        } else if let Some(gap) = sub.gap() {
-            // The history no longer reaches back to the resume point: fill in the final turns
-            // the store kept for the stretch that fell out of it.
-            let turns = state.store().transcript(&who.workspace_id, &id).await?;
-            prefix.extend(
-                turns
-                    .iter()
-                    .filter(|t| t.seq > gap.requested_after && t.seq < gap.first_available)
-                    .map(stored_frame),
-            );
+        let history = sub.take_backlog();
+        match resume_after {
+            None => prefix.extend(in_flight_turn(&history)),
+            Some(after) => {
+                // The history is bounded (and empty after a restart), so it may not reach back
+                // to `after`: the stored final turns cover the stretch before it. Anything
+                // newer than the call as read above is in the history or still to come live.
+                let history_from = history
+                    .front()
+                    .map_or(call.last_seq.saturating_add(1), |e| e.seq());
+                if after.saturating_add(1) < history_from {
+                    let turns = state.store().transcript(&who.workspace_id, &id).await?;
+                    prefix.extend(
+                        turns
+                            .iter()
+                            .filter(|t| t.seq > after && t.seq < history_from)
+                            .map(stored_frame),
+                    );
+                }
+                prefix.extend(history.iter().filter_map(|e| native::transcript_sse(e)));
+            }
         }
         Some(sub)
     } else {
@@ -94,6 +101,9 @@ pub async fn stream(
         if prefix.is_empty() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
+        if call.status == CallStatus::Failed {
+            prefix.push_back(call_failed(None));
+        }
         None
     };
 
@@ -104,6 +114,12 @@ pub async fn stream(
         shutdown: state.shutdown().clone(),
         sent: state.metrics().frames_sent.get_or_create(&LABELS).clone(),
         finished: false,
+        ended: EndCheck {
+            state: state.clone(),
+            workspace: who.workspace_id,
+            call: id,
+            seen_terminal: false,
+        },
         _open: OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone()),
     };
     Ok(sse_response(Body::from_stream(stream::unfold(
@@ -112,8 +128,39 @@ pub async fn stream(
     ))))
 }
 
+/// The terminal `event: error` frame for a failed call (seed 000: "event: error frames carry a
+/// terminal {error_code, message}").
+fn call_failed(reason: Option<&str>) -> Bytes {
+    let message = match reason {
+        Some(reason) => format!("the call failed: {reason}"),
+        None => "the call failed".to_owned(),
+    };
+    native::error_sse("call_failed", &message)
+}
+
+/// What the stream needs to tell, at its end, whether the call failed when the terminal event
+/// itself was dropped for a full queue.
+struct EndCheck {
+    state: AppState,
+    workspace: WorkspaceId,
+    call: CallId,
+    seen_terminal: bool,
+}
+
+impl EndCheck {
+    async fn failed(&self) -> bool {
+        if self.seen_terminal {
+            return false;
+        }
+        match self.state.store().call(&self.workspace, &self.call).await {
+            Ok(Some(call)) => call.status == CallStatus::Failed,
+            _ => false,
+        }
+    }
+}
+
 /// The latest partial of the last turn in `history` if that turn has no final yet.
-fn in_flight_turn(history: VecDeque<std::sync::Arc<callstream_bus::Event>>) -> Option<Bytes> {
+fn in_flight_turn(history: &VecDeque<std::sync::Arc<callstream_bus::Event>>) -> Option<Bytes> {
     let last = history
         .iter()
         .rev()
@@ -165,6 +212,7 @@ struct LiveStream {
     shutdown: CancellationToken,
     sent: Counter,
     finished: bool,
+    ended: EndCheck,
     _open: OpenStream,
 }
 
@@ -190,7 +238,21 @@ impl LiveStream {
                     return Some((Ok(frame), self));
                 }
                 event = sub.next() => {
-                    let event = event?;
+                    let Some(event) = event else {
+                        // The call ended. Say so if it failed and the terminal event was lost.
+                        self.finished = true;
+                        return self.ended.failed().await.then(|| (Ok(call_failed(None)), self));
+                    };
+                    match &event.envelope().payload {
+                        Payload::Failed(f) => {
+                            self.ended.seen_terminal = true;
+                            self.finished = true;
+                            let frame = call_failed(Some(&f.reason));
+                            return Some((Ok(frame), self));
+                        }
+                        Payload::Completed(_) => self.ended.seen_terminal = true,
+                        _ => {}
+                    }
                     if let Some(frame) = native::transcript_sse(&event) {
                         self.sent.inc();
                         return Some((Ok(frame), self));

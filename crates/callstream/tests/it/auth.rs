@@ -161,3 +161,73 @@ async fn keys_never_reach_the_logs() {
     }
     assert!(!logs.contains("pk_live_"), "no key prefix in logs at all");
 }
+
+#[tokio::test]
+async fn the_conversation_stream_never_takes_a_query_token() {
+    let ts = TestServer::start().await;
+    let r = ts
+        .http
+        .get(ts.url(&format!(
+            "/v1/conversations/conv_abc/stream?token={}",
+            ts.acme.api
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+}
+
+#[tokio::test]
+async fn a_query_token_for_another_workspaces_call_is_404() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let s = crate::support::SseReader::open(ts.http.get(ts.url(&format!(
+        "/v1/calls/{id}/transcript/stream?token={}",
+        ts.other.api
+    ))))
+    .await;
+    assert_eq!(s.status, 404);
+}
+
+#[tokio::test]
+async fn odd_requests_get_json_errors() {
+    let ts = TestServer::start().await;
+    // Bad percent-encoding in the id, and a wrong method: still the API's JSON shape.
+    let r = ts
+        .http
+        .get(ts.url("/v1/calls/%FF%FE"))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error_code"], "not_found");
+    let r = ts
+        .http
+        .delete(ts.url("/v1/calls"))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error_code"], "method_not_allowed");
+    // The auth scheme is case-insensitive.
+    let r = ts
+        .http
+        .get(ts.url("/v1/calls"))
+        .header("authorization", format!("BEARER {}", ts.acme.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -75,3 +75,150 @@ async fn keys_create_works_while_the_server_runs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--workspace must be"));
 }
+
+/// The real binary end to end: `serve` configured by environment with JSON logs, `keys create`,
+/// `simulate` through it, a stream opened with `?token=`, then SIGTERM: a clean exit, and no
+/// key anywhere in what it logged.
+#[tokio::test]
+async fn serve_simulate_and_stop_the_real_binary() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let bin = env!("CARGO_BIN_EXE_callstream");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let mut server = tokio::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CALLSTREAM_DATA_DIR", &data_dir)
+        .env("CALLSTREAM_LOG_FORMAT", "json")
+        .env("CALLSTREAM_SSE_HEARTBEAT_SECS", "1")
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Drain stderr all along (a full pipe would block the server's logging), collecting it.
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let collector = tokio::spawn(async move {
+        let mut log = String::new();
+        let mut addr_tx = Some(addr_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            let entry: serde_json::Value =
+                serde_json::from_str(&line).expect("every log line is JSON");
+            if entry["fields"]["message"] == "callstream listening"
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(
+                    entry["fields"]["addr"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(20), addr_rx)
+        .await
+        .expect("the server says where it listens within 20 s")
+        .expect("the server is running");
+    let base = format!("http://{addr}");
+
+    let keys = |runtime: bool| {
+        let mut cmd = Command::new(bin);
+        cmd.args(["keys", "create", "--data-dir", &data_dir])
+            .env("CALLSTREAM_WORKSPACE", "binco")
+            .env("CALLSTREAM_KEY_JSON", "true");
+        if runtime {
+            cmd.env("CALLSTREAM_KEY_RUNTIME", "true");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (api, runtime) = (keys(false), keys(true));
+    assert!(api.starts_with("pk_live_") && runtime.starts_with("rk_live_"));
+
+    let sim = tokio::process::Command::new(bin)
+        .arg("simulate")
+        .env("CALLSTREAM_SERVER", &base)
+        .env("CALLSTREAM_RUNTIME_KEY", &runtime)
+        .env("CALLSTREAM_SIM_CALLS", "3")
+        .env("CALLSTREAM_SIM_RATE", "50")
+        .env("CALLSTREAM_SIM_SPEED", "inf")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&sim.stdout).trim(),
+        "3 calls played, 0 failed"
+    );
+
+    let http = reqwest::Client::new();
+    let list: serde_json::Value = http
+        .get(format!("{base}/v1/calls"))
+        .bearer_auth(&api)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let calls = list["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3);
+    let id = calls[0]["id"].as_str().unwrap();
+    let stream = http
+        .get(format!(
+            "{base}/v1/calls/{id}/transcript/stream?token={api}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    drop(stream);
+
+    // Refused input on the command line.
+    let bad = Command::new(bin)
+        .args(["simulate", "--runtime-key", &runtime, "--rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("calls per second above 0"));
+
+    let pid = server.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), server.wait())
+        .await
+        .expect("the server stops within 20 s of SIGTERM")
+        .unwrap();
+    let log = collector.await.unwrap();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("shutting down"));
+    assert!(log.contains("/v1/calls"), "request lines are logged");
+    assert!(
+        !log.contains(&api) && !log.contains(&runtime),
+        "a key reached the log"
+    );
+    assert!(!log.contains("pk_live_") && !log.contains("rk_live_"));
+}

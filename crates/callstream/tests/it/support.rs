@@ -102,8 +102,10 @@ impl TestServer {
     fn wrap(server: Server, dir: Arc<tempfile::TempDir>, acme: Tenant, other: Tenant) -> Self {
         logs();
         let base = format!("http://{}", server.addr());
+        // No total timeout on the client: it would also cut stream bodies. Plain requests get
+        // one each (below); streams are bounded per frame by `SseReader::next`.
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
         Self {
@@ -129,6 +131,7 @@ impl TestServer {
             .http
             .get(self.url(path))
             .bearer_auth(key)
+            .timeout(Duration::from_secs(20))
             .send()
             .await
             .unwrap();
@@ -142,6 +145,7 @@ impl TestServer {
             .post(self.url(path))
             .bearer_auth(key)
             .json(body)
+            .timeout(Duration::from_secs(20))
             .send()
             .await
             .unwrap();
@@ -290,7 +294,10 @@ impl SseReader {
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(_)) | None => return None,
+                // A clean end of the chunked body is the server closing the stream; anything else
+                // (a reset, a truncated chunk) is a failure, not a close.
+                Some(Err(e)) => panic!("the stream broke instead of closing: {e}"),
+                None => return None,
             }
         }
     }

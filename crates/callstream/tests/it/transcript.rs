@@ -223,7 +223,6 @@ async fn a_consumer_that_never_reads_loses_frames_and_slows_nobody() {
         dropped > 0.0,
         "the stuck stream's frames were dropped and counted"
     );
-    assert!(dropped < 1000.0, "the healthy stream dropped nothing");
 
     // The stuck client's connection is still a valid HTTP response when it finally reads.
     let mut head = [0u8; 12];
@@ -253,4 +252,148 @@ async fn many_viewers_of_one_call_see_the_same_frames() {
         assert_eq!(v.next_data().await.unwrap().json()["text"], "two");
     }
     let _: Vec<SseReader> = viewers;
+}
+
+#[tokio::test]
+async fn odd_last_event_ids_are_harmless() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    ts.ingest(id, transcription("user", "before", true, "trn_0"))
+        .await;
+    for header in [
+        "18446744073709551615",
+        "99999999999999999999999",
+        "evt_abc",
+        "-1",
+        "",
+    ] {
+        let req = ts
+            .http
+            .get(ts.url(&format!("/v1/calls/{id}/transcript/stream")))
+            .bearer_auth(&ts.acme.api)
+            .header("Last-Event-ID", header);
+        let mut s = SseReader::open(req).await;
+        assert_eq!(s.status, 200, "{header:?}");
+        ts.ingest(
+            id,
+            transcription("user", header, true, &format!("trn_{}", header.len())),
+        )
+        .await;
+        let frame = s.next_data().await.unwrap();
+        assert_eq!(
+            frame.json()["text"],
+            header,
+            "{header:?} still gets live frames"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resume_after_a_restart_gets_the_stored_finals() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    ts.ingest(
+        &id,
+        json!([
+            transcription("user", "one", true, "trn_1"),
+            transcription("agent", "two", true, "trn_2"),
+            transcription("user", "thr", false, "trn_3"),
+            transcription("user", "three", true, "trn_3"),
+        ]),
+    )
+    .await;
+    // The client saw seq 2 ("one") before the gateway restarted; the history is gone with it.
+    let ts = ts.restart().await;
+    let mut s = transcript_stream(&ts, &id, &ts.acme.api, Some(2)).await;
+    assert_eq!(s.next_data().await.unwrap().json()["text"], "two");
+    assert_eq!(s.next_data().await.unwrap().json()["text"], "three");
+    ts.ingest(&id, transcription("agent", "four", true, "trn_4"))
+        .await;
+    let live = s.next_data().await.unwrap();
+    assert_eq!(
+        (live.id.as_deref(), live.json()["text"].as_str()),
+        (Some("6"), Some("four"))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_call_ends_with_an_error_frame() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut s = transcript_stream(&ts, id, &ts.acme.api, None).await;
+    ts.ingest(
+        id,
+        json!([
+            transcription("user", "hello?", true, "trn_1"),
+            {"event_type": "call.failed", "payload": {"reason": "network_error"}},
+        ]),
+    )
+    .await;
+    assert_eq!(s.next_data().await.unwrap().json()["text"], "hello?");
+    let err = s.next_data().await.unwrap();
+    assert_eq!(err.event.as_deref(), Some("error"));
+    assert_eq!(
+        err.json(),
+        json!({"error_code": "call_failed", "message": "the call failed: network_error"})
+    );
+    assert_eq!(s.next().await, None);
+
+    // Opening it afterwards replays the finals and the same terminal error.
+    let mut late = transcript_stream(&ts, id, &ts.acme.api, None).await;
+    assert_eq!(late.next_data().await.unwrap().json()["text"], "hello?");
+    assert_eq!(
+        late.next_data().await.unwrap().json()["error_code"],
+        "call_failed"
+    );
+    assert_eq!(late.next().await, None);
+}
+
+/// A client that reads nothing at all is disconnected after the write stall timeout, so it
+/// cannot hold its stream (or a shutdown) forever.
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_disconnected_after_the_stall_timeout() {
+    let ts = TestServer::start_with(|c| {
+        c.write_stall_timeout_secs = 1;
+        c.stream_queue_capacity = 4;
+    })
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(ts.server().addr()).await.unwrap();
+    let request = format!(
+        "GET /v1/calls/{id}/transcript/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        ts.acme.api
+    );
+    stuck.write_all(request.as_bytes()).await.unwrap();
+    let open = "callstream_open_streams{surface=\"native_transcript_sse\"}";
+    for _ in 0..100 {
+        if ts.metric(open).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ts.metric(open).await, 1.0);
+    // Enough to fill every socket buffer between the server and the stuck client.
+    let text = "x".repeat(60_000);
+    for batch in 0..200 {
+        let events: Vec<_> = (0..4)
+            .map(|i| transcription("user", &text, true, &format!("trn_{batch}_{i}")))
+            .collect();
+        ts.ingest(id, json!(events)).await;
+        if ts.metric(open).await == 0.0 {
+            break;
+        }
+    }
+    for _ in 0..300 {
+        if ts.metric(open).await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the stuck stream was never closed");
 }
