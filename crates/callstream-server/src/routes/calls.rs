@@ -13,7 +13,7 @@ use crate::auth::{ApiKey, RuntimeKey, url_pairs};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::ingest;
-use crate::routes::CallPath;
+use crate::routes::{CallPath, load_call};
 use crate::state::AppState;
 
 const MAX_EXTERNAL_ID: usize = 128;
@@ -130,11 +130,7 @@ pub async fn ingest_events(
     CallPath(id): CallPath,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let call = state
-        .store()
-        .call(&who.workspace_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("call"))?;
+    let call = load_call(&state, &who.workspace_id, &id).await?;
     let max = state.config().max_events_per_request;
     let events = match body {
         Value::Array(items) => {
@@ -217,11 +213,7 @@ pub async fn get(
     ApiKey(who): ApiKey,
     CallPath(id): CallPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let call = state
-        .store()
-        .call(&who.workspace_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("call"))?;
+    let call = load_call(&state, &who.workspace_id, &id).await?;
     Ok(Json(call))
 }
 
@@ -231,11 +223,7 @@ pub async fn transcript(
     ApiKey(who): ApiKey,
     CallPath(id): CallPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let call = state
-        .store()
-        .call(&who.workspace_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("call"))?;
+    let call = load_call(&state, &who.workspace_id, &id).await?;
     let turns = state.store().transcript(&who.workspace_id, &id).await?;
     Ok(Json(
         json!({ "call_id": call.id, "status": call.status, "turns": turns }),

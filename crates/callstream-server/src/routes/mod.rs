@@ -8,9 +8,26 @@ pub mod transcript_stream;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use callstream_core::CallId;
+use callstream_core::{Call, CallId, WorkspaceId};
 
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The workspace's call, or the 404 that a missing and a foreign id share.
+///
+/// # Errors
+/// 404 when the workspace has no such call; 500 when the store fails.
+pub async fn load_call(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    id: &CallId,
+) -> Result<Call, ApiError> {
+    state
+        .store()
+        .call(workspace, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))
+}
 
 /// The `{id}` of a call path. Anything that is not a well-formed call id (bad percent-encoding,
 /// another kind of id, garbage) is "call not found", exactly like an unknown or foreign id, and

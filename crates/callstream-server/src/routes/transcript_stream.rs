@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::BrowserApiKey;
 use crate::error::ApiError;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::CallPath;
+use crate::routes::{CallPath, load_call};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -40,11 +40,7 @@ pub async fn stream(
     CallPath(id): CallPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let call = state
-        .store()
-        .call(&who.workspace_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("call"))?;
+    let call = load_call(&state, &who.workspace_id, &id).await?;
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -334,3 +334,33 @@ pub async fn transcript_stream(
 pub fn services_required() -> bool {
     std::env::var("CALLSTREAM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
+
+/// A client that opens a call's transcript stream on a raw socket with a tiny receive buffer
+/// and then never reads.
+pub async fn stuck_client(ts: &TestServer, call_id: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(ts.server().addr()).await.unwrap();
+    let request = format!(
+        "GET /v1/calls/{call_id}/transcript/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        ts.acme.api
+    );
+    stuck.write_all(request.as_bytes()).await.unwrap();
+    stuck
+}
+
+/// Waits (at most 5 s) until the metric reaches `want`.
+pub async fn wait_for_metric(
+    ts: &TestServer,
+    name_and_labels: &str,
+    want: impl Fn(f64) -> bool,
+) -> bool {
+    for _ in 0..250 {
+        if want(ts.metric(name_and_labels).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

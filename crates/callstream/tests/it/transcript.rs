@@ -1,11 +1,14 @@
 //! Seed 000 call transcript SSE: frames, resume, end of call, heartbeats, slow consumers.
 
-use std::time::Duration;
-
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use crate::support::{SseReader, TestServer, completed, transcript_stream, transcription};
+use crate::support::{
+    SseReader, TestServer, completed, stuck_client, transcript_stream, transcription,
+    wait_for_metric,
+};
+
+const OPEN: &str = "callstream_open_streams{surface=\"native_transcript_sse\"}";
 
 #[tokio::test]
 async fn partials_then_final_share_a_turn_and_the_stream_closes_at_call_end() {
@@ -169,28 +172,12 @@ async fn a_consumer_that_never_reads_loses_frames_and_slows_nobody() {
     let call = ts.create_call("sip").await;
     let id = call["id"].as_str().unwrap();
 
-    // The stuck client: a raw socket with a tiny receive buffer that sends a request and never
-    // reads the response.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = socket.connect(ts.server().addr()).await.unwrap();
-    let request = format!(
-        "GET /v1/calls/{id}/transcript/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        ts.acme.api
-    );
-    stuck.write_all(request.as_bytes()).await.unwrap();
+    let mut stuck = stuck_client(&ts, id).await;
     let mut healthy = transcript_stream(&ts, id, &ts.acme.api, None).await;
-    // Wait until both streams are subscribed.
-    for _ in 0..100 {
-        if ts
-            .metric("callstream_open_streams{surface=\"native_transcript_sse\"}")
-            .await
-            >= 2.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_for_metric(&ts, OPEN, |v| v >= 2.0).await,
+        "both streams subscribed"
+    );
 
     // Lock-step: each batch is published only after the healthy reader has the previous one, so
     // if the stuck client could block publishing, this loop would hang (and the test time out).
@@ -362,22 +349,11 @@ async fn a_client_that_reads_nothing_is_disconnected_after_the_stall_timeout() {
     .await;
     let call = ts.create_call("sip").await;
     let id = call["id"].as_str().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = socket.connect(ts.server().addr()).await.unwrap();
-    let request = format!(
-        "GET /v1/calls/{id}/transcript/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        ts.acme.api
+    let _stuck = stuck_client(&ts, id).await;
+    assert!(
+        wait_for_metric(&ts, OPEN, |v| v >= 1.0).await,
+        "the stuck stream subscribed"
     );
-    stuck.write_all(request.as_bytes()).await.unwrap();
-    let open = "callstream_open_streams{surface=\"native_transcript_sse\"}";
-    for _ in 0..100 {
-        if ts.metric(open).await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(ts.metric(open).await, 1.0);
     // Enough to fill every socket buffer between the server and the stuck client.
     let text = "x".repeat(60_000);
     for batch in 0..200 {
@@ -385,15 +361,12 @@ async fn a_client_that_reads_nothing_is_disconnected_after_the_stall_timeout() {
             .map(|i| transcription("user", &text, true, &format!("trn_{batch}_{i}")))
             .collect();
         ts.ingest(id, json!(events)).await;
-        if ts.metric(open).await == 0.0 {
+        if ts.metric(OPEN).await == 0.0 {
             break;
         }
     }
-    for _ in 0..300 {
-        if ts.metric(open).await == 0.0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the stuck stream was never closed");
+    assert!(
+        wait_for_metric(&ts, OPEN, |v| v == 0.0).await,
+        "the stuck stream was never closed"
+    );
 }
