@@ -16,6 +16,7 @@
 //! The bus knows envelopes and topics. It does not know surfaces, wire formats other than the
 //! envelope, the store, or who may read what: authorisation happens before anyone subscribes.
 
+pub mod commands;
 mod event;
 mod in_process;
 mod topic;

@@ -6,7 +6,9 @@
 //! under the surface's own [`FormatSlot`], so each event is encoded once per surface however many
 //! subscribers it has. The server's handlers do the I/O and call these.
 
+pub mod control;
 pub mod native;
+pub mod runtime;
 pub mod sse;
 
 use callstream_bus::FormatSlot;

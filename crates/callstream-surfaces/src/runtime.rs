@@ -1,0 +1,216 @@
+//! The runtime socket (`GET /v1/runtime`): callstream's own protocol between a call runtime and
+//! the gateway. Events travel up, commands travel down, and the runtime's results travel back.
+//!
+//! Runtime → gateway:
+//! ```json
+//! {"type": "events", "ref": "r1", "call_id": "call_…", "events": [{"event_type": …, "payload": …}]}
+//! {"type": "command_result", "command_id": "cmd_…", "ok": true}
+//! {"type": "command_result", "command_id": "cmd_…", "ok": false, "error_code": "unknown_call", "message": "…"}
+//! ```
+//! Gateway → runtime:
+//! ```json
+//! {"type": "accepted", "ref": "r1", "call_id": "call_…", "seqs": [4, 5]}
+//! {"type": "command", "command_id": "cmd_…", "call_id": "call_…", "command": "send_dtmf", "digits": "1"}
+//! {"type": "error", "ref": "r1", "error_code": "invalid_event", "message": "events[0].payload.text: …"}
+//! ```
+//! `ref` is optional and echoed, so a runtime can match answers to its requests.
+
+use bytes::Bytes;
+use callstream_core::Command;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A message from a runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeMessage {
+    Events(EventsMessage),
+    CommandResult(CommandResult),
+}
+
+/// Events for one call.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsMessage {
+    #[serde(rename = "type")]
+    _type: String,
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+    pub call_id: String,
+    /// One event object or an array, exactly as `POST /v1/calls/{id}/events` takes them.
+    pub events: Value,
+}
+
+/// The runtime's answer to a command.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    #[serde(rename = "type")]
+    _type: String,
+    pub command_id: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub error_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Parses one text frame from a runtime.
+///
+/// # Errors
+/// The message to put in an `error` frame, naming the wrong field.
+pub fn parse(text: &str) -> Result<RuntimeMessage, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    // `type` first, then the variant's own struct, so that errors name the field (serde loses
+    // field paths inside internally tagged enums).
+    match value.get("type").and_then(Value::as_str) {
+        Some("events") => decode(value).map(RuntimeMessage::Events),
+        Some("command_result") => decode(value).map(RuntimeMessage::CommandResult),
+        Some(other) => Err(format!(
+            "type: unknown message type {other:?}; expected events or command_result"
+        )),
+        None => Err("type: missing field".to_owned()),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct CommandFrame<'a> {
+    r#type: &'static str,
+    command_id: &'a str,
+    call_id: &'a str,
+    #[serde(flatten)]
+    command: &'a Command,
+}
+
+/// A command for the runtime.
+pub fn command_frame(command_id: &str, call_id: &str, command: &Command) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&CommandFrame {
+            r#type: "command",
+            command_id,
+            call_id,
+            command,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    r#type: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    call_id: &'a str,
+    seqs: &'a [u64],
+}
+
+/// The answer to an accepted `events` message.
+pub fn accepted_frame(reference: Option<&str>, call_id: &str, seqs: &[u64]) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&Accepted {
+            r#type: "accepted",
+            reference,
+            call_id,
+            seqs,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+#[derive(Serialize)]
+struct Error<'a> {
+    r#type: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    error_code: &'a str,
+    message: &'a str,
+}
+
+/// An error answer to a runtime message.
+pub fn error_frame(reference: Option<&str>, error_code: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&Error {
+            r#type: "error",
+            reference,
+            error_code,
+            message,
+        })
+        .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_messages() {
+        let Ok(RuntimeMessage::Events(events)) =
+            parse(r#"{"type":"events","ref":"r1","call_id":"call_1","events":[]}"#)
+        else {
+            panic!("not events");
+        };
+        assert_eq!(
+            (events.reference.as_deref(), events.call_id.as_str()),
+            (Some("r1"), "call_1")
+        );
+        let result = parse(
+            r#"{"type":"command_result","command_id":"cmd_1","ok":false,"error_code":"unknown_call"}"#,
+        );
+        assert!(matches!(
+            result,
+            Ok(RuntimeMessage::CommandResult(CommandResult {
+                ok: false,
+                ..
+            }))
+        ));
+        for (text, expect) in [
+            ("nope", "not valid JSON"),
+            (
+                r#"{"type":"events","call_id":"c"}"#,
+                "missing field `events`",
+            ),
+            (
+                r#"{"type":"command_result","command_id":"c","ok":"yes"}"#,
+                "ok: invalid type",
+            ),
+            (
+                r#"{"type":"hello"}"#,
+                "type: unknown message type \"hello\"",
+            ),
+            (r#"{"call_id":"c","events":[]}"#, "type: missing field"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn gateway_frames() {
+        assert_eq!(
+            command_frame("cmd_1", "call_1", &Command::SendDtmf { digits: "5".into() }),
+            Bytes::from(
+                r#"{"type":"command","command_id":"cmd_1","call_id":"call_1","command":"send_dtmf","digits":"5"}"#
+            )
+        );
+        assert_eq!(
+            accepted_frame(None, "call_1", &[4, 5]),
+            Bytes::from(r#"{"type":"accepted","call_id":"call_1","seqs":[4,5]}"#)
+        );
+        assert_eq!(
+            error_frame(Some("r"), "invalid_event", "x"),
+            Bytes::from(r#"{"type":"error","ref":"r","error_code":"invalid_event","message":"x"}"#)
+        );
+    }
+}
