@@ -24,6 +24,9 @@ mod topic;
 use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
 
+pub use commands::{
+    CommandError, CommandOutcome, CommandRequest, CommandRouter, InProcessCommands, RuntimeLink,
+};
 pub use event::{Event, FORMAT_SLOTS, FormatSlot};
 pub use in_process::{InProcessBus, InProcessConfig};
 pub use topic::Topic;

@@ -15,8 +15,9 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use callstream_core::id::KeyId;
-use callstream_core::{KeyKind, WorkspaceId, time};
+use callstream_core::{CallId, KeyKind, WorkspaceId, time};
 use callstream_store::{KeyRecord, Store};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -31,21 +32,27 @@ pub struct NewKey {
     pub record: KeyRecord,
 }
 
-/// Mints a key of `kind` for `workspace`.
-pub fn mint(workspace: &WorkspaceId, kind: KeyKind) -> NewKey {
+/// `prefix` followed by 32 random letters and digits (about 190 bits).
+pub fn random_secret(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut secret = String::from(kind.prefix());
-    while secret.len() < kind.prefix().len() + SECRET_CHARS {
+    let mut secret = String::from(prefix);
+    while secret.len() < prefix.len() + SECRET_CHARS {
         let mut bytes = [0u8; 64];
         callstream_core::id::random_bytes(&mut bytes);
         // Rejection sampling: 248 = 4 * 62, so every accepted byte maps without bias.
         for b in bytes.into_iter().filter(|b| *b < 248) {
-            if secret.len() == kind.prefix().len() + SECRET_CHARS {
+            if secret.len() == prefix.len() + SECRET_CHARS {
                 break;
             }
             secret.push(ALPHABET[usize::from(b) % ALPHABET.len()] as char);
         }
     }
+    secret
+}
+
+/// Mints a key of `kind` for `workspace`.
+pub fn mint(workspace: &WorkspaceId, kind: KeyKind) -> NewKey {
+    let secret = random_secret(kind.prefix());
     let record = KeyRecord {
         id: KeyId::new(),
         workspace_id: workspace.clone(),
@@ -58,6 +65,9 @@ pub fn mint(workspace: &WorkspaceId, kind: KeyKind) -> NewKey {
     NewKey { secret, record }
 }
 
+/// The prefix of stream tokens (`POST /v1/stream-tokens`).
+pub const STREAM_TOKEN_PREFIX: &str = "st_";
+
 pub fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -68,6 +78,56 @@ pub struct Principal {
     pub workspace_id: WorkspaceId,
     pub kind: KeyKind,
     pub key_id: KeyId,
+    /// Set for a stream token: the one call it may watch.
+    pub call_scope: Option<CallId>,
+    /// Set for a stream token: when it stops working (streams opened with it end then).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Principal {
+    /// Refuses a stream token used for a call other than its own.
+    ///
+    /// # Errors
+    /// 403 when the token is scoped to another call.
+    pub fn check_call(&self, call: &CallId) -> Result<(), ApiError> {
+        match &self.call_scope {
+            Some(scope) if scope != call => {
+                Err(ApiError::forbidden("this stream token is for another call"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Resolves a stream token.
+///
+/// # Errors
+/// 401 for an unknown, expired or revoked token.
+pub async fn authenticate_stream_token(
+    store: &dyn Store,
+    secret: &str,
+) -> Result<Principal, ApiError> {
+    if secret.len() > 128 {
+        return Err(ApiError::unauthorized("invalid stream token"));
+    }
+    let presented = hash(secret);
+    let token = store
+        .stream_token_by_hash(&presented)
+        .await?
+        .filter(|t| bool::from(t.token_hash.ct_eq(&presented)))
+        .ok_or_else(|| ApiError::unauthorized("invalid stream token"))?;
+    if token.expires_at <= time::now() {
+        return Err(ApiError::unauthorized(
+            "the stream token has expired; ask for a new one",
+        ));
+    }
+    Ok(Principal {
+        workspace_id: token.workspace_id,
+        kind: KeyKind::Api,
+        key_id: token.key_id,
+        call_scope: Some(token.call_id),
+        expires_at: Some(token.expires_at),
+    })
 }
 
 /// Resolves a presented secret to its principal.
@@ -88,6 +148,8 @@ pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<Principal, 
         workspace_id: record.workspace_id,
         kind: record.kind,
         key_id: record.id,
+        call_scope: None,
+        expires_at: None,
     })
 }
 
@@ -176,8 +238,9 @@ async fn principal(
 /// An API key (`pk_live_…`) from the `Authorization` header.
 pub struct ApiKey(pub Principal);
 
-/// An API key from the header or, on the browser paths, `?token=`.
-pub struct BrowserApiKey(pub Principal);
+/// On the browser paths: an API key or a stream token, from the header or `?token=`. Handlers
+/// must call [`Principal::check_call`] for the call they serve.
+pub struct BrowserPrincipal(pub Principal);
 
 /// A runtime key (`rk_live_…`) from the `Authorization` header.
 pub struct RuntimeKey(pub Principal);
@@ -189,9 +252,20 @@ impl FromRequestParts<AppState> for ApiKey {
     }
 }
 
-impl FromRequestParts<AppState> for BrowserApiKey {
+impl FromRequestParts<AppState> for BrowserPrincipal {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = bearer(parts)?.map(str::to_owned);
+        let query = query_token(parts.uri.query());
+        if let Some(token) = header
+            .as_deref()
+            .or(query.as_deref())
+            .filter(|s| s.starts_with(STREAM_TOKEN_PREFIX))
+        {
+            return authenticate_stream_token(state.store(), token)
+                .await
+                .map(Self);
+        }
         principal(parts, state, true, KeyKind::Api).await.map(Self)
     }
 }

@@ -35,6 +35,20 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most events one ingest request may carry.
     pub max_events_per_request: usize,
+    /// Seconds between WebSocket pings on idle sockets.
+    pub ws_ping_secs: u64,
+    /// Largest WebSocket message a client may send, in bytes (larger closes with 1009).
+    pub ws_max_message_bytes: usize,
+    /// Messages per second one client may send on a socket before they are refused.
+    pub ws_client_messages_per_sec: u32,
+    /// Commands one socket may have waiting for the call runtime at once.
+    pub ws_max_commands_in_flight: usize,
+    /// Seconds a command waits for the call runtime's answer.
+    pub command_timeout_secs: u64,
+    /// Seconds a stream token lives when the request names no `ttl_secs`.
+    pub stream_token_ttl_secs: u64,
+    /// The longest `ttl_secs` a stream token may ask for.
+    pub stream_token_max_ttl_secs: u64,
     /// Origins allowed to call the API from a browser (CORS); `*` allows any. Streams are
     /// authorised by key or stream token, never by cookie, so `*` exposes nothing by itself.
     #[serde(deserialize_with = "list_or_csv")]
@@ -56,6 +70,13 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_events_per_request: 500,
             cors_allowed_origins: vec!["*".to_owned()],
+            ws_ping_secs: 30,
+            ws_max_message_bytes: 64 * 1024,
+            ws_client_messages_per_sec: 100,
+            ws_max_commands_in_flight: 16,
+            command_timeout_secs: 5,
+            stream_token_ttl_secs: 300,
+            stream_token_max_ttl_secs: 3600,
         }
     }
 }
@@ -156,6 +177,19 @@ impl Config {
             ("write_stall_timeout_secs", self.write_stall_timeout_secs),
             ("max_body_bytes", self.max_body_bytes as u64),
             ("max_events_per_request", self.max_events_per_request as u64),
+            ("ws_ping_secs", self.ws_ping_secs),
+            ("ws_max_message_bytes", self.ws_max_message_bytes as u64),
+            (
+                "ws_client_messages_per_sec",
+                u64::from(self.ws_client_messages_per_sec),
+            ),
+            (
+                "ws_max_commands_in_flight",
+                self.ws_max_commands_in_flight as u64,
+            ),
+            ("command_timeout_secs", self.command_timeout_secs),
+            ("stream_token_ttl_secs", self.stream_token_ttl_secs),
+            ("stream_token_max_ttl_secs", self.stream_token_max_ttl_secs),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -164,6 +198,12 @@ impl Config {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        if self.stream_token_ttl_secs > self.stream_token_max_ttl_secs {
+            return Err(ConfigError::Invalid {
+                origin: "stream_token_ttl_secs".into(),
+                message: "must not exceed stream_token_max_ttl_secs".into(),
+            });
         }
         Ok(())
     }
@@ -174,6 +214,14 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.sse_heartbeat_secs)
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout_secs)
+    }
+
+    pub fn ws_ping(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_secs)
     }
 
     pub fn write_stall_timeout(&self) -> Duration {

@@ -2,9 +2,10 @@
 //! Every ingest path (REST today, the runtime WebSocket and NATS later) goes through here.
 
 use callstream_bus::Event;
-use callstream_core::CallId;
-use callstream_core::WorkspaceId;
+use callstream_core::{Call, CallId, EventType, Payload, WorkspaceId, time};
 use callstream_store::{Appended, NewEvent};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -49,4 +50,80 @@ async fn append_and_publish(
         }
     }
     Ok(appended)
+}
+
+/// One event as the runtime sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestEvent {
+    event_type: String,
+    payload: Value,
+    #[serde(default)]
+    timestamp: Option<String>,
+}
+
+/// Parses one ingested event; `at` prefixes every field path (`events[3].`) for batches.
+fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError> {
+    let raw: IngestEvent = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            at.trim_end_matches('.').to_owned()
+        } else {
+            format!("{at}{path}")
+        };
+        let path = if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        ApiError::invalid_event(format!("{path}: {}", e.into_inner()))
+    })?;
+    let payload = Payload::parse(&raw.event_type, raw.payload)
+        .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;
+    match payload.event_type() {
+        EventType::CallStarted => {
+            return Err(ApiError::invalid_event(format!(
+                "{at}event_type: call.started is emitted by callstream when the call is created (POST /v1/calls)"
+            )));
+        }
+        EventType::BargeIn if !call.transport.is_phone() => {
+            return Err(ApiError::invalid_event(format!(
+                "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {}",
+                call.transport
+            )));
+        }
+        _ => {}
+    }
+    let timestamp = match raw.timestamp {
+        Some(text) => time::parse(&text)
+            .map_err(|e| ApiError::invalid_event(format!("{at}timestamp: {e}")))?,
+        None => time::now(),
+    };
+    Ok(NewEvent::new(timestamp, payload))
+}
+
+/// Parses an ingest body: one event object, or an array of 1 to `max` events, in order. Every
+/// refusal names the field, prefixed by `events[i].` inside an array.
+///
+/// # Errors
+/// 400 `invalid_event`.
+pub fn parse_batch(body: Value, call: &Call, max: usize) -> Result<Vec<NewEvent>, ApiError> {
+    match body {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > max {
+                return Err(ApiError::invalid_event(format!(
+                    "body: send 1 to {max} events per request"
+                )));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| parse_event(v, &format!("events[{i}]."), call))
+                .collect()
+        }
+        value @ Value::Object(_) => Ok(vec![parse_event(value, "", call)?]),
+        _ => Err(ApiError::invalid_event(
+            "body: expected an event object or an array of events",
+        )),
+    }
 }

@@ -8,10 +8,12 @@
 
 pub mod auth;
 pub mod body;
+pub mod commands;
 pub mod config;
 pub mod conn;
 pub mod error;
 pub mod ingest;
+pub mod limit;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -26,7 +28,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use callstream_bus::{Bus, InProcessBus, InProcessConfig};
+use callstream_bus::{Bus, CommandRouter, InProcessBus, InProcessCommands, InProcessConfig};
 use callstream_store::{SqliteStore, Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/calls/{id}", get(routes::calls::get))
         .route("/v1/calls/{id}/events", post(routes::calls::ingest_events))
         .route("/v1/calls/{id}/transcript", get(routes::calls::transcript))
+        .route("/v1/calls/{id}/commands", post(routes::calls::command))
+        .route("/v1/stream-tokens", post(routes::stream_tokens::create))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -55,10 +59,13 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(move |request, next| {
             answer_within(timeout, request, next)
         }));
-    let streams = Router::new().route(
-        "/v1/calls/{id}/transcript/stream",
-        get(routes::transcript_stream::stream),
-    );
+    let streams = Router::new()
+        .route(
+            "/v1/calls/{id}/transcript/stream",
+            get(routes::transcript_stream::stream),
+        )
+        .route("/v1/calls/{id}/stream", get(routes::call_socket::socket))
+        .route("/v1/runtime", get(routes::runtime_socket::socket));
 
     Router::new()
         .merge(bounded)
@@ -153,7 +160,7 @@ pub enum StartError {
 ///
 /// # Errors
 /// When the data directory or database cannot be opened.
-pub async fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Bus>), StartError> {
+pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -164,7 +171,19 @@ pub async fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn B
         ended_retention: Duration::from_secs(config.history_retention_secs),
         ..InProcessConfig::default()
     }));
-    Ok((store, bus))
+    let commands: Arc<dyn CommandRouter> = Arc::new(InProcessCommands::new());
+    Ok(Backends {
+        store,
+        bus,
+        commands,
+    })
+}
+
+/// The backends one server runs on.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub commands: Arc<dyn CommandRouter>,
 }
 
 /// A running server.
@@ -179,7 +198,7 @@ pub struct Server {
 /// # Errors
 /// When the backends cannot be opened or the address cannot be bound.
 pub async fn start(config: Config) -> Result<Server, StartError> {
-    let (store, bus) = open_backends(&config).await?;
+    let backends = open_backends(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -191,7 +210,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         source,
     })?;
     let shutdown = CancellationToken::new();
-    let state = AppState::new(config, store, bus, shutdown.clone());
+    let state = AppState::new(config, backends, shutdown.clone());
 
     let maintenance_state = state.clone();
     tokio::spawn(async move {

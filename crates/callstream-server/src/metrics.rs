@@ -15,15 +15,28 @@ use prometheus_client::registry::Registry;
 pub enum Surface {
     /// Seed 000 `GET /v1/calls/{id}/transcript/stream`.
     native_transcript_sse,
+    /// Seed 000 `GET /v1/calls/{id}/stream`.
+    native_call_ws,
+    /// `GET /v1/runtime`, the call runtimes' own socket.
+    runtime_ws,
 }
 
 impl Surface {
-    pub const ALL: &'static [Self] = &[Self::native_transcript_sse];
+    pub const ALL: &'static [Self] = &[
+        Self::native_transcript_sse,
+        Self::native_call_ws,
+        Self::runtime_ws,
+    ];
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SurfaceLabels {
     pub surface: Surface,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +50,9 @@ pub struct Metrics {
     pub frames_sent: Family<SurfaceLabels, Counter>,
     pub frames_dropped: Family<SurfaceLabels, Counter>,
     ingest_events: Vec<Counter>,
+    commands: Family<OutcomeLabels, Counter>,
+    /// Client messages refused by the per-connection rate limit, by surface.
+    pub rate_limited: Family<SurfaceLabels, Counter>,
     bus_topics: Gauge,
     bus_subscribers: Gauge,
 }
@@ -80,6 +96,21 @@ impl Metrics {
             "Subscriptions open on the bus",
             bus_subscribers.clone(),
         );
+        let commands = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "commands",
+            "Commands sent to call runtimes, by outcome",
+            commands.clone(),
+        );
+        let rate_limited = Family::<SurfaceLabels, Counter>::default();
+        registry.register(
+            "client_messages_rate_limited",
+            "Client messages refused by the per-connection rate limit, by surface",
+            rate_limited.clone(),
+        );
+        for outcome in ["done", "refused", "no_runtime", "timeout"] {
+            let _ = commands.get_or_create(&OutcomeLabels { outcome });
+        }
         // Every surface's series exist from the start, at zero, so dashboards and alerts see them
         // before the first stream opens.
         for &surface in Surface::ALL {
@@ -87,6 +118,7 @@ impl Metrics {
             let _ = open_streams.get_or_create(&labels);
             let _ = frames_sent.get_or_create(&labels);
             let _ = frames_dropped.get_or_create(&labels);
+            let _ = rate_limited.get_or_create(&labels);
         }
         // One series per event type, created up front so ingest increments without a map lookup.
         let ingest_events = EventType::ALL
@@ -105,9 +137,17 @@ impl Metrics {
             frames_sent,
             frames_dropped,
             ingest_events,
+            commands,
+            rate_limited,
             bus_topics,
             bus_subscribers,
         }
+    }
+
+    pub fn command(&self, outcome: &'static str) {
+        self.commands
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn ingested(&self, event_type: EventType) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use callstream_bus::Bus;
+use callstream_bus::{Bus, CommandRouter};
 use callstream_core::CallId;
 use callstream_store::Store;
 use dashmap::DashMap;
@@ -19,6 +19,7 @@ struct Inner {
     config: Config,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    commands: Arc<dyn CommandRouter>,
     metrics: Metrics,
     /// Cancelled when the server begins to shut down: streams watch it and close.
     shutdown: CancellationToken,
@@ -31,16 +32,12 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(
-        config: Config,
-        store: Arc<dyn Store>,
-        bus: Arc<dyn Bus>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(config: Config, backends: crate::Backends, shutdown: CancellationToken) -> Self {
         Self(Arc::new(Inner {
             config,
-            store,
-            bus,
+            store: backends.store,
+            bus: backends.bus,
+            commands: backends.commands,
             metrics: Metrics::new(),
             shutdown,
             ingest_order: DashMap::new(),
@@ -57,6 +54,10 @@ impl AppState {
 
     pub fn bus(&self) -> &dyn Bus {
         self.0.bus.as_ref()
+    }
+
+    pub fn commands(&self) -> &dyn CommandRouter {
+        self.0.commands.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -58,6 +58,17 @@ pub struct KeyRecord {
     pub revoked: bool,
 }
 
+/// A stream token: a call-scoped, short-lived credential for browsers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTokenRecord {
+    pub token_hash: [u8; 32],
+    pub workspace_id: WorkspaceId,
+    pub call_id: CallId,
+    pub key_id: KeyId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One event to append: everything but the `seq`, which the store assigns.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -141,6 +152,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The key whose secret hashes to `hash`, revoked or not.
     async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>>;
+
+    async fn insert_stream_token(&self, token: &StreamTokenRecord) -> Result<()>;
+
+    /// The stream token whose secret hashes to `hash`, if its key is not revoked (expiry is the
+    /// caller's to check, against its own clock).
+    async fn stream_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<StreamTokenRecord>>;
 
     /// Records a new call. Its `last_seq` must be 0; events follow through
     /// [`Store::append_call_events`].

@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    Appended, CallFilter, KeyRecord, NewEvent, Result, Store, StoreError, TranscriptTurn,
-    check_call_batch,
+    Appended, CallFilter, KeyRecord, NewEvent, Result, Store, StoreError, StreamTokenRecord,
+    TranscriptTurn, check_call_batch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -221,6 +221,51 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(key_row).transpose()
+    }
+
+    async fn insert_stream_token(&self, t: &StreamTokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO stream_tokens (token_hash, workspace_id, call_id, key_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.token_hash[..])
+        .bind(t.workspace_id.as_str())
+        .bind(t.call_id.as_str())
+        .bind(t.key_id.as_str())
+        .bind(time::format(&t.created_at))
+        .bind(time::format(&t.expires_at))
+        .execute(&self.pool)
+        .await?;
+        // Expired tokens are useless; clear them out as new ones arrive.
+        sqlx::query("DELETE FROM stream_tokens WHERE expires_at < $1")
+            .bind(time::format(&(time::now() - chrono::Duration::days(1))))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn stream_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<StreamTokenRecord>> {
+        let row = sqlx::query(
+            "SELECT t.token_hash, t.workspace_id, t.call_id, t.key_id, t.created_at, t.expires_at \
+             FROM stream_tokens t JOIN api_keys k ON k.id = t.key_id \
+             WHERE t.token_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token_hash: Vec<u8> = row.try_get("token_hash")?;
+        Ok(Some(StreamTokenRecord {
+            token_hash: token_hash
+                .try_into()
+                .map_err(|_| corrupt("token hash", "not 32 bytes"))?,
+            workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+                .map_err(|e| corrupt("workspace id", e))?,
+            call_id: CallId::parse(row.try_get("call_id")?).map_err(|e| corrupt("call id", e))?,
+            key_id: KeyId::parse(row.try_get("key_id")?).map_err(|e| corrupt("key id", e))?,
+            created_at: ts(row.try_get("created_at")?)?,
+            expires_at: ts(row.try_get("expires_at")?)?,
+        }))
     }
 
     async fn create_call(&self, call: &Call) -> Result<()> {

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use callstream_core::{Call, CallStatus, Direction, EventType, Payload, Phone, Transport, time};
+use callstream_core::{Call, CallStatus, Direction, Payload, Phone, Transport, time};
 use callstream_store::{CallFilter, NewEvent};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -73,56 +73,6 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(appended.call)))
 }
 
-/// One event as the runtime sends it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IngestEvent {
-    event_type: String,
-    payload: Value,
-    #[serde(default)]
-    timestamp: Option<String>,
-}
-
-/// Parses one ingested event; `at` prefixes every field path (`events[3].`) for batches.
-fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError> {
-    let raw: IngestEvent = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." {
-            at.trim_end_matches('.').to_owned()
-        } else {
-            format!("{at}{path}")
-        };
-        let path = if path.is_empty() {
-            "body".to_owned()
-        } else {
-            path
-        };
-        ApiError::invalid_event(format!("{path}: {}", e.into_inner()))
-    })?;
-    let payload = Payload::parse(&raw.event_type, raw.payload)
-        .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;
-    match payload.event_type() {
-        EventType::CallStarted => {
-            return Err(ApiError::invalid_event(format!(
-                "{at}event_type: call.started is emitted by callstream when the call is created (POST /v1/calls)"
-            )));
-        }
-        EventType::BargeIn if !call.transport.is_phone() => {
-            return Err(ApiError::invalid_event(format!(
-                "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {}",
-                call.transport
-            )));
-        }
-        _ => {}
-    }
-    let timestamp = match raw.timestamp {
-        Some(text) => time::parse(&text)
-            .map_err(|e| ApiError::invalid_event(format!("{at}timestamp: {e}")))?,
-        None => time::now(),
-    };
-    Ok(NewEvent::new(timestamp, payload))
-}
-
 /// `POST /v1/calls/{id}/events`: one event object, or an array of them, in order.
 pub async fn ingest_events(
     State(state): State<AppState>,
@@ -131,27 +81,7 @@ pub async fn ingest_events(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let call = load_call(&state, &who.workspace_id, &id).await?;
-    let max = state.config().max_events_per_request;
-    let events = match body {
-        Value::Array(items) => {
-            if items.is_empty() || items.len() > max {
-                return Err(ApiError::invalid_event(format!(
-                    "body: send 1 to {max} events per request"
-                )));
-            }
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| parse_event(v, &format!("events[{i}]."), &call))
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        value @ Value::Object(_) => vec![parse_event(value, "", &call)?],
-        _ => {
-            return Err(ApiError::invalid_event(
-                "body: expected an event object or an array of events",
-            ));
-        }
-    };
+    let events = ingest::parse_batch(body, &call, state.config().max_events_per_request)?;
     let appended = ingest::append_call_events(&state, &who.workspace_id, &id, events).await?;
     let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
     let event_ids: Vec<&str> = appended
@@ -228,4 +158,20 @@ pub async fn transcript(
     Ok(Json(
         json!({ "call_id": call.id, "status": call.status, "turns": turns }),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct CommandBody(callstream_core::Command);
+
+/// `POST /v1/calls/{id}/commands`: `{"command": "end_call" | "send_dtmf" | "join_call", …}`.
+/// Answers once the call runtime has carried it out.
+pub async fn command(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    CallPath(id): CallPath,
+    JsonBody(CommandBody(command)): JsonBody<CommandBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    crate::commands::execute(&state, &who.workspace_id, &id, command).await?;
+    Ok(Json(json!({ "status": "done" })))
 }

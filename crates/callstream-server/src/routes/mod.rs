@@ -1,9 +1,12 @@
 //! HTTP handlers, one module per resource. Handlers parse, authorise and call into the core,
 //! store, bus and surfaces; they hold no state of their own.
 
+pub mod call_socket;
 pub mod calls;
 pub mod demo;
 pub mod ops;
+pub mod runtime_socket;
+pub mod stream_tokens;
 pub mod transcript_stream;
 
 use axum::extract::{FromRequestParts, Path};

@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::BrowserApiKey;
+use crate::auth::BrowserPrincipal;
 use crate::error::ApiError;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::{CallPath, load_call};
@@ -36,10 +36,11 @@ const LABELS: SurfaceLabels = SurfaceLabels {
 
 pub async fn stream(
     State(state): State<AppState>,
-    BrowserApiKey(who): BrowserApiKey,
+    BrowserPrincipal(who): BrowserPrincipal,
     CallPath(id): CallPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    who.check_call(&id)?;
     let call = load_call(&state, &who.workspace_id, &id).await?;
     let resume_after = headers
         .get("last-event-id")
@@ -110,6 +111,9 @@ pub async fn stream(
         shutdown: state.shutdown().clone(),
         sent: state.metrics().frames_sent.get_or_create(&LABELS).clone(),
         finished: false,
+        expiry: Box::pin(tokio::time::sleep(crate::routes::call_socket::until(
+            who.expires_at,
+        ))),
         ended: EndCheck {
             state: state.clone(),
             workspace: who.workspace_id,
@@ -208,6 +212,8 @@ struct LiveStream {
     shutdown: CancellationToken,
     sent: Counter,
     finished: bool,
+    /// A stream token's expiry: the stream ends then with `event: error` `token_expired`.
+    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
     ended: EndCheck,
     _open: OpenStream,
 }
@@ -231,6 +237,11 @@ impl LiveStream {
                         "going_away",
                         "the server is shutting down; reconnect with Last-Event-ID to resume",
                     );
+                    return Some((Ok(frame), self));
+                }
+                () = &mut self.expiry => {
+                    self.finished = true;
+                    let frame = native::error_sse("token_expired", "the stream token has expired; ask for a new one");
                     return Some((Ok(frame), self));
                 }
                 event = sub.next() => {

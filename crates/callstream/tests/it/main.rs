@@ -1,11 +1,15 @@
 //! callstream's integration tests: a real server on 127.0.0.1, a real SQLite file, real HTTP
 //! clients (reqwest), the real `callstream` binary, and a real browser (Chromium).
 
+// Helpers here unwrap freely: in a test, a panic is how a broken expectation is reported.
+#![allow(clippy::unwrap_used)]
+
 mod auth;
 mod browser;
 mod cli;
 mod ingest;
 mod lifecycle;
 mod simulator;
+mod sockets;
 mod support;
 mod transcript;

@@ -1,8 +1,6 @@
 //! Test support: a real server on 127.0.0.1 port 0 with a real SQLite file, real HTTP clients,
 //! an SSE reader, and a capture of every log line the process writes.
 
-#![allow(clippy::unwrap_used)] // test support: a panic is how a test reports a failure
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -363,4 +361,77 @@ pub async fn wait_for_metric(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+// === WebSocket clients (tokio-tungstenite: not the project's own code) ===
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Connects a WebSocket; `Err(status)` when the server refuses the upgrade.
+pub async fn ws_connect(url: &str, bearer: Option<&str>) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(key) = bearer {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("websocket connect failed: {e}"),
+    }
+}
+
+impl TestServer {
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.server().addr())
+    }
+}
+
+/// What a socket received next: a JSON text frame, or a close with its code.
+#[derive(Debug, PartialEq)]
+pub enum WsEvent {
+    Json(Value),
+    Close(u16),
+}
+
+/// The next text frame or close (pings skipped); panics after 10 s.
+pub async fn ws_next(ws: &mut Ws) -> WsEvent {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => {
+                    return WsEvent::Json(serde_json::from_str(&t).unwrap());
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return WsEvent::Close(frame.map_or(1005, |f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error instead of a close: {e}"),
+                None => panic!("socket ended without a close frame"),
+            }
+        }
+    })
+    .await
+    .expect("nothing on the socket within 10 s")
+}
+
+/// The next JSON frame; panics on a close.
+pub async fn ws_json(ws: &mut Ws) -> Value {
+    match ws_next(ws).await {
+        WsEvent::Json(v) => v,
+        WsEvent::Close(code) => panic!("closed with {code} while a frame was expected"),
+    }
+}
+
+pub async fn ws_send(ws: &mut Ws, value: &Value) {
+    use futures::SinkExt;
+    ws.send(WsMessage::Text(value.to_string().into()))
+        .await
+        .unwrap();
 }

@@ -1,0 +1,322 @@
+//! Seed 000 `GET /v1/calls/{id}/stream`: the call event WebSocket.
+//!
+//! Frames are canonical envelopes, byte for byte the JSON a webhook of the same event carries
+//! (both come from `surfaces::native::envelope_json`). Clients may send commands
+//! (`surfaces::control`); each is answered with an `ack` or an `error` naming its `id`.
+//!
+//! Close codes: 1000 when the call ends, 1001 when the server shuts down, 1003 for a binary
+//! frame, 1008 for a policy violation (a client that keeps flooding past the rate limit), 1009
+//! for a message over `ws_max_message_bytes`, 1011 when the bus fails. Failures before the
+//! upgrade are HTTP errors with a JSON body (401, 403, 404, 400).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use bytes::Bytes;
+use callstream_bus::{Resume, SubscribeOptions, Subscription, Topic};
+use callstream_core::{CallId, KeyKind, WorkspaceId};
+use callstream_surfaces::{control, native};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::auth::{BrowserPrincipal, url_pairs};
+use crate::error::ApiError;
+use crate::limit::TokenBucket;
+use crate::metrics::{OpenStream, Surface, SurfaceLabels};
+use crate::routes::{CallPath, load_call};
+use crate::state::AppState;
+
+const LABELS: SurfaceLabels = SurfaceLabels {
+    surface: Surface::native_call_ws,
+};
+
+/// Seconds of flooding past the rate limit after which the socket is closed with 1008.
+const FLOOD_SECONDS: u32 = 10;
+
+/// The WebSocket settings every socket surface shares: small read buffers (tungstenite's
+/// default is 128 KiB per connection), writes flushed per message, and the message size cap.
+pub fn configure(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let max = state.config().ws_max_message_bytes;
+    upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.max(64 * 1024) * 4)
+        .max_message_size(max)
+        .max_frame_size(max)
+}
+
+/// The upgrade, or a JSON 400 for a plain HTTP request.
+pub fn require_upgrade(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, ApiError> {
+    upgrade.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "websocket_required",
+            format!("this endpoint is a WebSocket: {}", e.body_text()),
+        )
+    })
+}
+
+pub async fn socket(
+    State(state): State<AppState>,
+    BrowserPrincipal(who): BrowserPrincipal,
+    CallPath(id): CallPath,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let mut since = None;
+    for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
+        match key.as_str() {
+            "token" => {}
+            "since" => {
+                since = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request("since: expected a seq (a whole number)")
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown query parameter"
+                )));
+            }
+        }
+    }
+    who.check_call(&id)?;
+    let call = load_call(&state, &who.workspace_id, &id).await?;
+    let upgrade = require_upgrade(upgrade)?;
+    let topic = Topic::call(&who.workspace_id, &id);
+    let options = SubscribeOptions {
+        queue_capacity: state.config().stream_queue_capacity,
+        dropped: state
+            .metrics()
+            .frames_dropped
+            .get_or_create(&LABELS)
+            .clone(),
+    };
+    // Subscribe before the upgrade so nothing published in between is missed. A call that has
+    // ended gives a subscription that ends after its backlog.
+    let subscription = state
+        .bus()
+        .subscribe(&topic, since.map_or(Resume::Live, Resume::After), options)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
+    let session = Session {
+        state: state.clone(),
+        workspace: who.workspace_id.clone(),
+        call: id,
+        may_command: who.kind == KeyKind::Api && who.call_scope.is_none(),
+        expires_at: who.expires_at,
+        resumed: since.is_some(),
+        ended_at_connect: !call.status.is_active(),
+    };
+    Ok(configure(upgrade, &state).on_upgrade(move |socket| session.run(socket, subscription)))
+}
+
+/// How long until `expires_at` (a year when there is none: keys do not expire mid-stream).
+pub fn until(expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Duration {
+    expires_at.map_or(Duration::from_secs(365 * 24 * 3600), |at| {
+        (at - callstream_core::time::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
+struct Session {
+    state: AppState,
+    workspace: WorkspaceId,
+    call: CallId,
+    /// Stream tokens are for watching: they may not control the call.
+    may_command: bool,
+    resumed: bool,
+    ended_at_connect: bool,
+    /// A stream token's expiry: the socket closes with 1008 then.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Whether a receive error is tungstenite refusing a message over the size limit.
+pub fn is_too_big(err: axum::Error) -> bool {
+    err.into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+}
+
+pub fn text(bytes: Bytes) -> Message {
+    // Every frame is serde_json output, which is always UTF-8.
+    Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_default())
+}
+
+pub fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+impl Session {
+    async fn run(self, mut socket: WebSocket, mut subscription: Subscription) {
+        let metrics = self.state.metrics();
+        let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
+        let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
+        let limited = metrics.rate_limited.get_or_create(&LABELS).clone();
+
+        if self.ended_at_connect && !self.resumed {
+            let _ = socket
+                .send(close(close_code::NORMAL, "the call has ended"))
+                .await;
+            return;
+        }
+        if let Some(gap) = subscription.gap() {
+            let message = format!(
+                "events after seq {} up to {} are no longer held; resuming from {}",
+                gap.requested_after,
+                gap.first_available.saturating_sub(1),
+                gap.first_available
+            );
+            if socket
+                .send(text(control::error_frame(None, "resume_gap", &message)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+
+        let config = self.state.config();
+        let mut bucket = TokenBucket::new(config.ws_client_messages_per_sec);
+        let in_flight = Arc::new(Semaphore::new(config.ws_max_commands_in_flight));
+        let (replies, mut reply_rx) =
+            mpsc::channel::<Bytes>(config.ws_max_commands_in_flight.max(1));
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Rate-limit refusals are themselves limited to one a second, so a flood cannot make the
+        // server flood back; a client still over the limit after FLOOD_SECONDS is closed.
+        let mut last_notice: Option<Instant> = None;
+        let mut flood_seconds = 0u32;
+        let shutdown = self.state.shutdown().clone();
+        let expiry = tokio::time::sleep(until(self.expires_at));
+        tokio::pin!(expiry);
+
+        loop {
+            let outgoing = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                    return;
+                }
+                () = &mut expiry => {
+                    let _ = socket.send(close(close_code::POLICY, "the stream token has expired")).await;
+                    return;
+                }
+                Some(reply) = reply_rx.recv() => text(reply),
+                event = subscription.next() => match event {
+                    Some(event) => {
+                        sent.inc();
+                        text(native::envelope_json(&event))
+                    }
+                    None => {
+                        let _ = socket.send(close(close_code::NORMAL, "the call has ended")).await;
+                        return;
+                    }
+                },
+                incoming = socket.recv() => match incoming {
+                    None | Some(Ok(Message::Close(_))) => return,
+                    Some(Err(err)) => {
+                        if is_too_big(err) {
+                            let _ = socket.send(close(close_code::SIZE, "message too big")).await;
+                        }
+                        return;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let _ = socket
+                            .send(close(close_code::UNSUPPORTED, "binary frames are not accepted; send JSON text"))
+                            .await;
+                        return;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Text(message))) => {
+                        if !bucket.take() {
+                            limited.inc();
+                            let now = Instant::now();
+                            if last_notice.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+                                continue;
+                            }
+                            if last_notice.is_some_and(|t| now.duration_since(t) < Duration::from_secs(2)) {
+                                flood_seconds += 1;
+                            } else {
+                                flood_seconds = 0;
+                            }
+                            last_notice = Some(now);
+                            if flood_seconds >= FLOOD_SECONDS {
+                                let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
+                                return;
+                            }
+                            let message = format!(
+                                "more than {} messages per second; this one was dropped",
+                                config.ws_client_messages_per_sec
+                            );
+                            text(control::error_frame(None, "rate_limited", &message))
+                        } else {
+                            match self.handle(message.as_str(), &in_flight, &replies) {
+                                Some(frame) => text(frame),
+                                None => continue,
+                            }
+                        }
+                    }
+                },
+                _ = ping.tick() => Message::Ping(Bytes::new()),
+            };
+            if socket.send(outgoing).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Handles one client message: an immediate answer, or `None` when the command was sent on
+    /// and its answer will come through `replies`.
+    fn handle(
+        &self,
+        message: &str,
+        in_flight: &Arc<Semaphore>,
+        replies: &mpsc::Sender<Bytes>,
+    ) -> Option<Bytes> {
+        let parsed = match control::parse(message) {
+            Ok(parsed) => parsed,
+            Err(refusal) => return Some(refusal.to_frame()),
+        };
+        if !self.may_command {
+            return Some(control::error_frame(
+                Some(&parsed.id),
+                "forbidden",
+                "this connection may watch the call but not control it (a stream token); use an API key",
+            ));
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            return Some(control::error_frame(
+                Some(&parsed.id),
+                "too_many_commands",
+                "too many commands are waiting for the call runtime; wait for their answers",
+            ));
+        };
+        let (state, workspace, call, replies) = (
+            self.state.clone(),
+            self.workspace.clone(),
+            self.call.clone(),
+            replies.clone(),
+        );
+        tokio::spawn(async move {
+            let frame =
+                match crate::commands::execute(&state, &workspace, &call, parsed.command).await {
+                    Ok(()) => control::ack_frame(&parsed.id),
+                    Err(err) => control::error_frame(Some(&parsed.id), err.code, &err.message),
+                };
+            let _ = replies.send(frame).await;
+            drop(permit);
+        });
+        None
+    }
+}

@@ -1,0 +1,124 @@
+//! `GET /v1/runtime`: the call runtime's own socket (runtime key, header only). Events travel
+//! up into ingest, commands travel down, and the runtime's results travel back to whoever sent
+//! the command. The protocol is in `surfaces::runtime` and `docs/native-api.md`.
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use bytes::Bytes;
+use callstream_bus::{CommandOutcome, RuntimeLink};
+use callstream_core::{CallId, WorkspaceId};
+use callstream_surfaces::runtime::{self, EventsMessage, RuntimeMessage};
+
+use crate::auth::RuntimeKey;
+use crate::error::ApiError;
+use crate::ingest;
+use crate::metrics::{OpenStream, Surface, SurfaceLabels};
+use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
+use crate::routes::load_call;
+use crate::state::AppState;
+
+const LABELS: SurfaceLabels = SurfaceLabels {
+    surface: Surface::runtime_ws,
+};
+
+pub async fn socket(
+    State(state): State<AppState>,
+    RuntimeKey(who): RuntimeKey,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = require_upgrade(upgrade)?;
+    let workspace = who.workspace_id;
+    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, workspace, socket)))
+}
+
+async fn run(state: AppState, workspace: WorkspaceId, mut socket: WebSocket) {
+    let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
+    let mut link = state.commands().connect(&workspace);
+    let shutdown = state.shutdown().clone();
+    loop {
+        let outgoing = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                return;
+            }
+            Some(command) = link.next() => {
+                text(runtime::command_frame(&command.command_id, command.call.as_str(), &command.command))
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Ok(Message::Close(_))) => return,
+                Some(Err(err)) => {
+                    if is_too_big(err) {
+                        let _ = socket.send(close(close_code::SIZE, "message too big")).await;
+                    }
+                    return;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = socket.send(close(close_code::UNSUPPORTED, "binary frames are not accepted; send JSON text")).await;
+                    return;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(message))) => match handle(&state, &workspace, &link, message.as_str()).await {
+                    Some(frame) => text(frame),
+                    None => continue,
+                },
+            },
+        };
+        if socket.send(outgoing).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One runtime message; the answer to send, if any.
+async fn handle(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    link: &RuntimeLink,
+    message: &str,
+) -> Option<Bytes> {
+    match runtime::parse(message) {
+        Err(message) => Some(runtime::error_frame(None, "invalid_message", &message)),
+        Ok(RuntimeMessage::CommandResult(result)) => {
+            let outcome = if result.ok {
+                CommandOutcome::Done
+            } else {
+                CommandOutcome::Refused {
+                    error_code: result.error_code.unwrap_or_else(|| "refused".to_owned()),
+                    message: result.message.unwrap_or_default(),
+                }
+            };
+            // A result nobody waits for any more (the requester timed out) is dropped quietly.
+            state.commands().complete(&result.command_id, outcome);
+            None
+        }
+        Ok(RuntimeMessage::Events(events)) => {
+            Some(ingest_events(state, workspace, link, events).await)
+        }
+    }
+}
+
+async fn ingest_events(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    link: &RuntimeLink,
+    m: EventsMessage,
+) -> Bytes {
+    let reference = m.reference.as_deref();
+    let result = async {
+        let id = CallId::parse(&m.call_id).map_err(|_| ApiError::not_found("call"))?;
+        let call = load_call(state, workspace, &id).await?;
+        let events = ingest::parse_batch(m.events, &call, state.config().max_events_per_request)?;
+        let appended = ingest::append_call_events(state, workspace, &id, events).await?;
+        // This runtime serves the call now: the call's commands come here.
+        state.commands().claim(link, &id);
+        Ok::<_, ApiError>(appended.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>())
+    }
+    .await;
+    match result {
+        Ok(seqs) => runtime::accepted_frame(reference, &m.call_id, &seqs),
+        Err(err) => runtime::error_frame(reference, err.code, &err.message),
+    }
+}

@@ -1,0 +1,537 @@
+//! Seed 000's call event WebSocket, live call control, the runtime socket, and stream tokens,
+//! driven by a real WebSocket client.
+
+use std::time::Duration;
+
+use futures::SinkExt;
+use serde_json::{Value, json};
+
+use crate::support::{
+    TestServer, Ws, WsEvent, WsMessage, completed, transcription, ws_connect, ws_json, ws_next,
+    ws_send,
+};
+
+async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
+    ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
+        .await
+        .unwrap()
+}
+
+/// A test runtime on `/v1/runtime` that obeys commands the way a real one would: it ingests the
+/// event a command causes, then reports the result.
+async fn obedient_runtime(ts: &TestServer) -> tokio::task::JoinHandle<()> {
+    let mut ws = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let WsEvent::Json(m) = ws_next(&mut ws).await else {
+                return;
+            };
+            if m["type"] != "command" {
+                continue;
+            }
+            let event = match m["command"].as_str().unwrap() {
+                "send_dtmf" => {
+                    json!({"event_type": "call.dtmf", "payload": {"digits": m["digits"]}})
+                }
+                "end_call" => completed(),
+                "join_call" => {
+                    json!({"event_type": "call.transferred", "payload": {"to": m["user_id"], "user_id": m["user_id"]}})
+                }
+                other => panic!("unexpected command {other}"),
+            };
+            ws_send(&mut ws, &json!({"type": "events", "ref": m["command_id"], "call_id": m["call_id"], "events": [event]})).await;
+            let accepted = ws_json(&mut ws).await;
+            assert_eq!(accepted["type"], "accepted", "{accepted}");
+            ws_send(
+                &mut ws,
+                &json!({"type": "command_result", "command_id": m["command_id"], "ok": true}),
+            )
+            .await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn frames_are_canonical_envelopes_and_the_call_end_closes_1000() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    ts.ingest(
+        id,
+        json!([
+            transcription("user", "hi", true, "trn_1"),
+            {"event_type": "call.barge_in", "payload": {"interrupted_turn_id": "trn_0"}},
+            {"event_type": "call.quality_degraded", "payload": {"metric": "mos", "value": 2.1}},
+        ]),
+    )
+    .await;
+    let first = ws_json(&mut ws).await;
+    assert_eq!(first["event_type"], "call.transcription");
+    assert_eq!(first["call_id"], id);
+    assert_eq!(first["seq"], 2);
+    assert_eq!(
+        first["payload"],
+        json!({"role": "user", "text": "hi", "is_final": true, "turn_id": "trn_1"})
+    );
+    // The frame is exactly the canonical envelope (the same bytes webhooks carry).
+    let envelope: callstream_core::Envelope = serde_json::from_value(first.clone()).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&envelope.to_json()).unwrap(),
+        first
+    );
+    assert_eq!(ws_json(&mut ws).await["event_type"], "call.barge_in");
+    assert_eq!(
+        ws_json(&mut ws).await["event_type"],
+        "call.quality_degraded"
+    );
+    ts.ingest(id, completed()).await;
+    assert_eq!(ws_json(&mut ws).await["event_type"], "call.completed");
+    assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1000));
+}
+
+#[tokio::test]
+async fn since_resumes_from_the_history() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("esl").await;
+    let id = call["id"].as_str().unwrap();
+    ts.ingest(
+        id,
+        json!([
+            transcription("user", "a", true, "trn_1"),
+            transcription("user", "b", true, "trn_2")
+        ]),
+    )
+    .await;
+    let mut ws = call_socket(&ts, id, &format!("token={}&since=1", ts.acme.api)).await;
+    assert_eq!(ws_json(&mut ws).await["seq"], 2);
+    assert_eq!(ws_json(&mut ws).await["seq"], 3);
+}
+
+#[tokio::test]
+async fn refusals_before_the_upgrade_are_http_json() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let url = |q: &str| ts.ws_url(&format!("/v1/calls/{id}/stream?{q}"));
+    assert_eq!(
+        ws_connect(&url("token=pk_live_nope"), None).await.err(),
+        Some(401)
+    );
+    assert_eq!(ws_connect(&url(""), None).await.err(), Some(401));
+    assert_eq!(
+        ws_connect(&url(&format!("token={}", ts.other.api)), None)
+            .await
+            .err(),
+        Some(404)
+    );
+    assert_eq!(
+        ws_connect(&url(&format!("token={}", ts.acme.runtime)), None)
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        ws_connect(&url(&format!("token={}&since=soon", ts.acme.api)), None)
+            .await
+            .err(),
+        Some(400)
+    );
+    assert!(
+        ws_connect(&url(""), Some(&ts.acme.api)).await.is_ok(),
+        "the Authorization header works too"
+    );
+    // A plain GET (no upgrade) is told what this endpoint is.
+    let r = ts
+        .http
+        .get(ts.url(&format!("/v1/calls/{id}/stream")))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(body["error_code"], "websocket_required");
+}
+
+#[tokio::test]
+async fn bad_client_frames_get_errors_or_the_seeds_close_codes() {
+    let ts = TestServer::start_with(|c| c.ws_max_message_bytes = 1024).await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let token = format!("token={}", ts.acme.api);
+
+    // Malformed JSON: an error frame, and the socket stays open.
+    let mut ws = call_socket(&ts, id, &token).await;
+    ws.send(WsMessage::Text("{nope".into())).await.unwrap();
+    let err = ws_json(&mut ws).await;
+    assert_eq!(
+        (err["type"].as_str(), err["error_code"].as_str()),
+        (Some("error"), Some("invalid_message"))
+    );
+    ws_send(
+        &mut ws,
+        &json!({"type": "send_dtmf", "id": "d1", "digits": "12x"}),
+    )
+    .await;
+    let err = ws_json(&mut ws).await;
+    assert_eq!(
+        (err["id"].as_str(), err["error_code"].as_str()),
+        (Some("d1"), Some("invalid_command"))
+    );
+    ts.ingest(id, transcription("user", "still open", true, "trn_1"))
+        .await;
+    assert_eq!(ws_json(&mut ws).await["event_type"], "call.transcription");
+
+    // Binary where JSON is expected: 1003.
+    ws.send(WsMessage::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1003));
+
+    // Oversized: 1009.
+    let mut big = call_socket(&ts, id, &token).await;
+    big.send(WsMessage::Text("x".repeat(4096).into()))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut big).await, WsEvent::Close(1009));
+
+    // Server shutdown: 1001.
+    let mut last = call_socket(&ts, id, &token).await;
+    ts.server().shutdown();
+    assert_eq!(ws_next(&mut last).await, WsEvent::Close(1001));
+}
+
+#[tokio::test]
+async fn dtmf_join_and_end_travel_to_the_runtime_and_back() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let _runtime = obedient_runtime(&ts).await;
+    let mut ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+
+    ws_send(
+        &mut ws,
+        &json!({"type": "send_dtmf", "id": "c1", "digits": "42#"}),
+    )
+    .await;
+    let mut seen = [ws_json(&mut ws).await, ws_json(&mut ws).await];
+    seen.sort_by_key(|v| v["type"].is_null());
+    assert_eq!(seen[0], json!({"type": "ack", "id": "c1"}));
+    assert_eq!(
+        (
+            seen[1]["event_type"].as_str(),
+            seen[1]["payload"]["digits"].as_str()
+        ),
+        (Some("call.dtmf"), Some("42#"))
+    );
+
+    ws_send(
+        &mut ws,
+        &json!({"type": "join_call", "id": "c2", "user_id": "usr_7"}),
+    )
+    .await;
+    let mut seen = [ws_json(&mut ws).await, ws_json(&mut ws).await];
+    seen.sort_by_key(|v| v["type"].is_null());
+    assert_eq!(seen[0], json!({"type": "ack", "id": "c2"}));
+    assert_eq!(seen[1]["event_type"], "call.transferred");
+
+    ws_send(&mut ws, &json!({"type": "end_call", "id": "c3"})).await;
+    let mut frames = Vec::new();
+    loop {
+        match ws_next(&mut ws).await {
+            WsEvent::Json(v) => frames.push(v),
+            WsEvent::Close(code) => {
+                assert_eq!(code, 1000);
+                break;
+            }
+        }
+    }
+    assert!(
+        frames.iter().any(|f| f["event_type"] == "call.completed"),
+        "{frames:?}"
+    );
+
+    // The same over REST, on a finished call: refused clearly.
+    let (status, body) = ts
+        .post(
+            &format!("/v1/calls/{id}/commands"),
+            &ts.acme.api,
+            &json!({"command": "end_call"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (409, Some("call_ended"))
+    );
+}
+
+#[tokio::test]
+async fn commands_without_a_runtime_fail_fast_and_rest_commands_work() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("webrtc").await;
+    let id = call["id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = ts
+        .post(
+            &format!("/v1/calls/{id}/commands"),
+            &ts.acme.api,
+            &json!({"command": "send_dtmf", "digits": "1"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (503, Some("runtime_unavailable"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it did not wait for a timeout"
+    );
+    let mut ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    ws_send(&mut ws, &json!({"type": "end_call", "id": "x"})).await;
+    let err = ws_json(&mut ws).await;
+    assert_eq!(
+        (err["id"].as_str(), err["error_code"].as_str()),
+        (Some("x"), Some("runtime_unavailable"))
+    );
+
+    let _runtime = obedient_runtime(&ts).await;
+    let (status, body) = ts
+        .post(
+            &format!("/v1/calls/{id}/commands"),
+            &ts.acme.api,
+            &json!({"command": "send_dtmf", "digits": "9"}),
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"status": "done"})));
+    assert_eq!(ws_json(&mut ws).await["payload"]["digits"], "9");
+    for (body, code) in [
+        (
+            json!({"command": "send_dtmf", "digits": "z"}),
+            "invalid_command",
+        ),
+        (json!({"command": "reboot"}), "invalid_request"),
+        (json!({"command": "join_call"}), "invalid_request"),
+    ] {
+        let (status, err) = ts
+            .post(&format!("/v1/calls/{id}/commands"), &ts.acme.api, &body)
+            .await;
+        assert_eq!(
+            (status, err["error_code"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
+    }
+    let (status, _) = ts
+        .post(
+            &format!("/v1/calls/{id}/commands"),
+            &ts.acme.runtime,
+            &json!({"command": "end_call"}),
+        )
+        .await;
+    assert_eq!(status, 403, "a runtime key cannot control calls");
+    let (status, _) = ts
+        .post(
+            &format!("/v1/calls/{id}/commands"),
+            &ts.other.api,
+            &json!({"command": "end_call"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_flood_is_limited_without_closing_other_sockets() {
+    let ts = TestServer::start_with(|c| c.ws_client_messages_per_sec = 20).await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let token = format!("token={}", ts.acme.api);
+    let mut flooder = call_socket(&ts, id, &token).await;
+    let mut bystander = call_socket(&ts, id, &token).await;
+    for i in 0..200 {
+        flooder
+            .feed(WsMessage::Text(
+                format!("{{\"type\":\"nope\",\"id\":\"m{i}\"}}").into(),
+            ))
+            .await
+            .unwrap();
+    }
+    flooder.flush().await.unwrap();
+    let mut invalid = 0;
+    let mut limited = 0;
+    while invalid + limited < 21 {
+        let frame = ws_json(&mut flooder).await;
+        match frame["error_code"].as_str() {
+            Some("invalid_message") => invalid += 1,
+            Some("rate_limited") => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (invalid, limited),
+        (20, 1),
+        "20 answered, then one rate_limited notice for the rest"
+    );
+    let refused = ts
+        .metric("callstream_client_messages_rate_limited_total{surface=\"native_call_ws\"}")
+        .await;
+    assert_eq!(refused, 180.0);
+    // Both sockets still get the call's events.
+    ts.ingest(id, transcription("user", "after the flood", true, "trn_1"))
+        .await;
+    assert_eq!(
+        ws_json(&mut bystander).await["payload"]["text"],
+        "after the flood"
+    );
+    assert_eq!(
+        ws_json(&mut flooder).await["payload"]["text"],
+        "after the flood"
+    );
+}
+
+#[tokio::test]
+async fn the_runtime_socket_ingests_and_refuses_clearly() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    assert_eq!(
+        ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.api))
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        ws_connect(&ts.ws_url("/v1/runtime"), None).await.err(),
+        Some(401)
+    );
+    let mut rt = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    ws_send(&mut rt, &json!({"type": "events", "ref": "r1", "call_id": id, "events": [transcription("user", "hi", true, "trn_1")]})).await;
+    assert_eq!(
+        ws_json(&mut rt).await,
+        json!({"type": "accepted", "ref": "r1", "call_id": id, "seqs": [2]})
+    );
+    let cases = [
+        (
+            json!({"type": "events", "ref": "r2", "call_id": "call_nope", "events": []}),
+            "not_found",
+        ),
+        (
+            json!({"type": "events", "ref": "r3", "call_id": id, "events": {"event_type": "call.x", "payload": {}}}),
+            "invalid_event",
+        ),
+        (json!({"type": "hello"}), "invalid_message"),
+    ];
+    for (message, code) in cases {
+        ws_send(&mut rt, &message).await;
+        let err = ws_json(&mut rt).await;
+        assert_eq!(
+            (err["type"].as_str(), err["error_code"].as_str()),
+            (Some("error"), Some(code)),
+            "{message}"
+        );
+    }
+    // Another workspace's call is not found from this runtime.
+    let mut other = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.other.runtime))
+        .await
+        .unwrap();
+    ws_send(
+        &mut other,
+        &json!({"type": "events", "call_id": id, "events": [completed()]}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut other).await["error_code"], "not_found");
+    rt.send(WsMessage::Binary(vec![0].into())).await.unwrap();
+    assert_eq!(ws_next(&mut rt).await, WsEvent::Close(1003));
+}
+
+#[tokio::test]
+async fn stream_tokens_watch_one_call_briefly_and_nothing_else() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let other_call = ts.create_call("sip").await;
+    let (status, minted) = ts
+        .post("/v1/stream-tokens", &ts.acme.api, &json!({"call_id": id}))
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    assert!(token.starts_with("st_"));
+    let expires = callstream_core::time::parse(minted["expires_at"].as_str().unwrap()).unwrap();
+    let ttl = (expires - callstream_core::time::now()).num_seconds();
+    assert!((290..=300).contains(&ttl), "default 5 minutes, got {ttl}");
+
+    // Watches its call over both browser paths, but may not control it.
+    let mut ws = call_socket(&ts, id, &format!("token={token}")).await;
+    ws_send(&mut ws, &json!({"type": "end_call", "id": "c1"})).await;
+    assert_eq!(ws_json(&mut ws).await["error_code"], "forbidden");
+    let sse = crate::support::SseReader::open(
+        ts.http
+            .get(ts.url(&format!("/v1/calls/{id}/transcript/stream?token={token}"))),
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    // Nowhere else, and not for another call.
+    let r = ts
+        .http
+        .get(ts.url("/v1/calls"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let other_id = other_call["id"].as_str().unwrap();
+    assert_eq!(
+        ws_connect(
+            &ts.ws_url(&format!("/v1/calls/{other_id}/stream?token={token}")),
+            None
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    // Refused requests for tokens.
+    for (body, status) in [
+        (json!({"call_id": id, "ttl_secs": 0}), 400),
+        (json!({"call_id": id, "ttl_secs": 999_999}), 400),
+        (json!({"call_id": "call_nope"}), 404),
+        (json!({"call_id": other_id, "extra": 1}), 400),
+    ] {
+        assert_eq!(
+            ts.post("/v1/stream-tokens", &ts.acme.api, &body).await.0,
+            status,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        ts.post("/v1/stream-tokens", &ts.other.api, &json!({"call_id": id}))
+            .await
+            .0,
+        404
+    );
+
+    // A short token: the open socket closes with 1008 when it expires, and it is refused after.
+    let (_, short) = ts
+        .post(
+            "/v1/stream-tokens",
+            &ts.acme.api,
+            &json!({"call_id": id, "ttl_secs": 1}),
+        )
+        .await;
+    let short = short["token"].as_str().unwrap();
+    let mut brief = call_socket(&ts, id, &format!("token={short}")).await;
+    assert_eq!(ws_next(&mut brief).await, WsEvent::Close(1008));
+    assert_eq!(
+        ws_connect(
+            &ts.ws_url(&format!("/v1/calls/{id}/stream?token={short}")),
+            None
+        )
+        .await
+        .err(),
+        Some(401)
+    );
+}
