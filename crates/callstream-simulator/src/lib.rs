@@ -6,6 +6,7 @@
 //! and the call's end. [`Runtime`] plays scripts against a server. The simulator knows the
 //! ingest API's JSON and nothing of the server's insides.
 
+pub mod control;
 pub mod script;
 
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub enum SimError {
         status: u16,
         body: String,
     },
+    #[error("runtime socket: {0}")]
+    Socket(String),
 }
 
 /// The part of the call resource the simulator needs.
@@ -41,6 +44,7 @@ pub struct Runtime {
     http: reqwest::Client,
     base: String,
     key: String,
+    desk: control::Desk,
 }
 
 impl Runtime {
@@ -58,7 +62,16 @@ impl Runtime {
             http,
             base: base.trim_end_matches('/').to_owned(),
             key: runtime_key.to_owned(),
+            desk: control::Desk::default(),
         })
+    }
+
+    /// Opens the runtime socket so this runtime obeys commands for the calls it plays.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub async fn serve_commands(&self, stop: CancellationToken) -> Result<(), SimError> {
+        self.desk.connect(&self.base, &self.key, stop).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, SimError> {
@@ -127,20 +140,111 @@ impl Runtime {
         stop: &CancellationToken,
     ) -> Result<CreatedCall, SimError> {
         let call = self.create_call(plan).await?;
+        self.play_created(&call, plan, speed, stop).await?;
+        Ok(call)
+    }
+
+    /// Plays the steps of an announced call, obeying commands for it in between (while
+    /// [`Runtime::serve_commands`] runs): `end_call` hangs up, `send_dtmf` plays the digits,
+    /// `join_call` transfers the call.
+    ///
+    /// # Errors
+    /// The first request that fails.
+    pub async fn play_created(
+        &self,
+        call: &CreatedCall,
+        plan: &CallPlan,
+        speed: f64,
+        stop: &CancellationToken,
+    ) -> Result<(), SimError> {
+        let mut commands = self.desk.open(&call.id);
+        let result = self
+            .play_steps(call, plan, speed, stop, &mut commands)
+            .await;
+        self.desk.close(&call.id);
+        result
+    }
+
+    async fn play_steps(
+        &self,
+        call: &CreatedCall,
+        plan: &CallPlan,
+        speed: f64,
+        stop: &CancellationToken,
+        commands: &mut tokio::sync::mpsc::Receiver<control::CallCommand>,
+    ) -> Result<(), SimError> {
         for step in &plan.steps {
-            let delay = scaled(step.delay, speed);
-            if !delay.is_zero() {
+            let deadline = tokio::time::Instant::now() + scaled(step.delay, speed);
+            loop {
                 tokio::select! {
                     () = stop.cancelled() => {
-                        self.send(&call.id, &[script::event("call.completed", serde_json::json!({"reason": "simulator_stopped"}))]).await?;
-                        return Ok(call);
+                        let end = script::event("call.completed", serde_json::json!({"reason": "simulator_stopped"}));
+                        self.send(&call.id, &[end]).await?;
+                        return Ok(());
                     }
-                    () = tokio::time::sleep(delay) => {}
+                    Some(command) = commands.recv() => {
+                        if self.obey(&call.id, command).await? {
+                            return Ok(());
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => break,
                 }
             }
             self.send(&call.id, &step.events).await?;
         }
-        Ok(call)
+        Ok(())
+    }
+
+    /// Carries out one command; `true` when it ended the call.
+    async fn obey(&self, call_id: &str, command: control::CallCommand) -> Result<bool, SimError> {
+        let (event, ends) = match command.command.as_str() {
+            "end_call" => (
+                script::event(
+                    "call.completed",
+                    serde_json::json!({"reason": "ended_by_command"}),
+                ),
+                true,
+            ),
+            "send_dtmf" => (
+                script::event(
+                    "call.dtmf",
+                    serde_json::json!({"digits": command.digits.unwrap_or_default()}),
+                ),
+                false,
+            ),
+            "join_call" => {
+                let user = command.user_id.unwrap_or_default();
+                (
+                    script::event(
+                        "call.transferred",
+                        serde_json::json!({"to": user, "user_id": user}),
+                    ),
+                    false,
+                )
+            }
+            _ => {
+                self.desk
+                    .answer(
+                        &command.command_id,
+                        Err(("unsupported", "this runtime cannot do that")),
+                    )
+                    .await;
+                return Ok(false);
+            }
+        };
+        match self.send(call_id, &[event]).await {
+            Ok(_) => self.desk.answer(&command.command_id, Ok(())).await,
+            Err(err) => {
+                self.desk
+                    .answer(
+                        &command.command_id,
+                        Err(("failed", "the event could not be recorded")),
+                    )
+                    .await;
+                return Err(err);
+            }
+        }
+        Ok(ends)
     }
 }
 

@@ -246,6 +246,7 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
         wait_for_signal().await;
         signal_stop.cancel();
     });
+    runtime.serve_commands(stop.clone()).await?;
     let options = RunOptions {
         calls: (args.calls > 0).then_some(args.calls),
         rate: args.rate,
@@ -277,26 +278,18 @@ async fn demo(config: Config) -> Result<()> {
 
     // One long call (about an hour) so that the printed curl command keeps showing a live
     // transcript, plus a steady flow of ordinary calls that start and end.
+    runtime.serve_commands(stop.clone()).await?;
     let showcase = callstream_simulator::script::long_script(42, 120);
     let call = runtime.create_call(&showcase).await?;
-    let (showcase_runtime, showcase_stop, call_id) =
-        (runtime.clone(), stop.clone(), call.id.clone());
+    let (showcase_runtime, showcase_stop, showcase_call) =
+        (runtime.clone(), stop.clone(), call.clone());
     let showcase_task = tokio::spawn(async move {
-        for step in &showcase.steps {
-            tokio::select! {
-                () = showcase_stop.cancelled() => break,
-                () = tokio::time::sleep(step.delay) => {}
-            }
-            if let Err(err) = showcase_runtime.send(&call_id, &step.events).await {
-                tracing::warn!(error = %err, "demo call stopped");
-                return;
-            }
+        if let Err(err) = showcase_runtime
+            .play_created(&showcase_call, &showcase, 1.0, &showcase_stop)
+            .await
+        {
+            tracing::warn!(error = %err, "demo call stopped");
         }
-        let end = [callstream_simulator::script::event(
-            "call.completed",
-            serde_json::json!({ "reason": "demo_stopped" }),
-        )];
-        let _ = showcase_runtime.send(&call_id, &end).await;
     });
     let flow_runtime = runtime.clone();
     let flow_stop = stop.clone();
@@ -318,10 +311,14 @@ async fn demo(config: Config) -> Result<()> {
          \x20 curl -N -H 'Authorization: Bearer {api_key}' {base}/v1/calls/{}/transcript/stream\n\n\
          Or in a browser:\n\
          \x20 {base}/demo#token={api_key}\n\n\
+         Call events and control over WebSocket (send {{\"type\":\"send_dtmf\",\"id\":\"1\",\"digits\":\"5\"}}):\n\
+         \x20 ws://{addr}/v1/calls/{}/stream?token={api_key}\n\n\
          List calls:   curl -H 'Authorization: Bearer {api_key}' '{base}/v1/calls?status=in_progress'\n\
          Metrics:      curl {base}/metrics\n\n\
          Press Ctrl-C to stop.\n",
-        call.id
+        call.id,
+        call.id,
+        addr = server.addr(),
     );
 
     wait_for_signal().await;

@@ -219,6 +219,24 @@ impl Session {
                         text(native::envelope_json(&event))
                     }
                     None => {
+                        // The call ended. Answer the commands still in flight first (an
+                        // `end_call` is typically one of them), then close.
+                        let deadline = Instant::now() + config.command_timeout();
+                        while in_flight.available_permits() < config.ws_max_commands_in_flight {
+                            tokio::select! {
+                                Some(reply) = reply_rx.recv() => {
+                                    if socket.send(text(reply)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                () = tokio::time::sleep_until(deadline) => break,
+                            }
+                        }
+                        while let Ok(reply) = reply_rx.try_recv() {
+                            if socket.send(text(reply)).await.is_err() {
+                                return;
+                            }
+                        }
                         let _ = socket.send(close(close_code::NORMAL, "the call has ended")).await;
                         return;
                     }

@@ -56,3 +56,65 @@ async fn simulated_calls_flow_through_ingest_to_the_transcript_stream() {
         assert!(t["turns"].as_array().unwrap().len() >= 6);
     }
 }
+
+/// The simulator serves commands over the runtime socket: DTMF becomes `call.dtmf`, a join
+/// becomes `call.transferred`, and an end becomes `call.completed` and stops the script.
+#[tokio::test]
+async fn the_simulator_obeys_commands() {
+    use crate::support::{WsEvent, ws_connect, ws_json, ws_next, ws_send};
+    use serde_json::json;
+
+    let ts = TestServer::start().await;
+    let runtime = Runtime::new(&ts.base, &ts.acme.runtime).unwrap();
+    let stop = CancellationToken::new();
+    runtime.serve_commands(stop.clone()).await.unwrap();
+    let plan = callstream_simulator::script::long_script(3, 50);
+    let call = runtime.create_call(&plan).await.unwrap();
+    let player = {
+        let (runtime, call, stop) = (runtime.clone(), call.clone(), stop.clone());
+        tokio::spawn(async move { runtime.play_created(&call, &plan, 1.0, &stop).await })
+    };
+    let mut ws = ws_connect(
+        &ts.ws_url(&format!(
+            "/v1/calls/{}/stream?token={}",
+            call.id, ts.acme.api
+        )),
+        None,
+    )
+    .await
+    .unwrap();
+    let wait_for = async |ws: &mut crate::support::Ws, id: &str, event_type: &str| {
+        let (mut acked, mut seen) = (false, false);
+        while !(acked && seen) {
+            let frame = ws_json(ws).await;
+            acked |= frame == json!({"type": "ack", "id": id});
+            seen |= frame["event_type"] == event_type;
+            assert_ne!(frame["type"], "error", "{frame}");
+        }
+    };
+    ws_send(
+        &mut ws,
+        &json!({"type": "send_dtmf", "id": "d", "digits": "7"}),
+    )
+    .await;
+    wait_for(&mut ws, "d", "call.dtmf").await;
+    ws_send(
+        &mut ws,
+        &json!({"type": "join_call", "id": "j", "user_id": "usr_9"}),
+    )
+    .await;
+    wait_for(&mut ws, "j", "call.transferred").await;
+    ws_send(&mut ws, &json!({"type": "end_call", "id": "e"})).await;
+    wait_for(&mut ws, "e", "call.completed").await;
+    loop {
+        if let WsEvent::Close(code) = ws_next(&mut ws).await {
+            assert_eq!(code, 1000);
+            break;
+        }
+    }
+    player.await.unwrap().unwrap();
+    let (_, got) = ts
+        .get(&format!("/v1/calls/{}", call.id), &ts.acme.api)
+        .await;
+    assert_eq!(got["status"], "completed");
+}
