@@ -131,6 +131,38 @@ impl TranscriptTurn {
     }
 }
 
+/// One message of a conversation with its latest status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageRecord {
+    pub message_id: String,
+    pub direction: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `received`, `delivered`, `read`, … as the latest event said.
+    pub status: String,
+    /// The latest `message.*` payload for it, exactly as ingested.
+    pub payload: serde_json::Value,
+    #[serde(with = "callstream_core::time::millis")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "callstream_core::time::millis")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which conversations to list.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    pub mode: Option<callstream_core::ConversationMode>,
+    pub channel: Option<callstream_core::Channel>,
+    pub limit: u32,
+}
+
+/// What a conversation append did.
+#[derive(Debug, Clone)]
+pub struct AppendedConversation {
+    pub envelopes: Vec<Envelope>,
+    pub conversation: Conversation,
+}
+
 /// What an append did.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -195,6 +227,32 @@ pub trait Store: Send + Sync + 'static {
         workspace: &WorkspaceId,
         id: &ConversationId,
     ) -> Result<Option<Conversation>>;
+
+    async fn conversations(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<Conversation>>;
+
+    /// Assigns the conversation's next seqs to `events`, records messages and mode changes, in
+    /// one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown or foreign conversation; [`StoreError::Invalid`]
+    /// for call events or a mode change whose `from_mode` is not the current mode.
+    async fn append_conversation_events(
+        &self,
+        workspace: &WorkspaceId,
+        conversation: &ConversationId,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendedConversation>;
+
+    /// The conversation's messages, oldest first.
+    async fn messages(
+        &self,
+        workspace: &WorkspaceId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MessageRecord>>;
 
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;

@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    Appended, CallFilter, KeyRecord, NewEvent, Result, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, check_call_batch,
+    Appended, AppendedConversation, CallFilter, ConversationFilter, KeyRecord, MessageRecord,
+    NewEvent, Result, Store, StoreError, StreamTokenRecord, TranscriptTurn, check_call_batch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -443,10 +443,181 @@ impl Store for SqliteStore {
         row.as_ref().map(conversation_row).transpose()
     }
 
+    async fn conversations(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<Conversation>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, channel, participants, mode, created_at, last_seq FROM conversations \
+             WHERE workspace_id = $1 AND ($2 IS NULL OR mode = $2) AND ($3 IS NULL OR channel = $3) \
+             ORDER BY created_at DESC, id LIMIT $4",
+        )
+        .bind(workspace.as_str())
+        .bind(filter.mode.map(ConversationMode::as_str))
+        .bind(filter.channel.map(Channel::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conversation_row).collect()
+    }
+
+    async fn append_conversation_events(
+        &self,
+        workspace: &WorkspaceId,
+        conversation_id: &ConversationId,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendedConversation> {
+        for (i, e) in events.iter().enumerate() {
+            let ty = e.payload.event_type();
+            if ty.subject_kind() != callstream_core::event::SubjectKind::Conversation {
+                return Err(StoreError::Invalid(format!(
+                    "events[{i}].event_type: {ty} is not a conversation event"
+                )));
+            }
+        }
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let reserved = sqlx::query(
+            "UPDATE conversations SET last_seq = last_seq + $1 WHERE workspace_id = $2 AND id = $3 \
+             RETURNING last_seq, mode",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(conversation_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let last = seq_of(reserved.try_get(0)?);
+        let mode_text: String = reserved.try_get(1)?;
+        let mut mode =
+            ConversationMode::parse(&mode_text).ok_or_else(|| corrupt("mode", &mode_text))?;
+        let first = last + 1 - events.len() as u64;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as u64;
+            match &event.payload {
+                Payload::MessageReceived(m)
+                | Payload::MessageDelivered(m)
+                | Payload::MessageRead(m) => {
+                    upsert_message(&mut tx, conversation_id, seq, event.timestamp, m).await?;
+                }
+                Payload::ModeChanged(change) => {
+                    if change.from_mode != mode {
+                        return Err(StoreError::Invalid(format!(
+                            "events[{i}].payload.from_mode: the conversation is in {mode} mode, not {}",
+                            change.from_mode
+                        )));
+                    }
+                    mode = change.to_mode;
+                }
+                _ => {}
+            }
+            let mut env = Envelope::new(
+                workspace.clone(),
+                Subject::Conversation(conversation_id.clone()),
+                seq,
+                event.timestamp,
+                event.payload,
+            )
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            env.event_id = event.event_id;
+            envelopes.push(env);
+        }
+        sqlx::query("UPDATE conversations SET mode = $1 WHERE id = $2")
+            .bind(mode.as_str())
+            .bind(conversation_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT id, workspace_id, channel, participants, mode, created_at, last_seq FROM conversations WHERE id = $1",
+        )
+        .bind(conversation_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let conversation = conversation_row(&row)?;
+        tx.commit().await?;
+        Ok(AppendedConversation {
+            envelopes,
+            conversation,
+        })
+    }
+
+    async fn messages(
+        &self,
+        workspace: &WorkspaceId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MessageRecord>> {
+        let rows = sqlx::query(
+            "SELECT m.message_id, m.direction, m.text, m.status, m.payload, m.created_at, m.updated_at \
+             FROM messages m JOIN conversations c ON c.id = m.conversation_id \
+             WHERE c.workspace_id = $1 AND c.id = $2 ORDER BY m.first_seq",
+        )
+        .bind(workspace.as_str())
+        .bind(conversation.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let payload: &str = row.try_get("payload")?;
+                Ok(MessageRecord {
+                    message_id: row.try_get("message_id")?,
+                    direction: row.try_get("direction")?,
+                    text: row.try_get("text")?,
+                    status: row.try_get("status")?,
+                    payload: serde_json::from_str(payload)
+                        .map_err(|e| corrupt("message payload", e))?,
+                    created_at: ts(row.try_get("created_at")?)?,
+                    updated_at: ts(row.try_get("updated_at")?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+async fn upsert_message(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conversation: &ConversationId,
+    seq: u64,
+    at: DateTime<Utc>,
+    m: &callstream_core::event::Message,
+) -> Result<()> {
+    let raw = m.as_map();
+    let text = raw.get("text").and_then(serde_json::Value::as_str);
+    let field = |k: &str| {
+        raw.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let payload = serde_json::to_string(raw).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    // The first event of a message creates its row; later ones (delivered, read) update its
+    // status, keeping the text the message was first recorded with unless they carry one.
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, message_id, first_seq, last_seq, direction, text, status, payload, \
+         created_at, updated_at) VALUES ($1, $2, $3, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (conversation_id, message_id) DO UPDATE SET last_seq = excluded.last_seq, \
+         status = excluded.status, payload = excluded.payload, updated_at = excluded.updated_at, \
+         text = COALESCE(excluded.text, messages.text)",
+    )
+    .bind(conversation.as_str())
+    .bind(m.message_id())
+    .bind(seq)
+    .bind(field("direction"))
+    .bind(text)
+    .bind(field("status"))
+    .bind(payload)
+    .bind(time::format(&at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_turn(
@@ -702,6 +873,102 @@ mod tests {
             .await
             .unwrap();
         assert!(future.is_empty());
+    }
+
+    #[tokio::test]
+    async fn conversation_events_keep_message_history_and_mode() {
+        let (_dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let other = store.ensure_workspace("b").await.unwrap();
+        let c = Conversation {
+            id: ConversationId::new(),
+            workspace_id: ws.id.clone(),
+            channel: Channel::Sms,
+            participants: vec!["+14155550123".into()],
+            mode: ConversationMode::Ai,
+            created_at: time::now(),
+            last_seq: 0,
+        };
+        store.create_conversation(&c).await.unwrap();
+        let msg = |ty: &str, status: &str, text: Option<&str>| {
+            let mut p = json!({"message_id": "m1", "direction": "inbound", "status": status});
+            if let Some(t) = text {
+                p["text"] = json!(t);
+            }
+            ev(ty, p)
+        };
+        let a = store
+            .append_conversation_events(
+                &ws.id,
+                &c.id,
+                vec![
+                    msg("message.received", "received", Some("hi")),
+                    msg("message.read", "read", None),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            a.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let history = store.messages(&ws.id, &c.id).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].text.as_deref(), history[0].status.as_str()),
+            (Some("hi"), "read")
+        );
+
+        let handoff = ev(
+            "conversation.mode_changed",
+            json!({"from_mode": "ai", "to_mode": "human", "actor_user_id": "usr_1"}),
+        );
+        let b = store
+            .append_conversation_events(&ws.id, &c.id, vec![handoff.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.conversation.mode, b.conversation.last_seq),
+            (ConversationMode::Human, 3)
+        );
+        // A stale from_mode is refused and takes no seq.
+        assert!(matches!(
+            store
+                .append_conversation_events(&ws.id, &c.id, vec![handoff])
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(
+            store
+                .conversation(&ws.id, &c.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seq,
+            3
+        );
+        // Another workspace sees nothing and can append nothing.
+        assert!(matches!(
+            store
+                .append_conversation_events(
+                    &other.id,
+                    &c.id,
+                    vec![msg("message.read", "read", None)]
+                )
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(store.messages(&other.id, &c.id).await.unwrap().is_empty());
+        assert!(matches!(
+            store
+                .append_conversation_events(
+                    &ws.id,
+                    &c.id,
+                    vec![ev("call.dtmf", json!({"digits": "1"}))]
+                )
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
     }
 
     #[tokio::test]

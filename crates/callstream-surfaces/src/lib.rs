@@ -21,4 +21,6 @@ pub mod slots {
     pub const NATIVE_TRANSCRIPT_SSE: FormatSlot = FormatSlot::new(0);
     /// The canonical envelope JSON (native WebSocket, webhooks).
     pub const ENVELOPE_JSON: FormatSlot = FormatSlot::new(1);
+    /// Seed 000, conversation SSE frames.
+    pub const NATIVE_CONVERSATION_SSE: FormatSlot = FormatSlot::new(2);
 }

@@ -60,6 +60,32 @@ pub fn envelope_json(event: &Event) -> Bytes {
         .unwrap_or_default()
 }
 
+/// One conversation SSE frame's data, exactly the seed's fields: the payload nested verbatim.
+#[derive(Serialize)]
+struct ConversationFrame<'a> {
+    event_type: &'static str,
+    conversation_id: &'a str,
+    timestamp: String,
+    payload: &'a Payload,
+}
+
+/// The conversation SSE frame for an event (`id:` is its seq), shared by all subscribers;
+/// `None` for events that are not a conversation's.
+pub fn conversation_sse(event: &Event) -> Option<Bytes> {
+    event.encoded(slots::NATIVE_CONVERSATION_SSE, |env: &Envelope| {
+        let callstream_core::Subject::Conversation(id) = &env.subject else {
+            return None;
+        };
+        let frame = ConversationFrame {
+            event_type: env.event_type().as_str(),
+            conversation_id: id.as_str(),
+            timestamp: time::format(&env.timestamp),
+            payload: &env.payload,
+        };
+        Some(sse::frame(Some(env.seq), None, &json(&frame)))
+    })
+}
+
 /// The body of every error the native API returns, in HTTP responses and `event: error` frames.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorBody<'a> {
@@ -125,6 +151,28 @@ mod tests {
         ] {
             assert_eq!(transcript_sse(&event(ty, payload)), None, "{ty}");
         }
+    }
+
+    #[test]
+    fn conversation_frames_nest_the_payload_verbatim() {
+        let env = Envelope::new(
+            WorkspaceId::parse("ws_1").unwrap(),
+            Subject::Conversation(callstream_core::ConversationId::parse("conv_abc").unwrap()),
+            9,
+            time::parse("2026-05-15T14:32:01.123Z").unwrap(),
+            Payload::parse("message.received", json!({"status": "received", "message_id": "m1", "direction": "inbound", "text": "hi", "x": [1]})).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            conversation_sse(&Event::new(env)).unwrap(),
+            Bytes::from(
+                "id: 9\ndata: {\"event_type\":\"message.received\",\"conversation_id\":\"conv_abc\",\"timestamp\":\"2026-05-15T14:32:01.123Z\",\"payload\":{\"status\":\"received\",\"message_id\":\"m1\",\"direction\":\"inbound\",\"text\":\"hi\",\"x\":[1]}}\n\n"
+            )
+        );
+        assert_eq!(
+            conversation_sse(&event("call.dtmf", json!({"digits": "1"}))),
+            None
+        );
     }
 
     #[test]

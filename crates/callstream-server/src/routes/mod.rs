@@ -6,6 +6,7 @@ pub mod calls;
 pub mod demo;
 pub mod ops;
 pub mod runtime_socket;
+pub mod sse_stream;
 pub mod stream_tokens;
 pub mod transcript_stream;
 

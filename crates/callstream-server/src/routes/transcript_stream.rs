@@ -8,25 +8,21 @@
 //! tells a browser `EventSource` to stop reconnecting.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use callstream_bus::{Resume, SubscribeOptions, Subscription, Topic};
+use callstream_bus::{Resume, SubscribeOptions, Topic};
 use callstream_core::{CallId, CallStatus, Payload, WorkspaceId};
 use callstream_store::TranscriptTurn;
 use callstream_surfaces::native::{self, TranscriptFrame};
 use callstream_surfaces::sse;
-use futures::stream;
-use prometheus_client::metrics::counter::Counter;
-use tokio::time::{Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::BrowserPrincipal;
 use crate::error::ApiError;
-use crate::metrics::{OpenStream, Surface, SurfaceLabels};
+use crate::metrics::{Surface, SurfaceLabels};
+use crate::routes::sse_stream::{SseStream, SseSurface, Step};
 use crate::routes::{CallPath, load_call};
 use crate::state::AppState;
 
@@ -104,28 +100,47 @@ pub async fn stream(
         None
     };
 
-    let live = LiveStream {
-        prefix,
-        subscription,
-        heartbeat: heartbeat(state.config().heartbeat()),
-        shutdown: state.shutdown().clone(),
-        sent: state.metrics().frames_sent.get_or_create(&LABELS).clone(),
-        finished: false,
-        expiry: Box::pin(tokio::time::sleep(crate::routes::call_socket::until(
-            who.expires_at,
-        ))),
+    let surface = TranscriptFrames {
         ended: EndCheck {
             state: state.clone(),
             workspace: who.workspace_id,
             call: id,
             seen_terminal: false,
         },
-        _open: OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone()),
     };
-    Ok(sse_response(Body::from_stream(stream::unfold(
-        live,
-        LiveStream::next,
-    ))))
+    Ok(SseStream::new(
+        &state,
+        &LABELS,
+        prefix,
+        subscription,
+        who.expires_at,
+        surface,
+    )
+    .into_response())
+}
+
+/// Seed 000 transcript frames; a failed call ends with a terminal `event: error`.
+struct TranscriptFrames {
+    ended: EndCheck,
+}
+
+impl SseSurface for TranscriptFrames {
+    fn frame(&mut self, event: &callstream_bus::Event) -> Step {
+        match &event.envelope().payload {
+            Payload::Failed(f) => {
+                self.ended.seen_terminal = true;
+                return Step::Finish(call_failed(Some(&f.reason)));
+            }
+            Payload::Completed(_) => self.ended.seen_terminal = true,
+            _ => {}
+        }
+        native::transcript_sse(event).map_or(Step::Skip, Step::Send)
+    }
+
+    async fn at_end(&mut self) -> Option<Bytes> {
+        // Say that the call failed if the terminal event itself was lost to a full queue.
+        self.ended.failed().await.then(|| call_failed(None))
+    }
 }
 
 /// The terminal `event: error` frame for a failed call (seed 000: "event: error frames carry a
@@ -180,95 +195,4 @@ fn stored_frame(turn: &TranscriptTurn) -> Bytes {
         ts: turn.ts,
     }
     .to_sse(turn.seq)
-}
-
-fn heartbeat(period: std::time::Duration) -> Interval {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    interval
-}
-
-/// The response head every SSE stream shares. `X-Accel-Buffering: no` keeps nginx from
-/// buffering the stream; `no-cache` keeps any proxy from caching it.
-pub fn sse_response(body: Body) -> Response {
-    let mut response = Response::new(body);
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-/// One open transcript stream: stored frames first, then the live subscription, with
-/// heartbeats in between, until the call ends, the client leaves (the body is dropped) or the
-/// server shuts down.
-struct LiveStream {
-    prefix: VecDeque<Bytes>,
-    subscription: Option<Subscription>,
-    heartbeat: Interval,
-    shutdown: CancellationToken,
-    sent: Counter,
-    finished: bool,
-    /// A stream token's expiry: the stream ends then with `event: error` `token_expired`.
-    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
-    ended: EndCheck,
-    _open: OpenStream,
-}
-
-impl LiveStream {
-    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
-        if self.finished {
-            return None;
-        }
-        if let Some(frame) = self.prefix.pop_front() {
-            self.sent.inc();
-            return Some((Ok(frame), self));
-        }
-        let sub = self.subscription.as_mut()?;
-        loop {
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => {
-                    self.finished = true;
-                    let frame = native::error_sse(
-                        "going_away",
-                        "the server is shutting down; reconnect with Last-Event-ID to resume",
-                    );
-                    return Some((Ok(frame), self));
-                }
-                () = &mut self.expiry => {
-                    self.finished = true;
-                    let frame = native::error_sse("token_expired", "the stream token has expired; ask for a new one");
-                    return Some((Ok(frame), self));
-                }
-                event = sub.next() => {
-                    let Some(event) = event else {
-                        // The call ended. Say so if it failed and the terminal event was lost.
-                        self.finished = true;
-                        return self.ended.failed().await.then(|| (Ok(call_failed(None)), self));
-                    };
-                    match &event.envelope().payload {
-                        Payload::Failed(f) => {
-                            self.ended.seen_terminal = true;
-                            self.finished = true;
-                            let frame = call_failed(Some(&f.reason));
-                            return Some((Ok(frame), self));
-                        }
-                        Payload::Completed(_) => self.ended.seen_terminal = true,
-                        _ => {}
-                    }
-                    if let Some(frame) = native::transcript_sse(&event) {
-                        self.sent.inc();
-                        return Some((Ok(frame), self));
-                    }
-                }
-                _ = self.heartbeat.tick() => {
-                    return Some((Ok(sse::comment("heartbeat")), self));
-                }
-            }
-        }
-    }
 }

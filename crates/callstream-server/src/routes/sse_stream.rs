@@ -1,0 +1,152 @@
+//! What every SSE stream shares: a prefix of frames (stored or resumed), then a live bus
+//! subscription, with comment heartbeats, a closing frame on shutdown, the end of a stream
+//! token, metrics, and the response head. Each surface decides only what an event becomes
+//! ([`SseSurface`]).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use callstream_bus::{Event, Subscription};
+use callstream_surfaces::{native, sse};
+use chrono::{DateTime, Utc};
+use futures::stream;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{OpenStream, SurfaceLabels};
+use crate::routes::call_socket::until;
+use crate::state::AppState;
+
+/// What one event does to a stream.
+pub enum Step {
+    /// Send this frame.
+    Send(Bytes),
+    /// Nothing for this surface.
+    Skip,
+    /// Send this frame, then end the stream.
+    Finish(Bytes),
+}
+
+/// A surface's part of an SSE stream.
+pub trait SseSurface: Send + 'static {
+    fn frame(&mut self, event: &Event) -> Step;
+
+    /// Called when the subscription ends (the call ended): a last frame, if any.
+    fn at_end(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// One open SSE stream.
+pub struct SseStream<S> {
+    prefix: VecDeque<Bytes>,
+    subscription: Option<Subscription>,
+    heartbeat: Interval,
+    shutdown: CancellationToken,
+    /// A stream token's expiry: the stream ends then with `event: error` `token_expired`.
+    expiry: Pin<Box<Sleep>>,
+    sent: Counter,
+    finished: bool,
+    surface: S,
+    _open: OpenStream,
+}
+
+impl<S: SseSurface> SseStream<S> {
+    pub fn new(
+        state: &AppState,
+        labels: &SurfaceLabels,
+        prefix: VecDeque<Bytes>,
+        subscription: Option<Subscription>,
+        expires_at: Option<DateTime<Utc>>,
+        surface: S,
+    ) -> Self {
+        let period = state.config().heartbeat();
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let metrics = state.metrics();
+        Self {
+            prefix,
+            subscription,
+            heartbeat,
+            shutdown: state.shutdown().clone(),
+            expiry: Box::pin(tokio::time::sleep(until(expires_at))),
+            sent: metrics.frames_sent.get_or_create(labels).clone(),
+            finished: false,
+            surface,
+            _open: OpenStream::new(metrics.open_streams.get_or_create(labels).clone()),
+        }
+    }
+
+    /// The `200 text/event-stream` response that streams this.
+    pub fn into_response(self) -> Response {
+        sse_response(Body::from_stream(stream::unfold(self, Self::next)))
+    }
+
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        if self.finished {
+            return None;
+        }
+        if let Some(frame) = self.prefix.pop_front() {
+            self.sent.inc();
+            return Some((Ok(frame), self));
+        }
+        let sub = self.subscription.as_mut()?;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    self.finished = true;
+                    let frame = native::error_sse(
+                        "going_away",
+                        "the server is shutting down; reconnect with Last-Event-ID to resume",
+                    );
+                    return Some((Ok(frame), self));
+                }
+                () = &mut self.expiry => {
+                    self.finished = true;
+                    let frame = native::error_sse("token_expired", "the stream token has expired; ask for a new one");
+                    return Some((Ok(frame), self));
+                }
+                event = sub.next() => {
+                    let Some(event) = event else {
+                        self.finished = true;
+                        let last = self.surface.at_end().await?;
+                        return Some((Ok(last), self));
+                    };
+                    match self.surface.frame(&event) {
+                        Step::Skip => {}
+                        Step::Send(frame) => {
+                            self.sent.inc();
+                            return Some((Ok(frame), self));
+                        }
+                        Step::Finish(frame) => {
+                            self.finished = true;
+                            return Some((Ok(frame), self));
+                        }
+                    }
+                }
+                _ = self.heartbeat.tick() => {
+                    return Some((Ok(sse::comment("heartbeat")), self));
+                }
+            }
+        }
+    }
+}
+
+/// The response head every SSE stream shares. `X-Accel-Buffering: no` keeps nginx from
+/// buffering the stream; `no-cache` keeps any proxy from caching it.
+pub fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
