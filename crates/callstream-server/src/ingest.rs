@@ -1,9 +1,10 @@
 //! Ingest: events from the call runtime become stored, sequenced, published envelopes.
 //! Every ingest path (REST today, the runtime WebSocket and NATS later) goes through here.
 
+use axum::http::StatusCode;
 use callstream_bus::Event;
-use callstream_core::{Call, CallId, EventType, Payload, WorkspaceId, time};
-use callstream_store::{Appended, NewEvent};
+use callstream_core::{Call, CallId, ConversationId, EventType, Payload, WorkspaceId, time};
+use callstream_store::{Appended, AppendedConversation, NewEvent, StoreError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -20,14 +21,58 @@ pub async fn append_call_events(
     call: &CallId,
     events: Vec<NewEvent>,
 ) -> Result<Appended, ApiError> {
-    let lock = state.ingest_lock(call);
+    let lock = state.ingest_lock(call.as_str());
     let result = {
         let _ordered = lock.lock().await;
         append_and_publish(state, workspace, call, events).await
     };
     drop(lock);
-    state.release_ingest_lock(call);
+    state.release_ingest_lock(call.as_str());
     result
+}
+
+/// Appends `events` to the conversation (the store assigns seqs) and publishes them in order.
+///
+/// # Errors
+/// 404 for an unknown conversation, 400/409 for a batch the store refuses.
+pub async fn append_conversation_events(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    conversation: &ConversationId,
+    events: Vec<NewEvent>,
+) -> Result<AppendedConversation, ApiError> {
+    let lock = state.ingest_lock(conversation.as_str());
+    let result = {
+        let _ordered = lock.lock().await;
+        let appended = state
+            .store()
+            .append_conversation_events(workspace, conversation, events)
+            .await
+            .map_err(|e| match e {
+                StoreError::Invalid(m) if m.contains("from_mode") => {
+                    ApiError::new(StatusCode::CONFLICT, "mode_conflict", m)
+                }
+                other => ApiError::from_store(other, "conversation"),
+            });
+        if let Ok(appended) = &appended {
+            publish(state, &appended.envelopes).await;
+        }
+        appended
+    };
+    drop(lock);
+    state.release_ingest_lock(conversation.as_str());
+    result
+}
+
+async fn publish(state: &AppState, envelopes: &[callstream_core::Envelope]) {
+    for envelope in envelopes {
+        state.metrics().ingested(envelope.event_type());
+        if let Err(err) = state.bus().publish(Event::new(envelope.clone())).await {
+            // The events are stored; only live delivery is affected, and resubmitting would
+            // mint duplicate seqs, so the ingest still succeeds.
+            tracing::error!(error = %err, subject = envelope.subject.id(), seq = envelope.seq, "publish failed");
+        }
+    }
 }
 
 async fn append_and_publish(
@@ -41,14 +86,7 @@ async fn append_and_publish(
         .append_call_events(workspace, call, events)
         .await
         .map_err(|e| ApiError::from_store(e, "call"))?;
-    for envelope in &appended.envelopes {
-        state.metrics().ingested(envelope.event_type());
-        if let Err(err) = state.bus().publish(Event::new(envelope.clone())).await {
-            // The events are stored (transcripts, status); only live delivery is affected, and
-            // resubmitting would mint duplicate seqs, so the ingest still succeeds.
-            tracing::error!(error = %err, call_id = %call, seq = envelope.seq, "publish failed");
-        }
-    }
+    publish(state, &appended.envelopes).await;
     Ok(appended)
 }
 
@@ -63,7 +101,14 @@ struct IngestEvent {
 }
 
 /// Parses one ingested event; `at` prefixes every field path (`events[3].`) for batches.
-fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError> {
+/// What an ingest is for: a call (whose transport decides barge-in) or a conversation.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    Call(&'a Call),
+    Conversation,
+}
+
+fn parse_event(value: Value, at: &str, target: Target<'_>) -> Result<NewEvent, ApiError> {
     let raw: IngestEvent = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." {
@@ -86,11 +131,27 @@ fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError
                 "{at}event_type: call.started is emitted by callstream when the call is created (POST /v1/calls)"
             )));
         }
-        EventType::BargeIn if !call.transport.is_phone() => {
+        ty if matches!(target, Target::Conversation)
+            != (ty.subject_kind() == callstream_core::event::SubjectKind::Conversation) =>
+        {
+            let expected = if matches!(target, Target::Conversation) {
+                "a conversation"
+            } else {
+                "a call"
+            };
             return Err(ApiError::invalid_event(format!(
-                "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {}",
-                call.transport
+                "{at}event_type: {ty} does not belong to {expected}"
             )));
+        }
+        EventType::BargeIn => {
+            if let Target::Call(call) = target
+                && !call.transport.is_phone()
+            {
+                return Err(ApiError::invalid_event(format!(
+                    "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {}",
+                    call.transport
+                )));
+            }
         }
         _ => {}
     }
@@ -107,7 +168,7 @@ fn parse_event(value: Value, at: &str, call: &Call) -> Result<NewEvent, ApiError
 ///
 /// # Errors
 /// 400 `invalid_event`.
-pub fn parse_batch(body: Value, call: &Call, max: usize) -> Result<Vec<NewEvent>, ApiError> {
+pub fn parse_batch(body: Value, target: Target<'_>, max: usize) -> Result<Vec<NewEvent>, ApiError> {
     match body {
         Value::Array(items) => {
             if items.is_empty() || items.len() > max {
@@ -118,10 +179,10 @@ pub fn parse_batch(body: Value, call: &Call, max: usize) -> Result<Vec<NewEvent>
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| parse_event(v, &format!("events[{i}]."), call))
+                .map(|(i, v)| parse_event(v, &format!("events[{i}]."), target))
                 .collect()
         }
-        value @ Value::Object(_) => Ok(vec![parse_event(value, "", call)?]),
+        value @ Value::Object(_) => Ok(vec![parse_event(value, "", target)?]),
         _ => Err(ApiError::invalid_event(
             "body: expected an event object or an array of events",
         )),

@@ -52,6 +52,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/calls/{id}/transcript", get(routes::calls::transcript))
         .route("/v1/calls/{id}/commands", post(routes::calls::command))
         .route("/v1/stream-tokens", post(routes::stream_tokens::create))
+        .route(
+            "/v1/conversations",
+            post(routes::conversations::create).get(routes::conversations::list),
+        )
+        .route("/v1/conversations/{id}", get(routes::conversations::get))
+        .route(
+            "/v1/conversations/{id}/events",
+            post(routes::conversations::ingest_events),
+        )
+        .route(
+            "/v1/conversations/{id}/mode",
+            post(routes::conversations::change_mode),
+        )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -65,6 +78,10 @@ pub fn app(state: AppState) -> Router {
             get(routes::transcript_stream::stream),
         )
         .route("/v1/calls/{id}/stream", get(routes::call_socket::socket))
+        .route(
+            "/v1/conversations/{id}/stream",
+            get(routes::conversations::stream),
+        )
         .route("/v1/runtime", get(routes::runtime_socket::socket));
 
     Router::new()

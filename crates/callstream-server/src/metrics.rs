@@ -17,6 +17,8 @@ pub enum Surface {
     native_transcript_sse,
     /// Seed 000 `GET /v1/calls/{id}/stream`.
     native_call_ws,
+    /// Seed 000 `GET /v1/conversations/{id}/stream`.
+    native_conversation_sse,
     /// `GET /v1/runtime`, the call runtimes' own socket.
     runtime_ws,
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use callstream_bus::{Bus, CommandRouter};
-use callstream_core::CallId;
 use callstream_store::Store;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -23,12 +22,12 @@ struct Inner {
     metrics: Metrics,
     /// Cancelled when the server begins to shut down: streams watch it and close.
     shutdown: CancellationToken,
-    /// One async lock per call with an ingest in flight. The store assigns seqs, but the bus
+    /// One async lock per call (or conversation) with an ingest in flight. The store assigns seqs, but the bus
     /// must also see one call's events in seq order, so "append to the store, then publish" runs
     /// under the call's lock. Calls are independent: there is no lock across calls. Entries go
     /// as soon as no ingest for the call is in flight, so the map holds only calls being ingested
     /// right now.
-    ingest_order: DashMap<CallId, Arc<tokio::sync::Mutex<()>>>,
+    ingest_order: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl AppState {
@@ -68,15 +67,20 @@ impl AppState {
         &self.0.shutdown
     }
 
-    pub(crate) fn ingest_lock(&self, call: &CallId) -> Arc<tokio::sync::Mutex<()>> {
-        self.0.ingest_order.entry(call.clone()).or_default().clone()
+    /// The ingest lock of one call or conversation (by its id).
+    pub(crate) fn ingest_lock(&self, subject: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .ingest_order
+            .entry(subject.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Drops the call's lock once nobody holds or waits for it. Safe against a racing
     /// `ingest_lock`: both run under the map shard's lock, so a clone taken there is counted.
-    pub(crate) fn release_ingest_lock(&self, call: &CallId) {
+    pub(crate) fn release_ingest_lock(&self, subject: &str) {
         self.0
             .ingest_order
-            .remove_if(call, |_, lock| Arc::strong_count(lock) == 1);
+            .remove_if(subject, |_, lock| Arc::strong_count(lock) == 1);
     }
 }

@@ -93,6 +93,18 @@ pub struct ErrorBody<'a> {
     pub message: &'a str,
 }
 
+/// A non-terminal notice: an SSE frame of event type `event` with `{error_code, message}` data.
+pub fn sse_event(error_code: &str, message: &str) -> Bytes {
+    sse::frame(
+        None,
+        Some("error"),
+        &json(&ErrorBody {
+            error_code,
+            message,
+        }),
+    )
+}
+
 /// A terminal `event: error` SSE frame.
 pub fn error_sse(error_code: &str, message: &str) -> Bytes {
     sse::frame(

@@ -27,7 +27,7 @@ use crate::auth::{BrowserPrincipal, url_pairs};
 use crate::error::ApiError;
 use crate::limit::TokenBucket;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::{CallPath, load_call};
+use crate::routes::{CallPath, IdPath, load_call};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -65,7 +65,7 @@ pub fn require_upgrade(
 pub async fn socket(
     State(state): State<AppState>,
     BrowserPrincipal(who): BrowserPrincipal,
-    CallPath(id): CallPath,
+    IdPath(id): CallPath,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {

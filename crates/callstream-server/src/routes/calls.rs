@@ -13,7 +13,7 @@ use crate::auth::{ApiKey, RuntimeKey, url_pairs};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::ingest;
-use crate::routes::{CallPath, load_call};
+use crate::routes::{CallPath, IdPath, load_call};
 use crate::state::AppState;
 
 const MAX_EXTERNAL_ID: usize = 128;
@@ -77,11 +77,15 @@ pub async fn create(
 pub async fn ingest_events(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
-    CallPath(id): CallPath,
+    IdPath(id): CallPath,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let call = load_call(&state, &who.workspace_id, &id).await?;
-    let events = ingest::parse_batch(body, &call, state.config().max_events_per_request)?;
+    let events = ingest::parse_batch(
+        body,
+        ingest::Target::Call(&call),
+        state.config().max_events_per_request,
+    )?;
     let appended = ingest::append_call_events(&state, &who.workspace_id, &id, events).await?;
     let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
     let event_ids: Vec<&str> = appended
@@ -141,7 +145,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
-    CallPath(id): CallPath,
+    IdPath(id): CallPath,
 ) -> Result<impl IntoResponse, ApiError> {
     let call = load_call(&state, &who.workspace_id, &id).await?;
     Ok(Json(call))
@@ -151,7 +155,7 @@ pub async fn get(
 pub async fn transcript(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
-    CallPath(id): CallPath,
+    IdPath(id): CallPath,
 ) -> Result<impl IntoResponse, ApiError> {
     let call = load_call(&state, &who.workspace_id, &id).await?;
     let turns = state.store().transcript(&who.workspace_id, &id).await?;
@@ -169,7 +173,7 @@ pub struct CommandBody(callstream_core::Command);
 pub async fn command(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
-    CallPath(id): CallPath,
+    IdPath(id): CallPath,
     JsonBody(CommandBody(command)): JsonBody<CommandBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     crate::commands::execute(&state, &who.workspace_id, &id, command).await?;

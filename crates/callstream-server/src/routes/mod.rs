@@ -3,6 +3,7 @@
 
 pub mod call_socket;
 pub mod calls;
+pub mod conversations;
 pub mod demo;
 pub mod ops;
 pub mod runtime_socket;
@@ -12,10 +13,42 @@ pub mod transcript_stream;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use callstream_core::{Call, CallId, WorkspaceId};
+use callstream_core::id::{CallKind, ConversationKind, Id, Kind};
+use callstream_core::{Call, CallId, Conversation, ConversationId, WorkspaceId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The `{id}` of a path, as an id of kind `K`. Anything that is not a well-formed id of that
+/// kind (bad percent-encoding, another kind of id, garbage) is "not found", exactly like an
+/// unknown or foreign id, and always in the API's JSON error shape.
+pub struct IdPath<K: Kind>(pub Id<K>);
+
+/// A call path's `{id}`.
+pub type CallPath = IdPath<CallKind>;
+/// A conversation path's `{id}`.
+pub type ConversationPath = IdPath<ConversationKind>;
+
+/// The noun an id kind's 404 uses.
+fn noun(prefix: &str) -> &'static str {
+    match prefix {
+        "call_" => "call",
+        "conv_" => "conversation",
+        _ => "record",
+    }
+}
+
+impl<S: Send + Sync, K: Kind> FromRequestParts<S> for IdPath<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let missing = || ApiError::not_found(noun(K::PREFIX));
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| missing())?;
+        Id::parse(&text).map(Self).map_err(|_| missing())
+    }
+}
 
 /// The workspace's call, or the 404 that a missing and a foreign id share.
 ///
@@ -33,20 +66,18 @@ pub async fn load_call(
         .ok_or_else(|| ApiError::not_found("call"))
 }
 
-/// The `{id}` of a call path. Anything that is not a well-formed call id (bad percent-encoding,
-/// another kind of id, garbage) is "call not found", exactly like an unknown or foreign id, and
-/// always in the API's JSON error shape.
-pub struct CallPath(pub CallId);
-
-impl<S: Send + Sync> FromRequestParts<S> for CallPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(text) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found("call"))?;
-        CallId::parse(&text)
-            .map(Self)
-            .map_err(|_| ApiError::not_found("call"))
-    }
+/// The workspace's conversation, or the 404 that a missing and a foreign id share.
+///
+/// # Errors
+/// 404 when the workspace has no such conversation; 500 when the store fails.
+pub async fn load_conversation(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    id: &ConversationId,
+) -> Result<Conversation, ApiError> {
+    state
+        .store()
+        .conversation(workspace, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))
 }

@@ -110,7 +110,11 @@ async fn ingest_events(
     let result = async {
         let id = CallId::parse(&m.call_id).map_err(|_| ApiError::not_found("call"))?;
         let call = load_call(state, workspace, &id).await?;
-        let events = ingest::parse_batch(m.events, &call, state.config().max_events_per_request)?;
+        let events = ingest::parse_batch(
+            m.events,
+            ingest::Target::Call(&call),
+            state.config().max_events_per_request,
+        )?;
         let appended = ingest::append_call_events(state, workspace, &id, events).await?;
         // This runtime serves the call now: the call's commands come here.
         state.commands().claim(link, &id);

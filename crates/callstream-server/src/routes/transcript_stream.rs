@@ -23,7 +23,7 @@ use crate::auth::BrowserPrincipal;
 use crate::error::ApiError;
 use crate::metrics::{Surface, SurfaceLabels};
 use crate::routes::sse_stream::{SseStream, SseSurface, Step};
-use crate::routes::{CallPath, load_call};
+use crate::routes::{CallPath, IdPath, load_call};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -33,7 +33,7 @@ const LABELS: SurfaceLabels = SurfaceLabels {
 pub async fn stream(
     State(state): State<AppState>,
     BrowserPrincipal(who): BrowserPrincipal,
-    CallPath(id): CallPath,
+    IdPath(id): CallPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     who.check_call(&id)?;

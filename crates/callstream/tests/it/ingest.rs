@@ -166,7 +166,7 @@ async fn malformed_events_are_refused_by_field() {
         ),
         (
             json!({"event_type": "message.read", "payload": {"message_id": "m", "direction": "inbound", "status": "read"}}),
-            "events[0].event_type: message.read is not a call event",
+            "event_type: message.read does not belong to a call",
         ),
         (
             json!([{"event_type": "call.dtmf", "payload": {"digits": "1"}}, {"event_type": "call.dtmf", "payload": {"digits": ""}}]),

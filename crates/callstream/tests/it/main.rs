@@ -7,6 +7,7 @@
 mod auth;
 mod browser;
 mod cli;
+mod conversations;
 mod ingest;
 mod lifecycle;
 mod simulator;

@@ -1,0 +1,270 @@
+//! Conversations (SMS and WhatsApp): creation and event ingest by the runtime, list/get with
+//! message history and operator handoff by API clients, and seed 000's conversation stream.
+//!
+//! The stream takes the `Authorization` header only: the middleware refuses `?token=` on this
+//! path with 401 before anything else runs, as the seed requires.
+
+use std::collections::VecDeque;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use callstream_bus::{Event, Resume, SubscribeOptions, Topic};
+use callstream_core::event::ModeChanged;
+use callstream_core::{Channel, Conversation, ConversationId, ConversationMode, Payload, time};
+use callstream_store::{ConversationFilter, NewEvent};
+use callstream_surfaces::{native, sse};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{ApiKey, RuntimeKey, url_pairs};
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::ingest;
+use crate::metrics::{Surface, SurfaceLabels};
+use crate::routes::sse_stream::{SseStream, SseSurface, Step};
+use crate::routes::{ConversationPath, IdPath, load_conversation};
+use crate::state::AppState;
+
+const LABELS: SurfaceLabels = SurfaceLabels {
+    surface: Surface::native_conversation_sse,
+};
+const MAX_PARTICIPANTS: usize = 20;
+const MAX_PARTICIPANT_LEN: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    channel: Channel,
+    participants: Vec<String>,
+    #[serde(default)]
+    mode: Option<ConversationMode>,
+}
+
+/// `POST /v1/conversations` (runtime key).
+pub async fn create(
+    State(state): State<AppState>,
+    RuntimeKey(who): RuntimeKey,
+    JsonBody(body): JsonBody<CreateConversation>,
+) -> Result<impl IntoResponse, ApiError> {
+    let valid = !body.participants.is_empty()
+        && body.participants.len() <= MAX_PARTICIPANTS
+        && body.participants.iter().all(|p| {
+            !p.is_empty() && p.len() <= MAX_PARTICIPANT_LEN && !p.chars().any(char::is_control)
+        });
+    if !valid {
+        return Err(ApiError::bad_request(format!(
+            "body.participants: 1 to {MAX_PARTICIPANTS} addresses (phone numbers or channel handles) of 1 to {MAX_PARTICIPANT_LEN} printable characters"
+        )));
+    }
+    let conversation = Conversation {
+        id: ConversationId::new(),
+        workspace_id: who.workspace_id,
+        channel: body.channel,
+        participants: body.participants,
+        mode: body.mode.unwrap_or(ConversationMode::Ai),
+        created_at: time::now(),
+        last_seq: 0,
+    };
+    state.store().create_conversation(&conversation).await?;
+    Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+/// `POST /v1/conversations/{id}/events` (runtime key): `message.*` and
+/// `conversation.mode_changed` events, one or an array.
+pub async fn ingest_events(
+    State(state): State<AppState>,
+    RuntimeKey(who): RuntimeKey,
+    IdPath(id): ConversationPath,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    load_conversation(&state, &who.workspace_id, &id).await?;
+    let events = ingest::parse_batch(
+        body,
+        ingest::Target::Conversation,
+        state.config().max_events_per_request,
+    )?;
+    let appended =
+        ingest::append_conversation_events(&state, &who.workspace_id, &id, events).await?;
+    let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
+    let event_ids: Vec<&str> = appended
+        .envelopes
+        .iter()
+        .map(|e| e.event_id.as_str())
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "seqs": seqs, "event_ids": event_ids })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeMode {
+    mode: ConversationMode,
+    actor_user_id: String,
+}
+
+/// `POST /v1/conversations/{id}/mode` (API key): operator handoff, e.g. `ai` → `human`.
+/// Publishes `conversation.mode_changed` with the actor.
+pub async fn change_mode(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    IdPath(id): ConversationPath,
+    JsonBody(body): JsonBody<ChangeMode>,
+) -> Result<impl IntoResponse, ApiError> {
+    if body.actor_user_id.is_empty() || body.actor_user_id.len() > MAX_PARTICIPANT_LEN {
+        return Err(ApiError::bad_request(format!(
+            "body.actor_user_id: 1 to {MAX_PARTICIPANT_LEN} characters"
+        )));
+    }
+    let current = load_conversation(&state, &who.workspace_id, &id).await?;
+    if current.mode == body.mode {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "mode_conflict",
+            format!("the conversation is already in {} mode", body.mode),
+        ));
+    }
+    let change = Payload::ModeChanged(ModeChanged {
+        from_mode: current.mode,
+        to_mode: body.mode,
+        actor_user_id: body.actor_user_id,
+    });
+    let appended = ingest::append_conversation_events(
+        &state,
+        &who.workspace_id,
+        &id,
+        vec![NewEvent::new(time::now(), change)],
+    )
+    .await?;
+    Ok(Json(appended.conversation))
+}
+
+/// `GET /v1/conversations?mode=&channel=&limit=` (API key).
+pub async fn list(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut filter = ConversationFilter {
+        limit: 50,
+        ..Default::default()
+    };
+    for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
+        match key.as_str() {
+            "mode" => {
+                filter.mode = Some(
+                    ConversationMode::parse(&value)
+                        .ok_or_else(|| ApiError::bad_request("mode: expected ai or human"))?,
+                );
+            }
+            "channel" => {
+                filter.channel =
+                    Some(Channel::parse(&value).ok_or_else(|| {
+                        ApiError::bad_request("channel: expected sms or whatsapp")
+                    })?);
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=500).contains(l))
+                    .ok_or_else(|| ApiError::bad_request("limit: expected 1 to 500"))?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown query parameter"
+                )));
+            }
+        }
+    }
+    let conversations = state
+        .store()
+        .conversations(&who.workspace_id, &filter)
+        .await?;
+    Ok(Json(json!({ "conversations": conversations })))
+}
+
+/// `GET /v1/conversations/{id}` (API key): the conversation with its message history.
+pub async fn get(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    IdPath(id): ConversationPath,
+) -> Result<impl IntoResponse, ApiError> {
+    let conversation = load_conversation(&state, &who.workspace_id, &id).await?;
+    let messages = state.store().messages(&who.workspace_id, &id).await?;
+    let mut body = serde_json::to_value(&conversation).map_err(|_| ApiError::internal())?;
+    body["messages"] = json!(messages);
+    Ok(Json(body))
+}
+
+/// `GET /v1/conversations/{id}/stream` (API key, header only): seed 000's conversation SSE.
+pub async fn stream(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    IdPath(id): ConversationPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    load_conversation(&state, &who.workspace_id, &id).await?;
+    let resume_after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(sse::last_event_id);
+    let options = SubscribeOptions {
+        queue_capacity: state.config().stream_queue_capacity,
+        dropped: state
+            .metrics()
+            .frames_dropped
+            .get_or_create(&LABELS)
+            .clone(),
+    };
+    let topic = Topic::conversation(&who.workspace_id, &id);
+    let mut subscription = state
+        .bus()
+        .subscribe(
+            &topic,
+            resume_after.map_or(Resume::Live, Resume::After),
+            options,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
+    let mut prefix: VecDeque<Bytes> = subscription
+        .take_backlog()
+        .iter()
+        .filter_map(|e| native::conversation_sse(e))
+        .collect();
+    if let Some(gap) = subscription.gap() {
+        // The history (bounded, and empty after a restart) no longer reaches back that far;
+        // say so, and the client can read GET /v1/conversations/{id} for the message history.
+        let message = format!(
+            "events after seq {} before {} are no longer held; the message history is at GET /v1/conversations/{}",
+            gap.requested_after, gap.first_available, id
+        );
+        prefix.push_front(native::sse_event("resume_gap", &message));
+    }
+    Ok(SseStream::new(
+        &state,
+        &LABELS,
+        prefix,
+        Some(subscription),
+        None,
+        ConversationFrames,
+    )
+    .into_response())
+}
+
+/// Seed 000 conversation frames. Conversations do not end, so neither does the stream.
+struct ConversationFrames;
+
+impl SseSurface for ConversationFrames {
+    fn frame(&mut self, event: &Event) -> Step {
+        native::conversation_sse(event).map_or(Step::Skip, Step::Send)
+    }
+
+    async fn at_end(&mut self) -> Option<Bytes> {
+        None
+    }
+}
