@@ -104,6 +104,7 @@ pub const COMMAND_LINE_VARIABLES: &[&str] = &[
     "SIM_RATE",
     "SIM_SPEED",
     "SIM_SEED",
+    "SIM_CONVERSATIONS",
     "WORKSPACE",
     "KEY_RUNTIME",
     "KEY_JSON",

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub use script::{CallPlan, Step, script};
+pub use script::{CallPlan, ConversationPlan, Step, conversation_script, script};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -113,6 +113,32 @@ impl Runtime {
             status: 201,
             body: format!("unexpected body: {e}"),
         })
+    }
+
+    /// Opens a conversation and plays it.
+    ///
+    /// # Errors
+    /// The first request that fails.
+    pub async fn play_conversation(
+        &self,
+        plan: &ConversationPlan,
+        speed: f64,
+        stop: &CancellationToken,
+    ) -> Result<String, SimError> {
+        let created = self.post("/v1/conversations", &plan.create_body()).await?;
+        let id = created["id"].as_str().unwrap_or_default().to_owned();
+        for step in &plan.steps {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(id),
+                () = tokio::time::sleep(scaled(step.delay, speed)) => {}
+            }
+            self.post(
+                &format!("/v1/conversations/{id}/events"),
+                &Value::Array(step.events.clone()),
+            )
+            .await?;
+        }
+        Ok(id)
     }
 
     /// Sends events for a call (one request, in order).
@@ -268,11 +294,14 @@ pub struct RunOptions {
     pub speed: f64,
     /// Seed for the scripts, so a run can be repeated.
     pub seed: u64,
+    /// Also play a messaging conversation for every three calls.
+    pub conversations: bool,
 }
 
 /// What [`run`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunReport {
+    /// Calls and conversations played to their end.
     pub completed: u64,
     pub failed: u64,
 }
@@ -297,9 +326,20 @@ pub async fn run(runtime: &Runtime, options: &RunOptions, stop: &CancellationTok
             () = stop.cancelled() => break,
             _ = every.tick() => {}
         }
-        let plan = script(options.seed.wrapping_add(started));
+        let seed = options.seed.wrapping_add(started);
         let (runtime, speed, stop) = (runtime.clone(), options.speed, stop.clone());
-        tasks.spawn(async move { runtime.play(&plan, speed, &stop).await });
+        if options.conversations && started % 3 == 2 {
+            let plan = conversation_script(seed);
+            tasks.spawn(async move {
+                runtime
+                    .play_conversation(&plan, speed, &stop)
+                    .await
+                    .map(|_| ())
+            });
+        } else {
+            let plan = script(seed);
+            tasks.spawn(async move { runtime.play(&plan, speed, &stop).await.map(|_| ()) });
+        }
         started += 1;
         while let Some(done) = tasks.try_join_next() {
             tally(&mut report, done);
@@ -311,10 +351,7 @@ pub async fn run(runtime: &Runtime, options: &RunOptions, stop: &CancellationTok
     report
 }
 
-fn tally(
-    report: &mut RunReport,
-    done: Result<Result<CreatedCall, SimError>, tokio::task::JoinError>,
-) {
+fn tally(report: &mut RunReport, done: Result<Result<(), SimError>, tokio::task::JoinError>) {
     match done {
         Ok(Ok(_)) => report.completed += 1,
         Ok(Err(err)) => {

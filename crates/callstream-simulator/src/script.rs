@@ -361,6 +361,37 @@ mod tests {
     }
 
     #[test]
+    fn conversations_have_messages_with_statuses_and_valid_handoffs() {
+        let mut handoffs = 0;
+        for seed in 0..40 {
+            let plan = conversation_script(seed);
+            let types: Vec<&str> = plan
+                .events()
+                .map(|e| e["event_type"].as_str().unwrap_or(""))
+                .collect();
+            for ty in ["message.received", "message.delivered", "message.read"] {
+                assert!(types.contains(&ty), "seed {seed}: no {ty}");
+            }
+            let changes: Vec<&Value> = plan
+                .events()
+                .filter(|e| e["event_type"] == "conversation.mode_changed")
+                .collect();
+            assert!(changes.len() <= 1);
+            for c in changes {
+                handoffs += 1;
+                assert_eq!(
+                    (
+                        c["payload"]["from_mode"].as_str(),
+                        c["payload"]["to_mode"].as_str()
+                    ),
+                    (Some("ai"), Some("human"))
+                );
+            }
+        }
+        assert!(handoffs > 0, "some conversations are handed off");
+    }
+
+    #[test]
     fn partials_grow_toward_their_final() {
         let plan = script(3);
         let mut last_text: std::collections::HashMap<String, String> = Default::default();
@@ -375,5 +406,112 @@ mod tests {
             }
             last_text.insert(id, text);
         }
+    }
+}
+
+/// A messaging conversation: how to open it, then its timed steps.
+#[derive(Debug, Clone)]
+pub struct ConversationPlan {
+    pub channel: &'static str,
+    pub participants: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+impl ConversationPlan {
+    /// The `POST /v1/conversations` body.
+    pub fn create_body(&self) -> Value {
+        json!({ "channel": self.channel, "participants": self.participants })
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = &Value> {
+        self.steps.iter().flat_map(|s| s.events.iter())
+    }
+}
+
+const THREADS: &[&[(&str, &str)]] = &[
+    &[
+        (
+            "Hi, has my order 45129 shipped?",
+            "Yes! It left our warehouse yesterday and arrives Thursday.",
+        ),
+        (
+            "Can I change the delivery address?",
+            "I'll pass you to a colleague who can do that.",
+        ),
+    ],
+    &[
+        (
+            "Do you have a table for two tonight?",
+            "We do at 7:30 or 9:00. Which would you like?",
+        ),
+        (
+            "7:30 please",
+            "Booked: two people tonight at 7:30. See you then!",
+        ),
+    ],
+];
+
+fn message(id: &str, direction: &str, status: &str, text: Option<&str>) -> Value {
+    let mut payload = json!({ "message_id": id, "direction": direction, "status": status });
+    if let Some(text) = text {
+        payload["text"] = json!(text);
+    }
+    payload
+}
+
+/// A short SMS or WhatsApp thread, sometimes handed off from the AI to a human operator.
+pub fn conversation_script(seed: u64) -> ConversationPlan {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xc0_ffee);
+    let channel = if rng.random_bool(0.5) {
+        "sms"
+    } else {
+        "whatsapp"
+    };
+    let participants = vec![format!("+1415555{:04}", rng.random_range(0..10_000))];
+    let handoff = rng.random_bool(0.3);
+    let thread = THREADS[(seed as usize) % THREADS.len()];
+    let mut steps = Vec::new();
+    let mut clock = Clock { now: 0.0 };
+    for (i, (inbound, outbound)) in thread.iter().enumerate() {
+        let (in_id, out_id) = (hex_id(&mut rng, "msg_", 6), hex_id(&mut rng, "msg_", 6));
+        steps.push(wait_then(
+            1500,
+            vec![event(
+                "message.received",
+                message(&in_id, "inbound", "received", Some(inbound)),
+            )],
+            &mut clock,
+        ));
+        if handoff && i + 1 == thread.len() {
+            steps.push(wait_then(
+                400,
+                vec![event(
+                    "conversation.mode_changed",
+                    json!({ "from_mode": "ai", "to_mode": "human", "actor_user_id": "usr_operator_1" }),
+                )],
+                &mut clock,
+            ));
+        }
+        steps.push(wait_then(
+            900,
+            vec![event(
+                "message.delivered",
+                message(&out_id, "outbound", "delivered", Some(outbound)),
+            )],
+            &mut clock,
+        ));
+        steps.push(wait_then(
+            1200,
+            vec![event(
+                "message.read",
+                message(&out_id, "outbound", "read", None),
+            )],
+            &mut clock,
+        ));
+    }
+    ConversationPlan {
+        channel,
+        participants,
+        steps,
     }
 }

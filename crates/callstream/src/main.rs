@@ -74,6 +74,9 @@ struct SimulateArgs {
     /// Seed for the call scripts.
     #[arg(long, env = "CALLSTREAM_SIM_SEED", default_value_t = 1)]
     seed: u64,
+    /// Also play SMS/WhatsApp conversations (one for every three calls).
+    #[arg(long, env = "CALLSTREAM_SIM_CONVERSATIONS")]
+    conversations: bool,
 }
 
 #[derive(Subcommand)]
@@ -252,10 +255,16 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
         rate: args.rate,
         speed: args.speed,
         seed: args.seed,
+        conversations: args.conversations,
     };
     let report = callstream_simulator::run(&runtime, &options, &stop).await;
+    let what = if args.conversations {
+        "calls and conversations"
+    } else {
+        "calls"
+    };
     println!(
-        "{} calls played, {} failed",
+        "{} {what} played, {} failed",
         report.completed, report.failed
     );
     if report.failed > 0 {
@@ -299,6 +308,7 @@ async fn demo(config: Config) -> Result<()> {
             rate: 0.2,
             speed: 1.0,
             seed: 1000,
+            conversations: true,
         };
         callstream_simulator::run(&flow_runtime, &options, &flow_stop).await
     });

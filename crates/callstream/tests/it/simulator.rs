@@ -39,12 +39,17 @@ async fn simulated_calls_flow_through_ingest_to_the_transcript_stream() {
         rate: 100.0,
         speed: f64::INFINITY,
         seed: 5,
+        conversations: true,
     };
     let report = callstream_simulator::run(&runtime, &options, &stop).await;
     assert_eq!((report.completed, report.failed), (6, 0));
     let (_, list) = ts.get("/v1/calls?limit=10", &ts.acme.api).await;
     let calls = list["calls"].as_array().unwrap();
-    assert_eq!(calls.len(), 7);
+    assert_eq!(
+        calls.len(),
+        5,
+        "the watched call and four of the six; the other two are conversations"
+    );
     for c in calls {
         assert_ne!(c["status"], "in_progress", "{c}");
         let (_, t) = ts
@@ -54,6 +59,25 @@ async fn simulated_calls_flow_through_ingest_to_the_transcript_stream() {
             )
             .await;
         assert!(t["turns"].as_array().unwrap().len() >= 6);
+    }
+    let (_, list) = ts.get("/v1/conversations", &ts.acme.api).await;
+    let conversations = list["conversations"].as_array().unwrap();
+    assert_eq!(conversations.len(), 2);
+    for c in conversations {
+        let (_, full) = ts
+            .get(
+                &format!("/v1/conversations/{}", c["id"].as_str().unwrap()),
+                &ts.acme.api,
+            )
+            .await;
+        let messages = full["messages"].as_array().unwrap();
+        assert!(messages.len() >= 4, "{full}");
+        assert!(
+            messages
+                .iter()
+                .any(|m| m["direction"] == "outbound" && m["status"] == "read"),
+            "{full}"
+        );
     }
 }
 
