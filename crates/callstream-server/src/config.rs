@@ -49,6 +49,18 @@ pub struct Config {
     pub stream_token_ttl_secs: u64,
     /// The longest `ttl_secs` a stream token may ask for.
     pub stream_token_max_ttl_secs: u64,
+    /// Seconds between webhook retries, in order, after the first attempt (which is at once).
+    /// Empty means the default 24-hour schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, and a
+    /// last attempt at the 24-hour mark.
+    pub webhook_retry_secs: Vec<u64>,
+    /// Seconds after a webhook's first attempt at which it is given up.
+    pub webhook_deadline_secs: u64,
+    /// Seconds one webhook request may take.
+    pub webhook_timeout_secs: u64,
+    /// Webhook requests in flight at once.
+    pub webhook_concurrency: usize,
+    /// Milliseconds between looks at the webhook outbox.
+    pub webhook_poll_ms: u64,
     /// Origins allowed to call the API from a browser (CORS); `*` allows any. Streams are
     /// authorised by key or stream token, never by cookie, so `*` exposes nothing by itself.
     #[serde(deserialize_with = "list_or_csv")]
@@ -77,6 +89,11 @@ impl Default for Config {
             command_timeout_secs: 5,
             stream_token_ttl_secs: 300,
             stream_token_max_ttl_secs: 3600,
+            webhook_retry_secs: Vec::new(),
+            webhook_deadline_secs: 24 * 3600,
+            webhook_timeout_secs: 10,
+            webhook_concurrency: 16,
+            webhook_poll_ms: 500,
         }
     }
 }
@@ -191,6 +208,10 @@ impl Config {
             ("command_timeout_secs", self.command_timeout_secs),
             ("stream_token_ttl_secs", self.stream_token_ttl_secs),
             ("stream_token_max_ttl_secs", self.stream_token_max_ttl_secs),
+            ("webhook_deadline_secs", self.webhook_deadline_secs),
+            ("webhook_timeout_secs", self.webhook_timeout_secs),
+            ("webhook_concurrency", self.webhook_concurrency as u64),
+            ("webhook_poll_ms", self.webhook_poll_ms),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -200,6 +221,7 @@ impl Config {
                 });
             }
         }
+        self.retry_schedule()?;
         if self.stream_token_ttl_secs > self.stream_token_max_ttl_secs {
             return Err(ConfigError::Invalid {
                 origin: "stream_token_ttl_secs".into(),
@@ -215,6 +237,35 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.sse_heartbeat_secs)
+    }
+
+    /// The webhook retry schedule this configuration names.
+    ///
+    /// # Errors
+    /// When the retries do not fit in the deadline.
+    pub fn retry_schedule(&self) -> Result<callstream_webhooks::RetrySchedule, ConfigError> {
+        if self.webhook_retry_secs.is_empty() && self.webhook_deadline_secs == 24 * 3600 {
+            return Ok(callstream_webhooks::RetrySchedule::default());
+        }
+        let delays = if self.webhook_retry_secs.is_empty() {
+            callstream_webhooks::RetrySchedule::default()
+                .retry_delays()
+                .to_vec()
+        } else {
+            self.webhook_retry_secs
+                .iter()
+                .map(|s| Duration::from_secs(*s))
+                .collect()
+        };
+        callstream_webhooks::RetrySchedule::new(
+            delays,
+            Duration::from_secs(self.webhook_deadline_secs),
+        )
+        .map(callstream_webhooks::RetrySchedule::without_jitter)
+        .map_err(|e| ConfigError::Invalid {
+            origin: "webhook_retry_secs".into(),
+            message: e.to_string(),
+        })
     }
 
     pub fn command_timeout(&self) -> Duration {

@@ -17,6 +17,7 @@ pub mod limit;
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +65,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/conversations/{id}/mode",
             post(routes::conversations::change_mode),
+        )
+        .route(
+            "/v1/webhook-endpoints",
+            post(routes::webhooks::create).get(routes::webhooks::list),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}",
+            axum::routing::delete(routes::webhooks::delete),
         )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
@@ -166,6 +175,8 @@ pub enum StartError {
     },
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -239,6 +250,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             }
         }
     });
+
+    let schedule = Arc::new(
+        state
+            .config()
+            .retry_schedule()
+            .map_err(|e| StartError::Webhooks(e.to_string()))?,
+    );
+    let http = webhooks::client(Duration::from_secs(state.config().webhook_timeout_secs))
+        .map_err(|e| StartError::Webhooks(e.to_string()))?;
+    tokio::spawn(webhooks::run(state.clone(), http, schedule));
 
     let router = app(state.clone());
     let stop = shutdown.clone();

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub frames_dropped: Family<SurfaceLabels, Counter>,
     ingest_events: Vec<Counter>,
     commands: Family<OutcomeLabels, Counter>,
+    webhooks: Family<OutcomeLabels, Counter>,
     /// Client messages refused by the per-connection rate limit, by surface.
     pub rate_limited: Family<SurfaceLabels, Counter>,
     bus_topics: Gauge,
@@ -110,6 +111,15 @@ impl Metrics {
             "Client messages refused by the per-connection rate limit, by surface",
             rate_limited.clone(),
         );
+        let webhooks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts, by outcome",
+            webhooks.clone(),
+        );
+        for outcome in ["delivered", "retry", "abandoned", "endpoint_disabled"] {
+            let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
+        }
         for outcome in ["done", "refused", "no_runtime", "timeout"] {
             let _ = commands.get_or_create(&OutcomeLabels { outcome });
         }
@@ -140,10 +150,17 @@ impl Metrics {
             frames_dropped,
             ingest_events,
             commands,
+            webhooks,
             rate_limited,
             bus_topics,
             bus_subscribers,
         }
+    }
+
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhooks
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn command(&self, outcome: &'static str) {

@@ -163,6 +163,58 @@ pub struct AppendedConversation {
     pub conversation: Conversation,
 }
 
+/// A customer's webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub workspace_id: WorkspaceId,
+    pub url: String,
+    /// `whsec_…`: never serialised in listings (see the route that mints it).
+    #[serde(skip)]
+    pub secret: String,
+    /// `None` means every event type.
+    pub event_types: Option<Vec<String>>,
+    #[serde(with = "callstream_core::time::millis")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "callstream_core::time::millis_opt")]
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+}
+
+/// One queued delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub url: String,
+    pub secret: String,
+    /// The canonical envelope JSON.
+    pub payload: Vec<u8>,
+    pub attempts: u32,
+    pub first_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Delivered {
+        status: u16,
+    },
+    RetryAt {
+        at: DateTime<Utc>,
+        status: Option<u16>,
+        error: String,
+    },
+    Abandon {
+        status: Option<u16>,
+        error: String,
+    },
+    /// The endpoint answered 410 Gone: disable it and drop what is queued for it.
+    DisableEndpoint {
+        status: u16,
+    },
+}
+
 /// What an append did.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -253,6 +305,33 @@ pub trait Store: Send + Sync + 'static {
         workspace: &WorkspaceId,
         conversation: &ConversationId,
     ) -> Result<Vec<MessageRecord>>;
+
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<()>;
+
+    async fn webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<Vec<WebhookEndpoint>>;
+
+    /// Deletes an endpoint and what is queued for it; `false` if the workspace has no such one.
+    async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool>;
+
+    /// Deliveries due at `now`, oldest first, at most `limit`, each claimed until `lease_until`
+    /// so that no other worker takes it meanwhile.
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Records an attempt's outcome.
+    async fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        at: DateTime<Utc>,
+        result: &DeliveryResult,
+    ) -> Result<()>;
+
+    /// Counts of outbox rows by status (`pending`, `delivered`, `abandoned`), for metrics.
+    async fn outbox_counts(&self) -> Result<Vec<(String, u64)>>;
 
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;

@@ -15,8 +15,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    Appended, AppendedConversation, CallFilter, ConversationFilter, KeyRecord, MessageRecord,
-    NewEvent, Result, Store, StoreError, StreamTokenRecord, TranscriptTurn, check_call_batch,
+    Appended, AppendedConversation, CallFilter, ConversationFilter, Delivery, DeliveryResult,
+    KeyRecord, MessageRecord, NewEvent, Result, Store, StoreError, StreamTokenRecord,
+    TranscriptTurn, WebhookEndpoint, check_call_batch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -375,6 +376,7 @@ impl Store for SqliteStore {
             env.event_id = event.event_id;
             envelopes.push(env);
         }
+        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
         if let Some((status, at)) = end {
             sqlx::query("UPDATE calls SET status = $1, ended_at = $2 WHERE id = $3")
                 .bind(status.as_str())
@@ -525,6 +527,7 @@ impl Store for SqliteStore {
             env.event_id = event.event_id;
             envelopes.push(env);
         }
+        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
         sqlx::query("UPDATE conversations SET mode = $1 WHERE id = $2")
             .bind(mode.as_str())
             .bind(conversation_id.as_str())
@@ -575,10 +578,234 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<()> {
+        let types = e
+            .event_types
+            .as_ref()
+            .map(|t| serde_json::to_string(t).unwrap_or_default());
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&e.id)
+        .bind(e.workspace_id.as_str())
+        .bind(&e.url)
+        .bind(&e.secret)
+        .bind(types)
+        .bind(time::format(&e.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<Vec<WebhookEndpoint>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, url, secret, event_types, created_at, disabled_at, disabled_reason \
+             FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let types: Option<String> = row.try_get("event_types")?;
+                Ok(WebhookEndpoint {
+                    id: row.try_get("id")?,
+                    workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+                        .map_err(|e| corrupt("workspace id", e))?,
+                    url: row.try_get("url")?,
+                    secret: row.try_get("secret")?,
+                    event_types: types
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()
+                        .map_err(|e| corrupt("event types", e))?,
+                    created_at: ts(row.try_get("created_at")?)?,
+                    disabled_at: ts_opt(row.try_get("disabled_at")?)?,
+                    disabled_reason: row.try_get("disabled_reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let found =
+            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if found {
+            sqlx::query("DELETE FROM webhook_outbox WHERE endpoint_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Claim the due rows by pushing their next attempt to the end of the lease: a worker
+        // that dies mid-delivery leaves them to be retried when the lease runs out.
+        let rows = sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = $1 \
+             WHERE rowid IN (SELECT rowid FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
+                             ORDER BY next_attempt_at LIMIT $3) \
+             RETURNING endpoint_id, event_id, payload, attempts, first_attempt_at",
+        )
+        .bind(time::format(&lease_until))
+        .bind(time::format(&now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let endpoint_id: String = row.try_get("endpoint_id")?;
+            let endpoint = sqlx::query("SELECT url, secret FROM webhook_endpoints WHERE id = $1")
+                .bind(&endpoint_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            deliveries.push(Delivery {
+                endpoint_id,
+                event_id: row.try_get("event_id")?,
+                url: endpoint.try_get("url")?,
+                secret: endpoint.try_get("secret")?,
+                payload: row.try_get("payload")?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
+            });
+        }
+        tx.commit().await?;
+        Ok(deliveries)
+    }
+
+    async fn record_delivery(
+        &self,
+        d: &Delivery,
+        at: DateTime<Utc>,
+        result: &DeliveryResult,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
+            match result {
+                DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
+                DeliveryResult::RetryAt {
+                    at: next,
+                    status,
+                    error,
+                } => ("pending", *next, *status, Some(error)),
+                DeliveryResult::Abandon { status, error } => {
+                    ("abandoned", at, *status, Some(error))
+                }
+                DeliveryResult::DisableEndpoint { status } => {
+                    ("abandoned", at, Some(*status), Some("410 Gone"))
+                }
+            };
+        sqlx::query(
+            "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+             first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+             WHERE endpoint_id = $6 AND event_id = $7",
+        )
+        .bind(status)
+        .bind(time::format(&next))
+        .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
+        .bind(last_status.map(i64::from))
+        .bind(error)
+        .bind(&d.endpoint_id)
+        .bind(&d.event_id)
+        .execute(&mut *tx)
+        .await?;
+        if let DeliveryResult::DisableEndpoint { .. } = result {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 WHERE id = $3",
+            )
+            .bind(time::format(&at))
+            .bind("the endpoint answered 410 Gone")
+            .bind(&d.endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' WHERE endpoint_id = $1 AND status = 'pending'")
+                .bind(&d.endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_counts(&self) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM webhook_outbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, seq_of(r.try_get("n")?))))
+            .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
+/// caller's transaction.
+async fn enqueue_webhooks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    workspace: &WorkspaceId,
+    envelopes: &[Envelope],
+) -> Result<()> {
+    let endpoints = sqlx::query("SELECT id, event_types FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL")
+        .bind(workspace.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let mut wanted = Vec::with_capacity(endpoints.len());
+    for row in &endpoints {
+        let id: String = row.try_get("id")?;
+        let types: Option<String> = row.try_get("event_types")?;
+        let types: Option<Vec<String>> = types
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| corrupt("event types", e))?;
+        wanted.push((id, types));
+    }
+    for env in envelopes {
+        let ty = env.event_type().as_str();
+        let payload = env.to_json();
+        for (endpoint, types) in &wanted {
+            if types.as_ref().is_some_and(|t| !t.iter().any(|x| x == ty)) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT OR IGNORE INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+            )
+            .bind(endpoint)
+            .bind(env.event_id.as_str())
+            .bind(workspace.as_str())
+            .bind(ty)
+            .bind(&payload)
+            .bind(time::format(&env.timestamp.min(time::now())))
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn upsert_message(
@@ -969,6 +1196,78 @@ mod tests {
                 .await,
             Err(StoreError::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn webhooks_are_queued_with_the_events_and_survive_reopen() {
+        let (dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let endpoint = WebhookEndpoint {
+            id: "whe_1".into(),
+            workspace_id: ws.id.clone(),
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+            event_types: Some(vec!["call.dtmf".into()]),
+            created_at: time::now(),
+            disabled_at: None,
+            disabled_reason: None,
+        };
+        store.create_webhook_endpoint(&endpoint).await.unwrap();
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        let appended = store
+            .append_call_events(
+                &ws.id,
+                &call.id,
+                vec![
+                    ev("call.dtmf", json!({"digits": "1"})),
+                    ev("call.metrics", json!({})),
+                ],
+            )
+            .await
+            .unwrap();
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("cs.db")).await.unwrap();
+        let now = time::now();
+        let lease = now + chrono::Duration::seconds(60);
+        let due = store.due_deliveries(now, lease, 10).await.unwrap();
+        assert_eq!(due.len(), 1, "only the wanted type is queued");
+        assert_eq!(
+            due[0].payload,
+            appended.envelopes[0].to_json(),
+            "the payload is the canonical envelope"
+        );
+        assert!(
+            store
+                .due_deliveries(now, lease, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a claimed delivery is leased"
+        );
+        let retry = now + chrono::Duration::seconds(5);
+        let result = DeliveryResult::RetryAt {
+            at: retry,
+            status: Some(500),
+            error: "HTTP 500".into(),
+        };
+        store.record_delivery(&due[0], now, &result).await.unwrap();
+        let again = store
+            .due_deliveries(retry, retry + chrono::Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.len(), again[0].attempts, again[0].first_attempt_at),
+            (1, 1, Some(now))
+        );
+        store
+            .record_delivery(&again[0], retry, &DeliveryResult::Delivered { status: 204 })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.outbox_counts().await.unwrap(),
+            [("delivered".to_owned(), 1)]
+        );
     }
 
     #[tokio::test]

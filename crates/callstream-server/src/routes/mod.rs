@@ -10,6 +10,7 @@ pub mod runtime_socket;
 pub mod sse_stream;
 pub mod stream_tokens;
 pub mod transcript_stream;
+pub mod webhooks;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;

@@ -14,3 +14,4 @@ mod simulator;
 mod sockets;
 mod support;
 mod transcript;
+mod webhooks;

@@ -1,0 +1,136 @@
+//! The webhook delivery worker: takes due rows from the store's outbox, POSTs each payload (the
+//! canonical envelope JSON, byte for byte what the call socket sends) with Standard Webhooks
+//! signatures, and records the outcome: delivered, retry on the 24-hour schedule (honouring
+//! `Retry-After`), given up, or the endpoint disabled on `410 Gone`.
+//!
+//! The outbox rows are written in the same transaction as the events, so an accepted event is
+//! never lost to a crash before its webhooks are queued; a claimed row that is never recorded
+//! (the process died mid-attempt) becomes due again when its lease ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callstream_core::time;
+use callstream_store::{Delivery, DeliveryResult};
+use callstream_webhooks::{NextStep, Outcome, RetrySchedule, Secret, TransportFailure};
+use tokio::sync::Semaphore;
+
+use crate::state::AppState;
+
+/// How long a claimed delivery is reserved for its attempt.
+const LEASE: Duration = Duration::from_secs(120);
+/// Rows claimed per poll.
+const BATCH: u32 = 64;
+
+/// The HTTP client every delivery uses.
+pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("callstream-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Runs until shutdown: polls the outbox and delivers, at most `webhook_concurrency` at once.
+pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySchedule>) {
+    let config = state.config();
+    let permits = Arc::new(Semaphore::new(config.webhook_concurrency));
+    let mut every = tokio::time::interval(Duration::from_millis(config.webhook_poll_ms));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown().cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = time::now();
+        let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
+        let due = match state.store().due_deliveries(now, lease_until, BATCH).await {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::warn!(error = %err, "webhook outbox unavailable");
+                continue;
+            }
+        };
+        for delivery in due {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (state, http, schedule) = (state.clone(), http.clone(), schedule.clone());
+            tokio::spawn(async move {
+                let result = attempt(&http, &schedule, &delivery).await;
+                state.metrics().webhook(match &result {
+                    DeliveryResult::Delivered { .. } => "delivered",
+                    DeliveryResult::RetryAt { .. } => "retry",
+                    DeliveryResult::Abandon { .. } => "abandoned",
+                    DeliveryResult::DisableEndpoint { .. } => "endpoint_disabled",
+                });
+                if let Err(err) = state
+                    .store()
+                    .record_delivery(&delivery, time::now(), &result)
+                    .await
+                {
+                    tracing::warn!(error = %err, event_id = %delivery.event_id, "could not record a webhook attempt");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// One attempt and what to do next.
+async fn attempt(http: &reqwest::Client, schedule: &RetrySchedule, d: &Delivery) -> DeliveryResult {
+    let now = time::now();
+    let Ok(secret) = d.secret.parse::<Secret>() else {
+        return DeliveryResult::Abandon {
+            status: None,
+            error: "the endpoint's secret is unreadable".into(),
+        };
+    };
+    let headers =
+        callstream_webhooks::headers(&secret, &[], &d.event_id, now.timestamp(), &d.payload);
+    let mut request = http
+        .post(&d.url)
+        .header("content-type", "application/json")
+        .body(d.payload.clone());
+    for (name, value) in headers.pairs() {
+        request = request.header(name, value);
+    }
+    let (outcome, status, error) = match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (
+                callstream_webhooks::classify(status, retry_after.as_deref(), time::now()),
+                Some(status),
+                format!("HTTP {status}"),
+            )
+        }
+        Err(err) => {
+            let failure = if err.is_timeout() {
+                TransportFailure::Timeout
+            } else if err.is_connect() {
+                TransportFailure::Connect
+            } else {
+                TransportFailure::Other
+            };
+            // The error's text names the host and the failure, never the payload or secret.
+            (Outcome::from(failure), None, format!("{failure:?}"))
+        }
+    };
+    let attempt_number = d.attempts + 1;
+    let first = d.first_attempt_at.unwrap_or(now);
+    match schedule.next_step(&outcome, attempt_number, first, time::now()) {
+        NextStep::Delivered => DeliveryResult::Delivered {
+            status: status.unwrap_or(200),
+        },
+        NextStep::DisableEndpoint => DeliveryResult::DisableEndpoint {
+            status: status.unwrap_or(410),
+        },
+        NextStep::RetryAt(at) => DeliveryResult::RetryAt { at, status, error },
+        NextStep::GiveUp => DeliveryResult::Abandon { status, error },
+    }
+}
