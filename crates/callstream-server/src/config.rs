@@ -52,6 +52,7 @@ pub struct Config {
     /// Seconds between webhook retries, in order, after the first attempt (which is at once).
     /// Empty means the default 24-hour schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, and a
     /// last attempt at the 24-hour mark.
+    #[serde(deserialize_with = "numbers_or_csv")]
     pub webhook_retry_secs: Vec<u64>,
     /// Seconds after a webhook's first attempt at which it is given up.
     pub webhook_deadline_secs: u64,
@@ -126,6 +127,30 @@ pub const COMMAND_LINE_VARIABLES: &[&str] = &[
     "KEY_RUNTIME",
     "KEY_JSON",
 ];
+
+fn numbers_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<u64>),
+        One(u64),
+        Csv(String),
+    }
+    match Either::deserialize(d)? {
+        Either::List(l) => Ok(l),
+        Either::One(n) => Ok(vec![n]),
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|n| {
+                n.parse().map_err(|_| {
+                    serde::de::Error::custom(format!("{n:?} is not a number of seconds"))
+                })
+            })
+            .collect(),
+    }
+}
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -327,6 +352,7 @@ mod tests {
                 ("CALLSTREAM_CONFIG", "ignored"),
                 ("CALLSTREAM_LOG_FORMAT", "json"),
                 ("CALLSTREAM_SIM_RATE", "2"),
+                ("CALLSTREAM_WEBHOOK_RETRY_SECS", "5, 300,1800"),
                 ("PATH", "/bin"),
             ]),
         )
@@ -338,6 +364,8 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(c.history_capacity, Config::default().history_capacity);
+        assert_eq!(c.webhook_retry_secs, [5, 300, 1800]);
+        assert_eq!(c.retry_schedule().unwrap().retry_delays().len(), 3);
     }
 
     #[test]
