@@ -4,8 +4,9 @@
 //! [`CommandRouter`] is the seam (request/reply on `cs.{workspace}.cmd.{call_id}` in the NATS
 //! design); [`InProcessCommands`] routes between connections of this process. A runtime
 //! connection registers a [`RuntimeLink`] and receives [`CommandRequest`]s on it; it answers with
-//! [`CommandRouter::complete`]. A request to a workspace with no runtime connected fails at
-//! once, and one the runtime never answers fails after the caller's timeout: nothing hangs.
+//! [`CommandRouter::complete`]. Nothing hangs: a request to a workspace with no runtime fails at
+//! once, one whose runtime disconnects fails as it disconnects, and one the runtime never answers
+//! fails after the caller's timeout.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,8 +63,12 @@ pub trait CommandRouter: Send + Sync + 'static {
     /// Records that `link` serves `call` (it ingested for it), so the call's commands go there.
     fn claim(&self, link: &RuntimeLink, call: &CallId);
 
-    /// Delivers a runtime's answer to the waiting requester; `false` if nobody waits any more.
-    fn complete(&self, command_id: &str, outcome: CommandOutcome) -> bool;
+    /// Forgets who serves `call` (it ended).
+    fn forget(&self, call: &CallId);
+
+    /// Delivers `link`'s answer to the waiting requester; `false` if nobody waits any more, or
+    /// the command was not sent to that link (a runtime may answer only its own commands).
+    fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome) -> bool;
 }
 
 /// A runtime's connection to the router: its inbox of commands.
@@ -71,7 +76,7 @@ pub struct RuntimeLink {
     id: u64,
     workspace: WorkspaceId,
     inbox: mpsc::Receiver<CommandRequest>,
-    router: Arc<Links>,
+    links: Arc<Links>,
 }
 
 impl RuntimeLink {
@@ -83,7 +88,7 @@ impl RuntimeLink {
 
 impl Drop for RuntimeLink {
     fn drop(&mut self) {
-        self.router.disconnect(&self.workspace, self.id);
+        self.links.disconnect(&self.workspace, self.id);
     }
 }
 
@@ -92,12 +97,15 @@ struct Outbox {
     tx: mpsc::Sender<CommandRequest>,
 }
 
-/// Connected runtimes, shared with the links so a dropped link removes itself.
+/// Connected runtimes and waiting commands, shared with the links so a dropped link cleans up
+/// after itself.
 #[derive(Default)]
 struct Links {
     next_id: AtomicU64,
     by_workspace: DashMap<WorkspaceId, Vec<Outbox>>,
     owners: DashMap<CallId, u64>,
+    /// Commands waiting for an answer: the link they went to, and the waiter.
+    pending: DashMap<String, (u64, oneshot::Sender<CommandOutcome>)>,
 }
 
 impl Links {
@@ -108,6 +116,8 @@ impl Links {
         self.by_workspace
             .remove_if(workspace, |_, links| links.is_empty());
         self.owners.retain(|_, owner| *owner != id);
+        // Its waiters learn at once that it is gone (their senders drop), instead of timing out.
+        self.pending.retain(|_, (link, _)| *link != id);
     }
 
     /// The link serving `call`: its owner if still connected, else the workspace's newest.
@@ -115,13 +125,26 @@ impl Links {
         &self,
         workspace: &WorkspaceId,
         call: &CallId,
-    ) -> Option<mpsc::Sender<CommandRequest>> {
+    ) -> Option<(u64, mpsc::Sender<CommandRequest>)> {
         let links = self.by_workspace.get(workspace)?;
         let owner = self.owners.get(call).map(|o| *o);
         owner
             .and_then(|id| links.iter().find(|l| l.id == id))
             .or_else(|| links.last())
-            .map(|l| l.tx.clone())
+            .map(|l| (l.id, l.tx.clone()))
+    }
+}
+
+/// Removes a pending command when its waiter finishes or is dropped (a client that went away),
+/// so nothing is left behind.
+struct Waiting<'a> {
+    links: &'a Links,
+    id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.links.pending.remove(&self.id);
     }
 }
 
@@ -129,7 +152,6 @@ impl Links {
 #[derive(Default)]
 pub struct InProcessCommands {
     links: Arc<Links>,
-    pending: DashMap<String, oneshot::Sender<CommandOutcome>>,
 }
 
 /// Commands that may wait for one runtime before new ones are refused as if it were gone.
@@ -148,24 +170,25 @@ impl CommandRouter for InProcessCommands {
         request: CommandRequest,
         timeout: Duration,
     ) -> Result<CommandOutcome, CommandError> {
-        let tx = self
+        let (link, tx) = self
             .links
             .route(&request.workspace, &request.call)
             .ok_or(CommandError::NoRuntime)?;
         let (done, answer) = oneshot::channel();
         let id = request.command_id.clone();
-        self.pending.insert(id.clone(), done);
+        self.links.pending.insert(id.clone(), (link, done));
+        let _waiting = Waiting {
+            links: &self.links,
+            id,
+        };
         if tx.try_send(request).is_err() {
-            self.pending.remove(&id);
             return Err(CommandError::Disconnected);
         }
-        let result = match tokio::time::timeout(timeout, answer).await {
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Err(CommandError::Disconnected),
             Err(_) => Err(CommandError::Timeout(timeout)),
-        };
-        self.pending.remove(&id);
-        result
+        }
     }
 
     fn connect(&self, workspace: &WorkspaceId) -> RuntimeLink {
@@ -180,7 +203,7 @@ impl CommandRouter for InProcessCommands {
             id,
             workspace: workspace.clone(),
             inbox,
-            router: self.links.clone(),
+            links: self.links.clone(),
         }
     }
 
@@ -188,9 +211,17 @@ impl CommandRouter for InProcessCommands {
         self.links.owners.insert(call.clone(), link.id);
     }
 
-    fn complete(&self, command_id: &str, outcome: CommandOutcome) -> bool {
-        match self.pending.remove(command_id) {
-            Some((_, done)) => done.send(outcome).is_ok(),
+    fn forget(&self, call: &CallId) {
+        self.links.owners.remove(call);
+    }
+
+    fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome) -> bool {
+        match self
+            .links
+            .pending
+            .remove_if(command_id, |_, (sent_to, _)| *sent_to == link.id)
+        {
+            Some((_, (_, done))) => done.send(outcome).is_ok(),
             None => false,
         }
     }
@@ -218,7 +249,7 @@ mod tests {
             let router = router.clone();
             tokio::spawn(async move {
                 let got = link.next().await.unwrap();
-                assert!(router.complete(&got.command_id, CommandOutcome::Done));
+                assert!(router.complete(&link, &got.command_id, CommandOutcome::Done));
                 link
             })
         };
@@ -234,11 +265,31 @@ mod tests {
         assert_eq!(gone, Err(CommandError::NoRuntime));
     }
 
+    #[tokio::test]
+    async fn a_runtime_that_disconnects_fails_its_waiters_at_once_and_only_it_may_answer() {
+        let router = Arc::new(InProcessCommands::new());
+        let (ws, call) = (WorkspaceId::new(), CallId::new());
+        let mut link = router.connect(&ws);
+        let impostor = router.connect(&WorkspaceId::new());
+        let waiter = {
+            let router = router.clone();
+            let request = request(&ws, &call, "c1");
+            tokio::spawn(async move { router.send(request, Duration::from_secs(3600)).await })
+        };
+        let got = link.next().await.unwrap();
+        assert!(
+            !router.complete(&impostor, &got.command_id, CommandOutcome::Done),
+            "another runtime cannot answer"
+        );
+        drop(link);
+        assert_eq!(waiter.await.unwrap(), Err(CommandError::Disconnected));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_runtime_times_out_and_other_workspaces_are_never_reached() {
         let router = InProcessCommands::new();
         let (ws, call) = (WorkspaceId::new(), CallId::new());
-        let _link = router.connect(&ws);
+        let silent = router.connect(&ws);
         let other = WorkspaceId::new();
         assert_eq!(
             router
@@ -251,24 +302,29 @@ mod tests {
             .await;
         assert_eq!(slow, Err(CommandError::Timeout(Duration::from_secs(3))));
         assert!(
-            !router.complete("c1", CommandOutcome::Done),
+            !router.complete(&silent, "c1", CommandOutcome::Done),
             "nobody waits for a timed-out command"
         );
+        assert!(router.links.pending.is_empty(), "nothing is left pending");
     }
 
     #[tokio::test]
-    async fn commands_go_to_the_runtime_that_claimed_the_call() {
+    async fn commands_go_to_the_runtime_that_claimed_the_call_until_it_ends() {
         let router = InProcessCommands::new();
         let (ws, a, b) = (WorkspaceId::new(), CallId::new(), CallId::new());
-        let mut first = router.connect(&ws);
-        let mut second = router.connect(&ws);
+        let first = router.connect(&ws);
+        let second = router.connect(&ws);
         router.claim(&first, &a);
-        let tx_a = router.links.route(&ws, &a).unwrap();
-        tx_a.try_send(request(&ws, &a, "to-first")).unwrap();
-        assert_eq!(first.next().await.unwrap().command_id, "to-first");
+        assert_eq!(
+            router.links.route(&ws, &a).map(|(id, _)| id),
+            Some(first.id)
+        );
         // An unclaimed call goes to the newest runtime.
-        let tx_b = router.links.route(&ws, &b).unwrap();
-        tx_b.try_send(request(&ws, &b, "to-second")).unwrap();
-        assert_eq!(second.next().await.unwrap().command_id, "to-second");
+        assert_eq!(
+            router.links.route(&ws, &b).map(|(id, _)| id),
+            Some(second.id)
+        );
+        router.forget(&a);
+        assert!(router.links.owners.is_empty());
     }
 }

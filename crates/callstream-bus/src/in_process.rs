@@ -270,6 +270,11 @@ impl Subscription {
         std::mem::take(&mut self.backlog)
     }
 
+    /// The seq the backlog starts with, if there is one.
+    pub fn first_backlog_seq(&self) -> Option<u64> {
+        self.backlog.front().map(|e| e.seq())
+    }
+
     /// Set when the resume point was older than the history.
     pub fn gap(&self) -> Option<Gap> {
         self.gap

@@ -5,10 +5,15 @@ use serde::{Deserialize, Serialize};
 /// The longest DTMF string one command may carry.
 pub const MAX_DTMF_DIGITS: usize = 32;
 
+/// The longest user id a join may name.
+pub const MAX_USER_ID: usize = 128;
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
     #[error("digits must be 1 to {MAX_DTMF_DIGITS} of 0-9, *, #, A-D (got {0:?})")]
     InvalidDigits(String),
+    #[error("user_id must be 1 to {MAX_USER_ID} printable characters")]
+    InvalidUserId,
 }
 
 /// Checks a DTMF digit string.
@@ -46,7 +51,17 @@ impl Command {
     pub fn validate(&self) -> Result<(), CommandError> {
         match self {
             Self::SendDtmf { digits } => check_dtmf(digits),
-            Self::EndCall | Self::JoinCall { .. } => Ok(()),
+            Self::JoinCall { user_id } => {
+                let ok = !user_id.is_empty()
+                    && user_id.len() <= MAX_USER_ID
+                    && !user_id.chars().any(char::is_control);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(CommandError::InvalidUserId)
+                }
+            }
+            Self::EndCall => Ok(()),
         }
     }
 }
@@ -67,5 +82,23 @@ mod tests {
             assert_eq!(check_dtmf(d).is_ok(), ok, "{d}");
         }
         assert!(check_dtmf(&"1".repeat(33)).is_err());
+        for (user, ok) in [("usr_1", true), ("", false), ("a\nb", false)] {
+            assert_eq!(
+                Command::JoinCall {
+                    user_id: user.into()
+                }
+                .validate()
+                .is_ok(),
+                ok,
+                "{user:?}"
+            );
+        }
+        assert!(
+            Command::JoinCall {
+                user_id: "x".repeat(129)
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

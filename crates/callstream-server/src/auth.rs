@@ -88,12 +88,11 @@ impl Principal {
     /// Refuses a stream token used for a call other than its own.
     ///
     /// # Errors
-    /// 403 when the token is scoped to another call.
+    /// 404 when the token is scoped to another call, exactly as for a foreign call.
     pub fn check_call(&self, call: &CallId) -> Result<(), ApiError> {
         match &self.call_scope {
-            Some(scope) if scope != call => {
-                Err(ApiError::forbidden("this stream token is for another call"))
-            }
+            // Like a foreign id: the token's holder learns nothing about other calls.
+            Some(scope) if scope != call => Err(ApiError::not_found("call")),
             _ => Ok(()),
         }
     }
@@ -266,7 +265,18 @@ impl FromRequestParts<AppState> for BrowserPrincipal {
                 .await
                 .map(Self);
         }
-        principal(parts, state, true, KeyKind::Api).await.map(Self)
+        // Before a WebSocket upgrade every auth failure is 401 (or 404), so a runtime key here
+        // is "unauthorized", not "forbidden".
+        principal(parts, state, true, KeyKind::Api)
+            .await
+            .map(Self)
+            .map_err(|mut e| {
+                if e.code == "forbidden" {
+                    e.status = axum::http::StatusCode::UNAUTHORIZED;
+                    e.code = "unauthorized";
+                }
+                e
+            })
     }
 }
 

@@ -247,6 +247,13 @@ impl Config {
             }
         }
         self.retry_schedule()?;
+        if self.stream_token_max_ttl_secs > 7 * 24 * 3600 {
+            return Err(ConfigError::Invalid {
+                origin: "stream_token_max_ttl_secs".into(),
+                message: "at most 604800 (7 days): stream tokens are meant to be short-lived"
+                    .into(),
+            });
+        }
         if self.stream_token_ttl_secs > self.stream_token_max_ttl_secs {
             return Err(ConfigError::Invalid {
                 origin: "stream_token_ttl_secs".into(),

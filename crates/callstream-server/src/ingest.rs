@@ -1,5 +1,5 @@
 //! Ingest: events from the call runtime become stored, sequenced, published envelopes.
-//! Every ingest path (REST today, the runtime WebSocket and NATS later) goes through here.
+//! Every ingest path (REST, the runtime WebSocket, and NATS later) goes through here.
 
 use axum::http::StatusCode;
 use callstream_bus::Event;
@@ -21,46 +21,74 @@ pub async fn append_call_events(
     call: &CallId,
     events: Vec<NewEvent>,
 ) -> Result<Appended, ApiError> {
-    let lock = state.ingest_lock(call.as_str());
-    let result = {
-        let _ordered = lock.lock().await;
-        append_and_publish(state, workspace, call, events).await
-    };
-    drop(lock);
-    state.release_ingest_lock(call.as_str());
-    result
+    let (state, workspace, call) = (state.clone(), workspace.clone(), call.clone());
+    // The store commit and the publish must both happen or neither: they run in their own task,
+    // so a cancelled request (a client that left, the request timeout) cannot stop between them
+    // and leave a stored `call.completed` that no stream ever sees.
+    let task = tokio::spawn(async move {
+        let result = ordered(&state, call.as_str(), async {
+            let appended = state
+                .store()
+                .append_call_events(&workspace, &call, events)
+                .await
+                .map_err(|e| ApiError::from_store(e, "call"))?;
+            publish(&state, &appended.envelopes).await;
+            Ok(appended)
+        })
+        .await;
+        if let Ok(appended) = &result
+            && !appended.call.status.is_active()
+        {
+            state.commands().forget(&call);
+        }
+        result
+    });
+    task.await.map_err(|_| ApiError::internal())?
 }
 
 /// Appends `events` to the conversation (the store assigns seqs) and publishes them in order.
 ///
 /// # Errors
-/// 404 for an unknown conversation, 400/409 for a batch the store refuses.
+/// 404 for an unknown conversation, 409 `mode_conflict` for a stale handoff, 400 for a batch the
+/// store refuses.
 pub async fn append_conversation_events(
     state: &AppState,
     workspace: &WorkspaceId,
     conversation: &ConversationId,
     events: Vec<NewEvent>,
 ) -> Result<AppendedConversation, ApiError> {
-    let lock = state.ingest_lock(conversation.as_str());
+    let (state, workspace, conversation) = (state.clone(), workspace.clone(), conversation.clone());
+    // As for calls: commit and publish together, whatever happens to the request.
+    let task = tokio::spawn(async move {
+        ordered(&state, conversation.as_str(), async {
+            let appended = state
+                .store()
+                .append_conversation_events(&workspace, &conversation, events)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Invalid(m) if m.contains("from_mode") => {
+                        ApiError::new(StatusCode::CONFLICT, "mode_conflict", m)
+                    }
+                    other => ApiError::from_store(other, "conversation"),
+                })?;
+            publish(&state, &appended.envelopes).await;
+            Ok(appended)
+        })
+        .await
+    });
+    task.await.map_err(|_| ApiError::internal())?
+}
+
+/// Runs `work` under the subject's ingest lock, so the bus sees its events in seq order, and
+/// drops the lock's entry afterwards when nobody else waits for it.
+async fn ordered<T>(state: &AppState, subject: &str, work: impl Future<Output = T>) -> T {
+    let lock = state.ingest_lock(subject);
     let result = {
         let _ordered = lock.lock().await;
-        let appended = state
-            .store()
-            .append_conversation_events(workspace, conversation, events)
-            .await
-            .map_err(|e| match e {
-                StoreError::Invalid(m) if m.contains("from_mode") => {
-                    ApiError::new(StatusCode::CONFLICT, "mode_conflict", m)
-                }
-                other => ApiError::from_store(other, "conversation"),
-            });
-        if let Ok(appended) = &appended {
-            publish(state, &appended.envelopes).await;
-        }
-        appended
+        work.await
     };
     drop(lock);
-    state.release_ingest_lock(conversation.as_str());
+    state.release_ingest_lock(subject);
     result
 }
 
@@ -73,21 +101,6 @@ async fn publish(state: &AppState, envelopes: &[callstream_core::Envelope]) {
             tracing::error!(error = %err, subject = envelope.subject.id(), seq = envelope.seq, "publish failed");
         }
     }
-}
-
-async fn append_and_publish(
-    state: &AppState,
-    workspace: &WorkspaceId,
-    call: &CallId,
-    events: Vec<NewEvent>,
-) -> Result<Appended, ApiError> {
-    let appended = state
-        .store()
-        .append_call_events(workspace, call, events)
-        .await
-        .map_err(|e| ApiError::from_store(e, "call"))?;
-    publish(state, &appended.envelopes).await;
-    Ok(appended)
 }
 
 /// One event as the runtime sends it.

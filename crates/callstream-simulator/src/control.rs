@@ -1,13 +1,16 @@
-//! The simulator's side of `GET /v1/runtime`: it receives commands for the calls it plays and
-//! obeys them the way a real runtime would (hang up, play DTMF, transfer), reporting each
-//! result back. Events still go up through the REST ingest API; the socket carries commands.
+//! The simulator's side of `GET /v1/runtime`: it sends the events of the calls it plays over
+//! the socket (so the gateway knows this runtime serves them and routes their commands here),
+//! receives commands and obeys them the way a real runtime would (hang up, play DTMF,
+//! transfer), and reports each result. It reconnects if the socket drops.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
@@ -24,29 +27,36 @@ pub struct CallCommand {
     pub user_id: Option<String>,
 }
 
-/// Calls being played, each with the channel its commands go to; and the socket's writer.
+type Answer = Result<Value, String>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Calls being played (each with the channel its commands go to), the socket's writer, and
+/// `events` messages waiting for their answer.
 #[derive(Clone, Default)]
 pub struct Desk {
     calls: Arc<Mutex<HashMap<String, mpsc::Sender<CallCommand>>>>,
-    results: Arc<Mutex<Option<mpsc::Sender<String>>>>,
+    writer: Arc<Mutex<Option<mpsc::Sender<String>>>>,
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>,
+    next_ref: Arc<AtomicU64>,
 }
 
 impl Desk {
     /// Starts routing commands for `call_id` to the returned receiver.
     pub fn open(&self, call_id: &str) -> mpsc::Receiver<CallCommand> {
         let (tx, rx) = mpsc::channel(16);
-        self.lock_calls().insert(call_id.to_owned(), tx);
+        lock(&self.calls).insert(call_id.to_owned(), tx);
         rx
     }
 
     pub fn close(&self, call_id: &str) {
-        self.lock_calls().remove(call_id);
+        lock(&self.calls).remove(call_id);
     }
 
-    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<CallCommand>>> {
-        self.calls
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn writer(&self) -> Option<mpsc::Sender<String>> {
+        lock(&self.writer).clone()
     }
 
     /// Reports a command's result to the gateway.
@@ -57,21 +67,46 @@ impl Desk {
                 json!({"type": "command_result", "command_id": command_id, "ok": false, "error_code": code, "message": message})
             }
         };
-        let writer = self
-            .results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(writer) = writer {
+        if let Some(writer) = self.writer() {
             let _ = writer.send(frame.to_string()).await;
         }
     }
 
-    /// Connects to the gateway's runtime socket and serves commands until `stop` or the socket
-    /// closes.
+    /// Sends a call's events over the socket and waits for the gateway's answer; `None` when the
+    /// socket is not connected (the caller then uses the REST ingest).
+    pub async fn send_events(
+        &self,
+        call_id: &str,
+        events: &[Value],
+    ) -> Option<Result<Value, SimError>> {
+        let writer = self.writer()?;
+        let reference = format!("r{}", self.next_ref.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(reference.clone(), tx);
+        let frame =
+            json!({"type": "events", "ref": reference, "call_id": call_id, "events": events});
+        if writer.send(frame.to_string()).await.is_err() {
+            lock(&self.waiting).remove(&reference);
+            return None;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(15), rx).await;
+        lock(&self.waiting).remove(&reference);
+        Some(match answer {
+            Ok(Ok(Ok(accepted))) => Ok(accepted),
+            Ok(Ok(Err(refused))) => Err(SimError::Socket(format!(
+                "events for {call_id} refused: {refused}"
+            ))),
+            Ok(Err(_)) | Err(_) => Err(SimError::Socket(format!(
+                "no answer for the events of {call_id}"
+            ))),
+        })
+    }
+
+    /// Connects to the gateway's runtime socket and serves it until `stop`, reconnecting (with a
+    /// growing pause, at most 10 s) whenever it drops.
     ///
     /// # Errors
-    /// When the socket cannot be opened.
+    /// When the first connection cannot be opened (a wrong URL or key should fail loudly).
     pub async fn connect(
         &self,
         base: &str,
@@ -79,81 +114,122 @@ impl Desk {
         stop: CancellationToken,
     ) -> Result<(), SimError> {
         let url = format!("{}/v1/runtime", base.replacen("http", "ws", 1));
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| SimError::Socket(e.to_string()))?;
-        let auth = format!("Bearer {key}")
-            .parse()
-            .map_err(|_| SimError::Socket("invalid key".into()))?;
-        request.headers_mut().insert("authorization", auth);
-        let (socket, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(|e| SimError::Socket(e.to_string()))?;
-        let (mut sink, mut stream) = socket.split();
-        let (tx, mut rx) = mpsc::channel::<String>(64);
-        *self
-            .results
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
-        let desk = self.clone();
+        let socket = open(&url, key).await?;
+        let (desk, key) = (self.clone(), key.to_owned());
         tokio::spawn(async move {
+            let mut socket = Some(socket);
+            let mut pause = Duration::from_millis(250);
             loop {
+                if let Some(s) = socket.take() {
+                    desk.serve(s, &stop).await;
+                    pause = Duration::from_millis(250);
+                }
+                if stop.is_cancelled() {
+                    return;
+                }
                 tokio::select! {
-                    () = stop.cancelled() => break,
-                    Some(frame) = rx.recv() => {
-                        if sink.send(Message::Text(frame.into())).await.is_err() {
-                            break;
-                        }
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+                match open(&url, &key).await {
+                    Ok(s) => {
+                        tracing::info!("runtime socket reconnected");
+                        socket = Some(s);
                     }
-                    incoming = stream.next() => match incoming {
-                        Some(Ok(Message::Text(text))) => desk.dispatch(&text).await,
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => break,
-                    }
+                    Err(err) => tracing::warn!(error = %err, "runtime socket: reconnect failed"),
                 }
             }
-            *desk
-                .results
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-            tracing::info!("runtime socket closed; commands are no longer served");
         });
         Ok(())
+    }
+
+    async fn serve(&self, socket: Socket, stop: &CancellationToken) {
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut rx) = mpsc::channel::<String>(256);
+        *lock(&self.writer) = Some(tx);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(frame) = rx.recv() => {
+                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = stream.next() => match incoming {
+                    Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        }
+        *lock(&self.writer) = None;
+        // Whatever waited for an answer on this socket gets none; REST takes over until it is back.
+        lock(&self.waiting).clear();
+        tracing::info!("runtime socket closed");
     }
 
     async fn dispatch(&self, text: &str) {
         let Ok(frame) = serde_json::from_str::<Value>(text) else {
             return;
         };
-        if frame["type"] != "command" {
-            return;
-        }
         let str_of = |k: &str| frame[k].as_str().map(str::to_owned);
-        let (Some(command_id), Some(call_id), Some(command)) =
-            (str_of("command_id"), str_of("call_id"), str_of("command"))
-        else {
-            return;
-        };
-        let target = self.lock_calls().get(&call_id).cloned();
-        let delivered = match target {
-            Some(tx) => tx
-                .send(CallCommand {
+        match frame["type"].as_str() {
+            Some("accepted" | "error") => {
+                if let Some(reference) = str_of("ref")
+                    && let Some(waiter) = lock(&self.waiting).remove(&reference)
+                {
+                    let answer = if frame["type"] == "accepted" {
+                        Ok(frame.clone())
+                    } else {
+                        Err(frame.to_string())
+                    };
+                    let _ = waiter.send(answer);
+                }
+            }
+            Some("command") => {
+                let (Some(command_id), Some(call_id), Some(command)) =
+                    (str_of("command_id"), str_of("call_id"), str_of("command"))
+                else {
+                    return;
+                };
+                let target = lock(&self.calls).get(&call_id).cloned();
+                let command = CallCommand {
                     command_id: command_id.clone(),
                     command,
                     digits: str_of("digits"),
                     user_id: str_of("user_id"),
-                })
-                .await
-                .is_ok(),
-            None => false,
-        };
-        if !delivered {
-            self.answer(
-                &command_id,
-                Err(("unknown_call", "this runtime is not playing that call")),
-            )
-            .await;
+                };
+                let delivered = match target {
+                    Some(tx) => tx.send(command).await.is_ok(),
+                    None => false,
+                };
+                if !delivered {
+                    self.answer(
+                        &command_id,
+                        Err(("unknown_call", "this runtime is not playing that call")),
+                    )
+                    .await;
+                }
+            }
+            _ => {}
         }
     }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(url: &str, key: &str) -> Result<Socket, SimError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| SimError::Socket(e.to_string()))?;
+    let auth = format!("Bearer {key}")
+        .parse()
+        .map_err(|_| SimError::Socket("invalid key".into()))?;
+    request.headers_mut().insert("authorization", auth);
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| SimError::Socket(e.to_string()))?;
+    Ok(socket)
 }

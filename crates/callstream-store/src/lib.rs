@@ -163,8 +163,8 @@ pub struct AppendedConversation {
     pub conversation: Conversation,
 }
 
-/// A customer's webhook endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A customer's webhook endpoint. `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct WebhookEndpoint {
     pub id: String,
     pub workspace_id: WorkspaceId,
@@ -181,8 +181,8 @@ pub struct WebhookEndpoint {
     pub disabled_reason: Option<String>,
 }
 
-/// One queued delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One queued delivery. `Debug` leaves the secret and payload out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub endpoint_id: String,
     pub event_id: String,
@@ -192,6 +192,30 @@ pub struct Delivery {
     pub payload: Vec<u8>,
     pub attempts: u32,
     pub first_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("id", &self.id)
+            .field("workspace_id", &self.workspace_id)
+            .field("url", &self.url)
+            .field("secret", &"whsec_<redacted>")
+            .field("event_types", &self.event_types)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("endpoint_id", &self.endpoint_id)
+            .field("event_id", &self.event_id)
+            .field("url", &self.url)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What became of one delivery attempt.

@@ -156,6 +156,19 @@ struct Error<'a> {
     message: &'a str,
 }
 
+/// The `id` of a client message, read without checking the rest: for answering a message that
+/// is refused before it is parsed (rate limited).
+pub fn peek_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    id.as_str()
+        .filter(|i| !i.is_empty() && i.len() <= MAX_ID_LEN)
+        .map(str::to_owned)
+}
+
 /// `{"type":"ack","id":…}`
 pub fn ack_frame(id: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&Ack { r#type: "ack", id }).unwrap_or_default())
@@ -272,6 +285,17 @@ mod tests {
             assert_eq!((r.id.as_deref(), r.error_code), (*id, *code), "{text}");
             assert!(r.message.contains(message), "{text}: {:?}", r.message);
         }
+    }
+
+    #[test]
+    fn peeks_ids() {
+        assert_eq!(
+            peek_id(r#"{"type":"x","id":"m1","junk":[1]}"#),
+            Some("m1".into())
+        );
+        assert_eq!(peek_id(r#"{"id":5}"#), None);
+        assert_eq!(peek_id("nope"), None);
+        assert_eq!(peek_id(&format!(r#"{{"id":"{}"}}"#, "x".repeat(200))), None);
     }
 
     #[test]

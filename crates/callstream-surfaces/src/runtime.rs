@@ -4,6 +4,7 @@
 //! Runtime → gateway:
 //! ```json
 //! {"type": "events", "ref": "r1", "call_id": "call_…", "events": [{"event_type": …, "payload": …}]}
+//! {"type": "events", "conversation_id": "conv_…", "events": [{"event_type": "message.received", …}]}
 //! {"type": "command_result", "command_id": "cmd_…", "ok": true}
 //! {"type": "command_result", "command_id": "cmd_…", "ok": false, "error_code": "unknown_call", "message": "…"}
 //! ```
@@ -35,8 +36,13 @@ pub struct EventsMessage {
     _type: String,
     #[serde(default, rename = "ref")]
     pub reference: Option<String>,
-    pub call_id: String,
-    /// One event object or an array, exactly as `POST /v1/calls/{id}/events` takes them.
+    /// The call the events are for; or else `conversation_id`.
+    #[serde(default)]
+    pub call_id: Option<String>,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// One event object or an array, exactly as `POST /v1/calls/{id}/events` (or the
+    /// conversation's) takes them.
     pub events: Value,
 }
 
@@ -63,7 +69,13 @@ pub fn parse(text: &str) -> Result<RuntimeMessage, String> {
     // `type` first, then the variant's own struct, so that errors name the field (serde loses
     // field paths inside internally tagged enums).
     match value.get("type").and_then(Value::as_str) {
-        Some("events") => decode(value).map(RuntimeMessage::Events),
+        Some("events") => {
+            let m: EventsMessage = decode(value)?;
+            if m.call_id.is_some() == m.conversation_id.is_some() {
+                return Err("name exactly one of call_id and conversation_id".to_owned());
+            }
+            Ok(RuntimeMessage::Events(m))
+        }
         Some("command_result") => decode(value).map(RuntimeMessage::CommandResult),
         Some(other) => Err(format!(
             "type: unknown message type {other:?}; expected events or command_result"
@@ -111,21 +123,23 @@ struct Accepted<'a> {
     r#type: &'static str,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     reference: Option<&'a str>,
-    call_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_id: Option<&'a str>,
     seqs: &'a [u64],
 }
 
-/// The answer to an accepted `events` message.
-pub fn accepted_frame(reference: Option<&str>, call_id: &str, seqs: &[u64]) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&Accepted {
-            r#type: "accepted",
-            reference,
-            call_id,
-            seqs,
-        })
-        .unwrap_or_default(),
-    )
+/// The answer to an accepted `events` message, naming what it was for.
+pub fn accepted_frame(m: &EventsMessage, seqs: &[u64]) -> Bytes {
+    let frame = Accepted {
+        r#type: "accepted",
+        reference: m.reference.as_deref(),
+        call_id: m.call_id.as_deref(),
+        conversation_id: m.conversation_id.as_deref(),
+        seqs,
+    };
+    Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
 }
 
 #[derive(Serialize)]
@@ -162,8 +176,12 @@ mod tests {
             panic!("not events");
         };
         assert_eq!(
-            (events.reference.as_deref(), events.call_id.as_str()),
-            (Some("r1"), "call_1")
+            (events.reference.as_deref(), events.call_id.as_deref()),
+            (Some("r1"), Some("call_1"))
+        );
+        assert_eq!(
+            accepted_frame(&events, &[4]),
+            Bytes::from(r#"{"type":"accepted","ref":"r1","call_id":"call_1","seqs":[4]}"#)
         );
         let result = parse(
             r#"{"type":"command_result","command_id":"cmd_1","ok":false,"error_code":"unknown_call"}"#,
@@ -180,6 +198,14 @@ mod tests {
             (
                 r#"{"type":"events","call_id":"c"}"#,
                 "missing field `events`",
+            ),
+            (
+                r#"{"type":"events","events":[]}"#,
+                "exactly one of call_id and conversation_id",
+            ),
+            (
+                r#"{"type":"events","call_id":"c","conversation_id":"d","events":[]}"#,
+                "exactly one of",
             ),
             (
                 r#"{"type":"command_result","command_id":"c","ok":"yes"}"#,
@@ -203,10 +229,6 @@ mod tests {
             Bytes::from(
                 r#"{"type":"command","command_id":"cmd_1","call_id":"call_1","command":"send_dtmf","digits":"5"}"#
             )
-        );
-        assert_eq!(
-            accepted_frame(None, "call_1", &[4, 5]),
-            Bytes::from(r#"{"type":"accepted","call_id":"call_1","seqs":[4,5]}"#)
         );
         assert_eq!(
             error_frame(Some("r"), "invalid_event", "x"),

@@ -5,9 +5,9 @@
 //! (`surfaces::control`); each is answered with an `ack` or an `error` naming its `id`.
 //!
 //! Close codes: 1000 when the call ends, 1001 when the server shuts down, 1003 for a binary
-//! frame, 1008 for a policy violation (a client that keeps flooding past the rate limit), 1009
-//! for a message over `ws_max_message_bytes`, 1011 when the bus fails. Failures before the
-//! upgrade are HTTP errors with a JSON body (401, 403, 404, 400).
+//! frame, 1008 for a policy violation (an expired stream token, a client that keeps flooding past
+//! the rate limit), 1009 for a message over `ws_max_message_bytes`. Failures before the upgrade
+//! are HTTP errors with a JSON body (401, 404, 400).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +110,8 @@ pub async fn socket(
         call: id,
         may_command: who.kind == KeyKind::Api && who.call_scope.is_none(),
         expires_at: who.expires_at,
-        resumed: since.is_some(),
+        since,
+        last_seq: call.last_seq,
         ended_at_connect: !call.status.is_active(),
     };
     Ok(configure(upgrade, &state).on_upgrade(move |socket| session.run(socket, subscription)))
@@ -131,7 +132,10 @@ struct Session {
     call: CallId,
     /// Stream tokens are for watching: they may not control the call.
     may_command: bool,
-    resumed: bool,
+    /// The client's resume point.
+    since: Option<u64>,
+    /// The call's last seq when the client connected (the store's word, whatever the bus holds).
+    last_seq: u64,
     ended_at_connect: bool,
     /// A stream token's expiry: the socket closes with 1008 then.
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -163,26 +167,43 @@ impl Session {
         let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
         let limited = metrics.rate_limited.get_or_create(&LABELS).clone();
 
-        if self.ended_at_connect && !self.resumed {
+        // What the bus still holds may not reach back to the resume point (its history is
+        // bounded, and empty after a restart): say which seqs are gone.
+        if let Some(since) = self.since {
+            let history_from = subscription
+                .first_backlog_seq()
+                .unwrap_or(self.last_seq.saturating_add(1));
+            if since.saturating_add(1) < history_from.min(self.last_seq.saturating_add(1)) {
+                let message = format!(
+                    "events after seq {since} up to {} are no longer held; the stream resumes after them",
+                    history_from.min(self.last_seq.saturating_add(1)) - 1
+                );
+                if socket
+                    .send(text(control::error_frame(None, "resume_gap", &message)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if self.ended_at_connect {
+            // A finished call: what the history still holds after `since`, then the close. The
+            // subscription's live side is not used (the bus may have forgotten the call).
+            for event in subscription.take_backlog() {
+                sent.inc();
+                if socket
+                    .send(text(native::envelope_json(&event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             let _ = socket
                 .send(close(close_code::NORMAL, "the call has ended"))
                 .await;
             return;
-        }
-        if let Some(gap) = subscription.gap() {
-            let message = format!(
-                "events after seq {} up to {} are no longer held; resuming from {}",
-                gap.requested_after,
-                gap.first_available.saturating_sub(1),
-                gap.first_available
-            );
-            if socket
-                .send(text(control::error_frame(None, "resume_gap", &message)))
-                .await
-                .is_err()
-            {
-                return;
-            }
         }
 
         let config = self.state.config();
@@ -193,9 +214,9 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Rate-limit refusals are themselves limited to one a second, so a flood cannot make the
-        // server flood back; a client still over the limit after FLOOD_SECONDS is closed.
-        let mut last_notice: Option<Instant> = None;
+        // Seconds (since the socket opened) in which the client went over the limit, in a row.
+        let started = Instant::now();
+        let mut last_limited_second: Option<u64> = None;
         let mut flood_seconds = 0u32;
         let shutdown = self.state.shutdown().clone();
         let expiry = tokio::time::sleep(until(self.expires_at));
@@ -220,19 +241,12 @@ impl Session {
                     }
                     None => {
                         // The call ended. Answer the commands still in flight first (an
-                        // `end_call` is typically one of them), then close.
+                        // `end_call` is typically one of them), then close: each holds a sender
+                        // of `replies`, so once ours is dropped the channel ends when they have
+                        // all answered.
+                        drop(replies);
                         let deadline = Instant::now() + config.command_timeout();
-                        while in_flight.available_permits() < config.ws_max_commands_in_flight {
-                            tokio::select! {
-                                Some(reply) = reply_rx.recv() => {
-                                    if socket.send(text(reply)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                () = tokio::time::sleep_until(deadline) => break,
-                            }
-                        }
-                        while let Ok(reply) = reply_rx.try_recv() {
+                        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, reply_rx.recv()).await {
                             if socket.send(text(reply)).await.is_err() {
                                 return;
                             }
@@ -257,32 +271,34 @@ impl Session {
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Text(message))) => {
-                        if !bucket.take() {
-                            limited.inc();
-                            let now = Instant::now();
-                            if last_notice.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-                                continue;
-                            }
-                            if last_notice.is_some_and(|t| now.duration_since(t) < Duration::from_secs(2)) {
-                                flood_seconds += 1;
-                            } else {
-                                flood_seconds = 0;
-                            }
-                            last_notice = Some(now);
-                            if flood_seconds >= FLOOD_SECONDS {
-                                let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
-                                return;
-                            }
-                            let message = format!(
-                                "more than {} messages per second; this one was dropped",
-                                config.ws_client_messages_per_sec
-                            );
-                            text(control::error_frame(None, "rate_limited", &message))
-                        } else {
+                        if bucket.take() {
                             match self.handle(message.as_str(), &in_flight, &replies) {
                                 Some(frame) => text(frame),
                                 None => continue,
                             }
+                        } else {
+                            limited.inc();
+                            // A client still over the limit after FLOOD_SECONDS seconds in a row
+                            // is closed; short bursts are only refused.
+                            let now = Instant::now();
+                            let second = now.duration_since(started).as_secs();
+                            if last_limited_second != Some(second) {
+                                flood_seconds = match last_limited_second {
+                                    Some(prev) if prev + 1 == second => flood_seconds + 1,
+                                    _ => 1,
+                                };
+                                last_limited_second = Some(second);
+                            }
+                            if flood_seconds > FLOOD_SECONDS {
+                                let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
+                                return;
+                            }
+                            let id = control::peek_id(message.as_str());
+                            let notice = format!(
+                                "more than {} messages per second; this one was not carried out",
+                                config.ws_client_messages_per_sec
+                            );
+                            text(control::error_frame(id.as_deref(), "rate_limited", &notice))
                         }
                     }
                 },

@@ -208,7 +208,7 @@ pub async fn stream(
     IdPath(id): ConversationPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    load_conversation(&state, &who.workspace_id, &id).await?;
+    let conversation = load_conversation(&state, &who.workspace_id, &id).await?;
     let resume_after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -231,20 +231,28 @@ pub async fn stream(
         )
         .await
         .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
-    let mut prefix: VecDeque<Bytes> = subscription
-        .take_backlog()
-        .iter()
-        .filter_map(|e| native::conversation_sse(e))
-        .collect();
-    if let Some(gap) = subscription.gap() {
-        // The history (bounded, and empty after a restart) no longer reaches back that far;
-        // say so, and the client can read GET /v1/conversations/{id} for the message history.
-        let message = format!(
-            "events after seq {} before {} are no longer held; the message history is at GET /v1/conversations/{}",
-            gap.requested_after, gap.first_available, id
-        );
-        prefix.push_front(native::sse_event("resume_gap", &message));
+    // The history is bounded (and empty after a restart): when it no longer reaches back to the
+    // resume point, say so, and where the full message history is.
+    let mut prefix = VecDeque::new();
+    if let Some(after) = resume_after {
+        let history_from = subscription
+            .first_backlog_seq()
+            .unwrap_or(conversation.last_seq.saturating_add(1))
+            .min(conversation.last_seq.saturating_add(1));
+        if after.saturating_add(1) < history_from {
+            let message = format!(
+                "events after seq {after} up to {} are no longer held; the message history is at GET /v1/conversations/{id}",
+                history_from - 1
+            );
+            prefix.push_back(native::sse_event("resume_gap", &message));
+        }
     }
+    prefix.extend(
+        subscription
+            .take_backlog()
+            .iter()
+            .filter_map(|e| native::conversation_sse(e)),
+    );
     Ok(SseStream::new(
         &state,
         &LABELS,

@@ -1,6 +1,7 @@
 //! `GET /v1/runtime`: the call runtime's own socket (runtime key, header only). Events travel
-//! up into ingest, commands travel down, and the runtime's results travel back to whoever sent
-//! the command. The protocol is in `surfaces::runtime` and `docs/native-api.md`.
+//! up into ingest (for calls and conversations), commands travel down, and the runtime's results
+//! travel back to whoever sent the command. The protocol is in `surfaces::runtime` and
+//! `docs/native-api.md`.
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -8,15 +9,16 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use bytes::Bytes;
 use callstream_bus::{CommandOutcome, RuntimeLink};
-use callstream_core::{CallId, WorkspaceId};
+use callstream_core::{CallId, ConversationId, WorkspaceId};
 use callstream_surfaces::runtime::{self, EventsMessage, RuntimeMessage};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::RuntimeKey;
 use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
-use crate::routes::load_call;
+use crate::routes::{load_call, load_conversation};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -37,6 +39,11 @@ async fn run(state: AppState, workspace: WorkspaceId, mut socket: WebSocket) {
     let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
     let mut link = state.commands().connect(&workspace);
     let shutdown = state.shutdown().clone();
+    // Pings keep NAT and proxies from dropping an idle runtime, and a dead one is found by the
+    // write stall guard when its pings stop being read.
+    let period = state.config().ws_ping();
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let outgoing = tokio::select! {
             biased;
@@ -65,6 +72,7 @@ async fn run(state: AppState, workspace: WorkspaceId, mut socket: WebSocket) {
                     None => continue,
                 },
             },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         if socket.send(outgoing).await.is_err() {
             return;
@@ -90,8 +98,9 @@ async fn handle(
                     message: result.message.unwrap_or_default(),
                 }
             };
-            // A result nobody waits for any more (the requester timed out) is dropped quietly.
-            state.commands().complete(&result.command_id, outcome);
+            // A result nobody waits for (the requester timed out or left), or for a command this
+            // runtime was never sent, is dropped quietly.
+            state.commands().complete(link, &result.command_id, outcome);
             None
         }
         Ok(RuntimeMessage::Events(events)) => {
@@ -106,23 +115,32 @@ async fn ingest_events(
     link: &RuntimeLink,
     m: EventsMessage,
 ) -> Bytes {
-    let reference = m.reference.as_deref();
+    let max = state.config().max_events_per_request;
     let result = async {
-        let id = CallId::parse(&m.call_id).map_err(|_| ApiError::not_found("call"))?;
-        let call = load_call(state, workspace, &id).await?;
-        let events = ingest::parse_batch(
-            m.events,
-            ingest::Target::Call(&call),
-            state.config().max_events_per_request,
-        )?;
-        let appended = ingest::append_call_events(state, workspace, &id, events).await?;
-        // This runtime serves the call now: the call's commands come here.
-        state.commands().claim(link, &id);
-        Ok::<_, ApiError>(appended.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>())
+        if let Some(call_id) = &m.call_id {
+            let id = CallId::parse(call_id).map_err(|_| ApiError::not_found("call"))?;
+            let call = load_call(state, workspace, &id).await?;
+            let events = ingest::parse_batch(m.events.clone(), ingest::Target::Call(&call), max)?;
+            let appended = ingest::append_call_events(state, workspace, &id, events).await?;
+            if appended.call.status.is_active() {
+                // This runtime serves the call now: the call's commands come here.
+                state.commands().claim(link, &id);
+            }
+            Ok::<_, ApiError>(appended.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>())
+        } else {
+            let conversation_id = m.conversation_id.as_deref().unwrap_or_default();
+            let id = ConversationId::parse(conversation_id)
+                .map_err(|_| ApiError::not_found("conversation"))?;
+            load_conversation(state, workspace, &id).await?;
+            let events = ingest::parse_batch(m.events.clone(), ingest::Target::Conversation, max)?;
+            let appended =
+                ingest::append_conversation_events(state, workspace, &id, events).await?;
+            Ok(appended.envelopes.iter().map(|e| e.seq).collect())
+        }
     }
     .await;
     match result {
-        Ok(seqs) => runtime::accepted_frame(reference, &m.call_id, &seqs),
-        Err(err) => runtime::error_frame(reference, err.code, &err.message),
+        Ok(seqs) => runtime::accepted_frame(&m, &seqs),
+        Err(err) => runtime::error_frame(m.reference.as_deref(), err.code, &err.message),
     }
 }

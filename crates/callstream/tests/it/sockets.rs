@@ -131,7 +131,7 @@ async fn refusals_before_the_upgrade_are_http_json() {
         ws_connect(&url(&format!("token={}", ts.acme.runtime)), None)
             .await
             .err(),
-        Some(403)
+        Some(401)
     );
     assert_eq!(
         ws_connect(&url(&format!("token={}&since=soon", ts.acme.api)), None)
@@ -360,25 +360,32 @@ async fn a_flood_is_limited_without_closing_other_sockets() {
             .unwrap();
     }
     flooder.flush().await.unwrap();
+    // Every message is answered, naming its id: the ones within the limit as the invalid
+    // messages they are, the rest as rate limited. (The bucket refills while the flood is read,
+    // so the split is "at least 20 carried out", not exact.)
     let mut invalid = 0;
     let mut limited = 0;
-    while invalid + limited < 21 {
+    let mut ids = std::collections::HashSet::new();
+    while invalid + limited < 200 {
         let frame = ws_json(&mut flooder).await;
+        assert!(
+            ids.insert(frame["id"].as_str().unwrap().to_owned()),
+            "one answer per message: {frame}"
+        );
         match frame["error_code"].as_str() {
             Some("invalid_message") => invalid += 1,
             Some("rate_limited") => limited += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(
-        (invalid, limited),
-        (20, 1),
-        "20 answered, then one rate_limited notice for the rest"
+    assert!(
+        invalid >= 20 && limited >= 150,
+        "{invalid} carried out, {limited} limited"
     );
     let refused = ts
         .metric("callstream_client_messages_rate_limited_total{surface=\"native_call_ws\"}")
         .await;
-    assert_eq!(refused, 180.0);
+    assert_eq!(refused, f64::from(limited));
     // Both sockets still get the call's events.
     ts.ingest(id, transcription("user", "after the flood", true, "trn_1"))
         .await;
@@ -492,7 +499,7 @@ async fn stream_tokens_watch_one_call_briefly_and_nothing_else() {
         )
         .await
         .err(),
-        Some(403)
+        Some(404)
     );
     // Refused requests for tokens.
     for (body, status) in [
