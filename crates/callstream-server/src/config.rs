@@ -41,6 +41,9 @@ pub struct Config {
     pub ws_max_message_bytes: usize,
     /// Messages per second one client may send on a socket before they are refused.
     pub ws_client_messages_per_sec: u32,
+    /// Seconds in a row a socket may stay over its message rate limit before it is closed with
+    /// 1008.
+    pub ws_flood_close_secs: u32,
     /// Commands one socket may have waiting for the call runtime at once.
     pub ws_max_commands_in_flight: usize,
     /// Seconds a command waits for the call runtime's answer.
@@ -86,6 +89,7 @@ impl Default for Config {
             ws_ping_secs: 30,
             ws_max_message_bytes: 64 * 1024,
             ws_client_messages_per_sec: 100,
+            ws_flood_close_secs: 10,
             ws_max_commands_in_flight: 16,
             command_timeout_secs: 5,
             stream_token_ttl_secs: 300,

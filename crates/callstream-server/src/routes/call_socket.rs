@@ -34,9 +34,6 @@ const LABELS: SurfaceLabels = SurfaceLabels {
     surface: Surface::native_call_ws,
 };
 
-/// Seconds of flooding past the rate limit after which the socket is closed with 1008.
-const FLOOD_SECONDS: u32 = 10;
-
 /// The WebSocket settings every socket surface shares: small read buffers (tungstenite's
 /// default is 128 KiB per connection), writes flushed per message, and the message size cap.
 pub fn configure(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
@@ -278,7 +275,7 @@ impl Session {
                             }
                         } else {
                             limited.inc();
-                            // A client still over the limit after FLOOD_SECONDS seconds in a row
+                            // A client still over the limit after `ws_flood_close_secs` seconds in a row
                             // is closed; short bursts are only refused.
                             let now = Instant::now();
                             let second = now.duration_since(started).as_secs();
@@ -289,7 +286,7 @@ impl Session {
                                 };
                                 last_limited_second = Some(second);
                             }
-                            if flood_seconds > FLOOD_SECONDS {
+                            if flood_seconds > config.ws_flood_close_secs {
                                 let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
                                 return;
                             }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::SinkExt;
+
 use serde_json::{Value, json};
 
 use crate::support::{
@@ -541,4 +542,271 @@ async fn stream_tokens_watch_one_call_briefly_and_nothing_else() {
         .err(),
         Some(401)
     );
+}
+
+#[tokio::test]
+async fn a_finished_call_closes_1000_after_what_since_asks_for_even_after_a_restart() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    ts.ingest(
+        &id,
+        json!([transcription("user", "a", true, "trn_1"), completed()]),
+    )
+    .await;
+    let token = format!("token={}", ts.acme.api);
+
+    let mut fresh = call_socket(&ts, &id, &token).await;
+    assert_eq!(
+        ws_next(&mut fresh).await,
+        WsEvent::Close(1000),
+        "nothing to watch: closed at once"
+    );
+    let mut resumed = call_socket(&ts, &id, &format!("{token}&since=1")).await;
+    assert_eq!(ws_json(&mut resumed).await["seq"], 2);
+    assert_eq!(ws_json(&mut resumed).await["event_type"], "call.completed");
+    assert_eq!(ws_next(&mut resumed).await, WsEvent::Close(1000));
+
+    // After a restart the history is gone: the gap is said, and the socket still closes.
+    let ts = ts.restart().await;
+    let token = format!("token={}", ts.acme.api);
+    let mut late = call_socket(&ts, &id, &format!("{token}&since=1")).await;
+    let gap = ws_json(&mut late).await;
+    assert_eq!(
+        (gap["type"].as_str(), gap["error_code"].as_str()),
+        (Some("error"), Some("resume_gap")),
+        "{gap}"
+    );
+    assert_eq!(ws_next(&mut late).await, WsEvent::Close(1000));
+}
+
+#[tokio::test]
+async fn a_resume_gap_on_a_live_call_is_said_then_live_events_follow() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    ts.ingest(
+        &id,
+        json!([
+            transcription("user", "a", true, "trn_1"),
+            transcription("user", "b", true, "trn_2")
+        ]),
+    )
+    .await;
+    let ts = ts.restart().await;
+    let mut ws = call_socket(&ts, &id, &format!("token={}&since=1", ts.acme.api)).await;
+    let gap = ws_json(&mut ws).await;
+    assert_eq!(gap["error_code"], "resume_gap");
+    assert!(
+        gap["message"]
+            .as_str()
+            .unwrap()
+            .contains("after seq 1 up to 3"),
+        "{gap}"
+    );
+    ts.ingest(&id, transcription("user", "c", true, "trn_3"))
+        .await;
+    assert_eq!(ws_json(&mut ws).await["seq"], 4);
+}
+
+#[tokio::test]
+async fn a_silent_runtime_times_out_and_commands_in_flight_are_limited() {
+    let ts = TestServer::start_with(|c| {
+        c.command_timeout_secs = 1;
+        c.ws_max_commands_in_flight = 2;
+    })
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let _silent = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    let mut ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    for i in 0..3 {
+        ws_send(
+            &mut ws,
+            &json!({"type": "send_dtmf", "id": format!("c{i}"), "digits": "1"}),
+        )
+        .await;
+    }
+    let third = ws_json(&mut ws).await;
+    assert_eq!(
+        (third["id"].as_str(), third["error_code"].as_str()),
+        (Some("c2"), Some("too_many_commands"))
+    );
+    let mut timed_out = [ws_json(&mut ws).await, ws_json(&mut ws).await];
+    timed_out.sort_by_key(|f| f["id"].as_str().unwrap().to_owned());
+    for (frame, id) in timed_out.iter().zip(["c0", "c1"]) {
+        assert_eq!(
+            (frame["id"].as_str(), frame["error_code"].as_str()),
+            (Some(id), Some("runtime_timeout")),
+            "{frame}"
+        );
+    }
+    assert_eq!(
+        ts.metric("callstream_commands_total{outcome=\"timeout\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_runtime_that_leaves_mid_command_or_refuses_is_reported() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+
+    // It refuses.
+    let mut rt = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    ws_send(
+        &mut ws,
+        &json!({"type": "join_call", "id": "j", "user_id": "usr_1"}),
+    )
+    .await;
+    let command = ws_json(&mut rt).await;
+    assert_eq!(
+        (
+            command["type"].as_str(),
+            command["command"].as_str(),
+            command["user_id"].as_str()
+        ),
+        (Some("command"), Some("join_call"), Some("usr_1"))
+    );
+    ws_send(&mut rt, &json!({"type": "command_result", "command_id": command["command_id"], "ok": false, "error_code": "no_agents", "message": "nobody is free"})).await;
+    let refused = ws_json(&mut ws).await;
+    assert_eq!(
+        (refused["id"].as_str(), refused["error_code"].as_str()),
+        (Some("j"), Some("command_refused"))
+    );
+    assert!(
+        refused["message"].as_str().unwrap().contains("no_agents"),
+        "{refused}"
+    );
+
+    // It leaves with a command in hand: the client hears at once, not after the timeout.
+    ws_send(&mut ws, &json!({"type": "end_call", "id": "e"})).await;
+    let _ = ws_json(&mut rt).await;
+    let started = std::time::Instant::now();
+    drop(rt);
+    let gone = ws_json(&mut ws).await;
+    assert_eq!(
+        (gone["id"].as_str(), gone["error_code"].as_str()),
+        (Some("e"), Some("runtime_unavailable"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "it did not wait for the 5 s timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_flooding_is_closed_1008() {
+    use futures::StreamExt;
+    let ts = TestServer::start_with(|c| {
+        c.ws_client_messages_per_sec = 5;
+        c.ws_flood_close_secs = 1;
+    })
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut bystander = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    let (mut sink, mut stream) = call_socket(&ts, id, &format!("token={}", ts.acme.api))
+        .await
+        .split();
+    let close_code = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let WsMessage::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    });
+    // 100 messages a second, bounded to 5 s; the socket is closed after about 2.
+    for i in 0..500 {
+        if sink
+            .send(WsMessage::Text(
+                format!("{{\"type\":\"x\",\"id\":\"{i}\"}}").into(),
+            ))
+            .await
+            .is_err()
+            || close_code.is_finished()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(close_code.await.unwrap(), Some(1008));
+    ts.ingest(id, transcription("user", "still here", true, "trn_1"))
+        .await;
+    assert_eq!(
+        ws_json(&mut bystander).await["payload"]["text"],
+        "still here",
+        "others are untouched"
+    );
+}
+
+#[tokio::test]
+async fn stream_tokens_are_refused_where_they_do_not_belong() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let other = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let (_, minted) = ts
+        .post(
+            "/v1/stream-tokens",
+            &ts.acme.api,
+            &json!({"call_id": id, "ttl_secs": 1}),
+        )
+        .await;
+    let token = minted["token"].as_str().unwrap();
+    let sse = |path: String, bearer: bool| {
+        let req = ts.http.get(ts.url(&path));
+        let req = if bearer { req.bearer_auth(token) } else { req };
+        crate::support::SseReader::open(req)
+    };
+    assert_eq!(
+        sse(
+            format!(
+                "/v1/calls/{}/transcript/stream?token={token}",
+                other["id"].as_str().unwrap()
+            ),
+            false
+        )
+        .await
+        .status,
+        404
+    );
+    let (status, _) = ts
+        .post(
+            "/v1/conversations",
+            &ts.acme.runtime,
+            &json!({"channel": "sms", "participants": ["+14155550123"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, list) = ts.get("/v1/conversations", &ts.acme.api).await;
+    let conv = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sse(format!("/v1/conversations/{conv}/stream"), true)
+            .await
+            .status,
+        401,
+        "not a browser path"
+    );
+    // Its SSE stream ends with token_expired when it runs out.
+    let mut s = sse(
+        format!("/v1/calls/{id}/transcript/stream?token={token}"),
+        false,
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let end = s.next_data().await.unwrap();
+    assert_eq!(
+        (end.event.as_deref(), end.json()["error_code"].as_str()),
+        (Some("error"), Some("token_expired"))
+    );
+    assert_eq!(s.next().await, None);
 }
