@@ -1,0 +1,69 @@
+//! `callstream-bench`: the load generator (see docs/benchmarks.md).
+//!
+//! - `run`: one scenario against one target, subscribers spread over worker processes.
+//! - `subscribe`: a worker (started by `run`; reads its plan on stdin).
+//! - `raw-server`: the raw baseline writer.
+//! - `grip-origin`: the origin Pushpin holds SSE streams for.
+
+mod grip;
+mod marker;
+mod procstat;
+mod raw;
+mod run;
+mod subscriber;
+mod targets;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "callstream-bench",
+    about = "Load generator for callstream and its peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario against one target and print (and optionally save) the result.
+    Run(Box<run::RunArgs>),
+    /// A subscriber worker (started by `run`).
+    Subscribe,
+    /// The raw baseline: pre-encoded SSE frames, no HTTP framing.
+    RawServer {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        publish: String,
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+    },
+    /// The origin Pushpin holds SSE streams for.
+    GripOrigin {
+        #[arg(long, default_value = "127.0.0.1:8092")]
+        listen: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Workers and the raw server use every core; the coordinator needs little.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(*args).await.map(|_| ()),
+            Command::Subscribe => subscriber::run_worker().await,
+            Command::RawServer {
+                listen,
+                publish,
+                queue,
+            } => raw::serve(&listen, &publish, queue).await,
+            Command::GripOrigin { listen } => grip::serve(&listen).await,
+        }
+    })
+}

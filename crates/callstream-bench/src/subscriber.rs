@@ -1,0 +1,327 @@
+//! A worker process: holds many subscriptions open, measures each delivered event's latency
+//! from its embedded send timestamp, and reports over stdout (JSON lines) until told to stop on
+//! stdin. Several workers spread the sockets over processes (one process may hold at most
+//! 20,000 open files here) and over 127.0.x.y source addresses (so ports never run out).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::marker::{Scanner, now_nanos};
+
+/// How one subscription connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Sse,
+    Ws,
+    /// Opens an SSE stream and never reads it (the slow-consumer scenario).
+    Stuck,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscription {
+    pub url: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    pub kind: Kind,
+}
+
+/// What the coordinator sends a worker (one JSON line on its stdin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub worker: u8,
+    pub subscriptions: Vec<Subscription>,
+    /// Connections opened at once while ramping up.
+    pub connect_concurrency: usize,
+}
+
+/// What a worker reports (JSON lines on its stdout).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Report {
+    Ready {
+        connected: u64,
+        failed: u64,
+        first_error: Option<String>,
+    },
+    Progress {
+        frames: u64,
+    },
+    Done {
+        frames: u64,
+        errors: u64,
+        histogram: String,
+    },
+}
+
+const SHARDS: usize = 16;
+
+/// Latency histograms (microseconds), sharded so that recording rarely contends.
+pub struct Latencies {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Latencies {
+    pub fn new() -> Result<Self> {
+        let shards = (0..SHARDS)
+            .map(|_| Histogram::new_with_bounds(1, 600_000_000, 3).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { shards })
+    }
+
+    fn record(&self, shard: usize, micros: u64) {
+        if let Ok(mut h) = self.shards[shard % SHARDS].lock() {
+            h.saturating_record(micros.max(1));
+        }
+    }
+
+    pub fn merged(&self) -> Result<Histogram<u64>> {
+        let mut total = Histogram::new_with_bounds(1, 600_000_000, 3)?;
+        for shard in &self.shards {
+            if let Ok(h) = shard.lock() {
+                total.add(&*h)?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+pub fn encode(h: &Histogram<u64>) -> Result<String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+pub fn decode(text: &str) -> Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text)?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+struct Counters {
+    frames: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn emit(report: &Report) {
+    if let Ok(line) = serde_json::to_string(report) {
+        println!("{line}");
+    }
+}
+
+/// Runs a worker: reads its plan from stdin, connects, reports, stops on "stop".
+pub async fn run_worker() -> Result<()> {
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let plan: Plan = serde_json::from_str(&stdin.next_line().await?.context("no plan on stdin")?)?;
+    let latencies = Arc::new(Latencies::new()?);
+    let counters = Arc::new(Counters {
+        frames: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let limit = Arc::new(tokio::sync::Semaphore::new(plan.connect_concurrency.max(1)));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
+    let total = plan.subscriptions.len();
+    for (i, sub) in plan.subscriptions.into_iter().enumerate() {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            1 + plan.worker,
+            1 + u8::try_from(i % 200).unwrap_or(0),
+        );
+        let (latencies, counters, limit, ready) = (
+            latencies.clone(),
+            counters.clone(),
+            limit.clone(),
+            ready_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = limit.acquire_owned().await;
+            let connected = connect(&sub, source).await;
+            drop(permit);
+            match connected {
+                Ok(conn) => {
+                    let _ = ready.send(Ok(())).await;
+                    drop(ready);
+                    if let Err(_e) = conn.read_all(i, &latencies, &counters).await {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("{e:#}"))).await;
+                }
+            }
+        });
+    }
+    drop(ready_tx);
+    let (mut connected, mut failed, mut first_error) = (0u64, 0u64, None);
+    for _ in 0..total {
+        match ready_rx.recv().await {
+            Some(Ok(())) => connected += 1,
+            Some(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    emit(&Report::Ready {
+        connected,
+        failed,
+        first_error,
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => {
+                let line = line.ok().flatten();
+                if matches!(line.as_deref(), Some("stop") | None) {
+                    break;
+                }
+            }
+            _ = tick.tick() => emit(&Report::Progress { frames: counters.frames.load(Ordering::Relaxed) }),
+        }
+    }
+    let histogram = encode(&latencies.merged()?)?;
+    emit(&Report::Done {
+        frames: counters.frames.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        histogram,
+    });
+    Ok(())
+}
+
+enum Connection {
+    Sse(TcpStream, Vec<u8>),
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+    Stuck(TcpStream),
+}
+
+async fn tcp(host_port: &str, source: Ipv4Addr) -> Result<TcpStream> {
+    let addr: SocketAddr = tokio::net::lookup_host(host_port)
+        .await?
+        .next()
+        .context("no address")?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn split_url(url: &str) -> Result<(&str, &str)> {
+    let rest = url.split_once("://").map(|(_, r)| r).context("no scheme")?;
+    Ok(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
+async fn connect(sub: &Subscription, source: Ipv4Addr) -> Result<Connection> {
+    let (host, path) = split_url(&sub.url)?;
+    let mut stream = tcp(host, source).await?;
+    match sub.kind {
+        Kind::Sse | Kind::Stuck => {
+            let mut request =
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
+            for (k, v) in &sub.headers {
+                request.push_str(&format!("{k}: {v}\r\n"));
+            }
+            request.push_str("\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            if sub.kind == Kind::Stuck {
+                return Ok(Connection::Stuck(stream));
+            }
+            // Read the response head; what follows it is the stream.
+            let mut head = Vec::with_capacity(1024);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    bail!("closed before the response head");
+                }
+                head.extend_from_slice(&buf[..n]);
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let status = String::from_utf8_lossy(&head[..head.len().min(12)]).into_owned();
+                    if !status.contains(" 200") {
+                        bail!("{}", String::from_utf8_lossy(&head[..end]));
+                    }
+                    return Ok(Connection::Sse(stream, head[end + 4..].to_vec()));
+                }
+                if head.len() > 16 * 1024 {
+                    bail!("response head too long");
+                }
+            }
+        }
+        Kind::Ws => {
+            let mut request = sub.url.as_str().into_client_request()?;
+            for (k, v) in &sub.headers {
+                request.headers_mut().insert(
+                    reqwest::header::HeaderName::from_bytes(k.as_bytes())?,
+                    v.parse()?,
+                );
+            }
+            let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+            Ok(Connection::Ws(Box::new(ws)))
+        }
+    }
+}
+
+impl Connection {
+    async fn read_all(
+        self,
+        index: usize,
+        latencies: &Latencies,
+        counters: &Counters,
+    ) -> Result<()> {
+        let mut scanner = Scanner::default();
+        let mut on_marker = |ts: u64| {
+            let micros = now_nanos().saturating_sub(ts) / 1000;
+            latencies.record(index, micros);
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+        };
+        match self {
+            Self::Sse(mut stream, first) => {
+                scanner.feed(&first, &mut on_marker);
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    scanner.feed(&buf[..n], &mut on_marker);
+                }
+            }
+            Self::Ws(mut ws) => {
+                while let Some(message) = ws.next().await {
+                    if let Message::Text(text) = message? {
+                        scanner.feed(text.as_bytes(), &mut on_marker);
+                    }
+                }
+                Ok(())
+            }
+            Self::Stuck(stream) => {
+                // Hold the socket open, reading nothing, until the worker ends.
+                std::future::pending::<()>().await;
+                drop(stream);
+                Ok(())
+            }
+        }
+    }
+}
