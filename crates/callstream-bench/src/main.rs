@@ -4,11 +4,13 @@
 //! - `subscribe`: a worker (started by `run`; reads its plan on stdin).
 //! - `raw-server`: the raw baseline writer.
 //! - `grip-origin`: the origin Pushpin holds SSE streams for.
+//! - `report`: markdown tables with ratios from `run --json` results.
 
 mod grip;
 mod marker;
 mod procstat;
 mod raw;
+mod report;
 mod run;
 mod subscriber;
 mod targets;
@@ -41,6 +43,8 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         queue: usize,
     },
+    /// Markdown tables (with ratios to the best peer) from a results file of `run --json`.
+    Report { results: std::path::PathBuf },
     /// The origin Pushpin holds SSE streams for.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:8092")]
@@ -64,6 +68,7 @@ fn main() -> Result<()> {
                 queue,
             } => raw::serve(&listen, &publish, queue).await,
             Command::GripOrigin { listen } => grip::serve(&listen).await,
+            Command::Report { results } => report::print(&results),
         }
     })
 }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Runs the same scenarios, with the same generator, against callstream, Nchan (nginx),
+# Pushpin and the raw baseline, one after the other on 127.0.0.1, and prints a table with
+# ratios. Heavy: run it by hand, never in CI.
+#
+#   bench/compare.sh                      # every scenario, SSE
+#   SCENARIOS="hot slow" TRANSPORT=ws bench/compare.sh
+#   TARGETS="callstream nchan" DURATION=10 bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCENARIOS=${SCENARIOS:-"hot wide slow idle"}
+TARGETS=${TARGETS:-"callstream nchan pushpin raw"}
+TRANSPORT=${TRANSPORT:-sse}
+OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)-$TRANSPORT}
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+
+# Peers from Debian's packages, installed only if missing.
+missing=()
+[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || missing+=(libnginx-mod-nchan)
+command -v pushpin >/dev/null 2>&1 || missing+=(pushpin)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+cargo build --release -q -p callstream -p callstream-bench
+BIN=target/release
+ulimit -n "$(ulimit -Hn)"
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pkill -f "nginx -p $TMP" 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+# --- callstream: fresh data, keys from its own CLI ---
+CS_DATA=$TMP/callstream
+API=$($BIN/callstream keys create --data-dir "$CS_DATA" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+RT=$($BIN/callstream keys create --data-dir "$CS_DATA" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+RUST_LOG=warn $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$CS_DATA" 2> "$OUT/callstream.log" &
+CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
+
+# --- Nchan on nginx, two workers (one per core) ---
+mkdir -p "$TMP/nginx/logs"
+cat > "$TMP/nginx/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+daemon off;
+worker_processes 2;
+worker_rlimit_nofile 19500;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy;
+  fastcgi_temp_path $TMP/nginx/fastcgi; uwsgi_temp_path $TMP/nginx/uwsgi; scgi_temp_path $TMP/nginx/scgi;
+  nchan_shared_memory_size 256M;
+  server {
+    listen 127.0.0.1:8081;
+    location = /pub { nchan_publisher; nchan_channel_id \$arg_id; }
+    location = /sub {
+      nchan_subscriber; nchan_channel_id \$arg_id;
+      nchan_subscriber_first_message newest;
+      nchan_eventsource_ping_interval 30; nchan_websocket_ping_interval 30;
+    }
+  }
+}
+CONF
+nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2> "$OUT/nginx.log" &
+PIDS+=($!); wait_port 8081
+
+# --- Pushpin with raised rate limits; SSE held for our GRIP origin, WS by its test handler ---
+mkdir -p "$TMP/pushpin/run" "$TMP/pushpin/log"
+printf '*,path_beg=/ws test\n* 127.0.0.1:8092\n' > "$TMP/pushpin/routes"
+sed -e "s|^rundir=.*|rundir=$TMP/pushpin/run|" -e "s|^logdir=.*|logdir=$TMP/pushpin/log|" \
+    -e "s|^http_port=.*|http_port=127.0.0.1:7999|" -e "s|^client_maxconn=.*|client_maxconn=19000|" \
+    -e "s|^routesfile=.*|routesfile=$TMP/pushpin/routes|" -e "s|^message_rate=.*|message_rate=10000000|" \
+    -e "s|^message_hwm=.*|message_hwm=100000000|" -e "s|^log_level=.*|log_level=1|" \
+    /etc/pushpin/pushpin.conf > "$TMP/pushpin/pushpin.conf"
+$BIN/callstream-bench grip-origin --listen 127.0.0.1:8092 2>/dev/null &
+PIDS+=($!)
+pushpin --config "$TMP/pushpin/pushpin.conf" > "$OUT/pushpin.log" 2>&1 &
+PIDS+=($!); wait_port 7999; wait_port 5561
+
+# --- the raw baseline ---
+$BIN/callstream-bench raw-server --listen 127.0.0.1:8090 --publish 127.0.0.1:8091 2>/dev/null &
+RAW_PID=$!; PIDS+=($RAW_PID); wait_port 8090
+
+pids_of() {
+  case $1 in
+    callstream) echo "$CS_PID" ;;
+    nchan) pgrep -f "nginx.*$TMP/nginx" | paste -sd, ;;
+    pushpin) pgrep -f "condure|pushpin-proxy|pushpin-handler|zurl|mongrel2" | paste -sd, ;;
+    raw) echo "$RAW_PID" ;;
+  esac
+}
+
+run() { # target scenario [extra args...]
+  local target=$1 scenario=$2; shift 2
+  local args=(--scenario "$scenario" --target "$target" --transport "$TRANSPORT" --pids "$(pids_of "$target")" --json "$RESULTS" --label "$target")
+  case $target in
+    callstream) args+=(--base http://127.0.0.1:8080 --api-key "$API" --runtime-key "$RT") ;;
+    nchan) args+=(--base http://127.0.0.1:8081 --publish http://127.0.0.1:8081) ;;
+    pushpin) args+=(--base http://127.0.0.1:7999 --publish http://127.0.0.1:5561) ;;
+    raw) args+=(--base http://127.0.0.1:8090 --publish 127.0.0.1:8091) ;;
+  esac
+  [ -n "${DURATION:-}" ] && args+=(--duration "$DURATION")
+  $BIN/callstream-bench run "${args[@]}" "$@" | tee -a "$OUT/table.md"
+}
+
+for scenario in $SCENARIOS; do
+  for target in $TARGETS; do
+    [ "$target" = raw ] && [ "$TRANSPORT" = ws ] && continue
+    run "$target" "$scenario" || echo "| $target | $scenario | failed |" | tee -a "$OUT/table.md"
+    # The slow-consumer scenario is compared with the same run without the stuck clients.
+    if [ "$scenario" = slow ]; then
+      run "$target" slow --stuck 0 --label "$target-no-stuck" || true
+    fi
+  done
+done
+$BIN/callstream-bench report "$RESULTS" | tee "$OUT/summary.md"
+echo "results in $OUT"
