@@ -26,16 +26,19 @@ pub async fn append_call_events(
     // so a cancelled request (a client that left, the request timeout) cannot stop between them
     // and leave a stored `call.completed` that no stream ever sees.
     let task = tokio::spawn(async move {
-        let result = ordered(&state, call.as_str(), async {
-            let appended = state
-                .store()
-                .append_call_events(&workspace, &call, events)
-                .await
-                .map_err(|e| ApiError::from_store(e, "call"))?;
-            publish(&state, &appended.envelopes).await;
-            Ok(appended)
-        })
-        .await;
+        let result = state
+            .live()
+            .append(
+                state.store(),
+                &workspace,
+                &call,
+                events,
+                |envelopes| async {
+                    publish(&state, &envelopes).await;
+                    envelopes
+                },
+            )
+            .await;
         if let Ok(appended) = &result
             && !appended.call.status.is_active()
         {

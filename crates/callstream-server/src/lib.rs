@@ -14,6 +14,7 @@ pub mod conn;
 pub mod error;
 pub mod ingest;
 pub mod limit;
+pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -296,7 +297,10 @@ impl Server {
     pub async fn wait(self) -> std::io::Result<()> {
         self.state.shutdown().cancelled().await;
         let limit = Duration::from_secs(self.state.config().shutdown_timeout_secs);
-        match tokio::time::timeout(limit, self.task).await {
+        let result = tokio::time::timeout(limit, self.task).await;
+        // Give the unused ends of seq reservations back, so a clean restart shows no gaps.
+        self.state.live().settle_all(self.state.store()).await;
+        match result {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(std::io::Error::other(join)),
             Err(_) => {

@@ -20,9 +20,12 @@ struct Inner {
     bus: Arc<dyn Bus>,
     commands: Arc<dyn CommandRouter>,
     metrics: Metrics,
+    /// Each live call's sequencer and record snapshot.
+    live: crate::live::LiveCalls,
     /// Cancelled when the server begins to shut down: streams watch it and close.
     shutdown: CancellationToken,
-    /// One async lock per call (or conversation) with an ingest in flight. The store assigns seqs, but the bus
+    /// One async lock per conversation with an ingest in flight (calls are ordered by their
+    /// sequencer in `live`). The store assigns seqs, but the bus
     /// must also see one call's events in seq order, so "append to the store, then publish" runs
     /// under the call's lock. Calls are independent: there is no lock across calls. Entries go
     /// as soon as no ingest for the call is in flight, so the map holds only calls being ingested
@@ -38,6 +41,7 @@ impl AppState {
             bus: backends.bus,
             commands: backends.commands,
             metrics: Metrics::new(),
+            live: crate::live::LiveCalls::default(),
             shutdown,
             ingest_order: DashMap::new(),
         }))
@@ -57,6 +61,10 @@ impl AppState {
 
     pub fn commands(&self) -> &dyn CommandRouter {
         self.0.commands.as_ref()
+    }
+
+    pub fn live(&self) -> &crate::live::LiveCalls {
+        &self.0.live
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -289,6 +289,36 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> Result<Appended>;
 
+    /// Reserves the next `block` seqs of an in-progress call (hi/lo allocation): the store stays
+    /// the one authority, and a node may then number that many events without asking again.
+    /// Returns the call and the last reserved seq; the block is `end - block + 1 ..= end`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or [`StoreError::CallEnded`] once the call has ended.
+    async fn reserve_call_seqs(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        block: u64,
+    ) -> Result<(Call, u64)>;
+
+    /// Records what must outlive the process for events whose seqs were reserved: final turns,
+    /// the call's end (status, time, and its last seq), and webhook outbox rows, in one
+    /// transaction. Returns the call when the batch ended it.
+    async fn record_call_events(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        envelopes: &[Envelope],
+    ) -> Result<Option<Call>>;
+
+    /// Gives back the unused end of a reservation: sets the call's last seq to `used` if it is
+    /// still `reserved_end` (nobody reserved after us).
+    async fn settle_call_seqs(&self, call: &CallId, reserved_end: u64, used: u64) -> Result<()>;
+
+    /// Whether the workspace has any enabled webhook endpoint (so events need outbox rows).
+    async fn has_webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<bool>;
+
     /// The call's final transcript turns in the order they were spoken (by seq).
     async fn transcript(
         &self,
@@ -362,7 +392,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Checks a batch before any seq is assigned: only call events, and a terminal event only last.
-pub(crate) fn check_call_batch(events: &[NewEvent]) -> Result<()> {
+pub fn check_call_batch(events: &[NewEvent]) -> Result<()> {
     for (i, e) in events.iter().enumerate() {
         let ty = e.payload.event_type();
         if ty.subject_kind() != callstream_core::event::SubjectKind::Call {

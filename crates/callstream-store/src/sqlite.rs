@@ -394,6 +394,107 @@ impl Store for SqliteStore {
         Ok(Appended { envelopes, call })
     }
 
+    async fn reserve_call_seqs(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        block: u64,
+    ) -> Result<(Call, u64)> {
+        let block =
+            i64::try_from(block).map_err(|_| StoreError::Invalid("block too large".into()))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let reserved = sqlx::query(
+            "UPDATE calls SET last_seq = last_seq + $1 \
+             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
+        )
+        .bind(block)
+        .bind(workspace.as_str())
+        .bind(call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(reserved) = reserved else {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
+                    .bind(workspace.as_str())
+                    .bind(call_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match status.as_deref().and_then(CallStatus::parse) {
+                Some(status) => StoreError::CallEnded(status),
+                None => StoreError::NotFound,
+            });
+        };
+        let end = seq_of(reserved.try_get(0)?);
+        let row = sqlx::query(call_select!("WHERE id = $1"))
+            .bind(call_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let call = call_row(&row)?;
+        tx.commit().await?;
+        Ok((call, end))
+    }
+
+    async fn record_call_events(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        envelopes: &[Envelope],
+    ) -> Result<Option<Call>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut end: Option<(CallStatus, DateTime<Utc>, u64)> = None;
+        for env in envelopes {
+            match &env.payload {
+                Payload::Transcription(t) => {
+                    if let Some(turn) = TranscriptTurn::from_event(env.seq, env.timestamp, t) {
+                        insert_turn(&mut tx, call_id, &turn).await?;
+                    }
+                }
+                Payload::Completed(_) => {
+                    end = Some((CallStatus::Completed, env.timestamp, env.seq))
+                }
+                Payload::Failed(_) => end = Some((CallStatus::Failed, env.timestamp, env.seq)),
+                _ => {}
+            }
+        }
+        enqueue_webhooks(&mut tx, workspace, envelopes).await?;
+        let mut ended = None;
+        if let Some((status, at, seq)) = end {
+            sqlx::query("UPDATE calls SET status = $1, ended_at = $2, last_seq = $3 WHERE workspace_id = $4 AND id = $5")
+                .bind(status.as_str())
+                .bind(time::format(&at))
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .bind(workspace.as_str())
+                .bind(call_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(call_select!("WHERE id = $1"))
+                .bind(call_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            ended = Some(call_row(&row)?);
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn settle_call_seqs(&self, call: &CallId, reserved_end: u64, used: u64) -> Result<()> {
+        sqlx::query("UPDATE calls SET last_seq = $1 WHERE id = $2 AND last_seq = $3 AND status = 'in_progress'")
+            .bind(i64::try_from(used).unwrap_or(i64::MAX))
+            .bind(call.as_str())
+            .bind(i64::try_from(reserved_end).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn has_webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL LIMIT 1")
+            .bind(workspace.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     async fn transcript(
         &self,
         workspace: &WorkspaceId,
@@ -1268,6 +1369,74 @@ mod tests {
             store.outbox_counts().await.unwrap(),
             [("delivered".to_owned(), 1)]
         );
+    }
+
+    #[tokio::test]
+    async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest() {
+        let (dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        let (_, end) = store
+            .reserve_call_seqs(&ws.id, &call.id, 100)
+            .await
+            .unwrap();
+        assert_eq!(end, 100);
+        // A "crash": the next process reserves after the whole first block.
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("cs.db")).await.unwrap();
+        let (_, end) = store
+            .reserve_call_seqs(&ws.id, &call.id, 100)
+            .await
+            .unwrap();
+        assert_eq!(end, 200);
+        // Used up to 150: settling gives back 151..=200.
+        store.settle_call_seqs(&call.id, 200, 150).await.unwrap();
+        assert_eq!(
+            store
+                .call(&ws.id, &call.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seq,
+            150
+        );
+        // Settling is refused if someone reserved after us.
+        store.reserve_call_seqs(&ws.id, &call.id, 10).await.unwrap();
+        store.settle_call_seqs(&call.id, 150, 140).await.unwrap();
+        assert_eq!(
+            store
+                .call(&ws.id, &call.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seq,
+            160
+        );
+        // The end is recorded with its seq; then reserving is refused.
+        let end_event = Envelope::new(
+            ws.id.clone(),
+            Subject::Call(call.id.clone()),
+            161,
+            time::now(),
+            Payload::parse("call.completed", json!({})).unwrap(),
+        )
+        .unwrap();
+        let ended = store
+            .record_call_events(&ws.id, &call.id, &[end_event])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((ended.status, ended.last_seq), (CallStatus::Completed, 161));
+        assert!(matches!(
+            store.reserve_call_seqs(&ws.id, &call.id, 1).await,
+            Err(StoreError::CallEnded(_))
+        ));
+        let other = store.ensure_workspace("b").await.unwrap();
+        assert!(matches!(
+            store.reserve_call_seqs(&other.id, &call.id, 1).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]

@@ -137,7 +137,10 @@ pub async fn list(
             }
         }
     }
-    let calls = state.store().calls(&who.workspace_id, &filter).await?;
+    let mut calls = state.store().calls(&who.workspace_id, &filter).await?;
+    for call in &mut calls {
+        state.live().overlay(call);
+    }
     Ok(Json(json!({ "calls": calls })))
 }
 

@@ -60,11 +60,14 @@ pub async fn load_call(
     workspace: &WorkspaceId,
     id: &CallId,
 ) -> Result<Call, ApiError> {
-    state
+    let mut call = state
         .store()
         .call(workspace, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("call"))
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    // While a call is live the store holds the end of its seq reservation; show the real one.
+    state.live().overlay(&mut call);
+    Ok(call)
 }
 
 /// The workspace's conversation, or the 404 that a missing and a foreign id share.

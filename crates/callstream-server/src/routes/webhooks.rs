@@ -70,6 +70,7 @@ pub async fn create(
         disabled_reason: None,
     };
     state.store().create_webhook_endpoint(&endpoint).await?;
+    state.live().webhooks_changed(&endpoint.workspace_id);
     let mut view = serde_json::to_value(&endpoint).map_err(|_| ApiError::internal())?;
     // The secret is shown once, at creation; it is needed to verify signatures.
     view["secret"] = json!(endpoint.secret);
