@@ -77,7 +77,10 @@ sed -e "s|^rundir=.*|rundir=$TMP/pushpin/run|" -e "s|^logdir=.*|logdir=$TMP/push
     -e "s|^http_port=.*|http_port=127.0.0.1:7999|" -e "s|^client_maxconn=.*|client_maxconn=19000|" \
     -e "s|^routesfile=.*|routesfile=$TMP/pushpin/routes|" -e "s|^message_rate=.*|message_rate=10000000|" \
     -e "s|^message_hwm=.*|message_hwm=100000000|" -e "s|^log_level=.*|log_level=1|" \
+    -e "s|^services=.*|services=condure,zurl,pushpin-proxy,pushpin-handler|" \
+    -e 's|^\[proxy\]|[proxy]\nzurl_out_specs=ipc://{rundir}/{ipc_prefix}zurl-in\nzurl_out_stream_specs=ipc://{rundir}/{ipc_prefix}zurl-in-stream\nzurl_in_specs=ipc://{rundir}/{ipc_prefix}zurl-out|' \
     /etc/pushpin/pushpin.conf > "$TMP/pushpin/pushpin.conf"
+# Debian's Pushpin talks to origins through a system-wide zurl; this one runs its own.
 $BIN/callstream-bench grip-origin --listen 127.0.0.1:8092 2>/dev/null &
 PIDS+=($!)
 pushpin --config "$TMP/pushpin/pushpin.conf" > "$OUT/pushpin.log" 2>&1 &
@@ -90,15 +93,15 @@ RAW_PID=$!; PIDS+=($RAW_PID); wait_port 8090
 pids_of() {
   case $1 in
     callstream) echo "$CS_PID" ;;
-    nchan) pgrep -f "nginx.*$TMP/nginx" | paste -sd, ;;
+    nchan) m=$(cat "$TMP/nginx/nginx.pid"); echo "$m,$(pgrep -P "$m" | paste -sd,)" ;;
     pushpin) pgrep -f "condure|pushpin-proxy|pushpin-handler|zurl|mongrel2" | paste -sd, ;;
     raw) echo "$RAW_PID" ;;
   esac
 }
 
-run() { # target scenario [extra args...]
-  local target=$1 scenario=$2; shift 2
-  local args=(--scenario "$scenario" --target "$target" --transport "$TRANSPORT" --pids "$(pids_of "$target")" --json "$RESULTS" --label "$target")
+run() { # target scenario label [extra args...]
+  local target=$1 scenario=$2 label=$3; shift 3
+  local args=(--scenario "$scenario" --target "$target" --transport "$TRANSPORT" --pids "$(pids_of "$target")" --json "$RESULTS" --label "$label")
   case $target in
     callstream) args+=(--base http://127.0.0.1:8080 --api-key "$API" --runtime-key "$RT") ;;
     nchan) args+=(--base http://127.0.0.1:8081 --publish http://127.0.0.1:8081) ;;
@@ -112,10 +115,10 @@ run() { # target scenario [extra args...]
 for scenario in $SCENARIOS; do
   for target in $TARGETS; do
     [ "$target" = raw ] && [ "$TRANSPORT" = ws ] && continue
-    run "$target" "$scenario" || echo "| $target | $scenario | failed |" | tee -a "$OUT/table.md"
+    run "$target" "$scenario" "$target" || echo "| $target | $scenario | failed |" | tee -a "$OUT/table.md"
     # The slow-consumer scenario is compared with the same run without the stuck clients.
     if [ "$scenario" = slow ]; then
-      run "$target" slow --stuck 0 --label "$target-no-stuck" || true
+      run "$target" slow "$target-no-stuck" --stuck 0 || true
     fi
   done
 done
