@@ -264,6 +264,15 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// The next event if one is ready now, without waiting. `None` means nothing is queued (the
+    /// subscription may still be open).
+    pub fn try_next(&mut self) -> Option<Arc<Event>> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Some(e);
+        }
+        self.rx.try_recv().ok()
+    }
+
     /// Takes the resume backlog out, leaving only live events to [`Subscription::next`]. Lets a
     /// surface pick from the history (say, only the in-flight turn) instead of replaying it all.
     pub fn take_backlog(&mut self) -> VecDeque<Arc<Event>> {

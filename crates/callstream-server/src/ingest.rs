@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use callstream_bus::Event;
-use callstream_core::{Call, CallId, ConversationId, EventType, Payload, WorkspaceId, time};
+use callstream_core::{CallId, ConversationId, EventType, Payload, Transport, WorkspaceId, time};
 use callstream_store::{Appended, AppendedConversation, NewEvent, StoreError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -119,12 +119,31 @@ struct IngestEvent {
 /// Parses one ingested event; `at` prefixes every field path (`events[3].`) for batches.
 /// What an ingest is for: a call (whose transport decides barge-in) or a conversation.
 #[derive(Clone, Copy)]
-pub enum Target<'a> {
-    Call(&'a Call),
+pub enum Target {
+    Call(Transport),
     Conversation,
 }
 
-fn parse_event(value: Value, at: &str, target: Target<'_>) -> Result<NewEvent, ApiError> {
+/// The transport of a call of `workspace`, from the live sequencer when it knows the call (no
+/// store round trip), else from the store.
+///
+/// # Errors
+/// 404 for an unknown or foreign call.
+pub async fn call_transport(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    call: &CallId,
+) -> Result<Transport, ApiError> {
+    match state.live().known(call) {
+        Some((owner, transport)) if owner == *workspace => Ok(transport),
+        Some(_) => Err(ApiError::not_found("call")),
+        None => Ok(crate::routes::load_call(state, workspace, call)
+            .await?
+            .transport),
+    }
+}
+
+fn parse_event(value: Value, at: &str, target: Target) -> Result<NewEvent, ApiError> {
     let raw: IngestEvent = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." {
@@ -160,12 +179,11 @@ fn parse_event(value: Value, at: &str, target: Target<'_>) -> Result<NewEvent, A
             )));
         }
         EventType::BargeIn => {
-            if let Target::Call(call) = target
-                && !call.transport.is_phone()
+            if let Target::Call(transport) = target
+                && !transport.is_phone()
             {
                 return Err(ApiError::invalid_event(format!(
-                    "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {}",
-                    call.transport
+                    "{at}event_type: call.barge_in exists only for phone transports (sip, esl), not {transport}"
                 )));
             }
         }
@@ -184,7 +202,7 @@ fn parse_event(value: Value, at: &str, target: Target<'_>) -> Result<NewEvent, A
 ///
 /// # Errors
 /// 400 `invalid_event`.
-pub fn parse_batch(body: Value, target: Target<'_>, max: usize) -> Result<Vec<NewEvent>, ApiError> {
+pub fn parse_batch(body: Value, target: Target, max: usize) -> Result<Vec<NewEvent>, ApiError> {
     match body {
         Value::Array(items) => {
             if items.is_empty() || items.len() > max {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use callstream_core::{Call, CallId, Envelope, Payload, Subject, WorkspaceId};
+use callstream_core::{Call, CallId, Envelope, Payload, Subject, Transport, WorkspaceId};
 use callstream_store::{Appended, NewEvent, Store, check_call_batch};
 use dashmap::DashMap;
 use tokio::sync::Mutex;
@@ -33,6 +33,9 @@ const UNKNOWN: u64 = u64::MAX;
 struct Slot {
     /// Held across the store calls of one append: it also orders the call's events.
     state: Mutex<Option<Sequencer>>,
+    /// The call's workspace and transport, known once it was first reserved: ingest parsing
+    /// needs them, and asking the store for every event would cost a round trip each.
+    known: std::sync::OnceLock<(WorkspaceId, Transport)>,
     /// The last seq published, readable without the lock (for read paths).
     last_published: AtomicU64,
 }
@@ -56,6 +59,7 @@ impl LiveCalls {
             .or_insert_with(|| {
                 Arc::new(Slot {
                     state: Mutex::new(None),
+                    known: std::sync::OnceLock::new(),
                     last_published: AtomicU64::new(UNKNOWN),
                 })
             })
@@ -71,6 +75,13 @@ impl LiveCalls {
                 call.last_seq = seq;
             }
         }
+    }
+
+    /// The workspace and transport of a live call this node has numbered events for.
+    pub fn known(&self, call: &CallId) -> Option<(WorkspaceId, Transport)> {
+        self.slots
+            .get(call)
+            .and_then(|slot| slot.known.get().cloned())
     }
 
     /// Forgets cached webhook presence for a workspace (its endpoints changed).
@@ -124,6 +135,7 @@ impl LiveCalls {
                     return Err(ApiError::from_store(e, "call"));
                 }
             };
+            let _ = slot.known.set((call.workspace_id.clone(), call.transport));
             *guard = Some(Sequencer {
                 next: end - BLOCK + 1,
                 reserved_end: end,

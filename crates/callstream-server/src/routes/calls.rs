@@ -80,10 +80,10 @@ pub async fn ingest_events(
     IdPath(id): CallPath,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let call = load_call(&state, &who.workspace_id, &id).await?;
+    let transport = ingest::call_transport(&state, &who.workspace_id, &id).await?;
     let events = ingest::parse_batch(
         body,
-        ingest::Target::Call(&call),
+        ingest::Target::Call(transport),
         state.config().max_events_per_request,
     )?;
     let appended = ingest::append_call_events(&state, &who.workspace_id, &id, events).await?;

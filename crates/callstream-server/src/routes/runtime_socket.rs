@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
-use crate::routes::{load_call, load_conversation};
+use crate::routes::load_conversation;
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -119,8 +119,9 @@ async fn ingest_events(
     let result = async {
         if let Some(call_id) = &m.call_id {
             let id = CallId::parse(call_id).map_err(|_| ApiError::not_found("call"))?;
-            let call = load_call(state, workspace, &id).await?;
-            let events = ingest::parse_batch(m.events.clone(), ingest::Target::Call(&call), max)?;
+            let transport = ingest::call_transport(state, workspace, &id).await?;
+            let events =
+                ingest::parse_batch(m.events.clone(), ingest::Target::Call(transport), max)?;
             let appended = ingest::append_call_events(state, workspace, &id, events).await?;
             if appended.call.status.is_active() {
                 // This runtime serves the call now: the call's commands come here.

@@ -121,6 +121,7 @@ impl<S: SseSurface> SseStream<S> {
                         Step::Skip => {}
                         Step::Send(frame) => {
                             self.sent.inc();
+                            let frame = self.coalesce(frame);
                             return Some((Ok(frame), self));
                         }
                         Step::Finish(frame) => {
@@ -134,6 +135,48 @@ impl<S: SseSurface> SseStream<S> {
                 }
             }
         }
+    }
+}
+
+/// Most frames joined into one chunk when a subscriber has fallen behind.
+const COALESCE_MAX_FRAMES: usize = 32;
+/// Most bytes joined into one chunk.
+const COALESCE_MAX_BYTES: usize = 32 * 1024;
+
+impl<S: SseSurface> SseStream<S> {
+    /// Joins `first` with the frames already queued behind it (up to a bound), so a subscriber
+    /// that has fallen behind gets one chunk (one write, one chunk header) instead of many. A
+    /// subscriber that keeps up has nothing queued and pays nothing.
+    fn coalesce(&mut self, first: Bytes) -> Bytes {
+        let Some(sub) = self.subscription.as_mut() else {
+            return first;
+        };
+        let mut joined: Option<bytes::BytesMut> = None;
+        let mut frames = 1;
+        while frames < COALESCE_MAX_FRAMES
+            && joined.as_ref().map_or(first.len(), |j| j.len()) < COALESCE_MAX_BYTES
+        {
+            let Some(event) = sub.try_next() else { break };
+            match self.surface.frame(&event) {
+                Step::Skip => continue,
+                Step::Send(frame) => {
+                    self.sent.inc();
+                    frames += 1;
+                    joined
+                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&frame);
+                }
+                Step::Finish(frame) => {
+                    // The end: send what is joined, then this frame, then close.
+                    joined
+                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&frame);
+                    self.finished = true;
+                    break;
+                }
+            }
+        }
+        joined.map_or(first, bytes::BytesMut::freeze)
     }
 }
 
