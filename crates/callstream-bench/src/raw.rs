@@ -23,7 +23,12 @@ pub async fn serve(listen: &str, publish: &str, queue: usize) -> Result<()> {
     eprintln!("raw baseline: subscribers on {listen}, publishes on {publish}");
     let subs = channels.clone();
     tokio::spawn(async move {
-        while let Ok((mut socket, _)) = subscribers.accept().await {
+        loop {
+            // Out of file descriptors (or any accept error): wait and keep accepting.
+            let Ok((mut socket, _)) = subscribers.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
             let _ = socket.set_nodelay(true);
             let channels = subs.clone();
             tokio::spawn(async move {
@@ -56,19 +61,32 @@ pub async fn serve(listen: &str, publish: &str, queue: usize) -> Result<()> {
                 {
                     return;
                 }
-                // Everything queued for this subscriber goes out in one write.
+                // Everything queued for this subscriber goes out in one write; a client that
+                // leaves is noticed at once (its read ends), not at the next write.
+                let (mut reader, mut writer) = socket.into_split();
                 let mut out = Vec::with_capacity(16 * 1024);
-                while let Some(frame) = rx.recv().await {
-                    out.clear();
-                    out.extend_from_slice(&frame);
-                    while out.len() < 64 * 1024 {
-                        match rx.try_recv() {
-                            Ok(more) => out.extend_from_slice(&more),
-                            Err(_) => break,
+                let mut scratch = [0u8; 256];
+                loop {
+                    tokio::select! {
+                        frame = rx.recv() => {
+                            let Some(frame) = frame else { return };
+                            out.clear();
+                            out.extend_from_slice(&frame);
+                            while out.len() < 64 * 1024 {
+                                match rx.try_recv() {
+                                    Ok(more) => out.extend_from_slice(&more),
+                                    Err(_) => break,
+                                }
+                            }
+                            if writer.write_all(&out).await.is_err() {
+                                return;
+                            }
                         }
-                    }
-                    if socket.write_all(&out).await.is_err() {
-                        return;
+                        read = reader.read(&mut scratch) => {
+                            if matches!(read, Ok(0) | Err(_)) {
+                                return;
+                            }
+                        }
                     }
                 }
             });
