@@ -6,6 +6,7 @@
 #   bench/compare.sh                      # every scenario, SSE
 #   SCENARIOS="hot slow" TRANSPORT=ws bench/compare.sh
 #   TARGETS="callstream nchan" DURATION=10 bench/compare.sh
+#   SCENARIOS=custom EXTRA_ARGS="--channels 1 --per-channel 1000 --rate 100" bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,7 +110,9 @@ run() { # target scenario label [extra args...]
     raw) args+=(--base http://127.0.0.1:8090 --publish 127.0.0.1:8091) ;;
   esac
   [ -n "${DURATION:-}" ] && args+=(--duration "$DURATION")
-  $BIN/callstream-bench run "${args[@]}" "$@" | tee -a "$OUT/table.md"
+  # EXTRA_ARGS shapes a custom scenario, e.g. "--channels 1 --per-channel 1000 --rate 100".
+  # shellcheck disable=SC2086
+  $BIN/callstream-bench run "${args[@]}" ${EXTRA_ARGS:-} "$@" | tee -a "$OUT/table.md"
 }
 
 for scenario in $SCENARIOS; do
