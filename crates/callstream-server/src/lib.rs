@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod http;
 pub mod ingest;
 pub mod limit;
 pub mod live;
@@ -262,18 +263,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .map_err(|e| StartError::Webhooks(e.to_string()))?;
     tokio::spawn(webhooks::run(state.clone(), http, schedule));
 
-    // Build the router's services once. axum's own `serve(listener, router)` rebuilds the whole
-    // router for every connection (`Router::with_state` per accepted socket), which massif
-    // showed as the largest share of an idle SSE stream's memory; `into_make_service` only
-    // clones an `Arc` per connection.
-    let router = app(state.clone()).with_state(()).into_make_service();
-    let stop = shutdown.clone();
+    // Build the router's services once: each connection then clones an `Arc` (axum's own
+    // `serve(listener, router)` rebuilt the whole router per accepted connection, which massif
+    // showed as the largest share of an idle SSE stream's memory).
+    let router = app(state.clone()).with_state(());
     let listener = conn::GuardedListener::new(listener, state.config().write_stall_timeout());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let task = tokio::spawn(http::serve(listener, router, shutdown.clone()));
     tracing::info!(%addr, "callstream listening");
     Ok(Server { addr, state, task })
 }

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use callstream_bus::{Resume, SubscribeOptions, Subscription, Topic};
 use callstream_core::{CallId, KeyKind, WorkspaceId};
 use callstream_surfaces::{control, native};
+use futures::SinkExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -27,6 +28,7 @@ use crate::auth::{BrowserPrincipal, url_pairs};
 use crate::error::ApiError;
 use crate::limit::TokenBucket;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
+use crate::routes::sse_stream::COALESCE_MAX_FRAMES;
 use crate::routes::{CallPath, IdPath, load_call};
 use crate::state::AppState;
 
@@ -233,8 +235,23 @@ impl Session {
                 Some(reply) = reply_rx.recv() => text(reply),
                 event = subscription.next() => match event {
                     Some(event) => {
+                        // Hand what is already queued behind this event to the socket too, and
+                        // flush once: a client that fell behind costs one write, not one each.
                         sent.inc();
-                        text(native::envelope_json(&event))
+                        if socket.feed(text(native::envelope_json(&event))).await.is_err() {
+                            return;
+                        }
+                        for _ in 0..COALESCE_MAX_FRAMES {
+                            let Some(more) = subscription.try_next() else { break };
+                            sent.inc();
+                            if socket.feed(text(native::envelope_json(&more))).await.is_err() {
+                                return;
+                            }
+                        }
+                        if socket.flush().await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                     None => {
                         // The call ended. Answer the commands still in flight first (an

@@ -139,7 +139,7 @@ impl<S: SseSurface> SseStream<S> {
 }
 
 /// Most frames joined into one chunk when a subscriber has fallen behind.
-const COALESCE_MAX_FRAMES: usize = 32;
+pub(crate) const COALESCE_MAX_FRAMES: usize = 32;
 /// Most bytes joined into one chunk.
 const COALESCE_MAX_BYTES: usize = 32 * 1024;
 
