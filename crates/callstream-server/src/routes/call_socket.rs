@@ -37,12 +37,13 @@ const LABELS: SurfaceLabels = SurfaceLabels {
 };
 
 /// The WebSocket settings every socket surface shares: small read buffers (tungstenite's
-/// default is 128 KiB per connection), writes flushed per message, and the message size cap.
+/// default is 128 KiB per connection), writes gathered up to 16 KiB between flushes (so frames
+/// queued for a client that fell behind go out in one write), and the message size cap.
 pub fn configure(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let max = state.config().ws_max_message_bytes;
     upgrade
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .max_write_buffer_size(max.max(64 * 1024) * 4)
         .max_message_size(max)
         .max_frame_size(max)
