@@ -122,7 +122,8 @@ async fn ingest_events(
             let transport = ingest::call_transport(state, workspace, &id).await?;
             let events =
                 ingest::parse_batch(m.events.clone(), ingest::Target::Call(transport), max)?;
-            let appended = ingest::append_call_events(state, workspace, &id, events).await?;
+            let appended =
+                ingest::append_call_events_in_place(state, workspace, &id, events).await?;
             if appended.call.status.is_active() {
                 // This runtime serves the call now: the call's commands come here.
                 state.commands().claim(link, &id);
