@@ -289,6 +289,76 @@ impl FromRequestParts<AppState> for RuntimeKey {
     }
 }
 
+/// The browser session cookie's name.
+pub const SESSION_COOKIE: &str = "callstream_session";
+/// The prefix of session tokens.
+pub const SESSION_PREFIX: &str = "ss_";
+
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|cookies| {
+            cookies.split(';').find_map(|c| {
+                c.trim()
+                    .strip_prefix(SESSION_COOKIE)?
+                    .strip_prefix('=')
+                    .map(str::to_owned)
+            })
+        })
+}
+
+/// Resolves a session token.
+///
+/// # Errors
+/// 401 for an unknown, expired or revoked session.
+pub async fn authenticate_session(store: &dyn Store, token: &str) -> Result<Principal, ApiError> {
+    if !token.starts_with(SESSION_PREFIX) || token.len() > 128 {
+        return Err(ApiError::unauthorized(
+            "invalid session; sign in again with POST /v1/session",
+        ));
+    }
+    let presented = hash(token);
+    let session = store
+        .session_by_hash(&presented)
+        .await?
+        .filter(|s| bool::from(s.token_hash.ct_eq(&presented)))
+        .ok_or_else(|| {
+            ApiError::unauthorized("invalid session; sign in again with POST /v1/session")
+        })?;
+    if session.expires_at <= time::now() {
+        return Err(ApiError::unauthorized(
+            "the session has expired; sign in again with POST /v1/session",
+        ));
+    }
+    Ok(Principal {
+        workspace_id: session.workspace_id,
+        kind: KeyKind::Api,
+        key_id: session.key_id,
+        call_scope: None,
+        expires_at: Some(session.expires_at),
+    })
+}
+
+/// An API key from the `Authorization` header, or a logged-in browser's session cookie (seed
+/// 002: "Also accepts session cookies for browser-based auth").
+pub struct ApiKeyOrSession(pub Principal);
+
+impl FromRequestParts<AppState> for ApiKeyOrSession {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if bearer(parts)?.is_none()
+            && let Some(token) = session_cookie(parts)
+        {
+            return authenticate_session(state.store(), &token).await.map(Self);
+        }
+        principal(parts, state, false, KeyKind::Api).await.map(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,11 @@ pub struct Config {
     pub stream_token_ttl_secs: u64,
     /// The longest `ttl_secs` a stream token may ask for.
     pub stream_token_max_ttl_secs: u64,
+    /// Seconds a browser session (`POST /v1/session`) lasts.
+    pub session_ttl_secs: u64,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Off by default so the demo works
+    /// on http://127.0.0.1; turn it on behind TLS.
+    pub session_cookie_secure: bool,
     /// Seconds between webhook retries, in order, after the first attempt (which is at once).
     /// Empty means the default 24-hour schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, and a
     /// last attempt at the 24-hour mark.
@@ -94,6 +99,8 @@ impl Default for Config {
             command_timeout_secs: 5,
             stream_token_ttl_secs: 300,
             stream_token_max_ttl_secs: 3600,
+            session_ttl_secs: 12 * 3600,
+            session_cookie_secure: false,
             webhook_retry_secs: Vec::new(),
             webhook_deadline_secs: 24 * 3600,
             webhook_timeout_secs: 10,
@@ -238,6 +245,7 @@ impl Config {
             ("stream_token_ttl_secs", self.stream_token_ttl_secs),
             ("stream_token_max_ttl_secs", self.stream_token_max_ttl_secs),
             ("webhook_deadline_secs", self.webhook_deadline_secs),
+            ("session_ttl_secs", self.session_ttl_secs),
             ("webhook_timeout_secs", self.webhook_timeout_secs),
             ("webhook_concurrency", self.webhook_concurrency as u64),
             ("webhook_poll_ms", self.webhook_poll_ms),

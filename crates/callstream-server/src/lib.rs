@@ -76,6 +76,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/webhook-endpoints/{id}",
             axum::routing::delete(routes::webhooks::delete),
         )
+        .route(
+            "/v1/session",
+            post(routes::session::create).delete(routes::session::delete),
+        )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -92,6 +96,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/conversations/{id}/stream",
             get(routes::conversations::stream),
+        )
+        .route(
+            "/v1/speech-events/stream",
+            get(routes::speech_stream::stream),
         )
         .route("/v1/runtime", get(routes::runtime_socket::socket));
 

@@ -19,6 +19,8 @@ pub enum Surface {
     native_call_ws,
     /// Seed 000 `GET /v1/conversations/{id}/stream`.
     native_conversation_sse,
+    /// Seed 002 `GET /v1/speech-events/stream`.
+    speech_sse,
     /// `GET /v1/runtime`, the call runtimes' own socket.
     runtime_ws,
 }
@@ -27,6 +29,8 @@ impl Surface {
     pub const ALL: &'static [Self] = &[
         Self::native_transcript_sse,
         Self::native_call_ws,
+        Self::native_conversation_sse,
+        Self::speech_sse,
         Self::runtime_ws,
     ];
 }

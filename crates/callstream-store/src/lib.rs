@@ -69,6 +69,16 @@ pub struct StreamTokenRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A browser session (`POST /v1/session`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub token_hash: [u8; 32],
+    pub workspace_id: WorkspaceId,
+    pub key_id: KeyId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One event to append: everything but the `seq`, which the store assigns.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -266,6 +276,14 @@ pub trait Store: Send + Sync + 'static {
     /// The stream token whose secret hashes to `hash`, if its key is not revoked (expiry is the
     /// caller's to check, against its own clock).
     async fn stream_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<StreamTokenRecord>>;
+
+    async fn insert_session(&self, session: &SessionRecord) -> Result<()>;
+
+    /// The session whose token hashes to `hash`, if its key is not revoked (expiry is the
+    /// caller's to check).
+    async fn session_by_hash(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>>;
+
+    async fn delete_session(&self, hash: &[u8; 32]) -> Result<()>;
 
     /// Records a new call. Its `last_seq` must be 0; events follow through
     /// [`Store::append_call_events`].

@@ -16,8 +16,8 @@ use sqlx::{Row, SqlitePool};
 
 use crate::{
     Appended, AppendedConversation, CallFilter, ConversationFilter, Delivery, DeliveryResult,
-    KeyRecord, MessageRecord, NewEvent, Result, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, WebhookEndpoint, check_call_batch,
+    KeyRecord, MessageRecord, NewEvent, Result, SessionRecord, Store, StoreError,
+    StreamTokenRecord, TranscriptTurn, WebhookEndpoint, check_call_batch,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -267,6 +267,54 @@ impl Store for SqliteStore {
             created_at: ts(row.try_get("created_at")?)?,
             expires_at: ts(row.try_get("expires_at")?)?,
         }))
+    }
+
+    async fn insert_session(&self, t: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, workspace_id, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&t.token_hash[..])
+        .bind(t.workspace_id.as_str())
+        .bind(t.key_id.as_str())
+        .bind(time::format(&t.created_at))
+        .bind(time::format(&t.expires_at))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(time::format(&time::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_by_hash(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT s.token_hash, s.workspace_id, s.key_id, s.created_at, s.expires_at \
+             FROM sessions s JOIN api_keys k ON k.id = s.key_id WHERE s.token_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token_hash: Vec<u8> = row.try_get("token_hash")?;
+        Ok(Some(SessionRecord {
+            token_hash: token_hash
+                .try_into()
+                .map_err(|_| corrupt("session hash", "not 32 bytes"))?,
+            workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+                .map_err(|e| corrupt("workspace id", e))?,
+            key_id: KeyId::parse(row.try_get("key_id")?).map_err(|e| corrupt("key id", e))?,
+            created_at: ts(row.try_get("created_at")?)?,
+            expires_at: ts(row.try_get("expires_at")?)?,
+        }))
+    }
+
+    async fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(&hash[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn create_call(&self, call: &Call) -> Result<()> {

@@ -9,6 +9,7 @@
 pub mod control;
 pub mod native;
 pub mod runtime;
+pub mod speech;
 pub mod sse;
 
 use callstream_bus::FormatSlot;
@@ -23,4 +24,6 @@ pub mod slots {
     pub const ENVELOPE_JSON: FormatSlot = FormatSlot::new(1);
     /// Seed 000, conversation SSE frames.
     pub const NATIVE_CONVERSATION_SSE: FormatSlot = FormatSlot::new(2);
+    /// Seed 002, STT/TTS event SSE frames.
+    pub const SPEECH_SSE: FormatSlot = FormatSlot::new(3);
 }

@@ -7,6 +7,8 @@ pub mod conversations;
 pub mod demo;
 pub mod ops;
 pub mod runtime_socket;
+pub mod session;
+pub mod speech_stream;
 pub mod sse_stream;
 pub mod stream_tokens;
 pub mod transcript_stream;

@@ -12,6 +12,7 @@ mod ingest;
 mod lifecycle;
 mod simulator;
 mod sockets;
+mod speech;
 mod support;
 mod transcript;
 mod webhooks;
