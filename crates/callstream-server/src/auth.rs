@@ -180,13 +180,16 @@ pub fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
-/// The paths on which seed 000 allows `?token=`: the call transcript SSE stream and the call
-/// event WebSocket, both of which browsers open without custom headers.
+/// The paths on which a seed allows `?token=`: seed 000's call transcript SSE stream and call
+/// event WebSocket, and seed 003's live transcript socket, all opened by browsers that cannot
+/// set headers.
 pub fn token_query_allowed(path: &str) -> bool {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     matches!(
         segments.as_slice(),
-        ["", "v1", "calls", _, "transcript", "stream"] | ["", "v1", "calls", _, "stream"]
+        ["", "v1", "calls", _, "transcript", "stream"]
+            | ["", "v1", "calls", _, "stream"]
+            | ["", "live-transcript", _]
     )
 }
 
@@ -386,6 +389,8 @@ mod tests {
             ("/v1/calls", false),
             ("/metrics", false),
             ("/v1/calls/call_1/transcript", false),
+            ("/live-transcript/CA0123", true),
+            ("/live-transcript", false),
         ];
         for (path, ok) in cases {
             assert_eq!(token_query_allowed(path), ok, "{path}");

@@ -52,6 +52,10 @@ pub struct Config {
     pub stream_token_ttl_secs: u64,
     /// The longest `ttl_secs` a stream token may ask for.
     pub stream_token_max_ttl_secs: u64,
+    /// Connections one call's live transcript socket (seed 003) may have at once.
+    pub live_transcript_max_connections: usize,
+    /// Messages per second a live transcript socket client may send.
+    pub live_transcript_messages_per_sec: u32,
     /// Seconds a browser session (`POST /v1/session`) lasts.
     pub session_ttl_secs: u64,
     /// Mark the session cookie `Secure` (sent over HTTPS only). Off by default so the demo works
@@ -99,6 +103,8 @@ impl Default for Config {
             command_timeout_secs: 5,
             stream_token_ttl_secs: 300,
             stream_token_max_ttl_secs: 3600,
+            live_transcript_max_connections: 10,
+            live_transcript_messages_per_sec: 100,
             session_ttl_secs: 12 * 3600,
             session_cookie_secure: false,
             webhook_retry_secs: Vec::new(),
@@ -246,6 +252,14 @@ impl Config {
             ("stream_token_max_ttl_secs", self.stream_token_max_ttl_secs),
             ("webhook_deadline_secs", self.webhook_deadline_secs),
             ("session_ttl_secs", self.session_ttl_secs),
+            (
+                "live_transcript_max_connections",
+                self.live_transcript_max_connections as u64,
+            ),
+            (
+                "live_transcript_messages_per_sec",
+                u64::from(self.live_transcript_messages_per_sec),
+            ),
             ("webhook_timeout_secs", self.webhook_timeout_secs),
             ("webhook_concurrency", self.webhook_concurrency as u64),
             ("webhook_poll_ms", self.webhook_poll_ms),

@@ -101,6 +101,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/speech-events/stream",
             get(routes::speech_stream::stream),
         )
+        .route(
+            "/live-transcript/{call_sid}",
+            get(routes::live_transcript::socket),
+        )
         .route("/v1/runtime", get(routes::runtime_socket::socket));
 
     Router::new()

@@ -21,6 +21,8 @@ pub enum Surface {
     native_conversation_sse,
     /// Seed 002 `GET /v1/speech-events/stream`.
     speech_sse,
+    /// Seed 003 `GET /live-transcript/{call_sid}`.
+    live_transcript_ws,
     /// `GET /v1/runtime`, the call runtimes' own socket.
     runtime_ws,
 }
@@ -31,6 +33,7 @@ impl Surface {
         Self::native_call_ws,
         Self::native_conversation_sse,
         Self::speech_sse,
+        Self::live_transcript_ws,
         Self::runtime_ws,
     ];
 }

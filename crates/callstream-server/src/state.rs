@@ -20,6 +20,8 @@ struct Inner {
     bus: Arc<dyn Bus>,
     commands: Arc<dyn CommandRouter>,
     metrics: Metrics,
+    /// Open live transcript sockets per call (seed 003's per-call limit).
+    transcript_sockets: DashMap<String, usize>,
     /// Each live call's sequencer and record snapshot.
     live: crate::live::LiveCalls,
     /// Cancelled when the server begins to shut down: streams watch it and close.
@@ -42,6 +44,7 @@ impl AppState {
             commands: backends.commands,
             metrics: Metrics::new(),
             live: crate::live::LiveCalls::default(),
+            transcript_sockets: DashMap::new(),
             shutdown,
             ingest_order: DashMap::new(),
         }))
@@ -67,6 +70,24 @@ impl AppState {
         &self.0.live
     }
 
+    /// Takes one of a call's `max` live transcript socket places, or `None` when all are taken;
+    /// the place is given back when the returned guard drops.
+    pub fn take_transcript_place(&self, call: &str, max: usize) -> Option<TranscriptPlace> {
+        let mut count = self
+            .0
+            .transcript_sockets
+            .entry(call.to_owned())
+            .or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(TranscriptPlace {
+            state: self.clone(),
+            call: call.to_owned(),
+        })
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
     }
@@ -90,5 +111,21 @@ impl AppState {
         self.0
             .ingest_order
             .remove_if(subject, |_, lock| Arc::strong_count(lock) == 1);
+    }
+}
+
+/// One open live transcript socket's place in its call's limit.
+pub struct TranscriptPlace {
+    state: AppState,
+    call: String,
+}
+
+impl Drop for TranscriptPlace {
+    fn drop(&mut self) {
+        let sockets = &self.state.0.transcript_sockets;
+        if let Some(mut count) = sockets.get_mut(&self.call) {
+            *count = count.saturating_sub(1);
+        }
+        sockets.remove_if(&self.call, |_, count| *count == 0);
     }
 }

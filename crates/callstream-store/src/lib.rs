@@ -293,6 +293,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>>;
 
+    /// The workspace's most recent call with this `external_id` (e.g. a Twilio Call SID).
+    async fn call_by_external_id(
+        &self,
+        workspace: &WorkspaceId,
+        external_id: &str,
+    ) -> Result<Option<Call>>;
+
     /// Assigns the next seqs of the call to `events`, records final transcript turns, and ends the
     /// call if the last event is terminal — all in one transaction.
     ///

@@ -363,6 +363,21 @@ impl Store for SqliteStore {
         rows.iter().map(call_row).collect()
     }
 
+    async fn call_by_external_id(
+        &self,
+        workspace: &WorkspaceId,
+        external_id: &str,
+    ) -> Result<Option<Call>> {
+        let row = sqlx::query(call_select!(
+            "WHERE workspace_id = $1 AND external_id = $2 ORDER BY started_at DESC LIMIT 1"
+        ))
+        .bind(workspace.as_str())
+        .bind(external_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(call_row).transpose()
+    }
+
     async fn append_call_events(
         &self,
         workspace: &WorkspaceId,

@@ -7,6 +7,7 @@
 //! subscribers it has. The server's handlers do the I/O and call these.
 
 pub mod control;
+pub mod live_transcript;
 pub mod native;
 pub mod runtime;
 pub mod speech;
@@ -26,4 +27,6 @@ pub mod slots {
     pub const NATIVE_CONVERSATION_SSE: FormatSlot = FormatSlot::new(2);
     /// Seed 002, STT/TTS event SSE frames.
     pub const SPEECH_SSE: FormatSlot = FormatSlot::new(3);
+    /// Seed 003, live transcript socket messages.
+    pub const LIVE_TRANSCRIPT: FormatSlot = FormatSlot::new(4);
 }

@@ -1,0 +1,272 @@
+//! Seed 003: `GET /live-transcript/{call_sid}`, the live transcript socket of a call found by its
+//! Twilio Call SID (the call's `external_id`). Frames and client messages are in
+//! `surfaces::live_transcript`.
+//!
+//! As the seed says, authentication problems are answered after the upgrade, by closing at once
+//! with 1008: a bad or missing key, another organisation's call, an unknown or malformed SID, and
+//! the 11th connection to one call. The key may come as `?token=`, as `Authorization: Bearer`,
+//! or as a WebSocket subprotocol (the offered protocol is echoed, as browsers require).
+//!
+//! Close codes, only those of the seed's table: 1000 when the call ends, 1001 when the server
+//! shuts down, 1002 for a protocol error, 1003 for binary or oversized messages, 1008 for
+//! access problems and clients that keep flooding, 1011 for a server error. 1006 is never sent
+//! (it means the connection dropped without a close).
+
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use bytes::Bytes;
+use callstream_bus::{Resume, SubscribeOptions, Topic};
+use callstream_core::{Call, CallStatus, KeyKind, Payload};
+use callstream_surfaces::live_transcript::{self as lt, ClientMessage};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::auth::{self, STREAM_TOKEN_PREFIX, query_token};
+use crate::error::ApiError;
+use crate::limit::TokenBucket;
+use crate::metrics::{OpenStream, Surface, SurfaceLabels};
+use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
+use crate::state::AppState;
+
+const LABELS: SurfaceLabels = SurfaceLabels {
+    surface: Surface::live_transcript_ws,
+};
+
+/// Why a connection is refused with 1008.
+type Refusal = &'static str;
+
+pub async fn socket(
+    State(state): State<AppState>,
+    Path(call_sid): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = require_upgrade(upgrade)?;
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let token = query_token(query.as_deref()).or(bearer).or_else(|| {
+        offered
+            .iter()
+            .find(|p| p.starts_with("pk_live_") || p.starts_with(STREAM_TOKEN_PREFIX))
+            .cloned()
+    });
+    let decision = decide(&state, &call_sid, token.as_deref()).await;
+    // A browser that offered subprotocols fails the handshake unless one is selected.
+    let upgrade = match offered.first() {
+        Some(first) => upgrade.protocols([first.clone()]),
+        None => upgrade,
+    };
+    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, decision, call_sid, socket)))
+}
+
+async fn decide(state: &AppState, call_sid: &str, token: Option<&str>) -> Result<Call, Refusal> {
+    if !lt::valid_call_sid(call_sid) {
+        return Err("invalid call SID: expected CA followed by 32 hexadecimal characters");
+    }
+    let token = token
+        .ok_or("authentication required: send ?token=, Authorization: Bearer, or a subprotocol")?;
+    let principal = if token.starts_with(STREAM_TOKEN_PREFIX) {
+        auth::authenticate_stream_token(state.store(), token).await
+    } else {
+        auth::authenticate(state.store(), token).await
+    }
+    .map_err(|_| "authentication failed")?;
+    if principal.kind != KeyKind::Api {
+        return Err("authentication failed: an API key is required");
+    }
+    let mut call = state
+        .store()
+        .call_by_external_id(&principal.workspace_id, call_sid)
+        .await
+        .map_err(|_| "access denied")?
+        .ok_or("access denied: no such call in this organisation")?;
+    principal
+        .check_call(&call.id)
+        .map_err(|_| "access denied: the token is for another call")?;
+    state.live().overlay(&mut call);
+    Ok(call)
+}
+
+async fn run(
+    state: AppState,
+    decision: Result<Call, Refusal>,
+    call_sid: String,
+    mut socket: WebSocket,
+) {
+    let call = match decision {
+        Ok(call) => call,
+        Err(reason) => {
+            let _ = socket.send(close(close_code::POLICY, reason)).await;
+            return;
+        }
+    };
+    let config = state.config();
+    let Some(_place) =
+        state.take_transcript_place(call.id.as_str(), config.live_transcript_max_connections)
+    else {
+        let _ = socket
+            .send(close(
+                close_code::POLICY,
+                "too many connections to this call's transcript (at most 10)",
+            ))
+            .await;
+        return;
+    };
+    let metrics = state.metrics();
+    let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
+    let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
+
+    // Subscribe before reading the history, so nothing falls between them; live segments the
+    // history already holds are skipped by seq.
+    let options = SubscribeOptions {
+        queue_capacity: config.stream_queue_capacity,
+        dropped: metrics.frames_dropped.get_or_create(&LABELS).clone(),
+    };
+    let Ok(mut subscription) = state
+        .bus()
+        .subscribe(
+            &Topic::call(&call.workspace_id, &call.id),
+            Resume::Live,
+            options,
+        )
+        .await
+    else {
+        let _ = socket.send(close(close_code::ERROR, "server error")).await;
+        return;
+    };
+    let Ok(history) = state.store().transcript(&call.workspace_id, &call.id).await else {
+        let _ = socket.send(close(close_code::ERROR, "server error")).await;
+        return;
+    };
+    let history_seq = history.last().map_or(0, |t| t.seq);
+    let mut opening = vec![lt::established(&call_sid, call.status)];
+    opening.extend(history.iter().map(|t| {
+        lt::transcript(
+            &t.text,
+            t.role,
+            true,
+            t.confidence,
+            (t.segment_start, t.segment_end),
+            &t.ts,
+        )
+    }));
+    for frame in opening {
+        sent.inc();
+        if socket.send(text(frame)).await.is_err() {
+            return;
+        }
+    }
+    if !call.status.is_active() {
+        let _ = socket.send(text(lt::status(&call_sid, call.status))).await;
+        let _ = socket
+            .send(close(close_code::NORMAL, "the call has ended"))
+            .await;
+        return;
+    }
+
+    let mut bucket = TokenBucket::new(config.live_transcript_messages_per_sec);
+    let mut over_limit_since: Option<Instant> = None;
+    let mut ping = tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let shutdown = state.shutdown().clone();
+    let mut saw_end = false;
+    loop {
+        let outgoing = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                return;
+            }
+            event = subscription.next() => match event {
+                Some(event) => {
+                    let skip = matches!(&event.envelope().payload, Payload::Transcription(t) if t.is_final)
+                        && event.seq() <= history_seq;
+                    saw_end |= event.envelope().payload.is_terminal();
+                    match lt::frame(&event, &call_sid) {
+                        Some(frame) if !skip => {
+                            sent.inc();
+                            text(frame)
+                        }
+                        _ => continue,
+                    }
+                }
+                None => {
+                    // The call ended; its status went out with its last event unless that was
+                    // dropped for a full queue.
+                    if !saw_end
+                        && let Ok(Some(ended)) = state.store().call(&call.workspace_id, &call.id).await
+                        && ended.status != CallStatus::InProgress
+                    {
+                        let _ = socket.send(text(lt::status(&call_sid, ended.status))).await;
+                    }
+                    let _ = socket.send(close(close_code::NORMAL, "the call has ended")).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Ok(Message::Close(_))) => return,
+                Some(Err(err)) => {
+                    let (code, reason) = if is_too_big(err) {
+                        (close_code::UNSUPPORTED, "message too big")
+                    } else {
+                        (close_code::PROTOCOL, "protocol error")
+                    };
+                    let _ = socket.send(close(code, reason)).await;
+                    return;
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = socket.send(close(close_code::UNSUPPORTED, "binary messages are not accepted; send JSON text")).await;
+                    return;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(message))) => {
+                    if !bucket.take() {
+                        // Refused with an error; a client still over the limit after 10 s is closed.
+                        let since = *over_limit_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(10) {
+                            let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
+                            return;
+                        }
+                        text(lt::error(&format!(
+                            "rate limit: at most {} messages per second",
+                            config.live_transcript_messages_per_sec
+                        )))
+                    } else {
+                        over_limit_since = None;
+                        match lt::parse(message.as_str()) {
+                            Ok(ClientMessage::Ping) => text(lt::pong()),
+                            Ok(ClientMessage::GetStatus) => match state.store().call(&call.workspace_id, &call.id).await {
+                                Ok(Some(now)) => text(lt::status(&call_sid, now.status)),
+                                _ => {
+                                    let _ = socket.send(close(close_code::ERROR, "server error")).await;
+                                    return;
+                                }
+                            },
+                            Err(message) => text(lt::error(&message)),
+                        }
+                    }
+                }
+            },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
+        if socket.send(outgoing).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Seed 003: the live transcript socket by Twilio Call SID.
+
+use futures::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{
+    TestServer, Ws, WsEvent, WsMessage, completed, transcription, ws_connect, ws_json, ws_next,
+    ws_send,
+};
+
+const SID: &str = "CA0123456789abcdef0123456789abcdef";
+
+async fn call_with_sid(ts: &TestServer, sid: &str) -> String {
+    let (status, call) = ts
+        .post("/v1/calls", &ts.acme.runtime, &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip", "external_id": sid}))
+        .await;
+    assert_eq!(status, 201);
+    call["id"].as_str().unwrap().to_owned()
+}
+
+async fn open(ts: &TestServer, sid: &str, key: &str) -> Ws {
+    ws_connect(
+        &ts.ws_url(&format!("/live-transcript/{sid}?token={key}")),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn history_then_live_segments_then_status_and_close() {
+    let ts = TestServer::start().await;
+    let id = call_with_sid(&ts, SID).await;
+    ts.ingest(
+        &id,
+        json!([
+            transcription("user", "Hel", false, "trn_1"),
+            transcription("user", "Hello there", true, "trn_1"),
+            transcription("agent", "Hi! How can I help?", true, "trn_2"),
+        ]),
+    )
+    .await;
+    let mut ws = open(&ts, SID, &ts.acme.api).await;
+    let hello = ws_json(&mut ws).await;
+    assert_eq!(
+        hello,
+        json!({"type": "connection_established", "call_sid": SID, "status": "in-progress"})
+    );
+    let first = ws_json(&mut ws).await;
+    assert_eq!(
+        (
+            first["content"].as_str(),
+            first["speaker"].as_str(),
+            first["is_final"].as_bool()
+        ),
+        (Some("Hello there"), Some("user"), Some(true))
+    );
+    assert_eq!(ws_json(&mut ws).await["speaker"], "assistant");
+
+    ts.ingest(&id, json!([
+        {"event_type": "call.transcription", "payload": {"role": "user", "text": "What", "is_final": false, "turn_id": "trn_3", "confidence": 0.8, "segment_start": 5.0, "segment_end": 5.4}},
+        transcription("user", "What time?", true, "trn_3"),
+    ]))
+    .await;
+    let partial = ws_json(&mut ws).await;
+    assert_eq!(partial["type"], "transcript");
+    assert_eq!(
+        (
+            partial["is_final"].as_bool(),
+            partial["confidence"].as_f64(),
+            partial["segment_start"].as_f64()
+        ),
+        (Some(false), Some(0.8), Some(5.0))
+    );
+    assert!(partial["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(ws_json(&mut ws).await["content"], "What time?");
+
+    ws_send(&mut ws, &json!({"type": "ping"})).await;
+    assert_eq!(ws_json(&mut ws).await, json!({"type": "pong"}));
+    ws_send(&mut ws, &json!({"type": "get_status"})).await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"type": "call_status", "call_sid": SID, "status": "in-progress"})
+    );
+    ws.send(WsMessage::Text("{oops".into())).await.unwrap();
+    assert_eq!(ws_json(&mut ws).await["type"], "error");
+
+    ts.ingest(&id, completed()).await;
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"type": "call_status", "call_sid": SID, "status": "completed"})
+    );
+    assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1000));
+}
+
+#[tokio::test]
+async fn the_key_may_come_in_a_header_or_a_subprotocol() {
+    let ts = TestServer::start().await;
+    call_with_sid(&ts, SID).await;
+    let mut ws = ws_connect(
+        &ts.ws_url(&format!("/live-transcript/{SID}")),
+        Some(&ts.acme.api),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+    let mut request = ts
+        .ws_url(&format!("/live-transcript/{SID}"))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", ts.acme.api.parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        ts.acme.api.as_str(),
+        "the offered protocol is echoed"
+    );
+    assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+}
+
+#[tokio::test]
+async fn access_problems_close_1008_at_once() {
+    let ts = TestServer::start().await;
+    call_with_sid(&ts, SID).await;
+    let cases = [
+        format!("/live-transcript/{SID}?token=pk_live_wrong"),
+        format!("/live-transcript/{SID}"),
+        format!("/live-transcript/{SID}?token={}", ts.other.api),
+        format!("/live-transcript/{SID}?token={}", ts.acme.runtime),
+        format!(
+            "/live-transcript/CA{}?token={}",
+            "f".repeat(32),
+            ts.acme.api
+        ),
+        format!("/live-transcript/not-a-sid?token={}", ts.acme.api),
+    ];
+    for path in cases {
+        let mut ws = ws_connect(&ts.ws_url(&path), None).await.unwrap();
+        assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1008), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn ten_connections_per_call_then_1008_and_binary_is_1003() {
+    let ts = TestServer::start().await;
+    call_with_sid(&ts, SID).await;
+    let mut open_sockets = Vec::new();
+    for _ in 0..10 {
+        let mut ws = open(&ts, SID, &ts.acme.api).await;
+        assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+        open_sockets.push(ws);
+    }
+    let mut eleventh = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_next(&mut eleventh).await, WsEvent::Close(1008));
+    // One leaves (binary is refused with 1003); its place is free again.
+    let mut leaving = open_sockets.pop().unwrap();
+    leaving
+        .send(WsMessage::Binary(vec![1].into()))
+        .await
+        .unwrap();
+    assert_eq!(ws_next(&mut leaving).await, WsEvent::Close(1003));
+    drop(leaving);
+    let mut again = None;
+    for _ in 0..50 {
+        let mut ws = open(&ts, SID, &ts.acme.api).await;
+        if let WsEvent::Json(hello) = ws_next(&mut ws).await {
+            assert_eq!(hello["type"], "connection_established");
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a freed place can be taken");
+}
+
+#[tokio::test]
+async fn a_flood_gets_rate_limit_errors_and_the_socket_stays() {
+    let ts = TestServer::start_with(|c| c.live_transcript_messages_per_sec = 10).await;
+    let id = call_with_sid(&ts, SID).await;
+    let mut ws = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+    for _ in 0..40 {
+        ws.feed(WsMessage::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..40 {
+        let m = ws_json(&mut ws).await;
+        match m["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert!(m["message"].as_str().unwrap().contains("rate limit"));
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        pongs >= 10 && limited >= 20,
+        "{pongs} pongs, {limited} limited"
+    );
+    ts.ingest(&id, transcription("user", "still here", true, "trn_9"))
+        .await;
+    assert_eq!(ws_json(&mut ws).await["content"], "still here");
+}
+
+#[tokio::test]
+async fn shutdown_closes_1001() {
+    let ts = TestServer::start().await;
+    call_with_sid(&ts, SID).await;
+    let mut ws = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+    ts.server().shutdown();
+    assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1001));
+}
