@@ -105,6 +105,7 @@ pub fn app(state: AppState) -> Router {
             "/live-transcript/{call_sid}",
             get(routes::live_transcript::socket),
         )
+        .route("/ws/v1/liveCalls", get(routes::live_calls::socket))
         .route("/v1/runtime", get(routes::runtime_socket::socket));
 
     Router::new()

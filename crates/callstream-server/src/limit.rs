@@ -1,4 +1,5 @@
-//! A token bucket: the per-connection message rate limit.
+//! The per-connection message rate limit: a token bucket, and the rule that closes a client that
+//! keeps flooding.
 
 use std::time::Duration;
 
@@ -41,6 +42,58 @@ impl TokenBucket {
     }
 }
 
+/// What a socket does with one client message under its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limit: serve it.
+    Serve,
+    /// Over the limit: refuse this message, keep the socket.
+    Refuse,
+    /// Over the limit for more than the allowed run of whole seconds: close the socket.
+    Close,
+}
+
+/// A token bucket plus the flood rule: a client over the limit in more than `close_after`
+/// consecutive seconds is closed; short bursts are only refused.
+pub struct FloodGuard {
+    bucket: TokenBucket,
+    started: Instant,
+    last_limited_second: Option<u64>,
+    run: u32,
+    close_after: u32,
+}
+
+impl FloodGuard {
+    pub fn new(rate: u32, close_after_secs: u32) -> Self {
+        Self {
+            bucket: TokenBucket::new(rate),
+            started: Instant::now(),
+            last_limited_second: None,
+            run: 0,
+            close_after: close_after_secs,
+        }
+    }
+
+    pub fn check(&mut self) -> Verdict {
+        if self.bucket.take() {
+            return Verdict::Serve;
+        }
+        let second = Instant::now().duration_since(self.started).as_secs();
+        if self.last_limited_second != Some(second) {
+            self.run = match self.last_limited_second {
+                Some(prev) if prev + 1 == second => self.run + 1,
+                _ => 1,
+            };
+            self.last_limited_second = Some(second);
+        }
+        if self.run > self.close_after {
+            Verdict::Close
+        } else {
+            Verdict::Refuse
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +107,27 @@ mod tests {
         let refilled = (0..250).filter(|_| bucket.take()).count();
         assert_eq!(refilled, 50);
         assert!(bucket.wait() > Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_refused_and_a_long_flood_is_closed() {
+        let mut guard = FloodGuard::new(10, 2);
+        let verdicts: Vec<Verdict> = (0..20).map(|_| guard.check()).collect();
+        assert_eq!(
+            verdicts.iter().filter(|v| **v == Verdict::Serve).count(),
+            10
+        );
+        assert!(verdicts[10..].iter().all(|v| *v == Verdict::Refuse));
+        // A pause resets the run.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(guard.check(), Verdict::Serve);
+        let mut last = Verdict::Serve;
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            for _ in 0..50 {
+                last = guard.check();
+            }
+        }
+        assert_eq!(last, Verdict::Close);
     }
 }

@@ -23,6 +23,8 @@ pub enum Surface {
     speech_sse,
     /// Seed 003 `GET /live-transcript/{call_sid}`.
     live_transcript_ws,
+    /// Seed 001 `GET /ws/v1/liveCalls`.
+    live_calls_ws,
     /// `GET /v1/runtime`, the call runtimes' own socket.
     runtime_ws,
 }
@@ -34,6 +36,7 @@ impl Surface {
         Self::native_conversation_sse,
         Self::speech_sse,
         Self::live_transcript_ws,
+        Self::live_calls_ws,
         Self::runtime_ws,
     ];
 }

@@ -153,6 +153,18 @@ fn plan(seed: u64, rounds: usize) -> CallPlan {
 
     let mut steps = Vec::new();
     let mut clock = Clock { now: 0.0 };
+    // The screening phase: the runtime vets the other party before the dialog proper (seed 001's
+    // `event:end`). No randomness here, so a seed plans the same call it did before screening.
+    let screening = if direction == "inbound" {
+        "Screening passed: the caller is a person and asked for support"
+    } else {
+        "Screening passed: a person answered the call"
+    };
+    steps.push(wait_then(
+        400,
+        vec![event("call.screening_ended", json!({ "msg": screening }))],
+        &mut clock,
+    ));
     let mut exchanges = 0usize;
     for round in 0..rounds {
         let dialog = DIALOGS[(seed as usize + round) % DIALOGS.len()];
@@ -336,6 +348,19 @@ mod tests {
                 types
                     .iter()
                     .filter(|t| **t == "call.completed" || **t == "call.failed")
+                    .count(),
+                1
+            );
+            let screening = types.iter().position(|t| *t == "call.screening_ended");
+            let first_turn = types.iter().position(|t| *t == "call.transcription");
+            assert!(
+                screening.is_some() && screening < first_turn,
+                "seed {seed}: screening must end once, before the dialog"
+            );
+            assert_eq!(
+                types
+                    .iter()
+                    .filter(|t| **t == "call.screening_ended")
                     .count(),
                 1
             );

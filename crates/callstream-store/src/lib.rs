@@ -293,6 +293,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>>;
 
+    /// The workspace's call whose live conversation token this is.
+    async fn call_by_live_token(
+        &self,
+        workspace: &WorkspaceId,
+        token: &str,
+    ) -> Result<Option<Call>>;
+
     /// The workspace's most recent call with this `external_id` (e.g. a Twilio Call SID).
     async fn call_by_external_id(
         &self,

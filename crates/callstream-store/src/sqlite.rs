@@ -363,6 +363,21 @@ impl Store for SqliteStore {
         rows.iter().map(call_row).collect()
     }
 
+    async fn call_by_live_token(
+        &self,
+        workspace: &WorkspaceId,
+        token: &str,
+    ) -> Result<Option<Call>> {
+        let row = sqlx::query(call_select!(
+            "WHERE workspace_id = $1 AND live_conversation_token = $2"
+        ))
+        .bind(workspace.as_str())
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(call_row).transpose()
+    }
+
     async fn call_by_external_id(
         &self,
         workspace: &WorkspaceId,

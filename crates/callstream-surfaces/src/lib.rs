@@ -7,6 +7,7 @@
 //! subscribers it has. The server's handlers do the I/O and call these.
 
 pub mod control;
+pub mod live_calls;
 pub mod live_transcript;
 pub mod native;
 pub mod runtime;
@@ -29,4 +30,6 @@ pub mod slots {
     pub const SPEECH_SSE: FormatSlot = FormatSlot::new(3);
     /// Seed 003, live transcript socket messages.
     pub const LIVE_TRANSCRIPT: FormatSlot = FormatSlot::new(4);
+    /// Seed 001, live-call control socket messages.
+    pub const LIVE_CALLS: FormatSlot = FormatSlot::new(5);
 }

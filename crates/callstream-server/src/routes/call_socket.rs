@@ -26,7 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::{BrowserPrincipal, url_pairs};
 use crate::error::ApiError;
-use crate::limit::TokenBucket;
+use crate::limit::{FloodGuard, Verdict};
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::sse_stream::COALESCE_MAX_FRAMES;
 use crate::routes::{CallPath, IdPath, load_call};
@@ -207,17 +207,16 @@ impl Session {
         }
 
         let config = self.state.config();
-        let mut bucket = TokenBucket::new(config.ws_client_messages_per_sec);
+        let mut guard = FloodGuard::new(
+            config.ws_client_messages_per_sec,
+            config.ws_flood_close_secs,
+        );
         let in_flight = Arc::new(Semaphore::new(config.ws_max_commands_in_flight));
         let (replies, mut reply_rx) =
             mpsc::channel::<Bytes>(config.ws_max_commands_in_flight.max(1));
         let mut ping =
             tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Seconds (since the socket opened) in which the client went over the limit, in a row.
-        let started = Instant::now();
-        let mut last_limited_second: Option<u64> = None;
-        let mut flood_seconds = 0u32;
         let shutdown = self.state.shutdown().clone();
         let expiry = tokio::time::sleep(until(self.expires_at));
         tokio::pin!(expiry);
@@ -286,25 +285,15 @@ impl Session {
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Text(message))) => {
-                        if bucket.take() {
+                        let verdict = guard.check();
+                        if verdict == Verdict::Serve {
                             match self.handle(message.as_str(), &in_flight, &replies) {
                                 Some(frame) => text(frame),
                                 None => continue,
                             }
                         } else {
                             limited.inc();
-                            // A client still over the limit after `ws_flood_close_secs` seconds in a row
-                            // is closed; short bursts are only refused.
-                            let now = Instant::now();
-                            let second = now.duration_since(started).as_secs();
-                            if last_limited_second != Some(second) {
-                                flood_seconds = match last_limited_second {
-                                    Some(prev) if prev + 1 == second => flood_seconds + 1,
-                                    _ => 1,
-                                };
-                                last_limited_second = Some(second);
-                            }
-                            if flood_seconds > config.ws_flood_close_secs {
+                            if verdict == Verdict::Close {
                                 let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
                                 return;
                             }

@@ -5,6 +5,7 @@ pub mod call_socket;
 pub mod calls;
 pub mod conversations;
 pub mod demo;
+pub mod live_calls;
 pub mod live_transcript;
 pub mod ops;
 pub mod runtime_socket;

@@ -10,6 +10,7 @@ mod cli;
 mod conversations;
 mod ingest;
 mod lifecycle;
+mod live_calls;
 mod live_transcript;
 mod simulator;
 mod sockets;

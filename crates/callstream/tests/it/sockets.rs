@@ -8,50 +8,14 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TestServer, Ws, WsEvent, WsMessage, completed, transcription, ws_connect, ws_json, ws_next,
-    ws_send,
+    TestServer, Ws, WsEvent, WsMessage, completed, obedient_runtime, transcription, ws_connect,
+    ws_json, ws_next, ws_send,
 };
 
 async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
     ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
         .await
         .unwrap()
-}
-
-/// A test runtime on `/v1/runtime` that obeys commands the way a real one would: it ingests the
-/// event a command causes, then reports the result.
-async fn obedient_runtime(ts: &TestServer) -> tokio::task::JoinHandle<()> {
-    let mut ws = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        loop {
-            let WsEvent::Json(m) = ws_next(&mut ws).await else {
-                return;
-            };
-            if m["type"] != "command" {
-                continue;
-            }
-            let event = match m["command"].as_str().unwrap() {
-                "send_dtmf" => {
-                    json!({"event_type": "call.dtmf", "payload": {"digits": m["digits"]}})
-                }
-                "end_call" => completed(),
-                "join_call" => {
-                    json!({"event_type": "call.transferred", "payload": {"to": m["user_id"], "user_id": m["user_id"]}})
-                }
-                other => panic!("unexpected command {other}"),
-            };
-            ws_send(&mut ws, &json!({"type": "events", "ref": m["command_id"], "call_id": m["call_id"], "events": [event]})).await;
-            let accepted = ws_json(&mut ws).await;
-            assert_eq!(accepted["type"], "accepted", "{accepted}");
-            ws_send(
-                &mut ws,
-                &json!({"type": "command_result", "command_id": m["command_id"], "ok": true}),
-            )
-            .await;
-        }
-    })
 }
 
 #[tokio::test]
