@@ -17,5 +17,5 @@ pub use event::{Envelope, EventError, EventType, Payload, Subject};
 pub use id::{CallId, ConversationId, EventId, Id, IdError, KeyId, TurnId, WorkspaceId};
 pub use model::{
     Call, CallStatus, Channel, Conversation, ConversationMode, Direction, KeyKind, ModelError,
-    Phone, Transport, Workspace,
+    Phone, Screening, Transport, Workspace,
 };

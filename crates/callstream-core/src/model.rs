@@ -210,6 +210,17 @@ pub struct Call {
     pub ended_at: Option<DateTime<Utc>>,
     /// The seq of the last event published for this call (0 before any).
     pub last_seq: u64,
+    /// How the call's screening phase ended; `None` while the call is still being screened
+    /// (every call starts in its screening phase) or had none.
+    pub screening: Option<Screening>,
+}
+
+/// The end of a call's screening phase, from its `call.screening_ended` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Screening {
+    #[serde(with = "time::millis")]
+    pub ended_at: DateTime<Utc>,
+    pub msg: String,
 }
 
 impl Call {

@@ -4,8 +4,8 @@
 //! `reserve_call_seqs` moves the stored `last_seq` a block ahead, and this node numbers that many
 //! events in memory. An event that needs nothing durable (a partial transcript, a metric, with no
 //! webhook endpoint to queue for) is then sequenced and published with no database round trip;
-//! final turns, the call's end and webhook outbox rows are still written in one transaction
-//! before the event is published. After a crash the next process reserves after the whole block,
+//! final turns, the end of screening, the call's end and webhook outbox rows are still written
+//! in one transaction before the event is published. After a crash the next process reserves after the whole block,
 //! so a seq is never reused (a client may see a gap, which resume reports). A clean shutdown,
 //! and a call's end, give the unused rest of the block back.
 //!
@@ -177,6 +177,7 @@ impl LiveCalls {
         }
         let durable = envelopes.iter().any(|e| match &e.payload {
             Payload::Transcription(t) => t.is_final,
+            Payload::ScreeningEnded(_) => true,
             p => p.is_terminal(),
         }) || self.has_webhooks(store, workspace).await?;
         if durable

@@ -6,7 +6,7 @@ use callstream_core::event::Role;
 use callstream_core::id::KeyId;
 use callstream_core::{
     Call, CallId, CallStatus, Channel, Conversation, ConversationId, ConversationMode, Direction,
-    Envelope, KeyKind, Payload, Phone, Subject, Transport, Workspace, WorkspaceId, time,
+    Envelope, KeyKind, Payload, Phone, Screening, Subject, Transport, Workspace, WorkspaceId, time,
 };
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
@@ -114,7 +114,30 @@ fn call_row(row: &SqliteRow) -> Result<Call> {
         started_at: ts(row.try_get("started_at")?)?,
         ended_at: ts_opt(row.try_get("ended_at")?)?,
         last_seq: seq_of(row.try_get("last_seq")?),
+        screening: match (
+            ts_opt(row.try_get("screening_ended_at")?)?,
+            row.try_get::<Option<String>, _>("screening_msg")?,
+        ) {
+            (Some(ended_at), Some(msg)) => Some(Screening { ended_at, msg }),
+            _ => None,
+        },
     })
+}
+
+/// Ends the call's screening phase, the first time only.
+async fn end_screening(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    call: &CallId,
+    at: &DateTime<Utc>,
+    msg: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE calls SET screening_ended_at = $1, screening_msg = $2 WHERE id = $3 AND screening_ended_at IS NULL")
+        .bind(time::format(at))
+        .bind(msg)
+        .bind(call.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 fn turn_row(row: &SqliteRow) -> Result<TranscriptTurn> {
@@ -158,7 +181,8 @@ macro_rules! call_select {
     ($rest:literal $(,)?) => {
         concat!(
             "SELECT id, workspace_id, phone, direction, transport, external_id, status, \
-             live_conversation_token, started_at, ended_at, last_seq FROM calls ",
+             live_conversation_token, started_at, ended_at, last_seq, screening_ended_at, \
+             screening_msg FROM calls ",
             $rest
         )
     };
@@ -441,6 +465,9 @@ impl Store for SqliteStore {
                 }
                 Payload::Completed(_) => end = Some((CallStatus::Completed, event.timestamp)),
                 Payload::Failed(_) => end = Some((CallStatus::Failed, event.timestamp)),
+                Payload::ScreeningEnded(screening) => {
+                    end_screening(&mut tx, call_id, &event.timestamp, &screening.msg).await?;
+                }
                 _ => {}
             }
             let mut env = Envelope::new(
@@ -531,6 +558,9 @@ impl Store for SqliteStore {
                     end = Some((CallStatus::Completed, env.timestamp, env.seq))
                 }
                 Payload::Failed(_) => end = Some((CallStatus::Failed, env.timestamp, env.seq)),
+                Payload::ScreeningEnded(screening) => {
+                    end_screening(&mut tx, call_id, &env.timestamp, &screening.msg).await?;
+                }
                 _ => {}
             }
         }
@@ -1076,6 +1106,7 @@ mod tests {
             external_id: Some("CA0123".into()),
             status: CallStatus::InProgress,
             live_conversation_token: Call::new_live_conversation_token(),
+            screening: None,
             started_at: time::now(),
             ended_at: None,
             last_seq: 0,

@@ -22,6 +22,10 @@ pub fn start(phone: &str, at: &DateTime<Utc>) -> Bytes {
     msg(&json!({"type": "event:start", "phone": phone, "timestamp": time::format(at)}))
 }
 
+pub fn screening_end(description: &str) -> Bytes {
+    msg(&json!({"type": "event:end", "msg": description}))
+}
+
 pub fn call_end(at: &DateTime<Utc>) -> Bytes {
     msg(&json!({"type": "event:callEnd", "timestamp": time::format(at)}))
 }
@@ -38,7 +42,7 @@ pub fn error(description: &str) -> Bytes {
 /// carry. Transcript updates are the final turns (a partial would repeat itself in `msg`).
 pub fn frame(event: &Event) -> Option<Bytes> {
     event.encoded(slots::LIVE_CALLS, |env| match &env.payload {
-        Payload::ScreeningEnded(s) => Some(msg(&json!({"type": "event:end", "msg": s.msg}))),
+        Payload::ScreeningEnded(s) => Some(screening_end(&s.msg)),
         Payload::Transcription(t) if t.is_final => {
             let role = match t.role {
                 Role::User => "user",

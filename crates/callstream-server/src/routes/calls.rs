@@ -55,6 +55,7 @@ pub async fn create(
         started_at: time::now(),
         ended_at: None,
         last_seq: 0,
+        screening: None,
     };
     state.store().create_call(&call).await?;
     let started = Payload::CallStarted(callstream_core::event::CallStarted {
@@ -99,7 +100,7 @@ pub async fn ingest_events(
     ))
 }
 
-/// `GET /v1/calls?status=&since=&limit=`: the call log, newest first.
+/// `GET /v1/calls?status=&since=&limit=&case=`: the call log, newest first.
 pub async fn list(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -109,6 +110,7 @@ pub async fn list(
         limit: DEFAULT_LIST_LIMIT,
         ..Default::default()
     };
+    let mut case = Case::Snake;
     for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
         match key.as_str() {
             "status" => {
@@ -130,6 +132,7 @@ pub async fn list(
                         ApiError::bad_request(format!("limit: expected 1 to {MAX_LIST_LIMIT}"))
                     })?;
             }
+            "case" => case = Case::parse(&value)?,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "{other}: unknown query parameter"
@@ -141,17 +144,82 @@ pub async fn list(
     for call in &mut calls {
         state.live().overlay(call);
     }
+    let calls: Vec<Value> = calls.iter().map(|c| case.view(c)).collect();
     Ok(Json(json!({ "calls": calls })))
 }
 
-/// `GET /v1/calls/{id}`: one call log entry.
+/// `GET /v1/calls/{id}?case=`: one call log entry.
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
     IdPath(id): CallPath,
+    RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
+    let mut case = Case::Snake;
+    for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
+        match key.as_str() {
+            "case" => case = Case::parse(&value)?,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown query parameter"
+                )));
+            }
+        }
+    }
     let call = load_call(&state, &who.workspace_id, &id).await?;
-    Ok(Json(call))
+    Ok(Json(case.view(&call)))
+}
+
+/// How the call log names its fields: snake_case, callstream's own, or camelCase (`?case=camel`)
+/// for clients written against camelCase contracts such as seed 001, which calls the live
+/// conversation token `liveConversationToken`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Snake,
+    Camel,
+}
+
+impl Case {
+    fn parse(value: &str) -> Result<Self, ApiError> {
+        match value {
+            "snake" => Ok(Self::Snake),
+            "camel" => Ok(Self::Camel),
+            _ => Err(ApiError::bad_request("case: expected snake or camel")),
+        }
+    }
+
+    fn view(self, call: &Call) -> Value {
+        let value = serde_json::to_value(call).unwrap_or(Value::Null);
+        match self {
+            Self::Snake => value,
+            Self::Camel => camel_keys(value),
+        }
+    }
+}
+
+fn camel_keys(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, v)| {
+                    let mut out = String::with_capacity(key.len());
+                    let mut upper = false;
+                    for c in key.chars() {
+                        if c == '_' {
+                            upper = true;
+                        } else if upper {
+                            out.extend(c.to_uppercase());
+                            upper = false;
+                        } else {
+                            out.push(c);
+                        }
+                    }
+                    (out, camel_keys(v))
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// `GET /v1/calls/{id}/transcript`: the final turns so far.

@@ -9,7 +9,8 @@
 //! must be `major.minor.patch` when sent, and `X-User-Id`, the logged-in user, who becomes the
 //! user a `client:joinCall` transfers the call to.
 //!
-//! After the upgrade: `event:start` at once; then `event:end` when screening ends, `transcript`
+//! After the upgrade: `event:start` at once (and `event:end` right after it when screening had
+//! already ended); then `event:end` when screening ends, `transcript`
 //! for each final turn, and `event:callEnd` when the call ends, after which the socket closes
 //! with 1000. `client:joinCall` and `client:endCall` are carried out on the call through the
 //! runtime and answered with `ack` (`ackId`), or `error` with a `description`. Malformed
@@ -24,7 +25,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use callstream_bus::{Resume, SubscribeOptions, Topic};
-use callstream_core::{Call, Command, time};
+use callstream_core::{Call, Command, Payload, time};
 use callstream_surfaces::live_calls::{self as lc, Request};
 use futures::SinkExt;
 use tokio::sync::{Semaphore, mpsc};
@@ -141,11 +142,38 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
         let _ = socket.send(close(close_code::ERROR, "server error")).await;
         return;
     };
-    if socket
-        .send(text(lc::start(call.phone.as_str(), &call.started_at)))
-        .await
-        .is_err()
-    {
+    // Read the call again now that the subscription is open: the end of screening (and the
+    // call's end) are recorded before they are published, so what happened before this read is
+    // in the record, and what happens after reaches the subscription.
+    let call = match state.store().call(&call.workspace_id, &call.id).await {
+        Ok(Some(call)) => call,
+        _ => {
+            let _ = socket
+                .send(text(lc::error("the call could not be read")))
+                .await;
+            let _ = socket.send(close(close_code::ERROR, "server error")).await;
+            return;
+        }
+    };
+    let mut opening = vec![lc::start(call.phone.as_str(), &call.started_at)];
+    let mut screening_said = false;
+    if let Some(screening) = &call.screening {
+        opening.push(lc::screening_end(&screening.msg));
+        screening_said = true;
+    }
+    if let Some(ended_at) = call.ended_at.filter(|_| !call.status.is_active()) {
+        opening.push(lc::call_end(&ended_at));
+    }
+    for frame in opening {
+        sent.inc();
+        if socket.send(text(frame)).await.is_err() {
+            return;
+        }
+    }
+    if !call.status.is_active() {
+        let _ = socket
+            .send(close(close_code::NORMAL, "the call has ended"))
+            .await;
         return;
     }
     let mut guard = FloodGuard::new(
@@ -169,7 +197,14 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
             Some(reply) = reply_rx.recv() => text(reply),
             event = subscription.next() => match event {
                 Some(event) => {
-                    ended |= event.envelope().payload.is_terminal();
+                    let payload = &event.envelope().payload;
+                    ended |= payload.is_terminal();
+                    if matches!(payload, Payload::ScreeningEnded(_)) {
+                        if screening_said {
+                            continue;
+                        }
+                        screening_said = true;
+                    }
                     match lc::frame(&event) {
                         Some(frame) => {
                             sent.inc();

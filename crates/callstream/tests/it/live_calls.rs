@@ -182,6 +182,23 @@ async fn start_screening_transcripts_and_call_end_in_the_seeds_shapes() {
         json!({"type": "transcript", "msg": "Hi! How can I help?", "role": "assistant"})
     );
 
+    // A client that connects after screening is told at once, and only once.
+    let mut late = open(&ts, &call, &[]).await;
+    assert_eq!(ws_json(&mut late).await["type"], "event:start");
+    assert_eq!(
+        ws_json(&mut late).await,
+        json!({"type": "event:end", "msg": "Screening passed"})
+    );
+    ts.ingest(
+        id,
+        json!({"event_type": "call.screening_ended", "payload": {"msg": "again"}}),
+    )
+    .await;
+    ts.ingest(id, transcription("user", "Thanks", true, "trn_3"))
+        .await;
+    assert_eq!(ws_json(&mut late).await["msg"], "Thanks");
+    assert_eq!(ws_json(&mut ws).await["msg"], "Thanks");
+
     ts.ingest(id, completed()).await;
     let (rest, code) = until_close(&mut ws).await;
     assert_eq!(code, 1000);
@@ -353,5 +370,102 @@ async fn a_client_that_keeps_flooding_is_closed_1008_and_others_stay() {
         ts.metric("callstream_client_messages_rate_limited_total{surface=\"live_calls_ws\"}")
             .await
             > 0.0
+    );
+}
+
+#[tokio::test]
+async fn the_call_log_gives_the_token_and_the_screening_in_either_case() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    assert_eq!(
+        call["screening"],
+        Value::Null,
+        "every call starts in screening"
+    );
+
+    let (status, camel) = ts
+        .get(&format!("/v1/calls/{id}?case=camel"), &ts.acme.api)
+        .await;
+    assert_eq!(status, 200, "{camel}");
+    assert_eq!(
+        camel["liveConversationToken"],
+        call["live_conversation_token"]
+    );
+    assert_eq!(camel["workspaceId"], call["workspace_id"]);
+    assert_eq!(camel["startedAt"], call["started_at"]);
+    assert!(camel.get("live_conversation_token").is_none(), "{camel}");
+
+    ts.ingest(
+        id,
+        json!([
+            {"event_type": "call.screening_ended", "payload": {"msg": "Screening passed"}},
+            {"event_type": "call.screening_ended", "payload": {"msg": "a second end is ignored"}},
+        ]),
+    )
+    .await;
+    let (_, snake) = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
+    assert_eq!(snake["screening"]["msg"], "Screening passed");
+    assert!(
+        snake["screening"]["ended_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let (_, list) = ts
+        .get("/v1/calls?case=camel&status=in_progress", &ts.acme.api)
+        .await;
+    let entry = &list["calls"][0];
+    assert_eq!(
+        entry["liveConversationToken"],
+        call["live_conversation_token"]
+    );
+    assert_eq!(
+        entry["screening"]["endedAt"],
+        snake["screening"]["ended_at"]
+    );
+
+    for path in [
+        format!("/v1/calls/{id}?case=kebab"),
+        format!("/v1/calls/{id}?view=camel"),
+        "/v1/calls?case=CAMEL".to_owned(),
+    ] {
+        let (status, body) = ts.get(&path, &ts.acme.api).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_fails_is_a_500_that_says_nothing_of_its_insides() {
+    use sqlx::Connection;
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let token = call["live_conversation_token"].as_str().unwrap();
+    // Break the real database under the running server: the calls table goes away.
+    let path = ts.dir.path().join("callstream.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE calls RENAME TO calls_gone")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let r = ts
+        .http
+        .get(ts.url(&format!("/ws/v1/liveCalls?conversationToken={token}")))
+        .bearer_auth(&ts.acme.api)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_code"], "internal_error", "{body}");
+    assert!(
+        !body.to_string().contains("calls"),
+        "no SQL details leak: {body}"
     );
 }
