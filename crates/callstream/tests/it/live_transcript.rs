@@ -218,3 +218,81 @@ async fn shutdown_closes_1001() {
     ts.server().shutdown();
     assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1001));
 }
+
+#[tokio::test]
+async fn a_protocol_violation_closes_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ts = TestServer::start().await;
+    call_with_sid(&ts, SID).await;
+    let mut tcp = tokio::net::TcpStream::connect(ts.server().addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /live-transcript/{SID}?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        ts.acme.api
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The 101 and the connection-established message.
+    while !String::from_utf8_lossy(&seen).contains("connection_established") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 101"));
+    // A masked text frame with RSV1 set, which no extension was agreed for.
+    let mask = [1u8, 2, 3, 4];
+    let payload: Vec<u8> = b"hi"
+        .iter()
+        .zip(mask.iter().cycle())
+        .map(|(b, m)| b ^ m)
+        .collect();
+    let mut frame = vec![0xC1, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend_from_slice(&payload);
+    tcp.write_all(&frame).await.unwrap();
+    let mut reply = Vec::new();
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        if reply.len() >= 4 && reply[0] == 0x88 {
+            break;
+        }
+    }
+    assert!(
+        reply.len() >= 4 && reply[0] == 0x88,
+        "no close frame: {reply:?}"
+    );
+    assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002);
+}
+
+#[tokio::test]
+async fn a_server_error_while_answering_closes_1011() {
+    use sqlx::Connection;
+    let ts = TestServer::start().await;
+    call_with_sid(&ts, SID).await;
+    let mut ws = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+    // Break the real database under the running server, then ask for the status.
+    let path = ts.dir.path().join("callstream.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE calls RENAME TO calls_gone")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    ws_send(&mut ws, &json!({"type": "get_status"})).await;
+    assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1011));
+}
