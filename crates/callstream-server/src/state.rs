@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use callstream_bus::{Bus, CommandRouter};
+use callstream_bus::{Bus, BusError, CommandRouter, Resume, SubscribeOptions, Subscription, Topic};
 use callstream_store::Store;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SurfaceLabels};
 
 /// Cheap to clone: one `Arc` around everything.
 #[derive(Clone)]
@@ -60,6 +60,24 @@ impl AppState {
 
     pub fn bus(&self) -> &dyn Bus {
         self.0.bus.as_ref()
+    }
+
+    /// Subscribes a stream of `surface` to `topic`, with the configured queue and the surface's
+    /// dropped-frames counter.
+    ///
+    /// # Errors
+    /// When the bus cannot subscribe.
+    pub async fn subscribe(
+        &self,
+        topic: &Topic,
+        resume: Resume,
+        surface: &SurfaceLabels,
+    ) -> Result<Subscription, BusError> {
+        let options = SubscribeOptions {
+            queue_capacity: self.0.config.stream_queue_capacity,
+            dropped: self.0.metrics.frames_dropped.get_or_create(surface).clone(),
+        };
+        self.0.bus.subscribe(topic, resume, options).await
     }
 
     pub fn commands(&self) -> &dyn CommandRouter {

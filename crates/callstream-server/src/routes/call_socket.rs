@@ -17,7 +17,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Resume, SubscribeOptions, Subscription, Topic};
+use callstream_bus::{Resume, Subscription, Topic};
 use callstream_core::{CallId, KeyKind, WorkspaceId};
 use callstream_surfaces::{control, native};
 use futures::SinkExt;
@@ -89,19 +89,10 @@ pub async fn socket(
     let call = load_call(&state, &who.workspace_id, &id).await?;
     let upgrade = require_upgrade(upgrade)?;
     let topic = Topic::call(&who.workspace_id, &id);
-    let options = SubscribeOptions {
-        queue_capacity: state.config().stream_queue_capacity,
-        dropped: state
-            .metrics()
-            .frames_dropped
-            .get_or_create(&LABELS)
-            .clone(),
-    };
     // Subscribe before the upgrade so nothing published in between is missed. A call that has
     // ended gives a subscription that ends after its backlog.
     let subscription = state
-        .bus()
-        .subscribe(&topic, since.map_or(Resume::Live, Resume::After), options)
+        .subscribe(&topic, since.map_or(Resume::Live, Resume::After), &LABELS)
         .await
         .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
     let session = Session {

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use callstream_bus::{Event, Resume, SubscribeOptions, Topic};
+use callstream_bus::{Event, Resume, Topic};
 use callstream_core::event::ModeChanged;
 use callstream_core::{Channel, Conversation, ConversationId, ConversationMode, Payload, time};
 use callstream_store::{ConversationFilter, NewEvent};
@@ -213,21 +213,12 @@ pub async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(sse::last_event_id);
-    let options = SubscribeOptions {
-        queue_capacity: state.config().stream_queue_capacity,
-        dropped: state
-            .metrics()
-            .frames_dropped
-            .get_or_create(&LABELS)
-            .clone(),
-    };
     let topic = Topic::conversation(&who.workspace_id, &id);
     let mut subscription = state
-        .bus()
         .subscribe(
             &topic,
             resume_after.map_or(Resume::Live, Resume::After),
-            options,
+            &LABELS,
         )
         .await
         .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;

@@ -24,7 +24,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Resume, SubscribeOptions, Topic};
+use callstream_bus::{Resume, Topic};
 use callstream_core::{Call, Command, Payload, time};
 use callstream_surfaces::live_calls::{self as lc, Request};
 use futures::SinkExt;
@@ -123,16 +123,11 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
     let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
     let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
     let config = state.config();
-    let options = SubscribeOptions {
-        queue_capacity: config.stream_queue_capacity,
-        dropped: metrics.frames_dropped.get_or_create(&LABELS).clone(),
-    };
     let Ok(mut subscription) = state
-        .bus()
         .subscribe(
             &Topic::call(&call.workspace_id, &call.id),
             Resume::Live,
-            options,
+            &LABELS,
         )
         .await
     else {

@@ -20,7 +20,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Resume, SubscribeOptions, Topic};
+use callstream_bus::{Resume, Topic};
 use callstream_core::{Call, CallStatus, KeyKind, Payload};
 use callstream_surfaces::live_transcript::{self as lt, ClientMessage};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -134,16 +134,11 @@ async fn run(
 
     // Subscribe before reading the history, so nothing falls between them; live segments the
     // history already holds are skipped by seq.
-    let options = SubscribeOptions {
-        queue_capacity: config.stream_queue_capacity,
-        dropped: metrics.frames_dropped.get_or_create(&LABELS).clone(),
-    };
     let Ok(mut subscription) = state
-        .bus()
         .subscribe(
             &Topic::call(&call.workspace_id, &call.id),
             Resume::Live,
-            options,
+            &LABELS,
         )
         .await
     else {

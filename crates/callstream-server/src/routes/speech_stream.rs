@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use callstream_bus::{Event, Resume, SubscribeOptions, Topic};
+use callstream_bus::{Event, Resume, Topic};
 use callstream_core::{CallId, Payload};
 use callstream_surfaces::speech;
 
@@ -49,17 +49,8 @@ pub async fn stream(
             call.status
         )));
     }
-    let options = SubscribeOptions {
-        queue_capacity: state.config().stream_queue_capacity,
-        dropped: state
-            .metrics()
-            .frames_dropped
-            .get_or_create(&LABELS)
-            .clone(),
-    };
     let subscription = state
-        .bus()
-        .subscribe(&Topic::call(&who.workspace_id, &id), Resume::Live, options)
+        .subscribe(&Topic::call(&who.workspace_id, &id), Resume::Live, &LABELS)
         .await
         .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
     let prefix = VecDeque::from([speech::lifecycle("sse_init", id.as_str())]);

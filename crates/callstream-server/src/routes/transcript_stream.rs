@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use callstream_bus::{Resume, SubscribeOptions, Topic};
+use callstream_bus::{Resume, Topic};
 use callstream_core::{CallId, CallStatus, Payload, WorkspaceId};
 use callstream_store::TranscriptTurn;
 use callstream_surfaces::native::{self, TranscriptFrame};
@@ -45,19 +45,10 @@ pub async fn stream(
 
     let mut prefix = VecDeque::new();
     let subscription = if call.status.is_active() {
-        let options = SubscribeOptions {
-            queue_capacity: state.config().stream_queue_capacity,
-            dropped: state
-                .metrics()
-                .frames_dropped
-                .get_or_create(&LABELS)
-                .clone(),
-        };
         // Read the history too: it holds the in-flight turn, or what a resuming client missed.
         let topic = Topic::call(&who.workspace_id, &id);
         let mut sub = state
-            .bus()
-            .subscribe(&topic, Resume::After(resume_after.unwrap_or(0)), options)
+            .subscribe(&topic, Resume::After(resume_after.unwrap_or(0)), &LABELS)
             .await
             .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
         let history = sub.take_backlog();

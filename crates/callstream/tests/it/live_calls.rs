@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{
-    TestServer, Ws, WsEvent, WsMessage, completed, obedient_runtime, transcription, ws_connect,
-    ws_json, ws_next, ws_send,
+    TestServer, Ws, WsEvent, WsMessage, break_the_calls_table, completed, flood_until_closed,
+    obedient_runtime, transcription, ws_connect, ws_json, ws_next, ws_send,
 };
 
 /// Connects with the given headers; `Err(status)` when the server refuses the upgrade.
@@ -331,7 +331,6 @@ async fn bad_messages_get_errors_and_nothing_else_is_harmed() {
 
 #[tokio::test]
 async fn a_client_that_keeps_flooding_is_closed_1008_and_others_stay() {
-    use futures::StreamExt;
     let ts = TestServer::start_with(|c| {
         c.ws_client_messages_per_sec = 5;
         c.ws_flood_close_secs = 1;
@@ -341,28 +340,12 @@ async fn a_client_that_keeps_flooding_is_closed_1008_and_others_stay() {
     let id = call["id"].as_str().unwrap();
     let mut bystander = open(&ts, &call, &[]).await;
     assert_eq!(ws_json(&mut bystander).await["type"], "event:start");
-    let (mut sink, mut stream) = open(&ts, &call, &[]).await.split();
-    let close_code = tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            if let WsMessage::Close(frame) = message {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    });
-    // Binary frames, 100 a second, bounded to 5 s; the socket is closed after about 2.
-    for _ in 0..500 {
-        if sink
-            .send(WsMessage::Binary(vec![0; 8].into()))
-            .await
-            .is_err()
-            || close_code.is_finished()
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(close_code.await.unwrap(), Some(1008));
+    let ws = open(&ts, &call, &[]).await;
+    // 100 messages a second, bounded to 5 s; the socket is closed after about 2.
+    assert_eq!(
+        flood_until_closed(ws, |_| WsMessage::Binary(vec![0; 8].into())).await,
+        Some(1008)
+    );
     ts.ingest(id, transcription("user", "still here", true, "trn_1"))
         .await;
     assert_eq!(ws_json(&mut bystander).await["msg"], "still here");
@@ -437,19 +420,10 @@ async fn the_call_log_gives_the_token_and_the_screening_in_either_case() {
 
 #[tokio::test]
 async fn a_store_that_fails_is_a_500_that_says_nothing_of_its_insides() {
-    use sqlx::Connection;
     let ts = TestServer::start().await;
     let call = ts.create_call("sip").await;
     let token = call["live_conversation_token"].as_str().unwrap();
-    // Break the real database under the running server: the calls table goes away.
-    let path = ts.dir.path().join("callstream.db");
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE calls RENAME TO calls_gone")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    break_the_calls_table(&ts).await;
     let r = ts
         .http
         .get(ts.url(&format!("/ws/v1/liveCalls?conversationToken={token}")))

@@ -5,8 +5,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{
-    TestServer, Ws, WsEvent, WsMessage, completed, transcription, ws_connect, ws_json, ws_next,
-    ws_send,
+    TestServer, Ws, WsEvent, WsMessage, break_the_calls_table, completed, transcription,
+    ws_connect, ws_json, ws_next, ws_send,
 };
 
 const SID: &str = "CA0123456789abcdef0123456789abcdef";
@@ -279,20 +279,11 @@ async fn a_protocol_violation_closes_1002() {
 
 #[tokio::test]
 async fn a_server_error_while_answering_closes_1011() {
-    use sqlx::Connection;
     let ts = TestServer::start().await;
     call_with_sid(&ts, SID).await;
     let mut ws = open(&ts, SID, &ts.acme.api).await;
     assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
-    // Break the real database under the running server, then ask for the status.
-    let path = ts.dir.path().join("callstream.db");
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE calls RENAME TO calls_gone")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    break_the_calls_table(&ts).await;
     ws_send(&mut ws, &json!({"type": "get_status"})).await;
     assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1011));
 }

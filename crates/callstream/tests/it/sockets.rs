@@ -8,8 +8,8 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TestServer, Ws, WsEvent, WsMessage, completed, obedient_runtime, transcription, ws_connect,
-    ws_json, ws_next, ws_send,
+    TestServer, Ws, WsEvent, WsMessage, completed, flood_until_closed, obedient_runtime,
+    transcription, ws_connect, ws_json, ws_next, ws_send,
 };
 
 async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
@@ -668,7 +668,6 @@ async fn a_runtime_that_leaves_mid_command_or_refuses_is_reported() {
 
 #[tokio::test]
 async fn a_client_that_keeps_flooding_is_closed_1008() {
-    use futures::StreamExt;
     let ts = TestServer::start_with(|c| {
         c.ws_client_messages_per_sec = 5;
         c.ws_flood_close_secs = 1;
@@ -677,32 +676,15 @@ async fn a_client_that_keeps_flooding_is_closed_1008() {
     let call = ts.create_call("sip").await;
     let id = call["id"].as_str().unwrap();
     let mut bystander = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
-    let (mut sink, mut stream) = call_socket(&ts, id, &format!("token={}", ts.acme.api))
-        .await
-        .split();
-    let close_code = tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            if let WsMessage::Close(frame) = message {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    });
+    let ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
     // 100 messages a second, bounded to 5 s; the socket is closed after about 2.
-    for i in 0..500 {
-        if sink
-            .send(WsMessage::Text(
-                format!("{{\"type\":\"x\",\"id\":\"{i}\"}}").into(),
-            ))
-            .await
-            .is_err()
-            || close_code.is_finished()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(close_code.await.unwrap(), Some(1008));
+    assert_eq!(
+        flood_until_closed(ws, |i| {
+            WsMessage::Text(format!("{{\"type\":\"x\",\"id\":\"{i}\"}}").into())
+        })
+        .await,
+        Some(1008)
+    );
     ts.ingest(id, transcription("user", "still here", true, "trn_1"))
         .await;
     assert_eq!(

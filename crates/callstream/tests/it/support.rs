@@ -471,3 +471,39 @@ pub async fn obedient_runtime(ts: &TestServer) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+/// Sends `message(i)` 100 times a second, for at most 5 s, until the server closes the socket;
+/// returns the close code.
+pub async fn flood_until_closed(ws: Ws, message: impl Fn(usize) -> WsMessage) -> Option<u16> {
+    use futures::SinkExt;
+    let (mut sink, mut stream) = ws.split();
+    let close_code = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let WsMessage::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    });
+    for i in 0..500 {
+        if sink.send(message(i)).await.is_err() || close_code.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    close_code.await.unwrap()
+}
+
+/// Breaks the real database under the running server: its calls table goes away, so every
+/// read of a call fails as a store error.
+pub async fn break_the_calls_table(ts: &TestServer) {
+    use sqlx::Connection;
+    let path = ts.dir.path().join("callstream.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE calls RENAME TO calls_gone")
+        .execute(&mut db)
+        .await
+        .unwrap();
+}
