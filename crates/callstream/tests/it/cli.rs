@@ -9,8 +9,15 @@ async fn keys_create_works_while_the_server_runs() {
     let ts = TestServer::start().await;
     let bin = env!("CARGO_BIN_EXE_callstream");
     let data_dir = ts.dir.path().to_str().unwrap().to_owned();
-    let run = |args: &[&str]| {
-        let out = Command::new(bin).args(args).output().unwrap();
+    // The server runs on this test's runtime: the binary is awaited, never waited for with a
+    // blocking call, or a write the server had begun would hold the database lock until the
+    // binary gave up ("database is locked").
+    let run = async |args: &[&str]| {
+        let out = tokio::process::Command::new(bin)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -27,7 +34,8 @@ async fn keys_create_works_while_the_server_runs() {
         "newco",
         "--runtime",
         "--json",
-    ]);
+    ])
+    .await;
     let api = run(&[
         "keys",
         "create",
@@ -36,7 +44,8 @@ async fn keys_create_works_while_the_server_runs() {
         "--workspace",
         "newco",
         "--json",
-    ]);
+    ])
+    .await;
     assert_eq!(
         runtime["workspace_id"], api["workspace_id"],
         "the second key joins the same workspace"
@@ -68,9 +77,10 @@ async fn keys_create_works_while_the_server_runs() {
         .await;
     assert_eq!(status, 404);
 
-    let out = Command::new(bin)
+    let out = tokio::process::Command::new(bin)
         .args(["keys", "create", "--data-dir", &data_dir, "--workspace", ""])
         .output()
+        .await
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--workspace must be"));
