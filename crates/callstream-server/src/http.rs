@@ -1,5 +1,7 @@
-//! The accept loop: every connection is served by hyper's HTTP/1 server directly, rather than
-//! through `axum::serve`, so that its buffers can be sized.
+//! The accept loop. A connection whose first request is an SSE stream is answered by
+//! [`crate::stream_http`], which keeps no HTTP buffers while the stream is open; every other
+//! connection is served by hyper's HTTP/1 server directly, rather than through `axum::serve`,
+//! so that its buffers can be sized.
 //!
 //! Why: an idle stream's memory is mostly per-connection buffers. Measured with valgrind massif
 //! and `callstream-bench` (scenario idle, docs/benchmarks.md), hyper's read buffer grew to
@@ -7,7 +9,6 @@
 //! at 8 KiB, hyper's minimum. HTTP/2 is not offered (the gateway's clients are browsers'
 //! EventSource and WebSocket, and servers' HTTP/1.1 clients).
 
-use std::pin::pin;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::conn::GuardedListener;
+use tokio::net::TcpStream;
+
+use crate::conn::{GuardedListener, StallGuard};
+use crate::stream_http::{self, First, Rewind};
 
 /// hyper's read buffer limit per connection (its smallest allowed value).
 const READ_BUFFER: usize = 8 * 1024;
@@ -34,41 +38,77 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_buf_size(READ_BUFFER)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
     let connections = TaskTracker::new();
     loop {
         let (io, _addr) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
         };
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .map_request(|req: Request<Incoming>| req.map(Body::new)),
-        );
-        let connection = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
+        let router = router.clone();
         let stop = shutdown.clone();
+        // This task lives as long as the connection, so its size is memory every open stream
+        // pays: the phases that need much (reading the head, the handler, hyper) are boxed and
+        // freed when done, and only the stream loop is kept inline.
         connections.spawn(async move {
-            let mut connection = pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let mut io = io;
+            let first = Box::pin(async {
+                tokio::select! {
+                    () = stop.cancelled() => Opening::Done,
+                    first = stream_http::read_first(&mut io, HEADER_READ_TIMEOUT) => match first {
+                        First::Gone => Opening::Done,
+                        First::Other(prefix) => Opening::Hyper(prefix),
+                        First::Stream(request) => {
+                            match stream_http::respond(&mut io, router.clone(), request).await {
+                                Some(stream) => Opening::Stream(stream),
+                                None => Opening::Done,
+                            }
+                        }
+                    },
                 }
-            };
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "connection ended with an error");
+            })
+            .await;
+            match first {
+                Opening::Done => {}
+                Opening::Stream(stream) => stream.run(&mut io).await,
+                Opening::Hyper(prefix) => {
+                    Box::pin(serve_hyper(Rewind::new(prefix, io), router, stop)).await;
+                }
             }
         });
     }
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// How a connection goes on after its first request head.
+enum Opening {
+    Done,
+    Stream(stream_http::Streaming),
+    Hyper(bytes::Bytes),
+}
+
+/// Serves a connection with hyper's HTTP/1 server, until it ends or the server shuts down.
+async fn serve_hyper(io: Rewind<StallGuard<TcpStream>>, router: Router, stop: CancellationToken) {
+    let service =
+        TowerToHyperService::new(router.map_request(|req: Request<Incoming>| req.map(Body::new)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(READ_BUFFER)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
 }

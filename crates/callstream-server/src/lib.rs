@@ -19,6 +19,7 @@ pub mod live;
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod stream_http;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -40,6 +41,17 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use config::Config;
 pub use error::ApiError;
 pub use state::AppState;
+
+/// The SSE stream paths of [`app`]: their `GET`s are answered by [`stream_http`], which holds
+/// no HTTP buffers while a stream is open. Keep in step with the `streams` routes below.
+pub(crate) fn is_sse_stream(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "v1", "calls", id, "transcript", "stream"] | ["", "v1", "conversations", id, "stream"]
+            if !id.is_empty()
+    ) || path == "/v1/speech-events/stream"
+}
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
@@ -331,6 +343,29 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use tower::ServiceExt;
+
+    #[test]
+    fn sse_stream_paths_are_exactly_the_sse_routes() {
+        for path in [
+            "/v1/calls/call_1/transcript/stream",
+            "/v1/conversations/conv_1/stream",
+            "/v1/speech-events/stream",
+        ] {
+            assert!(is_sse_stream(path), "{path}");
+        }
+        for path in [
+            "/v1/calls/call_1/stream",
+            "/v1/calls//transcript/stream",
+            "/v1/calls/call_1/transcript",
+            "/v1/calls/call_1/transcript/stream/x",
+            "/v1/conversations/conv_1/stream/",
+            "/live-transcript/CA1",
+            "/ws/v1/liveCalls",
+            "/",
+        ] {
+            assert!(!is_sse_stream(path), "{path}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bounded_routes_answer_503_after_the_limit() {

@@ -47,8 +47,9 @@ pub struct SseStream<S> {
     subscription: Option<Subscription>,
     heartbeat: Interval,
     shutdown: CancellationToken,
-    /// A stream token's expiry: the stream ends then with `event: error` `token_expired`.
-    expiry: Pin<Box<Sleep>>,
+    /// A stream token's expiry: the stream ends then with `event: error` `token_expired`. Only
+    /// streams opened with a token have one (a timer is memory every idle stream would pay).
+    expiry: Option<Pin<Box<Sleep>>>,
     sent: Counter,
     finished: bool,
     surface: S,
@@ -73,7 +74,7 @@ impl<S: SseSurface> SseStream<S> {
             subscription,
             heartbeat,
             shutdown: state.shutdown().clone(),
-            expiry: Box::pin(tokio::time::sleep(until(expires_at))),
+            expiry: expires_at.map(|at| Box::pin(tokio::time::sleep(until(Some(at))))),
             sent: metrics.frames_sent.get_or_create(labels).clone(),
             finished: false,
             surface,
@@ -106,7 +107,7 @@ impl<S: SseSurface> SseStream<S> {
                     );
                     return Some((Ok(frame), self));
                 }
-                () = &mut self.expiry => {
+                () = expired(&mut self.expiry) => {
                     self.finished = true;
                     let frame = native::error_sse("token_expired", "the stream token has expired; ask for a new one");
                     return Some((Ok(frame), self));
@@ -135,6 +136,14 @@ impl<S: SseSurface> SseStream<S> {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the token expires; never without one.
+async fn expired(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

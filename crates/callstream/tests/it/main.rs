@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod cli;
 mod conversations;
+mod http;
 mod ingest;
 mod lifecycle;
 mod live_calls;

@@ -1,0 +1,314 @@
+//! The HTTP/1 path for SSE streams: a stream's request is read and its response written here,
+//! not by hyper, so an open stream holds no HTTP buffers at all.
+//!
+//! Why: hyper keeps, for every connection's life, a read buffer of at least 8 KiB (its minimum
+//! `max_buf_size`) and a buffer for response heads. Measured with `callstream-bench` (scenario
+//! idle, 15,000 SSE streams, docs/benchmarks.md), an idle stream cost 14.5 KB of server memory
+//! behind hyper; the goal is 4 KiB. An SSE stream needs none of what those buffers are
+//! for: its request is one GET with no body, and its response is a head and then frames.
+//!
+//! So every connection's first request head is read here, into a buffer that is freed once the
+//! head is parsed. A `GET` to an SSE stream path ([`crate::is_sse_stream`]) with no body, no
+//! upgrade and nothing pipelined behind it is answered here: the request goes through the same
+//! router (auth, CORS, logging: everything the handlers do is unchanged), and the response is
+//! written straight to the socket, chunked, with `connection: close`. What an open stream then
+//! keeps is its socket, its body and a few words ([`Streaming`]). Anything else (REST,
+//! WebSocket upgrades, malformed or oversized heads) goes to hyper with the bytes already read
+//! put back in front of the socket, exactly as if hyper had read them.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tower::ServiceExt;
+
+/// The longest request head read here; a longer one goes to hyper, which refuses it.
+const MAX_HEAD: usize = 8 * 1024;
+/// Most header fields parsed here; more go to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// What the first request on a connection is.
+pub enum First {
+    /// An SSE stream request, to be answered here.
+    Stream(Box<Request<Body>>),
+    /// Anything else: hyper serves the connection, reading these bytes first.
+    Other(Bytes),
+    /// The client left, sent nothing in time, or broke the connection.
+    Gone,
+}
+
+/// Reads the first request head (within `timeout`) and decides who answers it.
+pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> First {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return First::Gone,
+            Ok(Ok(_)) => {}
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut fields);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                return match stream_request(&parsed, len == buf.len()) {
+                    Some(request) => First::Stream(Box::new(request)),
+                    None => First::Other(buf.freeze()),
+                };
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            // Too long, too many fields, or malformed: hyper gives the right refusal.
+            _ => return First::Other(buf.freeze()),
+        }
+    }
+}
+
+/// The request, when it is one this path answers.
+fn stream_request(
+    parsed: &httparse::Request<'_, '_>,
+    nothing_behind: bool,
+) -> Option<Request<Body>> {
+    if parsed.method != Some("GET") || !nothing_behind {
+        return None;
+    }
+    let target = parsed.path?;
+    if !crate::is_sse_stream(target.split('?').next().unwrap_or(target)) {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        if name == header::CONTENT_LENGTH && field.value != b"0" {
+            return None;
+        }
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE {
+            return None;
+        }
+        headers.append(name, HeaderValue::from_bytes(field.value).ok()?);
+    }
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = Uri::try_from(target).ok()?;
+    *request.version_mut() = match parsed.version? {
+        0 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// Answers a stream request through `router` and writes the response head. Returns the body
+/// still to stream, or `None` when the client is gone.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    router: Router,
+    request: Box<Request<Body>>,
+) -> Option<Streaming> {
+    let chunked = request.version() == Version::HTTP_11;
+    let Ok(response) = router.oneshot(*request).await;
+    let (parts, body) = response.into_parts();
+    // A body of known size (an error, a 204) goes with its length; a stream goes chunked, or
+    // for HTTP/1.0 until the close.
+    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let length = if has_length {
+        None
+    } else {
+        HttpBody::size_hint(&body).exact()
+    };
+    let no_body = matches!(parts.status.as_u16(), 204 | 304);
+    let framing = if has_length || length.is_some() || no_body {
+        Framing::Length
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        Framing::Close
+    };
+    let head = response_head(&parts, length, framing);
+    io.write_all(&head).await.ok()?;
+    Some(Streaming { body, framing })
+}
+
+/// A response body being written: all an open stream keeps besides its socket.
+pub struct Streaming {
+    body: Body,
+    framing: Framing,
+}
+
+impl Streaming {
+    /// Writes the body until it ends, the client leaves, or a write fails (the socket's stall
+    /// guard fails a write that makes no progress); then closes.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: &mut S) {
+        loop {
+            let frame = tokio::select! {
+                frame = self.body.frame() => frame,
+                () = client_gone(io) => return,
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(_)) => return,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            let written = match self.framing {
+                Framing::Chunked => write_chunk(io, &data).await,
+                Framing::Length | Framing::Close => io.write_all(&data).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+        if self.framing == Framing::Chunked && io.write_all(b"0\r\n\r\n").await.is_err() {
+            return;
+        }
+        let _ = io.shutdown().await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `content-length` (or a status without a body).
+    Length,
+    /// `transfer-encoding: chunked` (HTTP/1.1).
+    Chunked,
+    /// Delimited by closing the connection (HTTP/1.0).
+    Close,
+}
+
+fn response_head(
+    parts: &axum::http::response::Parts,
+    length: Option<u64>,
+    framed: Framing,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\ndate: ");
+    head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = length {
+        head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    }
+    if framed == Framing::Chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
+}
+
+/// One chunk, in one vectored write when the socket takes it all (it nearly always does).
+async fn write_chunk<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8]) -> io::Result<()> {
+    let mut size = [0u8; 18];
+    let size_len = {
+        let mut cursor = io::Cursor::new(&mut size[..]);
+        io::Write::write_fmt(&mut cursor, format_args!("{:x}\r\n", data.len()))?;
+        usize::try_from(cursor.position()).unwrap_or(0)
+    };
+    let mut parts: [&[u8]; 3] = [&size[..size_len], data, b"\r\n"];
+    while parts.iter().any(|p| !p.is_empty()) {
+        let slices = parts.map(IoSlice::new);
+        let n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        for part in &mut parts {
+            let take = left.min(part.len());
+            *part = &part[take..];
+            left -= take;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when the client closes its side or the connection breaks. Whatever it sends is
+/// read and dropped (a stream takes no input), into a few bytes that live only while waiting.
+async fn client_gone<S: AsyncRead + Unpin>(io: &mut S) {
+    let mut sink = [0u8; 16];
+    loop {
+        match io.read(&mut sink).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A socket with bytes already read from it put back in front: hyper reads them first.
+pub struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Give the memory back at once: the connection may live for hours.
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
