@@ -6,13 +6,21 @@
 #   bench/compare.sh                      # every scenario, SSE
 #   SCENARIOS="hot slow" TRANSPORT=ws bench/compare.sh
 #   TARGETS="callstream nchan" DURATION=10 bench/compare.sh
-#   SCENARIOS=custom EXTRA_ARGS="--channels 1 --per-channel 1000 --rate 100" bench/compare.sh
+#   PIN=1 SCENARIOS=custom EXTRA_ARGS="--channels 1 --per-channel 1000 --rate 100" bench/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCENARIOS=${SCENARIOS:-"hot wide slow idle"}
+SCENARIOS=${SCENARIOS:-"idle hot wide slow"}
+# Idle measures memory growth per stream, so it must run before any heavy scenario: a server's
+# allocator keeps memory it once needed, and a hot run would hide (or inflate) the idle figure.
+case " $SCENARIOS " in *" idle "*) SCENARIOS="idle $(echo " $SCENARIOS " | sed 's/ idle / /g')" ;; esac
 TARGETS=${TARGETS:-"callstream nchan pushpin raw"}
 TRANSPORT=${TRANSPORT:-sse}
+# PIN=1 gives each side a core of its own: every server on CPU 0 (Nchan with one worker), the
+# generator on CPU 1. Without it, server and generator share both cores, and the generator's
+# own scheduling shows in the tail latency of every target alike.
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then SRV="taskset -c 0"; GEN="taskset -c 1"; NGINX_WORKERS=1; else SRV=""; GEN=""; NGINX_WORKERS=2; fi
 OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)-$TRANSPORT}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -39,7 +47,7 @@ wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 CS_DATA=$TMP/callstream
 API=$($BIN/callstream keys create --data-dir "$CS_DATA" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
 RT=$($BIN/callstream keys create --data-dir "$CS_DATA" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
-RUST_LOG=warn $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$CS_DATA" 2> "$OUT/callstream.log" &
+RUST_LOG=warn $SRV $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$CS_DATA" 2> "$OUT/callstream.log" &
 CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 
 # --- Nchan on nginx, two workers (one per core) ---
@@ -47,7 +55,7 @@ mkdir -p "$TMP/nginx/logs"
 cat > "$TMP/nginx/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
 daemon off;
-worker_processes 2;
+worker_processes $NGINX_WORKERS;
 worker_rlimit_nofile 19500;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/logs/error.log warn;
@@ -68,7 +76,7 @@ http {
   }
 }
 CONF
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2> "$OUT/nginx.log" &
+$SRV nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2> "$OUT/nginx.log" &
 PIDS+=($!); wait_port 8081
 
 # --- Pushpin with raised rate limits; SSE held for our GRIP origin, WS by its test handler ---
@@ -82,13 +90,13 @@ sed -e "s|^rundir=.*|rundir=$TMP/pushpin/run|" -e "s|^logdir=.*|logdir=$TMP/push
     -e 's|^\[proxy\]|[proxy]\nzurl_out_specs=ipc://{rundir}/{ipc_prefix}zurl-in\nzurl_out_stream_specs=ipc://{rundir}/{ipc_prefix}zurl-in-stream\nzurl_in_specs=ipc://{rundir}/{ipc_prefix}zurl-out|' \
     /etc/pushpin/pushpin.conf > "$TMP/pushpin/pushpin.conf"
 # Debian's Pushpin talks to origins through a system-wide zurl; this one runs its own.
-$BIN/callstream-bench grip-origin --listen 127.0.0.1:8092 2>/dev/null &
+$SRV $BIN/callstream-bench grip-origin --listen 127.0.0.1:8092 2>/dev/null &
 PIDS+=($!)
-pushpin --config "$TMP/pushpin/pushpin.conf" > "$OUT/pushpin.log" 2>&1 &
+$SRV pushpin --config "$TMP/pushpin/pushpin.conf" > "$OUT/pushpin.log" 2>&1 &
 PIDS+=($!); wait_port 7999; wait_port 5561
 
 # --- the raw baseline ---
-$BIN/callstream-bench raw-server --listen 127.0.0.1:8090 --publish 127.0.0.1:8091 2>/dev/null &
+$SRV $BIN/callstream-bench raw-server --listen 127.0.0.1:8090 --publish 127.0.0.1:8091 2>/dev/null &
 RAW_PID=$!; PIDS+=($RAW_PID); wait_port 8090
 
 pids_of() {
@@ -112,7 +120,7 @@ run() { # target scenario label [extra args...]
   [ -n "${DURATION:-}" ] && args+=(--duration "$DURATION")
   # EXTRA_ARGS shapes a custom scenario, e.g. "--channels 1 --per-channel 1000 --rate 100".
   # shellcheck disable=SC2086
-  $BIN/callstream-bench run "${args[@]}" ${EXTRA_ARGS:-} "$@" | tee -a "$OUT/table.md"
+  $GEN $BIN/callstream-bench run "${args[@]}" ${EXTRA_ARGS:-} "$@" | tee -a "$OUT/table.md"
 }
 
 for scenario in $SCENARIOS; do

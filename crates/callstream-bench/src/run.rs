@@ -63,6 +63,11 @@ pub struct RunArgs {
     /// Parallel publisher connections.
     #[arg(long, default_value_t = 4)]
     pub publish_lanes: usize,
+    /// How often the publisher sends what is due, in milliseconds. Everything due in one tick
+    /// goes out together, stamped together, so a coarse tick turns many calls' independent
+    /// events into one burst and measures the burst's queue, not the server.
+    #[arg(long, default_value_t = 1)]
+    pub publish_tick_ms: u64,
     /// Process ids of the server under test, for memory and CPU (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
@@ -140,6 +145,7 @@ pub struct Outcome {
     pub subscribers: u64,
     pub stuck: usize,
     pub rate_per_channel: f64,
+    pub publish_tick_ms: u64,
     pub seconds: f64,
     pub published: u64,
     pub publish_errors: u64,
@@ -260,7 +266,8 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let publisher = targets::publisher(args.target, &args.endpoints, args.publish_lanes).await?;
     let started = Instant::now();
     let mut published = vec![0u64; channels.len()];
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(Duration::from_millis(args.publish_tick_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let total_rate = s.rate * channels.len() as f64;
     let mut sent_total = 0u64;
     let mut next_channel = 0usize;
@@ -340,6 +347,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         subscribers: healthy,
         stuck: s.stuck,
         rate_per_channel: s.rate,
+        publish_tick_ms: args.publish_tick_ms.max(1),
         seconds,
         published: published.iter().sum(),
         publish_errors: publisher.errors.load(std::sync::atomic::Ordering::Relaxed),
