@@ -422,6 +422,75 @@ async fn the_runtime_socket_ingests_and_refuses_clearly() {
 }
 
 #[tokio::test]
+async fn a_burst_of_runtime_messages_gets_one_answer_each_in_order() {
+    // The gateway writes answers to messages that are already waiting together; each message
+    // must still get its own answer, in order, whatever sits between them.
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut rt = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    let burst = 150; // more than one gathered write holds
+    for i in 0..burst {
+        let message = match i {
+            40 => WsMessage::Text("{not json".into()),
+            41 => WsMessage::Text(
+                json!({"type": "events", "ref": "r41", "call_id": "call_nope", "events": []})
+                    .to_string()
+                    .into(),
+            ),
+            _ => WsMessage::Text(
+                json!({"type": "events", "ref": format!("r{i}"), "call_id": id,
+                       "events": transcription("user", &format!("part {i}"), false, "trn_b")})
+                .to_string()
+                .into(),
+            ),
+        };
+        rt.feed(message).await.unwrap();
+    }
+    rt.flush().await.unwrap();
+    let mut last_seq = 0;
+    for i in 0..burst {
+        let answer = ws_json(&mut rt).await;
+        match i {
+            40 => assert_eq!(
+                (
+                    answer["type"].as_str(),
+                    answer["error_code"].as_str(),
+                    answer.get("ref")
+                ),
+                (Some("error"), Some("invalid_message"), None),
+                "{answer}"
+            ),
+            41 => assert_eq!(
+                (answer["ref"].as_str(), answer["error_code"].as_str()),
+                (Some("r41"), Some("not_found")),
+                "{answer}"
+            ),
+            _ => {
+                assert_eq!(answer["type"], "accepted", "{answer}");
+                assert_eq!(answer["ref"], format!("r{i}"));
+                let seq = answer["seqs"][0].as_u64().unwrap();
+                assert_eq!(seq, last_seq.max(1) + 1, "seqs follow the messages' order");
+                last_seq = seq;
+            }
+        }
+    }
+    // The socket is still in service after the burst.
+    ws_send(
+        &mut rt,
+        &json!({"type": "events", "ref": "after", "call_id": id, "events": [completed()]}),
+    )
+    .await;
+    let answer = ws_json(&mut rt).await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["ref"].as_str()),
+        (Some("accepted"), Some("after"))
+    );
+}
+
+#[tokio::test]
 async fn stream_tokens_watch_one_call_briefly_and_nothing_else() {
     let ts = TestServer::start().await;
     let call = ts.create_call("sip").await;
