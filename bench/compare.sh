@@ -79,9 +79,9 @@ CONF
 $SRV nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2> "$OUT/nginx.log" &
 PIDS+=($!); wait_port 8081
 
-# --- Pushpin with raised rate limits; SSE held for our GRIP origin, WS by its test handler ---
+# --- Pushpin with raised rate limits; SSE and WebSocket (over HTTP) both held by our GRIP origin ---
 mkdir -p "$TMP/pushpin/run" "$TMP/pushpin/log"
-printf '*,path_beg=/ws test\n* 127.0.0.1:8092\n' > "$TMP/pushpin/routes"
+printf '*,path_beg=/ws 127.0.0.1:8092,over_http\n* 127.0.0.1:8092\n' > "$TMP/pushpin/routes"
 sed -e "s|^rundir=.*|rundir=$TMP/pushpin/run|" -e "s|^logdir=.*|logdir=$TMP/pushpin/log|" \
     -e "s|^http_port=.*|http_port=127.0.0.1:7999|" -e "s|^client_maxconn=.*|client_maxconn=19000|" \
     -e "s|^routesfile=.*|routesfile=$TMP/pushpin/routes|" -e "s|^message_rate=.*|message_rate=10000000|" \
