@@ -16,7 +16,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::id::{CallId, ConversationId, EventId, TurnId, WorkspaceId};
@@ -335,9 +335,25 @@ macro_rules! events {
             /// # Errors
             /// [`EventError`] naming the unknown type or the first wrong field (`payload.text`).
             pub fn parse(event_type: &str, payload: Value) -> Result<Self, EventError> {
+                Self::parse_from(event_type, payload)
+            }
+
+            /// [`Payload::parse`] straight from the payload's JSON text, as ingest receives
+            /// it: no `serde_json::Value` is built on the way (it was a fifth of ingest's CPU).
+            ///
+            /// # Errors
+            /// As [`Payload::parse`]; also for text that is not one JSON value.
+            pub fn parse_json(event_type: &str, json: &str) -> Result<Self, EventError> {
+                let mut de = serde_json::Deserializer::from_str(json);
+                let parsed = Self::parse_from(event_type, &mut de)?;
+                de.end().map_err(|e| EventError::field("payload", e.to_string()))?;
+                Ok(parsed)
+            }
+
+            fn parse_from<'de, D: Deserializer<'de>>(event_type: &str, payload: D) -> Result<Self, EventError> {
                 let ty = EventType::parse(event_type)
                     .ok_or_else(|| EventError::UnknownType(event_type.to_owned()))?;
-                let parsed = match ty { $(EventType::$variant => Self::$variant(decode(payload)?)),* };
+                let parsed = match ty { $(EventType::$variant => Self::$variant(<$ty as Decode>::decode(payload)?)),* };
                 parsed.validate()?;
                 Ok(parsed)
             }
@@ -377,15 +393,15 @@ impl fmt::Display for EventType {
     }
 }
 
-/// Payload types decode through serde (with the failing field's path), except `Message`, which
-/// keeps its raw object.
+/// Payload types decode through serde (with the failing field's path), from a `Value` or
+/// straight from text, except `Message`, which keeps its raw object.
 trait Decode: Sized {
-    fn decode(value: Value) -> Result<Self, EventError>;
+    fn decode<'de, D: Deserializer<'de>>(payload: D) -> Result<Self, EventError>;
 }
 
 impl<T: DeserializeOwned> Decode for T {
-    fn decode(value: Value) -> Result<Self, EventError> {
-        serde_path_to_error::deserialize(value).map_err(|e| {
+    fn decode<'de, D: Deserializer<'de>>(payload: D) -> Result<Self, EventError> {
+        serde_path_to_error::deserialize(payload).map_err(|e| {
             let inner = e.path().to_string();
             let path = if inner == "." {
                 "payload".to_owned()
@@ -397,14 +413,12 @@ impl<T: DeserializeOwned> Decode for T {
     }
 }
 
-fn decode<T: Decode>(value: Value) -> Result<T, EventError> {
-    T::decode(value)
-}
-
 // `Message` does not implement `Deserialize`, so the blanket impl above never covers it and
 // this one keeps its raw object instead.
 impl Decode for Message {
-    fn decode(value: Value) -> Result<Self, EventError> {
+    fn decode<'de, D: Deserializer<'de>>(payload: D) -> Result<Self, EventError> {
+        let value =
+            Value::deserialize(payload).map_err(|e| EventError::field("payload", e.to_string()))?;
         Message::from_value(value)
     }
 }

@@ -6,7 +6,7 @@ use callstream_bus::Event;
 use callstream_core::{CallId, ConversationId, EventType, Payload, Transport, WorkspaceId, time};
 use callstream_store::{Appended, AppendedConversation, NewEvent, StoreError};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -116,12 +116,13 @@ async fn publish(state: &AppState, envelopes: &[callstream_core::Envelope]) {
     }
 }
 
-/// One event as the runtime sends it.
+/// One event as the runtime sends it; the payload stays text until its type is known.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IngestEvent {
+struct IngestEvent<'a> {
     event_type: String,
-    payload: Value,
+    #[serde(borrow)]
+    payload: &'a RawValue,
     #[serde(default)]
     timestamp: Option<String>,
 }
@@ -153,8 +154,9 @@ pub async fn call_transport(
     }
 }
 
-fn parse_event(value: Value, at: &str, target: Target) -> Result<NewEvent, ApiError> {
-    let raw: IngestEvent = serde_path_to_error::deserialize(value).map_err(|e| {
+fn parse_event(json: &str, at: &str, target: Target) -> Result<NewEvent, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let raw: IngestEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." {
             at.trim_end_matches('.').to_owned()
@@ -168,7 +170,7 @@ fn parse_event(value: Value, at: &str, target: Target) -> Result<NewEvent, ApiEr
         };
         ApiError::invalid_event(format!("{path}: {}", e.into_inner()))
     })?;
-    let payload = Payload::parse(&raw.event_type, raw.payload)
+    let payload = Payload::parse_json(&raw.event_type, raw.payload.get())
         .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;
     match payload.event_type() {
         EventType::CallStarted => {
@@ -208,13 +210,17 @@ fn parse_event(value: Value, at: &str, target: Target) -> Result<NewEvent, ApiEr
 }
 
 /// Parses an ingest body: one event object, or an array of 1 to `max` events, in order. Every
-/// refusal names the field, prefixed by `events[i].` inside an array.
+/// refusal names the field, prefixed by `events[i].` inside an array. The body arrives as JSON
+/// text (already checked to be JSON) and each event is decoded from it straight into its type.
 ///
 /// # Errors
 /// 400 `invalid_event`.
-pub fn parse_batch(body: Value, target: Target, max: usize) -> Result<Vec<NewEvent>, ApiError> {
-    match body {
-        Value::Array(items) => {
+pub fn parse_batch(body: &RawValue, target: Target, max: usize) -> Result<Vec<NewEvent>, ApiError> {
+    let json = body.get();
+    match json.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(json)
+                .map_err(|e| ApiError::invalid_event(format!("body: {e}")))?;
             if items.is_empty() || items.len() > max {
                 return Err(ApiError::invalid_event(format!(
                     "body: send 1 to {max} events per request"
@@ -223,10 +229,10 @@ pub fn parse_batch(body: Value, target: Target, max: usize) -> Result<Vec<NewEve
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| parse_event(v, &format!("events[{i}]."), target))
+                .map(|(i, item)| parse_event(item.get(), &format!("events[{i}]."), target))
                 .collect()
         }
-        value @ Value::Object(_) => Ok(vec![parse_event(value, "", target)?]),
+        Some(b'{') => Ok(vec![parse_event(json, "", target)?]),
         _ => Err(ApiError::invalid_event(
             "body: expected an event object or an array of events",
         )),

@@ -20,16 +20,17 @@ use bytes::Bytes;
 use callstream_core::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// A message from a runtime.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum RuntimeMessage {
     Events(EventsMessage),
     CommandResult(CommandResult),
 }
 
 /// Events for one call.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsMessage {
     #[serde(rename = "type")]
@@ -42,8 +43,9 @@ pub struct EventsMessage {
     #[serde(default)]
     pub conversation_id: Option<String>,
     /// One event object or an array, exactly as `POST /v1/calls/{id}/events` (or the
-    /// conversation's) takes them.
-    pub events: Value,
+    /// conversation's) takes them; kept as its JSON text (checked to be JSON), for ingest to
+    /// decode each event and payload straight into its type.
+    pub events: Box<RawValue>,
 }
 
 /// The runtime's answer to a command.

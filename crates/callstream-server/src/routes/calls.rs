@@ -7,6 +7,7 @@ use axum::response::IntoResponse;
 use callstream_core::{Call, CallStatus, Direction, Payload, Phone, Transport, time};
 use callstream_store::{CallFilter, NewEvent};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::auth::{ApiKey, RuntimeKey, url_pairs};
@@ -79,11 +80,11 @@ pub async fn ingest_events(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
     IdPath(id): CallPath,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(body): JsonBody<Box<RawValue>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let transport = ingest::call_transport(&state, &who.workspace_id, &id).await?;
     let events = ingest::parse_batch(
-        body,
+        &body,
         ingest::Target::Call(transport),
         state.config().max_events_per_request,
     )?;

@@ -17,7 +17,8 @@ use callstream_core::{Channel, Conversation, ConversationId, ConversationMode, P
 use callstream_store::{ConversationFilter, NewEvent};
 use callstream_surfaces::{native, sse};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::auth::{ApiKey, RuntimeKey, url_pairs};
 use crate::body::JsonBody;
@@ -78,11 +79,11 @@ pub async fn ingest_events(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
     IdPath(id): ConversationPath,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(body): JsonBody<Box<RawValue>>,
 ) -> Result<impl IntoResponse, ApiError> {
     load_conversation(&state, &who.workspace_id, &id).await?;
     let events = ingest::parse_batch(
-        body,
+        &body,
         ingest::Target::Conversation,
         state.config().max_events_per_request,
     )?;

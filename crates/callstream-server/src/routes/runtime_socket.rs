@@ -169,10 +169,10 @@ async fn ingest_events(
     state: &AppState,
     workspace: &WorkspaceId,
     link: &RuntimeLink,
-    mut m: EventsMessage,
+    m: EventsMessage,
 ) -> Bytes {
     let max = state.config().max_events_per_request;
-    let batch = std::mem::take(&mut m.events);
+    let batch = &m.events;
     let result = async {
         if let Some(call_id) = &m.call_id {
             let id = CallId::parse(call_id).map_err(|_| ApiError::not_found("call"))?;

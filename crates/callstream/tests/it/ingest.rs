@@ -178,6 +178,15 @@ async fn malformed_events_are_refused_by_field() {
         ),
         (json!([]), "body: send 1 to"),
         (json!("hello"), "body: expected an event object"),
+        (json!([5]), "events[0]: invalid type: integer `5`"),
+        (
+            json!({"event_type": "call.dtmf", "payload": 5}),
+            "payload: invalid type: integer `5`",
+        ),
+        (
+            json!({"event_type": "call.dtmf", "payload": {"digits": "1", "tone": 2}}),
+            "payload.tone: unknown field `tone`",
+        ),
     ];
     for (body, expect) in cases {
         let (status, err) = ts
@@ -194,6 +203,17 @@ async fn malformed_events_are_refused_by_field() {
     let (_, after) = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
     assert_eq!(after["last_seq"], 1, "refused events must not take seqs");
     assert_eq!(after["status"], "in_progress");
+
+    // Field order is the sender's choice: the payload may come before its event_type.
+    let (status, body) = ts
+        .post(
+            &format!("/v1/calls/{id}/events"),
+            &ts.acme.runtime,
+            &json!({"payload": {"digits": "7"}, "event_type": "call.dtmf"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["seqs"], json!([2]));
 }
 
 #[tokio::test]
