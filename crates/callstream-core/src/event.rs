@@ -16,7 +16,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::id::{CallId, ConversationId, EventId, TurnId, WorkspaceId};
@@ -335,25 +335,22 @@ macro_rules! events {
             /// # Errors
             /// [`EventError`] naming the unknown type or the first wrong field (`payload.text`).
             pub fn parse(event_type: &str, payload: Value) -> Result<Self, EventError> {
-                Self::parse_from(event_type, payload)
+                Self::parse_from(event_type, Source::Value(payload))
             }
 
             /// [`Payload::parse`] straight from the payload's JSON text, as ingest receives
-            /// it: no `serde_json::Value` is built on the way (it was a fifth of ingest's CPU).
+            /// it: no `serde_json::Value` is built on the way.
             ///
             /// # Errors
             /// As [`Payload::parse`]; also for text that is not one JSON value.
             pub fn parse_json(event_type: &str, json: &str) -> Result<Self, EventError> {
-                let mut de = serde_json::Deserializer::from_str(json);
-                let parsed = Self::parse_from(event_type, &mut de)?;
-                de.end().map_err(|e| EventError::field("payload", e.to_string()))?;
-                Ok(parsed)
+                Self::parse_from(event_type, Source::Json(json))
             }
 
-            fn parse_from<'de, D: Deserializer<'de>>(event_type: &str, payload: D) -> Result<Self, EventError> {
+            fn parse_from(event_type: &str, payload: Source<'_>) -> Result<Self, EventError> {
                 let ty = EventType::parse(event_type)
                     .ok_or_else(|| EventError::UnknownType(event_type.to_owned()))?;
-                let parsed = match ty { $(EventType::$variant => Self::$variant(<$ty as Decode>::decode(payload)?)),* };
+                let parsed = match ty { $(EventType::$variant => Self::$variant(payload.decode()?)),* };
                 parsed.validate()?;
                 Ok(parsed)
             }
@@ -393,32 +390,58 @@ impl fmt::Display for EventType {
     }
 }
 
-/// Payload types decode through serde (with the failing field's path), from a `Value` or
-/// straight from text, except `Message`, which keeps its raw object.
+/// A payload from outside: already a `Value`, or still JSON text.
+enum Source<'a> {
+    Value(Value),
+    Json(&'a str),
+}
+
+impl Source<'_> {
+    fn decode<T: Decode>(self) -> Result<T, EventError> {
+        match self {
+            Self::Value(value) => T::from_value(value),
+            Self::Json(json) => T::from_json(json),
+        }
+    }
+}
+
+/// Payload types decode through serde (naming the failing field), except `Message`, which
+/// keeps its raw object.
 trait Decode: Sized {
-    fn decode<'de, D: Deserializer<'de>>(payload: D) -> Result<Self, EventError>;
+    fn from_value(value: Value) -> Result<Self, EventError>;
+    fn from_json(json: &str) -> Result<Self, EventError>;
+}
+
+fn refused(path: String, error: impl fmt::Display) -> EventError {
+    let path = if path == "." {
+        "payload".to_owned()
+    } else {
+        format!("payload.{path}")
+    };
+    EventError::field(path, error.to_string())
 }
 
 impl<T: DeserializeOwned> Decode for T {
-    fn decode<'de, D: Deserializer<'de>>(payload: D) -> Result<Self, EventError> {
-        serde_path_to_error::deserialize(payload).map_err(|e| {
-            let inner = e.path().to_string();
-            let path = if inner == "." {
-                "payload".to_owned()
-            } else {
-                format!("payload.{inner}")
-            };
-            EventError::field(path, e.into_inner().to_string())
-        })
+    fn from_value(value: Value) -> Result<Self, EventError> {
+        serde_path_to_error::deserialize(value)
+            .map_err(|e| refused(e.path().to_string(), e.into_inner()))
+    }
+
+    fn from_json(json: &str) -> Result<Self, EventError> {
+        crate::json::from_str(json).map_err(|e| refused(e.path, e.error))
     }
 }
 
 // `Message` does not implement `Deserialize`, so the blanket impl above never covers it and
 // this one keeps its raw object instead.
 impl Decode for Message {
-    fn decode<'de, D: Deserializer<'de>>(payload: D) -> Result<Self, EventError> {
-        let value =
-            Value::deserialize(payload).map_err(|e| EventError::field("payload", e.to_string()))?;
+    fn from_value(value: Value) -> Result<Self, EventError> {
+        Message::from_value(value)
+    }
+
+    fn from_json(json: &str) -> Result<Self, EventError> {
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| EventError::field("payload", e.to_string()))?;
         Message::from_value(value)
     }
 }

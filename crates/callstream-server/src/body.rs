@@ -54,19 +54,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// # Errors
 /// 400 `invalid_request` for malformed JSON or a field of the wrong shape.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("body is not valid JSON: {inner}"))
-        } else if path == "." {
-            ApiError::bad_request(format!("body: {inner}"))
+    callstream_core::json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() {
+            ApiError::bad_request(format!("body is not valid JSON: {}", e.error))
+        } else if e.path == "." {
+            ApiError::bad_request(format!("body: {}", e.error))
         } else {
-            ApiError::bad_request(format!("body.{path}: {inner}"))
+            ApiError::bad_request(format!("body.{}: {}", e.path, e.error))
         }
-    })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    Ok(value)
+    })
 }

@@ -155,20 +155,18 @@ pub async fn call_transport(
 }
 
 fn parse_event(json: &str, at: &str, target: Target) -> Result<NewEvent, ApiError> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    let raw: IngestEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." {
+    let raw: IngestEvent<'_> = callstream_core::json::from_str(json).map_err(|e| {
+        let path = if e.path == "." {
             at.trim_end_matches('.').to_owned()
         } else {
-            format!("{at}{path}")
+            format!("{at}{}", e.path)
         };
         let path = if path.is_empty() {
             "body".to_owned()
         } else {
             path
         };
-        ApiError::invalid_event(format!("{path}: {}", e.into_inner()))
+        ApiError::invalid_event(format!("{path}: {}", e.error))
     })?;
     let payload = Payload::parse_json(&raw.event_type, raw.payload.get())
         .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;

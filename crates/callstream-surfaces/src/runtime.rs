@@ -96,14 +96,11 @@ struct Head {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            inner.to_string()
+    callstream_core::json::from_str(text).map_err(|e| {
+        if e.path == "." {
+            e.error.to_string()
         } else {
-            format!("{path}: {inner}")
+            format!("{}: {}", e.path, e.error)
         }
     })
 }
