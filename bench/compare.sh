@@ -7,6 +7,7 @@
 #   SCENARIOS="hot slow" TRANSPORT=ws bench/compare.sh
 #   TARGETS="callstream nchan" DURATION=10 bench/compare.sh
 #   PIN=1 SCENARIOS=custom EXTRA_ARGS="--channels 1 --per-channel 1000 --rate 100" bench/compare.sh
+#   ACKS=errors SCENARIOS=wide bench/compare.sh   # callstream's runtime answers refusals only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ TRANSPORT=${TRANSPORT:-sse}
 # own scheduling shows in the tail latency of every target alike.
 PIN=${PIN:-0}
 if [ "$PIN" = 1 ]; then SRV="taskset -c 0"; GEN="taskset -c 1"; NGINX_WORKERS=1; else SRV=""; GEN=""; NGINX_WORKERS=2; fi
+# ACKS=errors publishes to callstream on /v1/runtime?acks=errors (only refusals answered);
+# by default every message gets its `accepted`, as every peer's HTTP publish gets a response.
+ACKS=${ACKS:-all}
 OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)-$TRANSPORT}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -112,7 +116,7 @@ run() { # target scenario label [extra args...]
   local target=$1 scenario=$2 label=$3; shift 3
   local args=(--scenario "$scenario" --target "$target" --transport "$TRANSPORT" --pids "$(pids_of "$target")" --json "$RESULTS" --label "$label")
   case $target in
-    callstream) args+=(--base http://127.0.0.1:8080 --api-key "$API" --runtime-key "$RT") ;;
+    callstream) args+=(--base http://127.0.0.1:8080 --api-key "$API" --runtime-key "$RT" --runtime-acks "$ACKS") ;;
     nchan) args+=(--base http://127.0.0.1:8081 --publish http://127.0.0.1:8081) ;;
     pushpin) args+=(--base http://127.0.0.1:7999 --publish http://127.0.0.1:5561) ;;
     raw) args+=(--base http://127.0.0.1:8090 --publish 127.0.0.1:8091) ;;

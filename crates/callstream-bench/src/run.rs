@@ -146,6 +146,8 @@ pub struct Outcome {
     pub stuck: usize,
     pub rate_per_channel: f64,
     pub publish_tick_ms: u64,
+    /// callstream's runtime-socket answers (`all` or `errors`); the same for every target.
+    pub runtime_acks: crate::targets::RuntimeAcks,
     pub seconds: f64,
     pub published: u64,
     pub publish_errors: u64,
@@ -348,6 +350,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         stuck: s.stuck,
         rate_per_channel: s.rate,
         publish_tick_ms: args.publish_tick_ms.max(1),
+        runtime_acks: args.endpoints.runtime_acks,
         seconds,
         published: published.iter().sum(),
         publish_errors: publisher.errors.load(std::sync::atomic::Ordering::Relaxed),

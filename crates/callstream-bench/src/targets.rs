@@ -47,6 +47,18 @@ pub struct Endpoints {
     /// callstream runtime key (publisher).
     #[arg(long, env = "CALLSTREAM_RUNTIME_KEY")]
     pub runtime_key: Option<String>,
+    /// Which of callstream's runtime-socket messages are answered (`/v1/runtime?acks=`):
+    /// `all` (an `accepted` per message, the default) or `errors` (refusals only).
+    #[arg(long, value_enum, default_value_t = RuntimeAcks::All)]
+    pub runtime_acks: RuntimeAcks,
+}
+
+/// callstream's `?acks=` on the runtime socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeAcks {
+    All,
+    Errors,
 }
 
 fn host(base: &str) -> &str {
@@ -173,8 +185,12 @@ pub async fn publisher(kind: TargetKind, ep: &Endpoints, lanes: usize) -> Result
                     .runtime_key
                     .clone()
                     .context("--runtime-key is needed for callstream")?;
+                let acks = match ep.runtime_acks {
+                    RuntimeAcks::All => "all",
+                    RuntimeAcks::Errors => "errors",
+                };
                 let url = format!(
-                    "ws://{}/v1/runtime",
+                    "ws://{}/v1/runtime?acks={acks}",
                     host(ep.publish.as_deref().unwrap_or(&ep.base))
                 );
                 let mut request = url.as_str().into_client_request()?;

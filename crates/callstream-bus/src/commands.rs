@@ -208,6 +208,16 @@ impl CommandRouter for InProcessCommands {
     }
 
     fn claim(&self, link: &RuntimeLink, call: &CallId) {
+        // Claimed once per message ingested: the common case (already this link's) takes a read
+        // lock and allocates nothing.
+        if self
+            .links
+            .owners
+            .get(call)
+            .is_some_and(|owner| *owner == link.id)
+        {
+            return;
+        }
         self.links.owners.insert(call.clone(), link.id);
     }
 

@@ -145,9 +145,8 @@ pub async fn call_transport(
     workspace: &WorkspaceId,
     call: &CallId,
 ) -> Result<Transport, ApiError> {
-    match state.live().known(call) {
-        Some((owner, transport)) if owner == *workspace => Ok(transport),
-        Some(_) => Err(ApiError::not_found("call")),
+    match state.live().known(workspace, call) {
+        Some(known) => known,
         None => Ok(crate::routes::load_call(state, workspace, call)
             .await?
             .transport),

@@ -77,11 +77,21 @@ impl LiveCalls {
         }
     }
 
-    /// The workspace and transport of a live call this node has numbered events for.
-    pub fn known(&self, call: &CallId) -> Option<(WorkspaceId, Transport)> {
-        self.slots
-            .get(call)
-            .and_then(|slot| slot.known.get().cloned())
+    /// The transport of a live call this node has numbered events for: `None` when this node
+    /// does not know the call, 404 when it is another workspace's. Nothing is cloned: ingest
+    /// asks this once per message.
+    pub fn known(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Option<Result<Transport, ApiError>> {
+        let slot = self.slots.get(call)?;
+        let (owner, transport) = slot.known.get()?;
+        Some(if owner == workspace {
+            Ok(*transport)
+        } else {
+            Err(ApiError::not_found("call"))
+        })
     }
 
     /// Forgets cached webhook presence for a workspace (its endpoints changed).

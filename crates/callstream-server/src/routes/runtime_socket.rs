@@ -3,9 +3,9 @@
 //! travel back to whoever sent the command. The protocol is in `surfaces::runtime` and
 //! `docs/native-api.md`.
 
-use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
 use callstream_bus::{CommandOutcome, RuntimeLink};
@@ -14,7 +14,7 @@ use callstream_surfaces::runtime::{self, EventsMessage, RuntimeMessage};
 use futures::{FutureExt, SinkExt};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::auth::RuntimeKey;
+use crate::auth::{RuntimeKey, url_pairs};
 use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
@@ -26,20 +26,49 @@ const LABELS: SurfaceLabels = SurfaceLabels {
     surface: Surface::runtime_ws,
 };
 
+/// Which `events` messages are answered (`?acks=`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    /// Every message gets its `accepted` or `error` (the default).
+    All,
+    /// Only refusals are answered: a runtime that publishes at a high rate and does not need
+    /// the seqs saves the gateway one write per batch of messages (as Kafka's `acks=0`).
+    Errors,
+}
+
+fn acks(query: Option<&str>) -> Result<Acks, ApiError> {
+    let mut acks = Acks::All;
+    for (key, value) in url_pairs(query.unwrap_or("")) {
+        match (key.as_str(), value.as_str()) {
+            ("acks", "all") => acks = Acks::All,
+            ("acks", "errors") => acks = Acks::Errors,
+            ("acks", _) => return Err(ApiError::bad_request("acks: expected all or errors")),
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown parameter; the runtime socket takes only acks"
+                )));
+            }
+        }
+    }
+    Ok(acks)
+}
+
 pub async fn socket(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
+    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let acks = acks(query.as_deref())?;
     let upgrade = require_upgrade(upgrade)?;
     let workspace = who.workspace_id;
-    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, workspace, socket)))
+    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, workspace, acks, socket)))
 }
 
 /// Answers gathered into one write at most, before the loop looks at shutdown and commands.
 const GATHER: usize = 64;
 
-async fn run(state: AppState, workspace: WorkspaceId, mut socket: WebSocket) {
+async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: WebSocket) {
     let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
     let mut link = state.commands().connect(&workspace);
     let shutdown = state.shutdown().clone();
@@ -58,7 +87,7 @@ async fn run(state: AppState, workspace: WorkspaceId, mut socket: WebSocket) {
             Some(command) = link.next() => {
                 text(runtime::command_frame(&command.command_id, command.call.as_str(), &command.command))
             }
-            incoming = socket.recv() => match answer(&state, &workspace, &link, incoming).await {
+            incoming = socket.recv() => match answer(&state, &workspace, &link, acks, incoming).await {
                 Answer::Send(message) => message,
                 Answer::Nothing => continue,
                 Answer::Close(last) => return finish(&mut socket, last).await,
@@ -76,7 +105,7 @@ async fn run(state: AppState, workspace: WorkspaceId, mut socket: WebSocket) {
             let Some(incoming) = socket.recv().now_or_never() else {
                 break;
             };
-            match answer(&state, &workspace, &link, incoming).await {
+            match answer(&state, &workspace, &link, acks, incoming).await {
                 Answer::Send(message) => {
                     if socket.feed(message).await.is_err() {
                         return;
@@ -115,6 +144,7 @@ async fn answer(
     state: &AppState,
     workspace: &WorkspaceId,
     link: &RuntimeLink,
+    acks: Acks,
     incoming: Option<Result<Message, axum::Error>>,
 ) -> Answer {
     match incoming {
@@ -128,7 +158,7 @@ async fn answer(
         ))),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Answer::Nothing,
         Some(Ok(Message::Text(message))) => {
-            match handle(state, workspace, link, message.as_str()).await {
+            match handle(state, workspace, link, acks, message.as_str()).await {
                 Some(frame) => Answer::Send(text(frame)),
                 None => Answer::Nothing,
             }
@@ -141,6 +171,7 @@ async fn handle(
     state: &AppState,
     workspace: &WorkspaceId,
     link: &RuntimeLink,
+    acks: Acks,
     message: &str,
 ) -> Option<Bytes> {
     match runtime::parse(message) {
@@ -160,7 +191,7 @@ async fn handle(
             None
         }
         Ok(RuntimeMessage::Events(events)) => {
-            Some(ingest_events(state, workspace, link, events).await)
+            ingest_events(state, workspace, link, acks, events).await
         }
     }
 }
@@ -169,8 +200,9 @@ async fn ingest_events(
     state: &AppState,
     workspace: &WorkspaceId,
     link: &RuntimeLink,
+    acks: Acks,
     m: EventsMessage,
-) -> Bytes {
+) -> Option<Bytes> {
     let max = state.config().max_events_per_request;
     let batch = &m.events;
     let result = async {
@@ -198,7 +230,12 @@ async fn ingest_events(
     }
     .await;
     match result {
-        Ok(seqs) => runtime::accepted_frame(&m, &seqs),
-        Err(err) => runtime::error_frame(m.reference.as_deref(), err.code, &err.message),
+        Ok(_) if acks == Acks::Errors => None,
+        Ok(seqs) => Some(runtime::accepted_frame(&m, &seqs)),
+        Err(err) => Some(runtime::error_frame(
+            m.reference.as_deref(),
+            err.code,
+            &err.message,
+        )),
     }
 }

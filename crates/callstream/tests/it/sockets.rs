@@ -491,6 +491,61 @@ async fn a_burst_of_runtime_messages_gets_one_answer_each_in_order() {
 }
 
 #[tokio::test]
+async fn a_runtime_may_ask_for_answers_to_refusals_only() {
+    let ts = TestServer::start().await;
+    for query in ["acks=every", "acks=", "colour=red"] {
+        let url = ts.ws_url(&format!("/v1/runtime?{query}"));
+        assert_eq!(
+            ws_connect(&url, Some(&ts.acme.runtime)).await.err(),
+            Some(400),
+            "{query}"
+        );
+    }
+    let call = ts.create_call("webrtc").await;
+    let id = call["id"].as_str().unwrap();
+    let mut rt = ws_connect(
+        &ts.ws_url("/v1/runtime?acks=errors"),
+        Some(&ts.acme.runtime),
+    )
+    .await
+    .unwrap();
+    let good = |i: usize| {
+        json!({"type": "events", "ref": format!("r{i}"), "call_id": id,
+               "events": transcription("user", &format!("part {i}"), false, "trn_a")})
+    };
+    for i in 0..3 {
+        ws_send(&mut rt, &good(i)).await;
+    }
+    ws_send(
+        &mut rt,
+        &json!({"type": "events", "ref": "bad", "call_id": id, "events": {"event_type": "call.dtmf", "payload": {}}}),
+    )
+    .await;
+    ws_send(&mut rt, &good(3)).await;
+    ws_send(
+        &mut rt,
+        &json!({"type": "events", "ref": "bad2", "call_id": "call_nope", "events": []}),
+    )
+    .await;
+    // The first two frames back are the two refusals: accepted messages are not answered.
+    for (reference, code) in [("bad", "invalid_event"), ("bad2", "not_found")] {
+        let answer = ws_json(&mut rt).await;
+        assert_eq!(
+            (
+                answer["type"].as_str(),
+                answer["ref"].as_str(),
+                answer["error_code"].as_str()
+            ),
+            (Some("error"), Some(reference), Some(code)),
+            "{answer}"
+        );
+    }
+    // Every good message was ingested all the same: call.started and four partials.
+    let (_, after) = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
+    assert_eq!(after["last_seq"], 5, "{after}");
+}
+
+#[tokio::test]
 async fn stream_tokens_watch_one_call_briefly_and_nothing_else() {
     let ts = TestServer::start().await;
     let call = ts.create_call("sip").await;
