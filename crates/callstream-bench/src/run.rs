@@ -164,6 +164,8 @@ pub struct Outcome {
     pub server_after: Sample,
     pub pss_per_stream_bytes: f64,
     pub cpu_cores: f64,
+    /// The generator's CPU (itself and its workers) while publishing.
+    pub generator_cpu_cores: f64,
 }
 
 struct Worker {
@@ -263,6 +265,12 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     // Let the server settle (lazy allocations, first heartbeats) before measuring memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let at_connect = procstat::sample(&args.pids);
+    // The generator's own CPU (this process and its workers), over the same window as the
+    // server's: on a shared machine, what it takes is not the server's to use.
+    let generator_pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(workers.iter().filter_map(|w| w.child.id()))
+        .collect();
+    let generator_at_connect = procstat::sample(&generator_pids);
 
     let healthy = (channels.len() * s.per_channel) as u64;
     let publisher = targets::publisher(args.target, &args.endpoints, args.publish_lanes).await?;
@@ -312,6 +320,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let during = procstat::sample(&args.pids);
+    let generator_during = procstat::sample(&generator_pids);
     // In-flight frames land; then the workers stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!();
@@ -368,6 +377,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
             0.0
         },
         cpu_cores: procstat::cpu_cores(&at_connect, &during),
+        generator_cpu_cores: procstat::cpu_cores(&generator_at_connect, &generator_during),
         server_before: before,
         server_connected: at_connect,
         server_after: during,
@@ -385,7 +395,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
 
 fn print_table(o: &Outcome) {
     println!(
-        "| {} | {:?} | {:?} | {} subs ({} stuck) on {} ch @ {}/s | {:.0} frames/s | lost {} of {} | p50 {:.2} ms | p99 {:.2} ms | p99.9 {:.2} ms | max {:.1} ms | {:.0} B/stream | {:.2} cores |",
+        "| {} | {:?} | {:?} | {} subs ({} stuck) on {} ch @ {}/s | {:.0} frames/s | lost {} of {} | p50 {:.2} ms | p99 {:.2} ms | p99.9 {:.2} ms | max {:.1} ms | {:.0} B/stream | {:.2} cores | generator {:.2} cores |",
         o.label,
         o.scenario,
         o.transport,
@@ -401,6 +411,7 @@ fn print_table(o: &Outcome) {
         o.p999_ms,
         o.max_ms,
         o.pss_per_stream_bytes,
-        o.cpu_cores
+        o.cpu_cores,
+        o.generator_cpu_cores
     );
 }
