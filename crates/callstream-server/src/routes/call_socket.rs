@@ -132,11 +132,60 @@ struct Session {
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Whether a receive error is tungstenite refusing a message over the size limit.
-pub fn is_too_big(err: axum::Error) -> bool {
-    err.into_inner()
-        .downcast::<tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+/// What one read from a client's socket brought, for each socket surface to answer in its own
+/// seed's way (the close codes differ: seed 003 closes an oversized message with 1003, the
+/// others with 1009; seed 001 answers a binary frame with an error and stays open).
+pub enum Incoming {
+    Text(Utf8Bytes),
+    Binary,
+    /// A ping or pong (tungstenite answers pings itself).
+    Control,
+    /// The client closed, or the connection is gone.
+    Closed,
+    /// A message over `ws_max_message_bytes`.
+    TooBig,
+    /// Any other violation of the WebSocket protocol.
+    Broken,
+}
+
+impl Incoming {
+    pub fn from_read(read: Option<Result<Message, axum::Error>>) -> Self {
+        match read {
+            None | Some(Ok(Message::Close(_))) => Self::Closed,
+            Some(Ok(Message::Text(text))) => Self::Text(text),
+            Some(Ok(Message::Binary(_))) => Self::Binary,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Self::Control,
+            Some(Err(err)) => {
+                let too_big = err
+                    .into_inner()
+                    .downcast::<tungstenite::Error>()
+                    .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
+                if too_big { Self::TooBig } else { Self::Broken }
+            }
+        }
+    }
+}
+
+/// The keep-alive ping every socket surface sends, first one period after it opens; a client
+/// that stops reading them is found by the write stall guard.
+pub fn ping_timer(state: &AppState) -> tokio::time::Interval {
+    let period = state.config().ws_ping();
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping
+}
+
+/// The close every socket surface sends at shutdown (1001).
+pub fn going_away() -> Message {
+    close(close_code::AWAY, "the server is shutting down")
+}
+
+/// The close for a binary frame where JSON text is expected (1003).
+pub fn binary_refused() -> Message {
+    close(
+        close_code::UNSUPPORTED,
+        "binary frames are not accepted; send JSON text",
+    )
 }
 
 pub fn text(bytes: Bytes) -> Message {
@@ -205,9 +254,7 @@ impl Session {
         let in_flight = Arc::new(Semaphore::new(config.ws_max_commands_in_flight));
         let (replies, mut reply_rx) =
             mpsc::channel::<Bytes>(config.ws_max_commands_in_flight.max(1));
-        let mut ping =
-            tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ping = ping_timer(&self.state);
         let shutdown = self.state.shutdown().clone();
         let expiry = tokio::time::sleep(until(self.expires_at));
         tokio::pin!(expiry);
@@ -216,7 +263,7 @@ impl Session {
             let outgoing = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                    let _ = socket.send(going_away()).await;
                     return;
                 }
                 () = &mut expiry => {
@@ -260,22 +307,18 @@ impl Session {
                         return;
                     }
                 },
-                incoming = socket.recv() => match incoming {
-                    None | Some(Ok(Message::Close(_))) => return,
-                    Some(Err(err)) => {
-                        if is_too_big(err) {
-                            let _ = socket.send(close(close_code::SIZE, "message too big")).await;
-                        }
+                incoming = socket.recv() => match Incoming::from_read(incoming) {
+                    Incoming::Closed | Incoming::Broken => return,
+                    Incoming::TooBig => {
+                        let _ = socket.send(close(close_code::SIZE, "message too big")).await;
                         return;
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        let _ = socket
-                            .send(close(close_code::UNSUPPORTED, "binary frames are not accepted; send JSON text"))
-                            .await;
+                    Incoming::Binary => {
+                        let _ = socket.send(binary_refused()).await;
                         return;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Text(message))) => {
+                    Incoming::Control => continue,
+                    Incoming::Text(message) => {
                         let verdict = guard.check();
                         if verdict == Verdict::Serve {
                             match self.handle(message.as_str(), &in_flight, &replies) {

@@ -29,13 +29,15 @@ use callstream_core::{Call, Command, Payload, time};
 use callstream_surfaces::live_calls::{self as lc, Request};
 use futures::SinkExt;
 use tokio::sync::{Semaphore, mpsc};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::auth::{ApiKey, url_pairs};
 use crate::error::ApiError;
 use crate::limit::{FloodGuard, Verdict};
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
+use crate::routes::call_socket::{
+    Incoming, close, configure, going_away, ping_timer, require_upgrade, text,
+};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -178,15 +180,14 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
     let limited = metrics.rate_limited.get_or_create(&LABELS).clone();
     let in_flight = Arc::new(Semaphore::new(config.ws_max_commands_in_flight));
     let (replies, mut reply_rx) = mpsc::channel::<Bytes>(config.ws_max_commands_in_flight.max(1));
-    let mut ping = tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping = ping_timer(&state);
     let shutdown = state.shutdown().clone();
     let mut ended = false;
     loop {
         let outgoing = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                let _ = socket.send(going_away()).await;
                 return;
             }
             Some(reply) = reply_rx.recv() => text(reply),
@@ -225,16 +226,14 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
                     return;
                 }
             },
-            incoming = socket.recv() => match incoming {
-                None | Some(Ok(Message::Close(_))) => return,
-                Some(Err(err)) => {
-                    if is_too_big(err) {
-                        let _ = socket.send(close(close_code::SIZE, "message too big")).await;
-                    }
+            incoming = socket.recv() => match Incoming::from_read(incoming) {
+                Incoming::Closed | Incoming::Broken => return,
+                Incoming::TooBig => {
+                    let _ = socket.send(close(close_code::SIZE, "message too big")).await;
                     return;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(message @ (Message::Binary(_) | Message::Text(_)))) => {
+                Incoming::Control => continue,
+                message @ (Incoming::Binary | Incoming::Text(_)) => {
                     // Every message counts toward the limit, binary ones included. A client over it
                     // for more than `ws_flood_close_secs` seconds in a row is closed with 1008.
                     let verdict = guard.check();
@@ -245,7 +244,7 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
                             return;
                         }
                         text(lc::error(&format!("rate limit: more than {} messages per second; this one was not carried out", config.ws_client_messages_per_sec)))
-                    } else if let Message::Text(message) = message {
+                    } else if let Incoming::Text(message) = message {
                         match lc::parse(message.as_str()) {
                             Err(description) => text(lc::error(&description)),
                             Ok(request) => {

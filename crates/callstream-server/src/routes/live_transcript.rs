@@ -23,13 +23,15 @@ use bytes::Bytes;
 use callstream_bus::{Resume, Topic};
 use callstream_core::{Call, CallStatus, KeyKind, Payload};
 use callstream_surfaces::live_transcript::{self as lt, ClientMessage};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::auth::{self, STREAM_TOKEN_PREFIX, query_token};
 use crate::error::ApiError;
 use crate::limit::TokenBucket;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
+use crate::routes::call_socket::{
+    Incoming, binary_refused, close, configure, going_away, ping_timer, require_upgrade, text,
+};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -177,15 +179,14 @@ async fn run(
 
     let mut bucket = TokenBucket::new(config.live_transcript_messages_per_sec);
     let mut over_limit_since: Option<Instant> = None;
-    let mut ping = tokio::time::interval_at(Instant::now() + config.ws_ping(), config.ws_ping());
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping = ping_timer(&state);
     let shutdown = state.shutdown().clone();
     let mut saw_end = false;
     loop {
         let outgoing = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                let _ = socket.send(going_away()).await;
                 return;
             }
             event = subscription.next() => match event {
@@ -214,23 +215,22 @@ async fn run(
                     return;
                 }
             },
-            incoming = socket.recv() => match incoming {
-                None | Some(Ok(Message::Close(_))) => return,
-                Some(Err(err)) => {
-                    let (code, reason) = if is_too_big(err) {
-                        (close_code::UNSUPPORTED, "message too big")
-                    } else {
-                        (close_code::PROTOCOL, "protocol error")
-                    };
-                    let _ = socket.send(close(code, reason)).await;
+            incoming = socket.recv() => match Incoming::from_read(incoming) {
+                Incoming::Closed => return,
+                Incoming::TooBig => {
+                    let _ = socket.send(close(close_code::UNSUPPORTED, "message too big")).await;
                     return;
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    let _ = socket.send(close(close_code::UNSUPPORTED, "binary messages are not accepted; send JSON text")).await;
+                Incoming::Broken => {
+                    let _ = socket.send(close(close_code::PROTOCOL, "protocol error")).await;
                     return;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Text(message))) => {
+                Incoming::Binary => {
+                    let _ = socket.send(binary_refused()).await;
+                    return;
+                }
+                Incoming::Control => continue,
+                Incoming::Text(message) => {
                     if !bucket.take() {
                         // Refused with an error; a client still over the limit after 10 s is closed.
                         let since = *over_limit_since.get_or_insert_with(Instant::now);

@@ -12,13 +12,14 @@ use callstream_bus::{CommandOutcome, RuntimeLink};
 use callstream_core::{CallId, ConversationId, WorkspaceId};
 use callstream_surfaces::runtime::{self, EventsMessage, RuntimeMessage};
 use futures::{FutureExt, SinkExt};
-use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::auth::{RuntimeKey, url_pairs};
 use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_socket::{close, configure, is_too_big, require_upgrade, text};
+use crate::routes::call_socket::{
+    Incoming, binary_refused, close, configure, going_away, ping_timer, require_upgrade, text,
+};
 use crate::routes::load_conversation;
 use crate::state::AppState;
 
@@ -72,16 +73,13 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
     let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
     let mut link = state.commands().connect(&workspace);
     let shutdown = state.shutdown().clone();
-    // Pings keep NAT and proxies from dropping an idle runtime, and a dead one is found by the
-    // write stall guard when its pings stop being read.
-    let period = state.config().ws_ping();
-    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Pings keep NAT and proxies from dropping an idle runtime.
+    let mut ping = ping_timer(&state);
     loop {
         let outgoing = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                let _ = socket.send(close(close_code::AWAY, "the server is shutting down")).await;
+                let _ = socket.send(going_away()).await;
                 return;
             }
             Some(command) = link.next() => {
@@ -147,17 +145,12 @@ async fn answer(
     acks: Acks,
     incoming: Option<Result<Message, axum::Error>>,
 ) -> Answer {
-    match incoming {
-        None | Some(Ok(Message::Close(_))) => Answer::Close(None),
-        Some(Err(err)) => {
-            Answer::Close(is_too_big(err).then(|| close(close_code::SIZE, "message too big")))
-        }
-        Some(Ok(Message::Binary(_))) => Answer::Close(Some(close(
-            close_code::UNSUPPORTED,
-            "binary frames are not accepted; send JSON text",
-        ))),
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Answer::Nothing,
-        Some(Ok(Message::Text(message))) => {
+    match Incoming::from_read(incoming) {
+        Incoming::Closed | Incoming::Broken => Answer::Close(None),
+        Incoming::TooBig => Answer::Close(Some(close(close_code::SIZE, "message too big"))),
+        Incoming::Binary => Answer::Close(Some(binary_refused())),
+        Incoming::Control => Answer::Nothing,
+        Incoming::Text(message) => {
             match handle(state, workspace, link, acks, message.as_str()).await {
                 Some(frame) => Answer::Send(text(frame)),
                 None => Answer::Nothing,
