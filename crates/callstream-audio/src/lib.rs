@@ -20,6 +20,8 @@
 
 pub mod format;
 pub mod framer;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod g711;
 pub mod l16;
 pub mod resample;

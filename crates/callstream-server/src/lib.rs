@@ -12,6 +12,8 @@ pub mod commands;
 pub mod config;
 pub mod conn;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod limit;

@@ -53,19 +53,36 @@ pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> 
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return First::Gone,
             Ok(Ok(_)) => {}
         }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut fields);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                return match stream_request(&parsed, len == buf.len()) {
-                    Some(request) => First::Stream(Box::new(request)),
-                    None => First::Other(buf.freeze()),
-                };
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            // Too long, too many fields, or malformed: hyper gives the right refusal.
-            _ => return First::Other(buf.freeze()),
+        match classify(&buf) {
+            Head::Stream(request) => return First::Stream(request),
+            Head::Other => return First::Other(buf.freeze()),
+            Head::Partial => {}
         }
+    }
+}
+
+/// What the bytes read so far make of the first request.
+pub enum Head {
+    /// A complete SSE stream request, to be answered here.
+    Stream(Box<Request<Body>>),
+    /// Anything else, complete or not: hyper reads it again and answers (or refuses) it.
+    Other,
+    /// Incomplete, and short enough to wait for more.
+    Partial,
+}
+
+/// Classifies the bytes a client sent first. Reads network input: fuzzed (`fuzz/`).
+pub fn classify(buf: &[u8]) -> Head {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => match stream_request(&parsed, len == buf.len()) {
+            Some(request) => Head::Stream(Box::new(request)),
+            None => Head::Other,
+        },
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
+        // Too long, too many fields, or malformed: hyper gives the right refusal.
+        _ => Head::Other,
     }
 }
 
@@ -77,8 +94,11 @@ fn stream_request(
     if parsed.method != Some("GET") || !nothing_behind {
         return None;
     }
-    let target = parsed.path?;
-    if !crate::is_sse_stream(target.split('?').next().unwrap_or(target)) {
+    // The path checked is the parsed URI's, the one the router will see: splitting the raw
+    // target at `?` let `/v1/calls/#x/transcript/stream` through as a stream request whose
+    // URI path is `/v1/calls/` (found by the fuzz target `stream_head`).
+    let uri = Uri::try_from(parsed.path?).ok()?;
+    if !crate::is_sse_stream(uri.path()) {
         return None;
     }
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
@@ -94,7 +114,7 @@ fn stream_request(
     }
     let mut request = Request::new(Body::empty());
     *request.method_mut() = Method::GET;
-    *request.uri_mut() = Uri::try_from(target).ok()?;
+    *request.uri_mut() = uri;
     *request.version_mut() = match parsed.version? {
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
