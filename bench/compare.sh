@@ -8,6 +8,7 @@
 #   TARGETS="callstream nchan" DURATION=10 bench/compare.sh
 #   PIN=1 SCENARIOS=custom EXTRA_ARGS="--channels 1 --per-channel 1000 --rate 100" bench/compare.sh
 #   ACKS=errors SCENARIOS=wide bench/compare.sh   # callstream's runtime answers refusals only
+#   JITTER_SECONDS=30 bench/compare.sh            # longer host-pause probe before and after
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,6 +128,10 @@ run() { # target scenario label [extra args...]
   $GEN $BIN/callstream-bench run "${args[@]}" ${EXTRA_ARGS:-} "$@" | tee -a "$OUT/table.md"
 }
 
+# The host's own pauses (hypervisor steal) before and after: a tail latency is only as good as
+# these allow, whatever the server (docs/benchmarks.md, "Host pauses").
+$BIN/callstream-bench jitter --seconds "${JITTER_SECONDS:-10}" | sed 's/^/before: /' | tee "$OUT/jitter.txt"
+
 for scenario in $SCENARIOS; do
   for target in $TARGETS; do
     [ "$target" = raw ] && [ "$TRANSPORT" = ws ] && continue
@@ -137,5 +142,6 @@ for scenario in $SCENARIOS; do
     fi
   done
 done
-$BIN/callstream-bench report "$RESULTS" | tee "$OUT/summary.md"
+$BIN/callstream-bench jitter --seconds "${JITTER_SECONDS:-10}" | sed 's/^/after: /' | tee -a "$OUT/jitter.txt"
+{ $BIN/callstream-bench report "$RESULTS"; echo; sed 's/^/    /' "$OUT/jitter.txt"; } | tee "$OUT/summary.md"
 echo "results in $OUT"

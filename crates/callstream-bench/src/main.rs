@@ -5,8 +5,10 @@
 //! - `raw-server`: the raw baseline writer.
 //! - `grip-origin`: the origin Pushpin holds SSE streams for.
 //! - `report`: markdown tables with ratios from `run --json` results.
+//! - `jitter`: how long this machine pauses a busy thread (host steal), to qualify tail latency.
 
 mod grip;
+mod jitter;
 mod marker;
 mod procstat;
 mod raw;
@@ -45,6 +47,17 @@ enum Command {
     },
     /// Markdown tables (with ratios to the best peer) from a results file of `run --json`.
     Report { results: std::path::PathBuf },
+    /// How often and how long the host pauses a busy thread on each core (steal).
+    Jitter {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Busy threads (one per core by default).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// The origin Pushpin holds SSE streams for.
     GripOrigin {
         #[arg(long, default_value = "127.0.0.1:8092")]
@@ -69,6 +82,11 @@ fn main() -> Result<()> {
             } => raw::serve(&listen, &publish, queue).await,
             Command::GripOrigin { listen } => grip::serve(&listen).await,
             Command::Report { results } => report::print(&results),
+            Command::Jitter {
+                seconds,
+                threads,
+                json,
+            } => jitter::run(seconds, threads, json.as_deref()),
         }
     })
 }

@@ -67,9 +67,80 @@ pub fn cpu_cores(before: &Sample, after: &Sample) -> f64 {
     (after.cpu_ticks.saturating_sub(before.cpu_ticks)) as f64 / 100.0 / secs
 }
 
+/// The machine's CPU time per CPU, from `/proc/stat`: all of it, and what the host stole (time
+/// a virtual CPU wanted to run but the hypervisor ran something else).
+#[derive(Debug, Clone, Default)]
+pub struct HostSample {
+    /// (total, steal) ticks per CPU, in the order `/proc/stat` lists them.
+    cpus: Vec<(u64, u64)>,
+}
+
+impl HostSample {
+    pub fn now() -> Self {
+        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Self {
+        let cpus = text
+            .lines()
+            // "cpu0 ..", "cpu1 ..": the per-CPU lines, not the "cpu " total.
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .map(|l| {
+                let ticks: Vec<u64> = l
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|f| f.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal (guest time is inside user).
+                let total = ticks.iter().take(8).sum();
+                (total, ticks.get(7).copied().unwrap_or(0))
+            })
+            .collect();
+        Self { cpus }
+    }
+}
+
+/// The share of each CPU's time the host stole between two samples (0.05 = 5 %).
+pub fn steal_shares(before: &HostSample, after: &HostSample) -> Vec<f64> {
+    before
+        .cpus
+        .iter()
+        .zip(&after.cpus)
+        .map(|(b, a)| {
+            let total = a.0.saturating_sub(b.0);
+            if total == 0 {
+                0.0
+            } else {
+                a.1.saturating_sub(b.1) as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_a_share_of_each_cpus_time() {
+        let before = HostSample::parse(
+            "cpu  10 0 10 100 0 0 0 2 0 0\ncpu0 5 0 5 50 0 0 0 1 0 0\ncpu1 5 0 5 50 0 0 0 1 0 0\nintr 1\n",
+        );
+        let after = HostSample::parse(
+            "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 45 0 15 130 0 0 0 11 0 0\ncpu1 5 0 5 150 0 0 0 1 0 0\n",
+        );
+        let shares = steal_shares(&before, &after);
+        assert_eq!(shares.len(), 2);
+        // cpu0: 140 ticks passed, 10 of them stolen; cpu1: none stolen.
+        assert!((shares[0] - 10.0 / 140.0).abs() < 1e-9);
+        assert_eq!(shares[1], 0.0);
+    }
+
+    #[test]
+    fn this_machine_lists_its_cpus() {
+        assert!(!HostSample::now().cpus.is_empty());
+    }
 
     #[test]
     fn reads_this_process() {

@@ -44,9 +44,9 @@ pub fn print(path: &std::path::Path) -> Result<()> {
             .fold(f64::INFINITY, f64::min);
         println!("\n### {scenario} ({transport})\n");
         println!(
-            "| server | subscribers | delivered frames/s | vs best peer | lost | p50 ms | p99 ms | p99 vs best peer | p99.9 ms | max ms | PSS per stream | vs best peer | server CPU (cores) | generator CPU |"
+            "| server | subscribers | delivered frames/s | vs best peer | lost | p50 ms | p99 ms | p99 vs best peer | p99.9 ms | max ms | PSS per stream | vs best peer | server CPU (cores) | generator CPU | host steal per CPU |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             let ratio = |x: f64, best: f64| {
                 if best.is_finite() && best > 0.0 {
@@ -56,7 +56,7 @@ pub fn print(path: &std::path::Path) -> Result<()> {
                 }
             };
             println!(
-                "| {} | {}{} | {:.0} | {} | {} of {} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.0} B | {} | {:.2} | {:.2} |",
+                "| {} | {}{} | {:.0} | {} | {} of {} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.0} B | {} | {:.2} | {:.2} | {} |",
                 r["label"].as_str().unwrap_or("?"),
                 r["subscribers"],
                 if num(r, "stuck") > 0.0 {
@@ -77,6 +77,12 @@ pub fn print(path: &std::path::Path) -> Result<()> {
                 ratio(num(r, "pss_per_stream_bytes"), best_mem),
                 num(r, "cpu_cores"),
                 num(r, "generator_cpu_cores"),
+                crate::run::steal_text(
+                    &r["host_steal_per_cpu"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_f64).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                ),
             );
         }
     }

@@ -166,6 +166,9 @@ pub struct Outcome {
     pub cpu_cores: f64,
     /// The generator's CPU (itself and its workers) while publishing.
     pub generator_cpu_cores: f64,
+    /// Share of each CPU's time the host (hypervisor) stole while publishing: frames wait
+    /// while it does, whatever the server (see `callstream-bench jitter`).
+    pub host_steal_per_cpu: Vec<f64>,
 }
 
 struct Worker {
@@ -204,7 +207,9 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     for i in 0..s.stuck {
         subs.push(targets::subscription(
             args.target,
-            Transport::Sse,
+            // Stuck clients speak the run's transport: over WebSocket, an upgraded socket that is
+            // never read.
+            args.transport,
             &args.endpoints,
             &channels[i % channels.len()],
             true,
@@ -271,6 +276,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         .chain(workers.iter().filter_map(|w| w.child.id()))
         .collect();
     let generator_at_connect = procstat::sample(&generator_pids);
+    let host_at_connect = procstat::HostSample::now();
 
     let healthy = (channels.len() * s.per_channel) as u64;
     let publisher = targets::publisher(args.target, &args.endpoints, args.publish_lanes).await?;
@@ -321,6 +327,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let seconds = started.elapsed().as_secs_f64();
     let during = procstat::sample(&args.pids);
     let generator_during = procstat::sample(&generator_pids);
+    let host_during = procstat::HostSample::now();
     // In-flight frames land; then the workers stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!();
@@ -378,6 +385,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         },
         cpu_cores: procstat::cpu_cores(&at_connect, &during),
         generator_cpu_cores: procstat::cpu_cores(&generator_at_connect, &generator_during),
+        host_steal_per_cpu: procstat::steal_shares(&host_at_connect, &host_during),
         server_before: before,
         server_connected: at_connect,
         server_after: during,
@@ -395,7 +403,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
 
 fn print_table(o: &Outcome) {
     println!(
-        "| {} | {:?} | {:?} | {} subs ({} stuck) on {} ch @ {}/s | {:.0} frames/s | lost {} of {} | p50 {:.2} ms | p99 {:.2} ms | p99.9 {:.2} ms | max {:.1} ms | {:.0} B/stream | {:.2} cores | generator {:.2} cores |",
+        "| {} | {:?} | {:?} | {} subs ({} stuck) on {} ch @ {}/s | {:.0} frames/s | lost {} of {} | p50 {:.2} ms | p99 {:.2} ms | p99.9 {:.2} ms | max {:.1} ms | {:.0} B/stream | {:.2} cores | generator {:.2} cores | host steal {} |",
         o.label,
         o.scenario,
         o.transport,
@@ -412,6 +420,19 @@ fn print_table(o: &Outcome) {
         o.max_ms,
         o.pss_per_stream_bytes,
         o.cpu_cores,
-        o.generator_cpu_cores
+        o.generator_cpu_cores,
+        steal_text(&o.host_steal_per_cpu)
     );
+}
+
+/// Each CPU's stolen share, e.g. "1.2 % / 3.4 %".
+pub fn steal_text(shares: &[f64]) -> String {
+    if shares.is_empty() {
+        return "–".into();
+    }
+    shares
+        .iter()
+        .map(|s| format!("{:.1} %", s * 100.0))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }

@@ -30,6 +30,8 @@ pub enum Kind {
     Ws,
     /// Opens an SSE stream and never reads it (the slow-consumer scenario).
     Stuck,
+    /// Sends a WebSocket upgrade request and never reads anything, not even the answer.
+    StuckWs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,6 +270,19 @@ async fn connect(sub: &Subscription, source: Ipv4Addr) -> Result<Connection> {
                     bail!("response head too long");
                 }
             }
+        }
+        Kind::StuckWs => {
+            // The handshake written out by hand, since any client library would read the answer.
+            // The key is RFC 6455's sample nonce: the server only hashes it.
+            let mut request = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            );
+            for (k, v) in &sub.headers {
+                request.push_str(&format!("{k}: {v}\r\n"));
+            }
+            request.push_str("\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            Ok(Connection::Stuck(stream))
         }
         Kind::Ws => {
             let mut request = sub.url.as_str().into_client_request()?;

@@ -137,7 +137,9 @@ pub fn subscription(
         (TargetKind::Raw, Transport::Sse) => (format!("{base}/{channel}"), vec![]),
         (TargetKind::Raw, Transport::Ws) => bail!("the raw baseline speaks SSE only"),
     };
-    let kind = if stuck {
+    let kind = if stuck && transport == Transport::Ws {
+        Kind::StuckWs
+    } else if stuck {
         Kind::Stuck
     } else if transport == Transport::Ws {
         Kind::Ws

@@ -1,6 +1,7 @@
 //! The load generator end to end: `callstream-bench run` (coordinator and worker processes,
 //! real sockets) against a real callstream server counts exactly what it was sent, over SSE
-//! and WebSocket, and writes its JSON result.
+//! and WebSocket, with stuck clients of the same transport beside the healthy ones, and writes
+//! its JSON result.
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,8 +27,27 @@ async fn the_generator_counts_every_frame_it_was_sent() {
     store.insert_key(&runtime.record).await.unwrap();
     let base = format!("http://{}", server.addr());
     let results = dir.path().join("results.jsonl");
+    let http = reqwest::Client::new();
+    let frames_sent = |surface: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let text = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let name = format!("callstream_frames_sent_total{{surface=\"{surface}\"}}");
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str()))
+                .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        }
+    };
 
-    for transport in ["sse", "ws"] {
+    for (transport, surface) in [("sse", "native_transcript_sse"), ("ws", "native_call_ws")] {
+        let sent_before = frames_sent(surface).await;
         let out = Command::new(env!("CARGO_BIN_EXE_callstream-bench"))
             .args([
                 "run",
@@ -39,6 +59,8 @@ async fn the_generator_counts_every_frame_it_was_sent() {
                 "3",
                 "--per-channel",
                 "4",
+                "--stuck",
+                "2",
             ])
             .args([
                 "--rate",
@@ -71,6 +93,22 @@ async fn the_generator_counts_every_frame_it_was_sent() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The stuck clients were streams of this surface too: the server wrote them frames
+        // that nobody counted as delivered.
+        let r: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&results)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        let sent = frames_sent(surface).await - sent_before;
+        let delivered = r["delivered"].as_f64().unwrap();
+        assert!(
+            sent > delivered,
+            "{transport}: {sent} frames sent, {delivered} delivered to the healthy clients"
+        );
     }
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&results)
         .unwrap()
@@ -84,6 +122,11 @@ async fn the_generator_counts_every_frame_it_was_sent() {
         // spread over 3 worker processes.
         assert!((100..=130).contains(&published), "{r}");
         assert_eq!(r["subscribers"], 12);
+        assert_eq!(r["stuck"], 2);
+        assert!(
+            !r["host_steal_per_cpu"].as_array().unwrap().is_empty(),
+            "each CPU's steal read from /proc/stat: {r}"
+        );
         assert_eq!(r["expected"].as_u64().unwrap(), published * 4, "{r}");
         assert_eq!(
             r["delivered"], r["expected"],
