@@ -258,10 +258,19 @@ pub struct Subscription {
 impl Subscription {
     /// The next event, or `None` once the topic has ended and everything queued was taken.
     pub async fn next(&mut self) -> Option<Arc<Event>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Subscription::next`] for a hand-written `Stream` or `Future`: `Pending` registers the
+    /// task to be woken by the next publish.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Arc<Event>>> {
         if let Some(e) = self.backlog.pop_front() {
-            return Some(e);
+            return std::task::Poll::Ready(Some(e));
         }
-        self.rx.recv().await
+        self.rx.poll_recv(cx)
     }
 
     /// The next event if one is ready now, without waiting. `None` means nothing is queued (the

@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +24,7 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{Surface, SurfaceLabels};
-use crate::routes::sse_stream::{SseStream, SseSurface, Step};
+use crate::routes::sse_stream::{AtEnd, SseStream, SseSurface, Step};
 use crate::routes::{ConversationPath, IdPath, load_conversation};
 use crate::state::AppState;
 
@@ -264,7 +263,7 @@ impl SseSurface for ConversationFrames {
         native::conversation_sse(event).map_or(Step::Skip, Step::Send)
     }
 
-    async fn at_end(&mut self) -> Option<Bytes> {
-        None
+    fn at_end(&mut self) -> AtEnd {
+        Box::pin(std::future::ready(None))
     }
 }

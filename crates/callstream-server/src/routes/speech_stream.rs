@@ -17,7 +17,7 @@ use crate::auth::{ApiKeyOrSession, url_pairs};
 use crate::error::ApiError;
 use crate::metrics::{Surface, SurfaceLabels};
 use crate::routes::load_call;
-use crate::routes::sse_stream::{SseStream, SseSurface, Step};
+use crate::routes::sse_stream::{AtEnd, SseStream, SseSurface, Step};
 use crate::state::AppState;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
@@ -89,8 +89,9 @@ impl SseSurface for SpeechFrames {
         frame.map_or(Step::Skip, Step::Send)
     }
 
-    async fn at_end(&mut self) -> Option<Bytes> {
+    fn at_end(&mut self) -> AtEnd {
         // The call ended but its terminal event was dropped for a full queue: still say goodbye.
-        (!self.closed).then(|| speech::lifecycle("sse_close", self.call_id.as_str()))
+        let last = (!self.closed).then(|| speech::lifecycle("sse_close", self.call_id.as_str()));
+        Box::pin(std::future::ready(last))
     }
 }

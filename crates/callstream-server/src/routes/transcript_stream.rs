@@ -22,7 +22,7 @@ use callstream_surfaces::sse;
 use crate::auth::BrowserPrincipal;
 use crate::error::ApiError;
 use crate::metrics::{Surface, SurfaceLabels};
-use crate::routes::sse_stream::{SseStream, SseSurface, Step};
+use crate::routes::sse_stream::{AtEnd, SseStream, SseSurface, Step};
 use crate::routes::{CallPath, IdPath, load_call};
 use crate::state::AppState;
 
@@ -128,9 +128,10 @@ impl SseSurface for TranscriptFrames {
         native::transcript_sse(event).map_or(Step::Skip, Step::Send)
     }
 
-    async fn at_end(&mut self) -> Option<Bytes> {
+    fn at_end(&mut self) -> AtEnd {
         // Say that the call failed if the terminal event itself was lost to a full queue.
-        self.ended.failed().await.then(|| call_failed(None))
+        let ended = self.ended.clone();
+        Box::pin(async move { ended.failed().await.then(|| call_failed(None)) })
     }
 }
 
@@ -146,6 +147,7 @@ fn call_failed(reason: Option<&str>) -> Bytes {
 
 /// What the stream needs to tell, at its end, whether the call failed when the terminal event
 /// itself was dropped for a full queue.
+#[derive(Clone)]
 struct EndCheck {
     state: AppState,
     workspace: WorkspaceId,
