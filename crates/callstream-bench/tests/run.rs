@@ -27,18 +27,11 @@ async fn the_generator_counts_every_frame_it_was_sent() {
     store.insert_key(&runtime.record).await.unwrap();
     let base = format!("http://{}", server.addr());
     let results = dir.path().join("results.jsonl");
-    let http = reqwest::Client::new();
+    let metrics = format!("{base}/metrics");
     let frames_sent = |surface: &'static str| {
-        let (http, base) = (http.clone(), base.clone());
+        let metrics = metrics.clone();
         async move {
-            let text = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
             let name = format!("callstream_frames_sent_total{{surface=\"{surface}\"}}");
             text.lines()
                 .find_map(|l| l.strip_prefix(name.as_str()))
