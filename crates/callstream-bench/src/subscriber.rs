@@ -235,17 +235,22 @@ fn split_url(url: &str) -> Result<(&str, &str)> {
     })
 }
 
+/// A GET request head written out by hand: `fixed` header lines, then the subscription's own.
+fn get_request(sub: &Subscription, host: &str, path: &str, fixed: &str) -> String {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{fixed}");
+    for (k, v) in &sub.headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request
+}
+
 async fn connect(sub: &Subscription, source: Ipv4Addr) -> Result<Connection> {
     let (host, path) = split_url(&sub.url)?;
     let mut stream = tcp(host, source).await?;
     match sub.kind {
         Kind::Sse | Kind::Stuck => {
-            let mut request =
-                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
-            for (k, v) in &sub.headers {
-                request.push_str(&format!("{k}: {v}\r\n"));
-            }
-            request.push_str("\r\n");
+            let request = get_request(sub, host, path, "Accept: text/event-stream\r\n");
             stream.write_all(request.as_bytes()).await?;
             if sub.kind == Kind::Stuck {
                 return Ok(Connection::Stuck(stream));
@@ -274,13 +279,12 @@ async fn connect(sub: &Subscription, source: Ipv4Addr) -> Result<Connection> {
         Kind::StuckWs => {
             // The handshake written out by hand, since any client library would read the answer.
             // The key is RFC 6455's sample nonce: the server only hashes it.
-            let mut request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            let request = get_request(
+                sub,
+                host,
+                path,
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
             );
-            for (k, v) in &sub.headers {
-                request.push_str(&format!("{k}: {v}\r\n"));
-            }
-            request.push_str("\r\n");
             stream.write_all(request.as_bytes()).await?;
             Ok(Connection::Stuck(stream))
         }

@@ -49,14 +49,13 @@ impl<K: Kind> Id<K> {
         // Written into one allocation: `format!` with `hex::encode` (two strings and the
         // formatting machinery) was about 930 instructions per id under callgrind, and ingest
         // mints two per event.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let bytes: [u8; RANDOM_BYTES] = rand::random();
-        let mut hex = [0u8; 2 * RANDOM_BYTES];
-        let mut text = String::with_capacity(K::PREFIX.len() + hex.len());
+        let mut text = String::with_capacity(K::PREFIX.len() + 2 * RANDOM_BYTES);
         text.push_str(K::PREFIX);
-        if hex::encode_to_slice(bytes, &mut hex).is_ok()
-            && let Ok(digits) = std::str::from_utf8(&hex)
-        {
-            text.push_str(digits);
+        for b in bytes {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 0xf)]));
         }
         Self {
             text,
