@@ -48,4 +48,4 @@ grep '^|' "$TMP/gen.out"
 # The dump (`callgrind.out.1`) holds what was counted between switching on and the dump.
 for _ in $(seq 50); do [ -s "$TMP/callgrind.out.1" ] && grep -q '^totals:' "$TMP/callgrind.out.1" && break; sleep 0.2; done
 echo "instructions counted: $(sed -n 's/^totals: //p' "$TMP/callgrind.out.1")"
-[ -n "${KEEP:-}" ] && cp "$TMP"/callgrind.out* "$KEEP"/ || true
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$TMP"/callgrind.out* "$KEEP"/; fi

@@ -347,6 +347,24 @@ macro_rules! events {
                 Self::parse_from(event_type, Source::Json(json))
             }
 
+            /// Decodes the payload of a known event type straight from `d` and checks it as
+            /// [`Payload::parse`] does. A refusal is `d`'s own error, without the field's path:
+            /// for one-pass decoders whose refusals are decoded again, the careful way, to name
+            /// the field ([`crate::incoming`]).
+            ///
+            /// # Errors
+            /// `d`'s error for a payload of the wrong shape or one that fails its checks.
+            pub fn deserialize_as<'de, D: serde::Deserializer<'de>>(
+                ty: EventType,
+                d: D,
+            ) -> Result<Self, D::Error> {
+                let parsed = match ty {
+                    $(EventType::$variant => Self::$variant(<$ty as Decode>::decode_from(d)?)),*
+                };
+                parsed.validate().map_err(serde::de::Error::custom)?;
+                Ok(parsed)
+            }
+
             fn parse_from(event_type: &str, payload: Source<'_>) -> Result<Self, EventError> {
                 let ty = EventType::parse(event_type)
                     .ok_or_else(|| EventError::UnknownType(event_type.to_owned()))?;
@@ -410,6 +428,7 @@ impl Source<'_> {
 trait Decode: Sized {
     fn from_value(value: Value) -> Result<Self, EventError>;
     fn from_json(json: &str) -> Result<Self, EventError>;
+    fn decode_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
 }
 
 fn refused(path: String, error: impl fmt::Display) -> EventError {
@@ -430,6 +449,10 @@ impl<T: DeserializeOwned> Decode for T {
     fn from_json(json: &str) -> Result<Self, EventError> {
         crate::json::from_str(json).map_err(|e| refused(e.path, e.error))
     }
+
+    fn decode_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <T as Deserialize>::deserialize(d)
+    }
 }
 
 // `Message` does not implement `Deserialize`, so the blanket impl above never covers it and
@@ -443,6 +466,10 @@ impl Decode for Message {
         let value: Value =
             serde_json::from_str(json).map_err(|e| EventError::field("payload", e.to_string()))?;
         Message::from_value(value)
+    }
+
+    fn decode_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Message::from_value(Value::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -509,6 +536,29 @@ impl Envelope {
         timestamp: DateTime<Utc>,
         payload: Payload,
     ) -> Result<Self, EventError> {
+        Self::with_id(
+            EventId::new(),
+            workspace_id,
+            subject,
+            seq,
+            timestamp,
+            payload,
+        )
+    }
+
+    /// [`Envelope::new`] for an event whose id was minted before it was numbered (ingest mints
+    /// it on arrival).
+    ///
+    /// # Errors
+    /// As [`Envelope::new`].
+    pub fn with_id(
+        event_id: EventId,
+        workspace_id: WorkspaceId,
+        subject: Subject,
+        seq: u64,
+        timestamp: DateTime<Utc>,
+        payload: Payload,
+    ) -> Result<Self, EventError> {
         let ty = payload.event_type();
         if ty.subject_kind() != subject.kind() {
             return Err(EventError::WrongSubject {
@@ -518,7 +568,7 @@ impl Envelope {
             });
         }
         Ok(Self {
-            event_id: EventId::new(),
+            event_id,
             workspace_id,
             subject,
             seq,

@@ -9,6 +9,7 @@
 pub mod command;
 pub mod event;
 pub mod id;
+pub mod incoming;
 pub mod json;
 pub mod model;
 pub mod time;

@@ -28,7 +28,7 @@ fn parse(text: &str) -> usize {
     let Ok(RuntimeMessage::Events(m)) = runtime::parse(text) else {
         panic!("fixture is not an events message");
     };
-    ingest::parse_batch(&m.events, Target::Call(Transport::Webrtc), 100)
+    ingest::events_of(m.events, Target::Call(Transport::Webrtc), 100)
         .unwrap()
         .len()
 }

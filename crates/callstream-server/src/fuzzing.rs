@@ -5,10 +5,12 @@
 //! Each function takes arbitrary bytes, must never panic, and checks what a client relies on:
 //! a refusal always says what is wrong.
 
-use callstream_core::Transport;
+use callstream_core::{Payload, Transport};
+use callstream_store::NewEvent;
 use callstream_surfaces::{control, live_calls, live_transcript, runtime};
 use serde_json::value::RawValue;
 
+use crate::error::ApiError;
 use crate::ingest::{self, Target};
 use crate::stream_http::{self, Head};
 
@@ -25,9 +27,33 @@ pub fn runtime_message(data: &[u8]) {
     };
     match runtime::parse(text) {
         Err(message) => assert!(!message.is_empty(), "a refusal names what is wrong"),
-        Ok(runtime::RuntimeMessage::Events(m)) => events(&m.events),
+        Ok(runtime::RuntimeMessage::Events(m)) => match m.events {
+            // Decoded with the message: ingest's answer must be the one its text would get.
+            runtime::Batch::Decoded(decoded) => {
+                let Ok(Some(text)) = events_text(text) else {
+                    panic!("a message decoded in one pass has no events text: {text}");
+                };
+                for target in TARGETS {
+                    agree(
+                        ingest::events_of(runtime::Batch::Decoded(decoded.clone()), target, 100),
+                        ingest::careful_batch(&text, target, 100),
+                        text.get(),
+                    );
+                }
+            }
+            runtime::Batch::Text(text) => events(&text),
+        },
         Ok(runtime::RuntimeMessage::CommandResult(_)) => {}
     }
+}
+
+/// The `events` member of a runtime message, as text.
+fn events_text(text: &str) -> Result<Option<Box<RawValue>>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Events {
+        events: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<Events>(text).map(|e| e.events)
 }
 
 /// A REST ingest body (`POST /v1/calls/{id}/events` and the conversation's).
@@ -37,12 +63,46 @@ pub fn ingest_body(data: &[u8]) {
     }
 }
 
+/// Ingest's answer for `batch` on every target, which must be the one-pass decode's and the
+/// careful path's alike.
 fn events(batch: &RawValue) {
     for target in TARGETS {
-        if let Err(err) = ingest::parse_batch(batch, target, 100) {
-            assert_eq!(err.code, "invalid_event");
-            assert!(!err.message.is_empty(), "a refusal names the field");
+        agree(
+            ingest::parse_batch(batch, target, 100),
+            ingest::careful_batch(batch, target, 100),
+            batch.get(),
+        );
+    }
+}
+
+/// The one-pass decode and the careful path give the same payloads, or the same refusal (which
+/// names what is wrong).
+fn agree(
+    fast: Result<Vec<NewEvent>, ApiError>,
+    careful: Result<Vec<NewEvent>, ApiError>,
+    input: &str,
+) {
+    match (fast, careful) {
+        (Ok(fast), Ok(careful)) => {
+            let payloads = |events: &[NewEvent]| -> Vec<Payload> {
+                events.iter().map(|e| e.payload.clone()).collect()
+            };
+            assert_eq!(payloads(&fast), payloads(&careful), "{input}");
         }
+        (Err(fast), Err(careful)) => {
+            assert_eq!(careful.code, "invalid_event");
+            assert!(!careful.message.is_empty(), "a refusal names the field");
+            assert_eq!(
+                (fast.code, fast.message),
+                (careful.code, careful.message),
+                "{input}"
+            );
+        }
+        (fast, careful) => panic!(
+            "one pass accepted: {}, careful path accepted: {}: {input}",
+            fast.is_ok(),
+            careful.is_ok()
+        ),
     }
 }
 

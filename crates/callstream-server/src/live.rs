@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use callstream_core::{Call, CallId, Envelope, Payload, Subject, Transport, WorkspaceId};
-use callstream_store::{Appended, NewEvent, Store, check_call_batch};
+use callstream_store::{NewEvent, Store, check_call_batch};
 use dashmap::DashMap;
 use tokio::sync::Mutex;
 
@@ -54,6 +54,11 @@ pub struct LiveCalls {
 
 impl LiveCalls {
     fn slot(&self, call: &CallId) -> Arc<Slot> {
+        // A live call's slot exists after its first event: a read lock and no copy of the id
+        // (`entry` takes the key by value, so it cost an allocation per event).
+        if let Some(slot) = self.slots.get(call) {
+            return slot.clone();
+        }
         self.slots
             .entry(call.clone())
             .or_insert_with(|| {
@@ -115,22 +120,23 @@ impl LiveCalls {
         Ok(has)
     }
 
-    /// Numbers `events`, records what must be durable, and returns the envelopes for the caller
-    /// to publish (under the call's order: `publish` runs before the lock is released).
+    /// Numbers `events`, records what must be durable, and hands the envelopes to `publish`
+    /// under the call's order (before the lock is released); returns what `publish` returned
+    /// and the call after the append.
     ///
     /// # Errors
     /// 404 for an unknown or foreign call, 409 once it has ended, 400 for a bad batch.
-    pub async fn append<F, Fut>(
+    pub async fn append<F, Fut, T>(
         &self,
         store: &dyn Store,
         workspace: &WorkspaceId,
         call_id: &CallId,
         events: Vec<NewEvent>,
         publish: F,
-    ) -> Result<Appended, ApiError>
+    ) -> Result<(T, Call), ApiError>
     where
         F: FnOnce(Vec<Envelope>) -> Fut,
-        Fut: std::future::Future<Output = Vec<Envelope>>,
+        Fut: std::future::Future<Output = T>,
     {
         check_call_batch(&events).map_err(|e| ApiError::from_store(e, "call"))?;
         let slot = self.slot(call_id);
@@ -173,15 +179,9 @@ impl LiveCalls {
         }
         let mut envelopes = Vec::with_capacity(events.len());
         for event in events {
-            let mut env = Envelope::new(
-                workspace.clone(),
-                Subject::Call(call_id.clone()),
-                seq.next,
-                event.timestamp,
-                event.payload,
-            )
-            .map_err(|e| ApiError::invalid_event(e.to_string()))?;
-            env.event_id = event.event_id;
+            let env = event
+                .into_envelope(workspace, Subject::Call(call_id.clone()), seq.next)
+                .map_err(|e| ApiError::invalid_event(e.to_string()))?;
             seq.next += 1;
             envelopes.push(env);
         }
@@ -200,7 +200,7 @@ impl LiveCalls {
         let last = seq.next - 1;
         seq.call.last_seq = last;
         let call = seq.call.clone();
-        let envelopes = publish(envelopes).await;
+        let published = publish(envelopes).await;
         slot.last_published.store(last, Ordering::Release);
         if !call.status.is_active() {
             // The call ended (its last seq is recorded): nothing more to number.
@@ -208,7 +208,7 @@ impl LiveCalls {
             drop(guard);
             self.slots.remove(call_id);
         }
-        Ok(Appended { envelopes, call })
+        Ok((published, call))
     }
 
     /// Gives every live call's unused seqs back to the store (at a clean shutdown).

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use callstream_core::event::{Role, Transcription};
 use callstream_core::id::KeyId;
 use callstream_core::{
-    Call, CallId, CallStatus, Conversation, ConversationId, Envelope, EventId, KeyKind, Payload,
-    TurnId, Workspace, WorkspaceId,
+    Call, CallId, CallStatus, Conversation, ConversationId, Envelope, EventError, EventId, KeyKind,
+    Payload, Subject, TurnId, Workspace, WorkspaceId,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -94,6 +94,26 @@ impl NewEvent {
             timestamp,
             payload,
         }
+    }
+
+    /// The event numbered `seq` of `subject`, keeping the id it was given on arrival.
+    ///
+    /// # Errors
+    /// When the payload's type does not belong to the subject's kind.
+    pub fn into_envelope(
+        self,
+        workspace: &WorkspaceId,
+        subject: Subject,
+        seq: u64,
+    ) -> Result<Envelope, EventError> {
+        Envelope::with_id(
+            self.event_id,
+            workspace.clone(),
+            subject,
+            seq,
+            self.timestamp,
+            self.payload,
+        )
     }
 }
 

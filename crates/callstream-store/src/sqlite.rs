@@ -470,15 +470,9 @@ impl Store for SqliteStore {
                 }
                 _ => {}
             }
-            let mut env = Envelope::new(
-                workspace.clone(),
-                Subject::Call(call_id.clone()),
-                seq,
-                event.timestamp,
-                event.payload,
-            )
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            env.event_id = event.event_id;
+            let env = event
+                .into_envelope(workspace, Subject::Call(call_id.clone()), seq)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
             envelopes.push(env);
         }
         enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
@@ -725,15 +719,13 @@ impl Store for SqliteStore {
                 }
                 _ => {}
             }
-            let mut env = Envelope::new(
-                workspace.clone(),
-                Subject::Conversation(conversation_id.clone()),
-                seq,
-                event.timestamp,
-                event.payload,
-            )
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            env.event_id = event.event_id;
+            let env = event
+                .into_envelope(
+                    workspace,
+                    Subject::Conversation(conversation_id.clone()),
+                    seq,
+                )
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
             envelopes.push(env);
         }
         enqueue_webhooks(&mut tx, workspace, &envelopes).await?;

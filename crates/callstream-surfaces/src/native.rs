@@ -36,7 +36,7 @@ impl<'a> TranscriptFrame<'a> {
 
     /// The SSE frame, with the event's `seq` as its `id:` so `Last-Event-ID` can resume.
     pub fn to_sse(&self, seq: u64) -> Bytes {
-        sse::frame(Some(seq), None, &json(self))
+        sse::json_frame(Some(seq), None, self)
     }
 }
 
@@ -82,7 +82,7 @@ pub fn conversation_sse(event: &Event) -> Option<Bytes> {
             timestamp: time::format(&env.timestamp),
             payload: &env.payload,
         };
-        Some(sse::frame(Some(env.seq), None, &json(&frame)))
+        Some(sse::json_frame(Some(env.seq), None, &frame))
     })
 }
 
@@ -95,31 +95,19 @@ pub struct ErrorBody<'a> {
 
 /// A non-terminal notice: an SSE frame of event type `event` with `{error_code, message}` data.
 pub fn sse_event(error_code: &str, message: &str) -> Bytes {
-    sse::frame(
+    sse::json_frame(
         None,
         Some("error"),
-        &json(&ErrorBody {
+        &ErrorBody {
             error_code,
             message,
-        }),
+        },
     )
 }
 
 /// A terminal `event: error` SSE frame.
 pub fn error_sse(error_code: &str, message: &str) -> Bytes {
-    sse::frame(
-        None,
-        Some("error"),
-        &json(&ErrorBody {
-            error_code,
-            message,
-        }),
-    )
-}
-
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    // Plain structs with string keys always serialise.
-    serde_json::to_vec(value).unwrap_or_default()
+    sse_event(error_code, message)
 }
 
 #[cfg(test)]

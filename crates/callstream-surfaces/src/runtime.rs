@@ -18,6 +18,7 @@
 
 use bytes::Bytes;
 use callstream_core::Command;
+use callstream_core::incoming::IncomingBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -29,23 +30,57 @@ pub enum RuntimeMessage {
     CommandResult(CommandResult),
 }
 
-/// Events for one call.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Events for one call or conversation.
+#[derive(Debug, Clone)]
 pub struct EventsMessage {
-    #[serde(rename = "type")]
-    _type: String,
-    #[serde(default, rename = "ref")]
     pub reference: Option<String>,
     /// The call the events are for; or else `conversation_id`.
-    #[serde(default)]
     pub call_id: Option<String>,
-    #[serde(default)]
     pub conversation_id: Option<String>,
     /// One event object or an array, exactly as `POST /v1/calls/{id}/events` (or the
-    /// conversation's) takes them; kept as its JSON text (checked to be JSON), for ingest to
-    /// decode each event and payload straight into its type.
-    pub events: Box<RawValue>,
+    /// conversation's) takes them.
+    pub events: Batch,
+}
+
+/// A message's events: decoded with the message in one pass, or, when that pass refused them,
+/// still text, for ingest to decode event by event and name the failing field.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Decoded(IncomingBatch),
+    Text(Box<RawValue>),
+}
+
+/// No events: what is left in a message whose events were taken for ingest.
+impl Default for Batch {
+    fn default() -> Self {
+        Self::Decoded(IncomingBatch::default())
+    }
+}
+
+/// An `events` message on the wire; `E` is how its events are read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<E> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+    events: E,
+}
+
+impl<E> Wire<E> {
+    fn into_message(self, events: impl FnOnce(E) -> Batch) -> EventsMessage {
+        EventsMessage {
+            reference: self.reference,
+            call_id: self.call_id,
+            conversation_id: self.conversation_id,
+            events: events(self.events),
+        }
+    }
 }
 
 /// The runtime's answer to a command.
@@ -71,11 +106,13 @@ pub fn parse(text: &str) -> Result<RuntimeMessage, String> {
     // `type` first (below) scanned the whole text once more, events included: about 3,500
     // instructions per message under callgrind. Anything else takes the careful path, whose
     // errors name the field; a message this pass accepts, that path would accept the same.
-    if let Ok(m) = serde_json::from_str::<EventsMessage>(text)
-        && m._type == "events"
+    // The events are decoded in the same pass, each payload straight into its type
+    // (`callstream_core::incoming`).
+    if let Ok(m) = serde_json::from_str::<Wire<IncomingBatch>>(text)
+        && m.kind == "events"
         && m.call_id.is_some() != m.conversation_id.is_some()
     {
-        return Ok(RuntimeMessage::Events(m));
+        return Ok(RuntimeMessage::Events(m.into_message(Batch::Decoded)));
     }
     // `type` first, then the variant's own struct, so that errors name the field (serde loses
     // field paths inside internally tagged enums). Both read the text itself: going through a
@@ -83,11 +120,11 @@ pub fn parse(text: &str) -> Result<RuntimeMessage, String> {
     let head: Head = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     match head.kind.as_ref().and_then(Value::as_str) {
         Some("events") => {
-            let m: EventsMessage = decode(text)?;
+            let m: Wire<Box<RawValue>> = decode(text)?;
             if m.call_id.is_some() == m.conversation_id.is_some() {
                 return Err("name exactly one of call_id and conversation_id".to_owned());
             }
-            Ok(RuntimeMessage::Events(m))
+            Ok(RuntimeMessage::Events(m.into_message(Batch::Text)))
         }
         Some("command_result") => decode(text).map(RuntimeMessage::CommandResult),
         Some(other) => Err(format!(
@@ -158,7 +195,15 @@ pub fn accepted_frame(m: &EventsMessage, seqs: &[u64]) -> Bytes {
         conversation_id: m.conversation_id.as_deref(),
         seqs,
     };
-    Bytes::from(serde_json::to_vec(&frame).unwrap_or_default())
+    // Sized for the whole answer up front: grown from empty, the buffer was reallocated four
+    // or five times per answer, and one answer goes out per message ingested.
+    let ids = [&m.reference, &m.call_id, &m.conversation_id];
+    let text: usize = ids.iter().filter_map(|s| s.as_ref()).map(String::len).sum();
+    let mut out = Vec::with_capacity(64 + text + 21 * seqs.len());
+    match serde_json::to_writer(&mut out, &frame) {
+        Ok(()) => Bytes::from(out),
+        Err(_) => Bytes::new(),
+    }
 }
 
 #[derive(Serialize)]
@@ -208,7 +253,21 @@ mod tests {
             panic!("not events");
         };
         assert_eq!(events.conversation_id.as_deref(), Some("conv_1"));
-        assert_eq!(events.events.get(), r#"{"event_type":"x"}"#);
+        // Events the one pass refuses stay text, for ingest to name what is wrong.
+        let Batch::Text(text) = &events.events else {
+            panic!("an unknown event type decoded");
+        };
+        assert_eq!(text.get(), r#"{"event_type":"x"}"#);
+        // Well-formed events are decoded with the message.
+        let Ok(RuntimeMessage::Events(events)) = parse(
+            r#"{"type":"events","call_id":"call_1","events":{"event_type":"call.dtmf","payload":{"digits":"1"}}}"#,
+        ) else {
+            panic!("not events");
+        };
+        let Batch::Decoded(decoded) = &events.events else {
+            panic!("well-formed events were not decoded");
+        };
+        assert_eq!((decoded.events.len(), decoded.array), (1, false));
         let result = parse(
             r#"{"type":"command_result","command_id":"cmd_1","ok":false,"error_code":"unknown_call"}"#,
         );

@@ -40,11 +40,7 @@ fn frame(
     if let Value::Object(extra) = fields {
         body.extend(extra.into_iter().filter(|(_, v)| !v.is_null()));
     }
-    sse::frame(
-        seq,
-        None,
-        &serde_json::to_vec(&Value::Object(body)).unwrap_or_default(),
-    )
+    sse::json_frame(seq, None, &body)
 }
 
 /// `sse_init` (at once) or `sse_close` (right before closing): lifecycle frames with a fresh id.

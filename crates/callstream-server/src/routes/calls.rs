@@ -72,7 +72,7 @@ pub async fn create(
         vec![NewEvent::new(call.started_at, started)],
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(appended.call)))
+    Ok((StatusCode::CREATED, Json(appended.subject)))
 }
 
 /// `POST /v1/calls/{id}/events`: one event object, or an array of them, in order.
@@ -89,15 +89,9 @@ pub async fn ingest_events(
         state.config().max_events_per_request,
     )?;
     let appended = ingest::append_call_events(&state, &who.workspace_id, &id, events).await?;
-    let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
-    let event_ids: Vec<&str> = appended
-        .envelopes
-        .iter()
-        .map(|e| e.event_id.as_str())
-        .collect();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "seqs": seqs, "event_ids": event_ids })),
+        Json(json!({ "seqs": appended.seqs(), "event_ids": appended.event_ids() })),
     ))
 }
 

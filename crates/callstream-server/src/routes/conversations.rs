@@ -88,15 +88,9 @@ pub async fn ingest_events(
     )?;
     let appended =
         ingest::append_conversation_events(&state, &who.workspace_id, &id, events).await?;
-    let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
-    let event_ids: Vec<&str> = appended
-        .envelopes
-        .iter()
-        .map(|e| e.event_id.as_str())
-        .collect();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "seqs": seqs, "event_ids": event_ids })),
+        Json(json!({ "seqs": appended.seqs(), "event_ids": appended.event_ids() })),
     ))
 }
 
@@ -140,7 +134,7 @@ pub async fn change_mode(
         vec![NewEvent::new(time::now(), change)],
     )
     .await?;
-    Ok(Json(appended.conversation))
+    Ok(Json(appended.subject))
 }
 
 /// `GET /v1/conversations?mode=&channel=&limit=` (API key).

@@ -194,31 +194,32 @@ async fn ingest_events(
     workspace: &WorkspaceId,
     link: &RuntimeLink,
     acks: Acks,
-    m: EventsMessage,
+    mut m: EventsMessage,
 ) -> Option<Bytes> {
     let max = state.config().max_events_per_request;
-    let batch = &m.events;
+    // The events move into ingest; the rest of the message names the answer.
+    let batch = std::mem::take(&mut m.events);
     let result = async {
         if let Some(call_id) = &m.call_id {
             let id = CallId::parse(call_id).map_err(|_| ApiError::not_found("call"))?;
             let transport = ingest::call_transport(state, workspace, &id).await?;
-            let events = ingest::parse_batch(batch, ingest::Target::Call(transport), max)?;
+            let events = ingest::events_of(batch, ingest::Target::Call(transport), max)?;
             let appended =
                 ingest::append_call_events_in_place(state, workspace, &id, events).await?;
-            if appended.call.status.is_active() {
+            if appended.subject.status.is_active() {
                 // This runtime serves the call now: the call's commands come here.
                 state.commands().claim(link, &id);
             }
-            Ok::<_, ApiError>(appended.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>())
+            Ok::<_, ApiError>(appended.seqs())
         } else {
             let conversation_id = m.conversation_id.as_deref().unwrap_or_default();
             let id = ConversationId::parse(conversation_id)
                 .map_err(|_| ApiError::not_found("conversation"))?;
             load_conversation(state, workspace, &id).await?;
-            let events = ingest::parse_batch(batch, ingest::Target::Conversation, max)?;
+            let events = ingest::events_of(batch, ingest::Target::Conversation, max)?;
             let appended =
                 ingest::append_conversation_events(state, workspace, &id, events).await?;
-            Ok(appended.envelopes.iter().map(|e| e.seq).collect())
+            Ok(appended.seqs())
         }
     }
     .await;
