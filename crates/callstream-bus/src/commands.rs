@@ -103,7 +103,7 @@ struct Outbox {
 struct Links {
     next_id: AtomicU64,
     by_workspace: DashMap<WorkspaceId, Vec<Outbox>>,
-    owners: DashMap<CallId, u64>,
+    owners: crate::FastMap<CallId, u64>,
     /// Commands waiting for an answer: the link they went to, and the waiter.
     pending: DashMap<String, (u64, oneshot::Sender<CommandOutcome>)>,
 }

@@ -3,7 +3,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -37,7 +36,7 @@ impl Default for InProcessConfig {
 /// each subscriber's queue with `try_send` (no awaiting under the lock).
 pub struct InProcessBus {
     config: InProcessConfig,
-    topics: DashMap<Topic, Arc<TopicState>>,
+    topics: crate::FastMap<Topic, Arc<TopicState>>,
 }
 
 struct TopicState {
@@ -75,7 +74,7 @@ impl InProcessBus {
     pub fn new(config: InProcessConfig) -> Self {
         Self {
             config,
-            topics: DashMap::new(),
+            topics: crate::FastMap::default(),
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use callstream_core::{Call, CallId, Envelope, Payload, Subject, Transport, WorkspaceId};
 use callstream_store::{NewEvent, Store, check_call_batch};
-use dashmap::DashMap;
+use callstream_bus::FastMap;
 use tokio::sync::Mutex;
 
 use crate::error::ApiError;
@@ -48,8 +48,8 @@ struct Sequencer {
 
 #[derive(Default)]
 pub struct LiveCalls {
-    slots: DashMap<CallId, Arc<Slot>>,
-    webhooks: DashMap<WorkspaceId, (bool, Instant)>,
+    slots: FastMap<CallId, Arc<Slot>>,
+    webhooks: FastMap<WorkspaceId, (bool, Instant)>,
 }
 
 impl LiveCalls {
