@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use callstream_bus::FastMap;
 use callstream_core::{Call, CallId, Envelope, Payload, Subject, Transport, WorkspaceId};
 use callstream_store::{NewEvent, Store, check_call_batch};
-use callstream_bus::FastMap;
 use tokio::sync::Mutex;
 
 use crate::error::ApiError;
