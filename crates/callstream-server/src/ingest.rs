@@ -266,6 +266,16 @@ pub fn events_of(batch: Batch, target: Target, max: usize) -> Result<Vec<NewEven
     }
 }
 
+/// A batch holds 1 to `max` events; both decoding paths refuse any other count in these words.
+fn batch_size(n: usize, max: usize) -> Result<(), ApiError> {
+    if n == 0 || n > max {
+        return Err(ApiError::invalid_event(format!(
+            "body: send 1 to {max} events per request"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks events that were decoded in one pass, with the same refusals, in the same order, as
 /// [`parse_batch`] gives for their text.
 fn accept_batch(
@@ -274,11 +284,7 @@ fn accept_batch(
     max: usize,
 ) -> Result<Vec<NewEvent>, ApiError> {
     let IncomingBatch { events, array } = batch;
-    if events.is_empty() || events.len() > max {
-        return Err(ApiError::invalid_event(format!(
-            "body: send 1 to {max} events per request"
-        )));
-    }
+    batch_size(events.len(), max)?;
     events
         .into_iter()
         .enumerate()
@@ -321,11 +327,7 @@ pub(crate) fn careful_batch(
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_str(json)
                 .map_err(|e| ApiError::invalid_event(format!("body: {e}")))?;
-            if items.is_empty() || items.len() > max {
-                return Err(ApiError::invalid_event(format!(
-                    "body: send 1 to {max} events per request"
-                )));
-            }
+            batch_size(items.len(), max)?;
             items
                 .into_iter()
                 .enumerate()

@@ -176,6 +176,19 @@ async fn malformed_events_are_refused_by_field() {
             json!([completed(), {"event_type": "call.dtmf", "payload": {"digits": "1"}}]),
             "events[0]: call.completed ends the call",
         ),
+        // Decoded in one pass, then refused by the checks: named as the careful path names them.
+        (
+            json!([{"event_type": "call.barge_in", "payload": {}}]),
+            "events[0].event_type: call.barge_in exists only for phone transports",
+        ),
+        (
+            json!([{"event_type": "call.dtmf", "payload": {"digits": "1"}, "timestamp": "noon"}]),
+            "events[0].timestamp: ",
+        ),
+        (
+            json!({"payload": {}, "event_type": "call.barge_in"}),
+            "event_type: call.barge_in exists only for phone transports",
+        ),
         (json!([]), "body: send 1 to"),
         (json!("hello"), "body: expected an event object"),
         (json!([5]), "events[0]: invalid type: integer `5`"),
