@@ -407,6 +407,40 @@ async fn the_runtime_socket_ingests_and_refuses_clearly() {
             "{message}"
         );
     }
+    // Decoded with the message in one pass, then refused by ingest's checks: each refusal
+    // names the event and field as the careful path does.
+    let read = json!({"event_type": "message.read", "payload": {"message_id": "m", "direction": "inbound", "status": "read"}});
+    let cases = [
+        (
+            json!({"type": "events", "ref": "r4", "call_id": id, "events": [read]}),
+            "events[0].event_type: message.read does not belong to a call",
+        ),
+        (
+            json!({"type": "events", "ref": "r5", "call_id": id, "events": {"event_type": "call.dtmf", "payload": {"digits": "1"}, "timestamp": "noon"}}),
+            "timestamp: ",
+        ),
+        (
+            json!({"type": "events", "ref": "r6", "call_id": id, "events": [{"event_type": "call.dtmf", "payload": {"digits": "1"}}, {"payload": {"digits": "1x"}, "event_type": "call.dtmf"}]}),
+            "events[1].payload.digits",
+        ),
+    ];
+    for (message, expect) in cases {
+        ws_send(&mut rt, &message).await;
+        let err = ws_json(&mut rt).await;
+        assert_eq!(
+            (err["ref"].as_str(), err["error_code"].as_str()),
+            (message["ref"].as_str(), Some("invalid_event")),
+            "{message}"
+        );
+        let text = err["message"].as_str().unwrap_or_default();
+        assert!(text.starts_with(expect), "{message}: {text}");
+    }
+    // The payload may come before its type; nothing refused above took a seq.
+    ws_send(&mut rt, &json!({"type": "events", "ref": "r7", "call_id": id, "events": {"payload": {"digits": "5"}, "event_type": "call.dtmf"}})).await;
+    assert_eq!(
+        ws_json(&mut rt).await,
+        json!({"type": "accepted", "ref": "r7", "call_id": id, "seqs": [3]})
+    );
     // Another workspace's call is not found from this runtime.
     let mut other = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.other.runtime))
         .await
