@@ -88,6 +88,12 @@ fn agree(
                 events.iter().map(|e| e.payload.clone()).collect()
             };
             assert_eq!(payloads(&fast), payloads(&careful), "{input}");
+            // A given timestamp is parsed by both alike; a missing one is "now" for each, a
+            // moment apart.
+            for (a, b) in fast.iter().zip(&careful) {
+                let apart = (a.timestamp - b.timestamp).num_milliseconds().abs();
+                assert!(apart < 1_000, "timestamps {apart} ms apart: {input}");
+            }
         }
         (Err(fast), Err(careful)) => {
             assert_eq!(careful.code, "invalid_event");
