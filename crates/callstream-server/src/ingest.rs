@@ -255,14 +255,15 @@ fn accept(
 }
 
 /// The events of a runtime message: checked as they are when decoded in one pass with it,
-/// else decoded and checked by [`parse_batch`].
+/// else decoded the careful way. Events stay text only when the one pass refused them (the
+/// message around them decodes the same either way), so trying it again would be wasted.
 ///
 /// # Errors
 /// 400 `invalid_event`, as [`parse_batch`].
 pub fn events_of(batch: Batch, target: Target, max: usize) -> Result<Vec<NewEvent>, ApiError> {
     match batch {
         Batch::Decoded(batch) => accept_batch(batch, target, max),
-        Batch::Text(text) => parse_batch(&text, target, max),
+        Batch::Text(text) => careful_batch(&text, target, max),
     }
 }
 
