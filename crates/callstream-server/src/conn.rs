@@ -106,16 +106,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
     }
 }
 
-/// The server's listener: TCP with `TCP_NODELAY` (small frames must not wait for Nagle) and a
-/// [`StallGuard`] on every connection.
+/// The server's listener: TCP with `TCP_NODELAY` (small frames must not wait for Nagle), a
+/// bounded send buffer when configured, and a [`StallGuard`] on every connection.
 pub struct GuardedListener {
     inner: TcpListener,
     limit: Duration,
+    send_buffer: Option<usize>,
 }
 
 impl GuardedListener {
-    pub fn new(inner: TcpListener, limit: Duration) -> Self {
-        Self { inner, limit }
+    pub fn new(inner: TcpListener, limit: Duration, send_buffer: Option<usize>) -> Self {
+        Self {
+            inner,
+            limit,
+            send_buffer,
+        }
     }
 }
 
@@ -129,6 +134,14 @@ impl axum::serve::Listener for GuardedListener {
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        // A fixed size also turns off the kernel's send-buffer autotuning for this socket,
+        // which is the point: a client that stops reading is noticed after this much, not
+        // after the megabytes autotuning would grant it (see `socket_send_buffer_bytes`).
+        if let Some(size) = self.send_buffer
+            && let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(size)
+        {
+            tracing::debug!(error = %err, "could not set SO_SNDBUF");
         }
         (StallGuard::new(stream, self.limit), addr)
     }

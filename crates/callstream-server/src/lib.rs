@@ -294,7 +294,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     // `serve(listener, router)` rebuilt the whole router per accepted connection, which massif
     // showed as the largest share of an idle SSE stream's memory).
     let router = app(state.clone()).with_state(());
-    let listener = conn::GuardedListener::new(listener, state.config().write_stall_timeout());
+    let listener = conn::GuardedListener::new(
+        listener,
+        state.config().write_stall_timeout(),
+        state.config().socket_send_buffer(),
+    );
     let task = tokio::spawn(http::serve(listener, router, shutdown.clone()));
     tracing::info!(%addr, "callstream listening");
     Ok(Server { addr, state, task })

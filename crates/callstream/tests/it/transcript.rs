@@ -217,6 +217,69 @@ async fn a_consumer_that_never_reads_loses_frames_and_slows_nobody() {
     assert_eq!(&head, b"HTTP/1.1 200");
 }
 
+/// Publishes 8 KB transcript turns one at a time to a call with a stuck viewer (and nobody
+/// else) until the server drops a frame for it; returns the frame bytes published by then, or
+/// `None` if `limit` bytes went by without a drop.
+async fn bytes_until_a_stuck_viewer_loses_frames(ts: &TestServer, limit: usize) -> Option<usize> {
+    const DROPPED: &str = "callstream_frames_dropped_total{surface=\"native_transcript_sse\"}";
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let _stuck = stuck_client(ts, id).await;
+    assert!(
+        wait_for_metric(ts, OPEN, |v| v >= 1.0).await,
+        "the stuck stream subscribed"
+    );
+    let text = "x".repeat(8000);
+    let mut published = 0;
+    for turn in 0.. {
+        if published >= limit {
+            return None;
+        }
+        ts.ingest(
+            id,
+            transcription("user", &text, true, &format!("trn_{turn}")),
+        )
+        .await;
+        published += text.len();
+        if ts.metric(DROPPED).await > 0.0 {
+            return Some(published);
+        }
+    }
+    unreachable!()
+}
+
+/// The server bounds each connection's kernel send buffer (`socket_send_buffer_bytes`), so a
+/// viewer that stops reading starts losing frames (its own, counted) after a bounded amount,
+/// not after the megabytes the kernel's autotuning would let it park.
+#[tokio::test]
+async fn a_stuck_viewer_is_noticed_after_a_bounded_amount() {
+    let ts = TestServer::start_with(|c| c.stream_queue_capacity = 16).await;
+    let bytes = bytes_until_a_stuck_viewer_loses_frames(&ts, 1024 * 1024).await;
+    // 64 KiB asked for (the kernel books 128 KiB), the client's 4 KiB window, 16 queued frames.
+    assert!(
+        bytes.is_some_and(|b| b < 512 * 1024),
+        "frames were dropped after {bytes:?} bytes"
+    );
+
+    // Without the bound, the same viewer takes far more before anything is dropped, where the
+    // kernel's autotuning may grow a send buffer past 1 MB (it does on Linux's defaults).
+    let autotune_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2)?.parse::<usize>().ok());
+    if autotune_max.is_some_and(|m| m > 2 * 1024 * 1024) {
+        let ts = TestServer::start_with(|c| {
+            c.stream_queue_capacity = 16;
+            c.socket_send_buffer_bytes = 0;
+        })
+        .await;
+        assert_eq!(
+            bytes_until_a_stuck_viewer_loses_frames(&ts, 1024 * 1024).await,
+            None,
+            "with autotuning, 1 MB went to the stuck viewer without a drop"
+        );
+    }
+}
+
 #[tokio::test]
 async fn many_viewers_of_one_call_see_the_same_frames() {
     let ts = TestServer::start().await;
