@@ -71,7 +71,9 @@ http {
   fastcgi_temp_path $TMP/nginx/fastcgi; uwsgi_temp_path $TMP/nginx/uwsgi; scgi_temp_path $TMP/nginx/scgi;
   nchan_shared_memory_size 256M;
   server {
-    listen 127.0.0.1:8081;
+    # The same kernel send buffer as callstream's default (socket_send_buffer_bytes), so that
+    # a stuck subscriber is stuck as soon on both (docs/benchmarks.md, slow consumers).
+    listen 127.0.0.1:8081 sndbuf=64k;
     location = /pub { nchan_publisher; nchan_channel_id \$arg_id; }
     location = /sub {
       nchan_subscriber; nchan_channel_id \$arg_id;

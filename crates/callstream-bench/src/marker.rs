@@ -12,9 +12,10 @@ pub fn now_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A marker for "now".
-pub fn stamp() -> String {
-    format!("~ts:{}~", now_nanos())
+/// A marker for "now", and the time it carries.
+pub fn stamp() -> (String, u64) {
+    let now = now_nanos();
+    (format!("~ts:{now}~"), now)
 }
 
 /// Scans a byte stream for markers, across reads of any size.

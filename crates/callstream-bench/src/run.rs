@@ -57,6 +57,12 @@ pub struct RunArgs {
     /// Seconds of publishing (or, for idle, of holding); overrides the scenario.
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Seconds of publishing before measuring: frames sent then are neither counted nor timed,
+    /// and CPU is sampled from its end. The slow scenario's default gives the stuck clients time
+    /// to fill their socket buffers, so that what is measured is a server with stuck clients,
+    /// not one with 10 % more subscribers; overrides the scenario.
+    #[arg(long)]
+    pub warmup: Option<u64>,
     /// Subscribers per worker process (each process may hold 20,000 files here).
     #[arg(long, default_value_t = 8000)]
     pub per_worker: usize,
@@ -85,6 +91,7 @@ struct Shape {
     stuck: usize,
     rate: f64,
     duration: u64,
+    warmup: u64,
 }
 
 fn shape(args: &RunArgs) -> Shape {
@@ -95,6 +102,7 @@ fn shape(args: &RunArgs) -> Shape {
             stuck: 0,
             rate: 5.0,
             duration: 20,
+            warmup: 0,
         },
         Scenario::Hot => Shape {
             channels: 1,
@@ -102,6 +110,7 @@ fn shape(args: &RunArgs) -> Shape {
             stuck: 0,
             rate: 100.0,
             duration: 20,
+            warmup: 0,
         },
         Scenario::Idle => Shape {
             channels: 1000,
@@ -109,6 +118,7 @@ fn shape(args: &RunArgs) -> Shape {
             stuck: 0,
             rate: 0.0,
             duration: 10,
+            warmup: 0,
         },
         Scenario::Slow => Shape {
             channels: 10,
@@ -116,6 +126,12 @@ fn shape(args: &RunArgs) -> Shape {
             stuck: 100,
             rate: 20.0,
             duration: 20,
+            // Until its socket buffers are full, a stuck client costs the server what a healthy
+            // one does. With a 64 KiB send buffer (callstream's default; compare.sh gives Nchan
+            // the same) a stuck client's send queue stops at some 95 KB: at 20 frames/s that is
+            // 40 s over SSE (~140 B frames) and 20 s over WebSocket (~300 B), then 3 s more to
+            // fill its 64-frame queue (`ss -tm` and frames_dropped_total, docs/benchmarks.md).
+            warmup: 50,
         },
         Scenario::Custom => Shape {
             channels: 1,
@@ -123,6 +139,7 @@ fn shape(args: &RunArgs) -> Shape {
             stuck: 0,
             rate: 1.0,
             duration: 5,
+            warmup: 0,
         },
     };
     Shape {
@@ -131,6 +148,7 @@ fn shape(args: &RunArgs) -> Shape {
         stuck: args.stuck.unwrap_or(preset.stuck),
         rate: args.rate.unwrap_or(preset.rate),
         duration: args.duration.unwrap_or(preset.duration),
+        warmup: args.warmup.unwrap_or(preset.warmup),
     }
 }
 
@@ -148,7 +166,11 @@ pub struct Outcome {
     pub publish_tick_ms: u64,
     /// callstream's runtime-socket answers (`all` or `errors`); the same for every target.
     pub runtime_acks: crate::targets::RuntimeAcks,
+    /// Seconds measured (after the warm-up).
     pub seconds: f64,
+    /// Seconds of warm-up before them.
+    pub warmup_seconds: u64,
+    /// Events published while measuring.
     pub published: u64,
     pub publish_errors: u64,
     pub expected: u64,
@@ -275,12 +297,28 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let generator_pids: Vec<u32> = std::iter::once(std::process::id())
         .chain(workers.iter().filter_map(|w| w.child.id()))
         .collect();
-    let generator_at_connect = procstat::sample(&generator_pids);
-    let host_at_connect = procstat::HostSample::now();
+    // CPU is measured from here, or from the end of the warm-up.
+    let mut server_start = procstat::sample(&args.pids);
+    let mut generator_start = procstat::sample(&generator_pids);
+    let mut host_start = procstat::HostSample::now();
 
     let healthy = (channels.len() * s.per_channel) as u64;
     let publisher = targets::publisher(args.target, &args.endpoints, args.publish_lanes).await?;
     let started = Instant::now();
+    let warmup = Duration::from_secs(s.warmup);
+    // Frames stamped before this are the warm-up's; the workers learn it before any is sent.
+    let measure_from = marker::now_nanos() + u64::try_from(warmup.as_nanos()).unwrap_or(0);
+    if s.warmup > 0 {
+        eprintln!("[{label}] warming up for {} s", s.warmup);
+        for w in &mut workers {
+            w.stdin
+                .write_all(format!("measure {measure_from}\n").as_bytes())
+                .await?;
+        }
+    }
+    let mut measuring = s.warmup == 0;
+    let mut measured_since = started;
+    // Events sent after the warm-up, per channel: what each subscriber should receive.
     let mut published = vec![0u64; channels.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(args.publish_tick_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,18 +326,28 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let mut sent_total = 0u64;
     let mut next_channel = 0usize;
     let mut last_report = Instant::now();
-    let deadline = started + Duration::from_secs(s.duration);
+    let deadline = started + warmup + Duration::from_secs(s.duration);
     while Instant::now() < deadline {
         tick.tick().await;
+        if !measuring && started.elapsed() >= warmup {
+            measuring = true;
+            measured_since = Instant::now();
+            server_start = procstat::sample(&args.pids);
+            generator_start = procstat::sample(&generator_pids);
+            host_start = procstat::HostSample::now();
+        }
         if total_rate > 0.0 {
             let due = (started.elapsed().as_secs_f64() * total_rate) as u64;
             let mut batch = Vec::new();
             while sent_total < due {
                 let ch = next_channel % channels.len();
                 next_channel += 1;
-                published[ch] += 1;
                 sent_total += 1;
-                batch.push((channels[ch].clone(), marker::stamp()));
+                let (stamp, at) = marker::stamp();
+                if at >= measure_from {
+                    published[ch] += 1;
+                }
+                batch.push((channels[ch].clone(), stamp));
             }
             if !batch.is_empty() {
                 publisher.publish(batch).await;
@@ -324,7 +372,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
             let _ = std::io::stderr().flush();
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = measured_since.elapsed().as_secs_f64();
     let during = procstat::sample(&args.pids);
     let generator_during = procstat::sample(&generator_pids);
     let host_during = procstat::HostSample::now();
@@ -368,6 +416,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         publish_tick_ms: args.publish_tick_ms.max(1),
         runtime_acks: args.endpoints.runtime_acks,
         seconds,
+        warmup_seconds: s.warmup,
         published: published.iter().sum(),
         publish_errors: publisher.errors.load(std::sync::atomic::Ordering::Relaxed),
         expected,
@@ -383,9 +432,9 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         } else {
             0.0
         },
-        cpu_cores: procstat::cpu_cores(&at_connect, &during),
-        generator_cpu_cores: procstat::cpu_cores(&generator_at_connect, &generator_during),
-        host_steal_per_cpu: procstat::steal_shares(&host_at_connect, &host_during),
+        cpu_cores: procstat::cpu_cores(&server_start, &during),
+        generator_cpu_cores: procstat::cpu_cores(&generator_start, &generator_during),
+        host_steal_per_cpu: procstat::steal_shares(&host_start, &host_during),
         server_before: before,
         server_connected: at_connect,
         server_after: during,

@@ -120,6 +120,8 @@ pub fn decode(text: &str) -> Result<Histogram<u64>> {
 struct Counters {
     frames: AtomicU64,
     errors: AtomicU64,
+    /// Frames sent before this time (unix nanos) are the warm-up's: neither counted nor timed.
+    measure_from: AtomicU64,
 }
 
 fn emit(report: &Report) {
@@ -128,7 +130,8 @@ fn emit(report: &Report) {
     }
 }
 
-/// Runs a worker: reads its plan from stdin, connects, reports, stops on "stop".
+/// Runs a worker: reads its plan from stdin, connects, reports, stops on "stop". A line
+/// `measure <unix nanos>` ends the warm-up: frames sent before that time are not counted.
 pub async fn run_worker() -> Result<()> {
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let plan: Plan = serde_json::from_str(&stdin.next_line().await?.context("no plan on stdin")?)?;
@@ -136,6 +139,7 @@ pub async fn run_worker() -> Result<()> {
     let counters = Arc::new(Counters {
         frames: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        measure_from: AtomicU64::new(0),
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(plan.connect_concurrency.max(1)));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
@@ -193,8 +197,13 @@ pub async fn run_worker() -> Result<()> {
         tokio::select! {
             line = stdin.next_line() => {
                 let line = line.ok().flatten();
-                if matches!(line.as_deref(), Some("stop") | None) {
-                    break;
+                match line.as_deref() {
+                    Some("stop") | None => break,
+                    Some(other) => {
+                        if let Some(from) = other.strip_prefix("measure ").and_then(|n| n.parse().ok()) {
+                            counters.measure_from.store(from, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             _ = tick.tick() => emit(&Report::Progress { frames: counters.frames.load(Ordering::Relaxed) }),
@@ -215,12 +224,24 @@ enum Connection {
     Stuck(TcpStream),
 }
 
-async fn tcp(host_port: &str, source: Ipv4Addr) -> Result<TcpStream> {
+/// A stuck client's receive buffer. Left to autotuning, a socket that is never read still takes
+/// some 100 KB before its window closes: at the slow scenario's 20 frames/s that is most of a
+/// 30-second run, during which the server writes to it as to any healthy subscriber, so the
+/// run measured 10 % more subscribers rather than stuck ones. A small buffer (the kernel
+/// doubles it and keeps its own minimum) closes the window within the first second or two, as
+/// a real slow consumer's does once it stops reading.
+const STUCK_RECV_BUFFER: u32 = 4096;
+
+async fn tcp(host_port: &str, source: Ipv4Addr, kind: Kind) -> Result<TcpStream> {
     let addr: SocketAddr = tokio::net::lookup_host(host_port)
         .await?
         .next()
         .context("no address")?;
     let socket = TcpSocket::new_v4()?;
+    if matches!(kind, Kind::Stuck | Kind::StuckWs) {
+        // Before connecting: the window scale is agreed in the handshake.
+        socket.set_recv_buffer_size(STUCK_RECV_BUFFER)?;
+    }
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -247,7 +268,7 @@ fn get_request(sub: &Subscription, host: &str, path: &str, fixed: &str) -> Strin
 
 async fn connect(sub: &Subscription, source: Ipv4Addr) -> Result<Connection> {
     let (host, path) = split_url(&sub.url)?;
-    let mut stream = tcp(host, source).await?;
+    let mut stream = tcp(host, source, sub.kind).await?;
     match sub.kind {
         Kind::Sse | Kind::Stuck => {
             let request = get_request(sub, host, path, "Accept: text/event-stream\r\n");
@@ -311,6 +332,9 @@ impl Connection {
     ) -> Result<()> {
         let mut scanner = Scanner::default();
         let mut on_marker = |ts: u64| {
+            if ts < counters.measure_from.load(Ordering::Relaxed) {
+                return;
+            }
             let micros = now_nanos().saturating_sub(ts) / 1000;
             latencies.record(index, micros);
             counters.frames.fetch_add(1, Ordering::Relaxed);

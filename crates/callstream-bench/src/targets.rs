@@ -199,7 +199,11 @@ pub async fn publisher(kind: TargetKind, ep: &Endpoints, lanes: usize) -> Result
                 request
                     .headers_mut()
                     .insert("authorization", format!("Bearer {key}").parse()?);
-                let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+                // Nagle off, as on every other connection the generator opens: with it on
+                // (`connect_async`'s default) a lane's next message could wait for the server's
+                // delayed ACK, and every frame of that event came 40 ms late.
+                let (ws, _) =
+                    tokio_tungstenite::connect_async_with_config(request, None, true).await?;
                 tokio::spawn(callstream_lane(ws, rx, errors));
             }
             TargetKind::Nchan => {

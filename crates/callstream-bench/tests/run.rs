@@ -64,6 +64,9 @@ async fn the_generator_counts_every_frame_it_was_sent() {
                 "5",
                 "--publish-lanes",
                 "2",
+                // A second of warm-up first: neither published nor delivered counts it.
+                "--warmup",
+                "1",
             ])
             .args([
                 "--base",
@@ -111,9 +114,10 @@ async fn the_generator_counts_every_frame_it_was_sent() {
     assert_eq!(lines.len(), 2);
     for r in &lines {
         let published = r["published"].as_u64().unwrap();
-        // 3 channels × 20/s × 2 s, give or take the last tick; 12 subscribers, 4 per channel,
-        // spread over 3 worker processes.
+        // 3 channels × 20/s × 2 s after the warm-up (180 with it), give or take the last
+        // tick; 12 subscribers, 4 per channel, spread over 3 worker processes.
         assert!((100..=130).contains(&published), "{r}");
+        assert_eq!(r["warmup_seconds"], 1);
         assert_eq!(r["subscribers"], 12);
         assert_eq!(r["stuck"], 2);
         assert!(
