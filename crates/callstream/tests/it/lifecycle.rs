@@ -36,6 +36,46 @@ async fn a_restart_keeps_keys_calls_and_transcripts() {
     assert_eq!(more["seqs"], json!([4]));
 }
 
+/// Seqs come from blocks the store reserves; across blocks they stay contiguous, and a clean
+/// shutdown gives back every unused seq, so that the next process goes on from the last one
+/// used.
+#[tokio::test]
+async fn seqs_stay_contiguous_across_blocks_and_a_restart_gives_the_unused_back() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let mut seqs = Vec::new();
+    // 1,600 events: past the first block of 1,024, and some way into the second.
+    for batch in 0..16 {
+        let events: Vec<_> = (0..100)
+            .map(|i| transcription("user", "hm", false, &format!("trn_{batch}_{i}")))
+            .collect();
+        let accepted = ts.ingest(&id, json!(events)).await;
+        seqs.extend(
+            accepted["seqs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap()),
+        );
+    }
+    // call.started is seq 1.
+    let gaps: Vec<_> = seqs.windows(2).filter(|w| w[1] != w[0] + 1).collect();
+    assert_eq!(
+        (seqs.first(), seqs.last(), gaps),
+        (Some(&2), Some(&1601), vec![]),
+        "contiguous from 2 to 1601"
+    );
+
+    let ts = ts.restart().await;
+    let (_, got) = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
+    assert_eq!(got["last_seq"], 1601, "nothing reserved is left unused");
+    let more = ts
+        .ingest(&id, transcription("agent", "Hi!", true, "trn_x"))
+        .await;
+    assert_eq!(more["seqs"], json!([1602]));
+}
+
 #[tokio::test]
 async fn shutdown_closes_streams_with_a_going_away_frame() {
     let ts = TestServer::start().await;
