@@ -224,12 +224,11 @@ enum Connection {
     Stuck(TcpStream),
 }
 
-/// A stuck client's receive buffer. Left to autotuning, a socket that is never read still takes
-/// some 100 KB before its window closes: at the slow scenario's 20 frames/s that is most of a
-/// 30-second run, during which the server writes to it as to any healthy subscriber, so the
-/// run measured 10 % more subscribers rather than stuck ones. A small buffer (the kernel
-/// doubles it and keeps its own minimum) closes the window within the first second or two, as
-/// a real slow consumer's does once it stops reading.
+/// A stuck client's receive buffer. Left to autotuning, a socket that is never read takes some
+/// 100 KB before its window closes; a small one (the kernel doubles it and keeps its own
+/// minimum) closes it within a second or two. What the server's own send buffer then takes
+/// (some 95 KB at callstream's default) is covered by the slow scenario's warm-up: until both
+/// are full the server writes to a stuck client as to any healthy one.
 const STUCK_RECV_BUFFER: u32 = 4096;
 
 async fn tcp(host_port: &str, source: Ipv4Addr, kind: Kind) -> Result<TcpStream> {
