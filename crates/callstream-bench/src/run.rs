@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin};
 
 use crate::marker;
 use crate::procstat::{self, Sample};
-use crate::subscriber::{Plan, Report, decode};
+use crate::subscriber::{LATE_MICROS, Plan, Report, Second, decode, merge_timelines};
 use crate::targets::{self, Endpoints, TargetKind, Transport};
 
 /// The named workloads of issue 4.
@@ -191,6 +191,10 @@ pub struct Outcome {
     /// Share of each CPU's time the host (hypervisor) stole while publishing: frames wait
     /// while it does, whatever the server (see `callstream-bench jitter`).
     pub host_steal_per_cpu: Vec<f64>,
+    /// Per second of sending after the warm-up: the worst latency, and the frames later than
+    /// 10 ms (all subscribers). One long pause shows as one bad second with many late frames.
+    #[serde(default)]
+    pub timeline: Vec<Second>,
 }
 
 struct Worker {
@@ -310,11 +314,12 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let measure_from = marker::now_nanos() + u64::try_from(warmup.as_nanos()).unwrap_or(0);
     if s.warmup > 0 {
         eprintln!("[{label}] warming up for {} s", s.warmup);
-        for w in &mut workers {
-            w.stdin
-                .write_all(format!("measure {measure_from}\n").as_bytes())
-                .await?;
-        }
+    }
+    // Also without a warm-up: the workers' timeline counts seconds from it.
+    for w in &mut workers {
+        w.stdin
+            .write_all(format!("measure {measure_from}\n").as_bytes())
+            .await?;
     }
     let mut measuring = s.warmup == 0;
     let mut measured_since = started;
@@ -380,6 +385,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!();
     let mut delivered = 0u64;
+    let mut timeline = Vec::new();
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     for w in &mut workers {
         w.stdin.write_all(b"stop\n").await?;
@@ -391,10 +397,12 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
                 Report::Done {
                     frames,
                     histogram: h,
+                    timeline: t,
                     ..
                 } => {
                     delivered += frames;
                     histogram.add(decode(&h)?)?;
+                    merge_timelines(&mut timeline, &t);
                     break;
                 }
                 Report::Progress { .. } | Report::Ready { .. } => {}
@@ -438,8 +446,10 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         server_before: before,
         server_connected: at_connect,
         server_after: during,
+        timeline,
     };
     print_table(&outcome);
+    print_worst_seconds(&outcome);
     if let Some(path) = &args.json {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -472,6 +482,28 @@ fn print_table(o: &Outcome) {
         o.generator_cpu_cores,
         steal_text(&o.host_steal_per_cpu)
     );
+}
+
+/// The three worst seconds of the timeline, on stderr (the table row stays one line).
+fn print_worst_seconds(o: &Outcome) {
+    let mut worst: Vec<(usize, &Second)> = o.timeline.iter().enumerate().collect();
+    worst.sort_by_key(|(_, s)| std::cmp::Reverse(s.max_micros));
+    let text: Vec<String> = worst
+        .iter()
+        .take(3)
+        .filter(|(_, s)| s.max_micros > 0)
+        .map(|(i, s)| {
+            format!(
+                "second {i}: max {:.1} ms, {} frames > {} ms",
+                s.max_micros as f64 / 1000.0,
+                s.late,
+                LATE_MICROS / 1000
+            )
+        })
+        .collect();
+    if !text.is_empty() {
+        eprintln!("[{}] worst seconds: {}", o.label, text.join("; "));
+    }
 }
 
 /// Each CPU's stolen share, e.g. "1.2 % / 3.4 %".

@@ -67,10 +67,83 @@ pub enum Report {
         frames: u64,
         errors: u64,
         histogram: String,
+        /// Per second of sending (from the end of the warm-up): the worst latency and the
+        /// frames later than [`LATE_MICROS`]. Tells one long pause from a spread of small ones.
+        #[serde(default)]
+        timeline: Vec<Second>,
     },
 }
 
 const SHARDS: usize = 16;
+
+/// A frame later than this counts as late in the timeline.
+pub const LATE_MICROS: u64 = 10_000;
+/// Seconds the timeline covers; frames sent later are left out of it (not of the histogram).
+const TIMELINE_SECONDS: usize = 3600;
+
+/// One second of the timeline, by the time its frames were sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Second {
+    pub max_micros: u64,
+    pub late: u64,
+}
+
+/// The worst latency and the late frames per second of sending, recorded lock-free.
+pub struct Timeline {
+    max: Vec<AtomicU64>,
+    late: Vec<AtomicU64>,
+}
+
+impl Timeline {
+    pub fn new() -> Self {
+        Self {
+            max: (0..TIMELINE_SECONDS).map(|_| AtomicU64::new(0)).collect(),
+            late: (0..TIMELINE_SECONDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Records a frame sent at `sent` (unix nanos), `from` being the start of measuring.
+    pub fn record(&self, from: u64, sent: u64, micros: u64) {
+        let Ok(second) = usize::try_from(sent.saturating_sub(from) / 1_000_000_000) else {
+            return;
+        };
+        if second >= TIMELINE_SECONDS {
+            return;
+        }
+        self.max[second].fetch_max(micros, Ordering::Relaxed);
+        if micros > LATE_MICROS {
+            self.late[second].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The seconds up to the last one with any frame.
+    pub fn seconds(&self) -> Vec<Second> {
+        let mut out: Vec<Second> = self
+            .max
+            .iter()
+            .zip(&self.late)
+            .map(|(m, l)| Second {
+                max_micros: m.load(Ordering::Relaxed),
+                late: l.load(Ordering::Relaxed),
+            })
+            .collect();
+        while out.last().is_some_and(|s| s.max_micros == 0) {
+            out.pop();
+        }
+        out
+    }
+}
+
+/// Merges workers' timelines: the worst of each second, and every worker's late frames.
+pub fn merge_timelines(into: &mut Vec<Second>, other: &[Second]) {
+    if into.len() < other.len() {
+        into.resize(other.len(), Second::default());
+    }
+    for (a, b) in into.iter_mut().zip(other) {
+        a.max_micros = a.max_micros.max(b.max_micros);
+        a.late += b.late;
+    }
+}
 
 /// Latency histograms (microseconds), sharded so that recording rarely contends.
 pub struct Latencies {
@@ -118,6 +191,7 @@ pub fn decode(text: &str) -> Result<Histogram<u64>> {
 }
 
 struct Counters {
+    timeline: Timeline,
     frames: AtomicU64,
     errors: AtomicU64,
     /// Frames sent before this time (unix nanos) are the warm-up's: neither counted nor timed.
@@ -137,6 +211,7 @@ pub async fn run_worker() -> Result<()> {
     let plan: Plan = serde_json::from_str(&stdin.next_line().await?.context("no plan on stdin")?)?;
     let latencies = Arc::new(Latencies::new()?);
     let counters = Arc::new(Counters {
+        timeline: Timeline::new(),
         frames: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         measure_from: AtomicU64::new(0),
@@ -214,6 +289,7 @@ pub async fn run_worker() -> Result<()> {
         frames: counters.frames.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
         histogram,
+        timeline: counters.timeline.seconds(),
     });
     Ok(())
 }
@@ -331,11 +407,15 @@ impl Connection {
     ) -> Result<()> {
         let mut scanner = Scanner::default();
         let mut on_marker = |ts: u64| {
-            if ts < counters.measure_from.load(Ordering::Relaxed) {
+            let from = counters.measure_from.load(Ordering::Relaxed);
+            if ts < from {
                 return;
             }
             let micros = now_nanos().saturating_sub(ts) / 1000;
             latencies.record(index, micros);
+            if from > 0 {
+                counters.timeline.record(from, ts, micros);
+            }
             counters.frames.fetch_add(1, Ordering::Relaxed);
         };
         match self {
@@ -365,5 +445,51 @@ impl Connection {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_keeps_each_seconds_worst_and_late_frames_by_send_time() {
+        let from = 1_000_000_000_000;
+        let t = Timeline::new();
+        t.record(from, from + 100, 900);
+        t.record(from, from + 999_999_999, 12_000);
+        t.record(from, from + 2_500_000_000, 40_000);
+        t.record(from, from + 2_600_000_000, 11_000);
+        t.record(from, from + 2_700_000_000, 3_000);
+        // Beyond the timeline: left out, not a panic.
+        t.record(from, u64::MAX, 1);
+        let seconds = t.seconds();
+        assert_eq!(
+            seconds,
+            [
+                Second {
+                    max_micros: 12_000,
+                    late: 1
+                },
+                Second::default(),
+                Second {
+                    max_micros: 40_000,
+                    late: 2
+                },
+            ]
+        );
+        let mut merged = vec![Second {
+            max_micros: 50_000,
+            late: 7,
+        }];
+        merge_timelines(&mut merged, &seconds);
+        assert_eq!(
+            merged[0],
+            Second {
+                max_micros: 50_000,
+                late: 8
+            }
+        );
+        assert_eq!(merged[2], seconds[2]);
     }
 }

@@ -139,6 +139,19 @@ async fn the_generator_counts_every_frame_it_was_sent() {
             r["server_connected"]["pss_kib"].as_u64().unwrap() > 0,
             "memory sampled from /proc"
         );
+        // The timeline covers the 2 measured seconds (give or take the last tick), and its
+        // worst second is the histogram's max (which is exact to 3 significant digits).
+        let timeline = r["timeline"].as_array().unwrap();
+        assert!((2..=3).contains(&timeline.len()), "{r}");
+        let worst = timeline
+            .iter()
+            .map(|s| s["max_micros"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        let max = r["max_ms"].as_f64().unwrap() * 1000.0;
+        assert!(
+            worst > 0.0 && (worst - max).abs() <= max * 0.002,
+            "timeline's worst {worst} us against max {max} us"
+        );
     }
     server.shutdown();
 }
