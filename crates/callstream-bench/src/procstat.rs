@@ -25,17 +25,31 @@ fn field_kib(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads the processes now; missing ones count as zero.
+/// Reads the processes' memory and CPU now; missing ones count as zero.
+///
+/// Never while frames are in flight: reading `smaps_rollup` walks the process's page tables
+/// under its memory-map lock, and a thread of it that needs the lock meanwhile (an `mmap` or
+/// `munmap` by its allocator) waits. Read at the end of a measuring window, this put single
+/// delays of up to 86 ms on the last frames (docs/benchmarks.md); use [`cpu`] there.
 pub fn sample(pids: &[u32]) -> Sample {
-    let mut s = Sample {
-        at: Some(Instant::now()),
-        ..Sample::default()
-    };
+    let mut s = cpu(pids);
     for pid in pids {
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             s.pss_kib += field_kib(&rollup, "Pss:");
             s.rss_kib += field_kib(&rollup, "Rss:");
         }
+    }
+    s
+}
+
+/// Reads the processes' CPU time only (`/proc/<pid>/stat`, which takes no lock the process
+/// needs): safe while measuring.
+pub fn cpu(pids: &[u32]) -> Sample {
+    let mut s = Sample {
+        at: Some(Instant::now()),
+        ..Sample::default()
+    };
+    for pid in pids {
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // Fields after the command name (which may hold spaces) are space separated;
             // utime and stime are the 14th and 15th fields overall.

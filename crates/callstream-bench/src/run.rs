@@ -302,8 +302,8 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         .chain(workers.iter().filter_map(|w| w.child.id()))
         .collect();
     // CPU is measured from here, or from the end of the warm-up.
-    let mut server_start = procstat::sample(&args.pids);
-    let mut generator_start = procstat::sample(&generator_pids);
+    let mut server_start = procstat::cpu(&args.pids);
+    let mut generator_start = procstat::cpu(&generator_pids);
     let mut host_start = procstat::HostSample::now();
 
     let healthy = (channels.len() * s.per_channel) as u64;
@@ -337,8 +337,8 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         if !measuring && started.elapsed() >= warmup {
             measuring = true;
             measured_since = Instant::now();
-            server_start = procstat::sample(&args.pids);
-            generator_start = procstat::sample(&generator_pids);
+            server_start = procstat::cpu(&args.pids);
+            generator_start = procstat::cpu(&generator_pids);
             host_start = procstat::HostSample::now();
         }
         if total_rate > 0.0 {
@@ -378,11 +378,14 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         }
     }
     let seconds = measured_since.elapsed().as_secs_f64();
-    let during = procstat::sample(&args.pids);
-    let generator_during = procstat::sample(&generator_pids);
+    // CPU only while frames are still in flight (see `procstat::sample`); memory once they
+    // have landed.
+    let during = procstat::cpu(&args.pids);
+    let generator_during = procstat::cpu(&generator_pids);
     let host_during = procstat::HostSample::now();
     // In-flight frames land; then the workers stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = procstat::sample(&args.pids);
     eprintln!();
     let mut delivered = 0u64;
     let mut timeline = Vec::new();
@@ -445,7 +448,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         host_steal_per_cpu: procstat::steal_shares(&host_start, &host_during),
         server_before: before,
         server_connected: at_connect,
-        server_after: during,
+        server_after: after,
         timeline,
     };
     print_table(&outcome);
