@@ -166,13 +166,25 @@ impl Incoming {
     }
 }
 
-/// The keep-alive ping every socket surface sends, first one period after it opens; a client
-/// that stops reading them is found by the write stall guard.
+/// The keep-alive ping every socket surface sends, then every period; a client that stops
+/// reading them is found by the write stall guard.
+///
+/// The first ping comes at a random point in the second half of the first period, not one
+/// period after the socket opened: sockets opened together (a reconnect storm after a deploy,
+/// a benchmark's thousand subscribers) would otherwise ping together, every period, for life,
+/// and each such burst of writes and pongs delays every stream's frames behind it.
 pub fn ping_timer(state: &AppState) -> tokio::time::Interval {
     let period = state.config().ws_ping();
-    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    let first = first_ping(period, getrandom::u32().unwrap_or(u32::MAX));
+    let mut ping = tokio::time::interval_at(Instant::now() + first, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping
+}
+
+/// When the first ping is due: `random` spread over the second half of `period`.
+fn first_ping(period: Duration, random: u32) -> Duration {
+    let half = period / 2;
+    half + half.mul_f64(f64::from(random) / (f64::from(u32::MAX) + 1.0))
 }
 
 /// The close every socket surface sends at shutdown (1001).
@@ -390,5 +402,20 @@ impl Session {
             drop(permit);
         });
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_pings_spread_over_the_second_half_of_the_period() {
+        let period = Duration::from_secs(30);
+        assert_eq!(first_ping(period, 0), Duration::from_secs(15));
+        assert!(first_ping(period, u32::MAX) < period);
+        assert!(first_ping(period, u32::MAX) > Duration::from_millis(29_999));
+        assert_eq!(first_ping(period, 1 << 31), Duration::from_millis(22_500));
+        assert_eq!(first_ping(Duration::ZERO, 12345), Duration::ZERO);
     }
 }
