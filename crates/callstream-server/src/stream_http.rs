@@ -238,7 +238,8 @@ fn response_head(
 }
 
 /// The largest chunk sent with one contiguous `send`; a larger one goes as a vectored write.
-/// Every single event's frame fits: a transcript frame is ~120 bytes.
+/// Nearly every single event's frame fits (a transcript frame is ~120 bytes); coalesced
+/// frames and long texts take the vectored path.
 const SMALL_CHUNK: usize = 1024;
 
 /// One chunk. A small one (nearly every frame) is laid out on the stack and sent in one
