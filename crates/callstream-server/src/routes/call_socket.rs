@@ -181,8 +181,9 @@ pub fn ping_timer(state: &AppState) -> tokio::time::Interval {
     ping
 }
 
-/// When the first ping is due: `random` spread over the second half of `period`.
-fn first_ping(period: Duration, random: u32) -> Duration {
+/// When the first ping (or SSE heartbeat) is due: `random` spread over the second half of
+/// `period`.
+pub(crate) fn first_ping(period: Duration, random: u32) -> Duration {
     let half = period / 2;
     half + half.mul_f64(f64::from(random) / (f64::from(u32::MAX) + 1.0))
 }

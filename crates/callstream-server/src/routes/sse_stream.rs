@@ -21,7 +21,7 @@ use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::metrics::{OpenStream, SurfaceLabels};
-use crate::routes::call_socket::until;
+use crate::routes::call_socket::{first_ping, until};
 use crate::state::AppState;
 
 /// What one event does to a stream.
@@ -63,6 +63,9 @@ pub struct SseStream<S> {
     /// The surface's last frame being worked out, once the subscription has ended.
     ending: Option<AtEnd>,
     sent: Counter,
+    /// A frame went out since the heartbeat last ticked: the stream is not idle, and that
+    /// tick sends nothing.
+    busy: bool,
     finished: bool,
     surface: S,
     _open: OpenStream,
@@ -77,8 +80,12 @@ impl<S: SseSurface> SseStream<S> {
         expires_at: Option<DateTime<Utc>>,
         surface: S,
     ) -> Self {
+        // The first tick at a random point in the second half of the period, as for WebSocket
+        // pings: streams opened together (a reconnect storm, a benchmark's subscribers) would
+        // otherwise tick together for life, a burst of writes every period.
         let period = state.config().heartbeat();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let first = first_ping(period, getrandom::u32().unwrap_or(u32::MAX));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let metrics = state.metrics();
         Self {
@@ -89,6 +96,7 @@ impl<S: SseSurface> SseStream<S> {
             expiry: expires_at.map(|at| Box::pin(tokio::time::sleep(until(Some(at))))),
             ending: None,
             sent: metrics.frames_sent.get_or_create(labels).clone(),
+            busy: false,
             finished: false,
             surface,
             _open: OpenStream::new(metrics.open_streams.get_or_create(labels).clone()),
@@ -150,6 +158,7 @@ impl<S: SseSurface> Stream for SseStream<S> {
                     Step::Skip => {}
                     Step::Send(frame) => {
                         this.sent.inc();
+                        this.busy = true;
                         let frame = this.coalesce(frame);
                         return Poll::Ready(Some(Ok(frame)));
                     }
@@ -162,8 +171,16 @@ impl<S: SseSurface> Stream for SseStream<S> {
                 Poll::Pending => break,
             }
         }
-        if this.heartbeat.poll_tick(cx).is_ready() {
-            return Poll::Ready(Some(Ok(sse::comment("heartbeat"))));
+        // A heartbeat only when nothing went out since the last tick: a busy stream needs none,
+        // and 1,000 busy streams ticking together were a burst of writes. After a busy tick the
+        // next look is half a period later, so an idle stream's longest silence stays under one
+        // and a half periods (45 s by default, inside the common 60 s proxy read timeout).
+        while this.heartbeat.poll_tick(cx).is_ready() {
+            if !std::mem::take(&mut this.busy) {
+                return Poll::Ready(Some(Ok(sse::comment("heartbeat"))));
+            }
+            let half = this.heartbeat.period() / 2;
+            this.heartbeat.reset_after(half);
         }
         Poll::Pending
     }
