@@ -9,6 +9,7 @@
 #   TARGET=raw bench/callgrind.sh                           # the raw baseline writer
 #   SERVER_BIN=/other/build/release TARGET=callstream bench/callgrind.sh   # another build's server
 #   KEEP=/tmp/cg TARGET=callstream bench/callgrind.sh       # keep the output for callgrind_annotate
+#   TRANSPORT=ws TARGET=callstream bench/callgrind.sh      # subscribers over WebSocket
 #
 # Prints the generator's line and the total instructions. Per delivered frame: run PER=10 and
 # PER=30 and divide the difference by the extra frames (docs/benchmarks.md). Heavy: by hand only.
@@ -38,7 +39,7 @@ else
 fi
 for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.3; done
 "$GEN" run --pids "$SP" --duration "${DURATION:-10}" "${ARGS[@]}" --scenario custom \
-  --channels "${CHANNELS:-10}" --per-channel "${PER:-10}" --rate "${RATE:-20}" > "$TMP/gen.out" 2> "$TMP/gen.err" &
+  --transport "${TRANSPORT:-sse}" --channels "${CHANNELS:-10}" --per-channel "${PER:-10}" --rate "${RATE:-20}" > "$TMP/gen.out" 2> "$TMP/gen.err" &
 G=$!
 for _ in $(seq 600); do grep -q "subscriptions open" "$TMP/gen.err" 2>/dev/null && break; sleep 0.1; done
 callgrind_control -i on "$SP" > /dev/null 2>&1

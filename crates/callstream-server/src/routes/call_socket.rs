@@ -36,13 +36,23 @@ const LABELS: SurfaceLabels = SurfaceLabels {
     surface: Surface::native_call_ws,
 };
 
-/// The WebSocket settings every socket surface shares: small read buffers (tungstenite's
-/// default is 128 KiB per connection), writes gathered up to 16 KiB between flushes (so frames
-/// queued for a client that fell behind go out in one write), and the message size cap.
-pub fn configure(upgrade: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+/// How much a socket reads at a time: for sockets whose clients send only small commands (the
+/// streaming surfaces). tungstenite zeroes this much of its read buffer on every read attempt,
+/// and a streaming socket is polled for reads after every frame it is sent: at 4 KiB that
+/// zeroing was 41 % of the server's userspace instructions per WebSocket frame (callgrind,
+/// docs/benchmarks.md). A larger message is still read whole, in more reads.
+pub const COMMAND_READS: usize = 512;
+/// How much the runtime socket reads at a time: its messages are batches of events.
+pub const INGEST_READS: usize = 4096;
+
+/// The WebSocket settings every socket surface shares: small read buffers (`reads`;
+/// tungstenite's default is 128 KiB per connection), writes gathered up to 16 KiB between
+/// flushes (so frames queued for a client that fell behind go out in one write), and the
+/// message size cap.
+pub fn configure(upgrade: WebSocketUpgrade, state: &AppState, reads: usize) -> WebSocketUpgrade {
     let max = state.config().ws_max_message_bytes;
     upgrade
-        .read_buffer_size(4096)
+        .read_buffer_size(reads)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(max.max(64 * 1024) * 4)
         .max_message_size(max)
@@ -105,7 +115,8 @@ pub async fn socket(
         last_seq: call.last_seq,
         ended_at_connect: !call.status.is_active(),
     };
-    Ok(configure(upgrade, &state).on_upgrade(move |socket| session.run(socket, subscription)))
+    Ok(configure(upgrade, &state, COMMAND_READS)
+        .on_upgrade(move |socket| session.run(socket, subscription)))
 }
 
 /// How long until `expires_at` (a year when there is none: keys do not expire mid-stream).

@@ -36,7 +36,7 @@ use crate::error::ApiError;
 use crate::limit::{FloodGuard, Verdict};
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{
-    Incoming, close, configure, going_away, ping_timer, require_upgrade, text,
+    COMMAND_READS, Incoming, close, configure, going_away, ping_timer, require_upgrade, text,
 };
 use crate::state::AppState;
 
@@ -117,7 +117,8 @@ pub async fn socket(
     state.live().overlay(&mut call);
     let upgrade = require_upgrade(upgrade)?;
     let user = user.unwrap_or_else(|| DEFAULT_USER.to_owned());
-    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, call, user, socket)))
+    Ok(configure(upgrade, &state, COMMAND_READS)
+        .on_upgrade(move |socket| run(state, call, user, socket)))
 }
 
 async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {

@@ -30,7 +30,8 @@ use crate::error::ApiError;
 use crate::limit::TokenBucket;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{
-    Incoming, binary_refused, close, configure, going_away, ping_timer, require_upgrade, text,
+    COMMAND_READS, Incoming, binary_refused, close, configure, going_away, ping_timer,
+    require_upgrade, text,
 };
 use crate::state::AppState;
 
@@ -74,7 +75,8 @@ pub async fn socket(
         Some(first) => upgrade.protocols([first.clone()]),
         None => upgrade,
     };
-    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, decision, call_sid, socket)))
+    Ok(configure(upgrade, &state, COMMAND_READS)
+        .on_upgrade(move |socket| run(state, decision, call_sid, socket)))
 }
 
 async fn decide(state: &AppState, call_sid: &str, token: Option<&str>) -> Result<Call, Refusal> {

@@ -18,7 +18,8 @@ use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{
-    Incoming, binary_refused, close, configure, going_away, ping_timer, require_upgrade, text,
+    INGEST_READS, Incoming, binary_refused, close, configure, going_away, ping_timer,
+    require_upgrade, text,
 };
 use crate::routes::load_conversation;
 use crate::state::AppState;
@@ -63,7 +64,8 @@ pub async fn socket(
     let acks = acks(query.as_deref())?;
     let upgrade = require_upgrade(upgrade)?;
     let workspace = who.workspace_id;
-    Ok(configure(upgrade, &state).on_upgrade(move |socket| run(state, workspace, acks, socket)))
+    Ok(configure(upgrade, &state, INGEST_READS)
+        .on_upgrade(move |socket| run(state, workspace, acks, socket)))
 }
 
 /// Answers gathered into one write at most, before the loop looks at shutdown and commands.

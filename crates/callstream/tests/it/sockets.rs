@@ -170,6 +170,34 @@ async fn bad_client_frames_get_errors_or_the_seeds_close_codes() {
     assert_eq!(ws_next(&mut last).await, WsEvent::Close(1001));
 }
 
+/// The streaming sockets read in small chunks (`COMMAND_READS`, 512 bytes): a message many
+/// times that size is still read whole and answered, and the socket carries on.
+#[tokio::test]
+async fn a_message_larger_than_the_read_chunk_is_read_whole() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut ws = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    let pad = "p".repeat(20_000);
+    ws_send(
+        &mut ws,
+        &json!({"type": "send_dtmf", "id": "big1", "digits": "12x", "pad": pad}),
+    )
+    .await;
+    let err = ws_json(&mut ws).await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["id"], "big1", "{err}");
+    ts.ingest(
+        id,
+        transcription("user", "after the big one", true, "trn_1"),
+    )
+    .await;
+    assert_eq!(
+        ws_json(&mut ws).await["payload"]["text"],
+        "after the big one"
+    );
+}
+
 #[tokio::test]
 async fn dtmf_join_and_end_travel_to_the_runtime_and_back() {
     let ts = TestServer::start().await;
