@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use callstream_core::audio::AudioFrame;
 use callstream_core::{CallId, Command, WorkspaceId};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +43,18 @@ pub enum CommandError {
     Timeout(Duration),
     #[error("the call runtime disconnected before answering")]
     Disconnected,
+    /// The runtime's inbox is full: it is connected but not keeping up. Retryable.
+    #[error("the call runtime is busy (its inbox is full)")]
+    Busy,
+}
+
+/// What travels down a runtime's link: commands, and audio to play into its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Downlink {
+    Command(CommandRequest),
+    /// Audio to play into the frame's call now (its track is `outbound`): the sender paces it
+    /// in real time, so the runtime plays each frame as it arrives.
+    Audio(Arc<AudioFrame>),
 }
 
 /// Routes commands to runtimes and answers back.
@@ -66,23 +79,46 @@ pub trait CommandRouter: Send + Sync + 'static {
     /// Forgets who serves `call` (it ended).
     fn forget(&self, call: &CallId);
 
+    /// Hands an audio frame to the runtime serving its call, to be played into the call at
+    /// once. Never waits.
+    ///
+    /// # Errors
+    /// [`CommandError::NoRuntime`] when no runtime of the workspace is connected,
+    /// [`CommandError::Busy`] when its inbox is full (the frame is not queued).
+    fn play_audio(
+        &self,
+        workspace: &WorkspaceId,
+        frame: Arc<AudioFrame>,
+    ) -> Result<(), CommandError>;
+
     /// Delivers `link`'s answer to the waiting requester; `false` if nobody waits any more, or
     /// the command was not sent to that link (a runtime may answer only its own commands).
     fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome) -> bool;
 }
 
-/// A runtime's connection to the router: its inbox of commands.
+/// A runtime's connection to the router: its inbox of commands and of audio to play.
 pub struct RuntimeLink {
     id: u64,
     workspace: WorkspaceId,
     inbox: mpsc::Receiver<CommandRequest>,
+    audio: mpsc::Receiver<Arc<AudioFrame>>,
     links: Arc<Links>,
 }
 
 impl RuntimeLink {
-    /// The next command for this runtime.
-    pub async fn next(&mut self) -> Option<CommandRequest> {
-        self.inbox.recv().await
+    /// The next thing for this runtime: a command before audio when both wait.
+    pub async fn next(&mut self) -> Option<Downlink> {
+        tokio::select! {
+            biased;
+            Some(command) = self.inbox.recv() => Some(Downlink::Command(command)),
+            Some(frame) = self.audio.recv() => Some(Downlink::Audio(frame)),
+            else => None,
+        }
+    }
+
+    /// Audio already queued for this runtime, without waiting.
+    pub fn try_next_audio(&mut self) -> Option<Arc<AudioFrame>> {
+        self.audio.try_recv().ok()
     }
 }
 
@@ -95,6 +131,7 @@ impl Drop for RuntimeLink {
 struct Outbox {
     id: u64,
     tx: mpsc::Sender<CommandRequest>,
+    audio: mpsc::Sender<Arc<AudioFrame>>,
 }
 
 /// Connected runtimes and waiting commands, shared with the links so a dropped link cleans up
@@ -126,12 +163,21 @@ impl Links {
         workspace: &WorkspaceId,
         call: &CallId,
     ) -> Option<(u64, mpsc::Sender<CommandRequest>)> {
+        self.with_route(workspace, call, |l| (l.id, l.tx.clone()))
+    }
+
+    fn with_route<R>(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        f: impl FnOnce(&Outbox) -> R,
+    ) -> Option<R> {
         let links = self.by_workspace.get(workspace)?;
         let owner = self.owners.get(call).map(|o| *o);
         owner
             .and_then(|id| links.iter().find(|l| l.id == id))
             .or_else(|| links.last())
-            .map(|l| (l.id, l.tx.clone()))
+            .map(f)
     }
 }
 
@@ -156,6 +202,9 @@ pub struct InProcessCommands {
 
 /// Commands that may wait for one runtime before new ones are refused as if it were gone.
 const INBOX: usize = 256;
+/// Audio frames that may wait for one runtime: a runtime serves many calls, and every stream
+/// playing into them hands over a frame on the same 20 ms beat, so a thousand arrive together.
+const AUDIO_INBOX: usize = 4096;
 
 impl InProcessCommands {
     pub fn new() -> Self {
@@ -194,15 +243,21 @@ impl CommandRouter for InProcessCommands {
     fn connect(&self, workspace: &WorkspaceId) -> RuntimeLink {
         let id = self.links.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, inbox) = mpsc::channel(INBOX);
+        let (audio_tx, audio) = mpsc::channel(AUDIO_INBOX);
         self.links
             .by_workspace
             .entry(workspace.clone())
             .or_default()
-            .push(Outbox { id, tx });
+            .push(Outbox {
+                id,
+                tx,
+                audio: audio_tx,
+            });
         RuntimeLink {
             id,
             workspace: workspace.clone(),
             inbox,
+            audio,
             links: self.links.clone(),
         }
     }
@@ -223,6 +278,21 @@ impl CommandRouter for InProcessCommands {
 
     fn forget(&self, call: &CallId) {
         self.links.owners.remove(call);
+    }
+
+    fn play_audio(
+        &self,
+        workspace: &WorkspaceId,
+        frame: Arc<AudioFrame>,
+    ) -> Result<(), CommandError> {
+        let sent = self
+            .links
+            .with_route(workspace, &frame.call, |l| l.audio.try_send(frame.clone()))
+            .ok_or(CommandError::NoRuntime)?;
+        sent.map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommandError::Busy,
+            mpsc::error::TrySendError::Closed(_) => CommandError::NoRuntime,
+        })
     }
 
     fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome) -> bool {
@@ -258,7 +328,9 @@ mod tests {
         let runtime = {
             let router = router.clone();
             tokio::spawn(async move {
-                let got = link.next().await.unwrap();
+                let Some(Downlink::Command(got)) = link.next().await else {
+                    panic!("no command");
+                };
                 assert!(router.complete(&link, &got.command_id, CommandOutcome::Done));
                 link
             })
@@ -286,7 +358,9 @@ mod tests {
             let request = request(&ws, &call, "c1");
             tokio::spawn(async move { router.send(request, Duration::from_secs(3600)).await })
         };
-        let got = link.next().await.unwrap();
+        let Some(Downlink::Command(got)) = link.next().await else {
+            panic!("no command");
+        };
         assert!(
             !router.complete(&impostor, &got.command_id, CommandOutcome::Done),
             "another runtime cannot answer"
@@ -336,5 +410,40 @@ mod tests {
         );
         router.forget(&a);
         assert!(router.links.owners.is_empty());
+    }
+
+    #[tokio::test]
+    async fn audio_goes_to_the_runtime_serving_the_call_and_a_full_inbox_is_busy() {
+        use bytes::Bytes;
+        use callstream_core::audio::{Codec, Track};
+        let router = InProcessCommands::new();
+        let (ws, call) = (WorkspaceId::new(), CallId::new());
+        let frame = Arc::new(AudioFrame {
+            call: call.clone(),
+            track: Track::Outbound,
+            codec: Codec::Mulaw,
+            sample_rate: 8000,
+            timestamp_ms: 0,
+            payload: Bytes::from_static(&[0xff; 160]),
+        });
+        assert_eq!(
+            router.play_audio(&ws, frame.clone()),
+            Err(CommandError::NoRuntime)
+        );
+        let mut serving = router.connect(&ws);
+        let other = router.connect(&WorkspaceId::new());
+        router.claim(&serving, &call);
+        for _ in 0..AUDIO_INBOX {
+            assert_eq!(router.play_audio(&ws, frame.clone()), Ok(()));
+        }
+        assert_eq!(
+            router.play_audio(&ws, frame.clone()),
+            Err(CommandError::Busy)
+        );
+        assert_eq!(serving.next().await, Some(Downlink::Audio(frame.clone())));
+        assert!(serving.try_next_audio().is_some());
+        drop(other);
+        drop(serving);
+        assert_eq!(router.play_audio(&ws, frame), Err(CommandError::NoRuntime));
     }
 }

@@ -6,6 +6,10 @@ use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use callstream_core::audio::AudioFrame;
+use callstream_core::{CallId, WorkspaceId};
+
+use crate::audio::AudioSubscription;
 use crate::{Bus, BusError, BusStats, Event, Gap, PublishReport, Resume, SubscribeOptions, Topic};
 
 /// Sizes of the in-process backend.
@@ -37,6 +41,7 @@ impl Default for InProcessConfig {
 pub struct InProcessBus {
     config: InProcessConfig,
     topics: crate::FastMap<Topic, Arc<TopicState>>,
+    audio: crate::audio::AudioTopics,
 }
 
 struct TopicState {
@@ -75,6 +80,7 @@ impl InProcessBus {
         Self {
             config,
             topics: crate::FastMap::default(),
+            audio: crate::audio::AudioTopics::default(),
         }
     }
 
@@ -179,14 +185,37 @@ impl Bus for InProcessBus {
         }))
     }
 
+    async fn publish_audio(
+        &self,
+        workspace: &WorkspaceId,
+        frame: Arc<AudioFrame>,
+    ) -> Result<PublishReport, BusError> {
+        Ok(self
+            .audio
+            .publish(&Topic::audio(workspace, &frame.call), frame))
+    }
+
+    async fn subscribe_audio(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        options: SubscribeOptions,
+    ) -> Result<AudioSubscription, BusError> {
+        Ok(self
+            .audio
+            .subscribe(&Topic::audio(workspace, call), options))
+    }
+
     async fn maintain(&self) {
         self.sweep(Instant::now());
+        self.audio.sweep();
     }
 
     fn stats(&self) -> BusStats {
         let mut stats = BusStats {
             topics: self.topics.len(),
             subscribers: 0,
+            audio_listeners: self.audio.listeners(),
         };
         for state in &self.topics {
             stats.subscribers += state.lock().subscribers.len();

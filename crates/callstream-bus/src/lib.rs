@@ -1,4 +1,5 @@
-//! The bus: publish/subscribe of canonical event envelopes, per call and per conversation.
+//! The bus: publish/subscribe of canonical event envelopes, per call and per conversation, and
+//! of calls' audio frames.
 //!
 //! One trait, [`Bus`], with the in-process backend ([`InProcessBus`]) as the embedded default;
 //! a NATS backend implements the same trait. Callers never learn which one they hold.
@@ -13,19 +14,32 @@
 //!   served from a bounded per-topic history ring, with a [`Gap`] reported when the ring no longer
 //!   reaches back that far.
 //!
-//! The bus knows envelopes and topics. It does not know surfaces, wire formats other than the
-//! envelope, the store, or who may read what: authorisation happens before anyone subscribes.
+//! Audio ([`Bus::publish_audio`]) shares the isolation promise but not resume: frames are live
+//! only, never kept, and never JSON (an [`AudioFrame`] in the in-process backend, its binary form
+//! on a wire).
+//!
+//! The bus knows envelopes, audio frames and topics. It does not know surfaces, wire formats
+//! other than the envelope's and the audio frame's, the store, or who may read what:
+//! authorisation happens before anyone subscribes.
 
+mod audio;
 pub mod commands;
 mod event;
 mod in_process;
 mod topic;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use callstream_core::audio::AudioFrame;
+use callstream_core::{CallId, WorkspaceId};
 use prometheus_client::metrics::counter::Counter;
 
+pub use audio::AudioSubscription;
+
 pub use commands::{
-    CommandError, CommandOutcome, CommandRequest, CommandRouter, InProcessCommands, RuntimeLink,
+    CommandError, CommandOutcome, CommandRequest, CommandRouter, Downlink, InProcessCommands,
+    RuntimeLink,
 };
 pub use event::{Event, FORMAT_SLOTS, FormatSlot};
 pub use in_process::{InProcessBus, InProcessConfig};
@@ -88,6 +102,8 @@ pub struct PublishReport {
 pub struct BusStats {
     pub topics: usize,
     pub subscribers: usize,
+    /// Open audio subscriptions (listeners to calls' audio).
+    pub audio_listeners: usize,
 }
 
 /// Publish/subscribe of event envelopes.
@@ -100,7 +116,7 @@ pub trait Bus: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`BusError::Unavailable`] when the backend cannot take it.
-    async fn publish(&self, event: std::sync::Arc<Event>) -> Result<PublishReport, BusError>;
+    async fn publish(&self, event: Arc<Event>) -> Result<PublishReport, BusError>;
 
     /// Subscribes to one topic.
     ///
@@ -112,6 +128,28 @@ pub trait Bus: Send + Sync + 'static {
         resume: Resume,
         options: SubscribeOptions,
     ) -> Result<Subscription, BusError>;
+
+    /// Offers one audio frame of `workspace`'s call to everyone listening to that call. Nothing
+    /// is kept: audio has no history. Never waits for a listener.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the backend cannot take it.
+    async fn publish_audio(
+        &self,
+        workspace: &WorkspaceId,
+        frame: Arc<AudioFrame>,
+    ) -> Result<PublishReport, BusError>;
+
+    /// Listens to a call's audio (both tracks) from now on.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the backend cannot take it.
+    async fn subscribe_audio(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        options: SubscribeOptions,
+    ) -> Result<AudioSubscription, BusError>;
 
     /// Housekeeping the server runs every few seconds (expiring idle history, say).
     async fn maintain(&self) {}

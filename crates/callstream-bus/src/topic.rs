@@ -14,6 +14,12 @@ impl Topic {
         Self::join(workspace.as_str(), "call", call.as_str())
     }
 
+    /// A call's audio, both tracks (`cs.{workspace}.audio.{call_id}`; a NATS backend adds
+    /// `.in`/`.out` per track).
+    pub fn audio(workspace: &WorkspaceId, call: &CallId) -> Self {
+        Self::join(workspace.as_str(), "audio", call.as_str())
+    }
+
     pub fn conversation(workspace: &WorkspaceId, conversation: &ConversationId) -> Self {
         Self::join(workspace.as_str(), "conv", conversation.as_str())
     }

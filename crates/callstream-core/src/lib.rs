@@ -6,6 +6,7 @@
 //! bus, the native WebSocket and webhooks all carry). The only thing it reads from the outside
 //! world is the operating system's random number generator, to mint identifiers.
 
+pub mod audio;
 pub mod command;
 pub mod event;
 pub mod id;

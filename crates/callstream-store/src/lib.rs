@@ -12,6 +12,7 @@
 mod sqlite;
 
 use async_trait::async_trait;
+use callstream_core::audio::{AudioTrack, StreamStatus};
 use callstream_core::event::{Role, Transcription};
 use callstream_core::id::KeyId;
 use callstream_core::{
@@ -211,17 +212,110 @@ pub struct WebhookEndpoint {
     pub disabled_reason: Option<String>,
 }
 
+/// Where a queued delivery goes, and so how it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryTarget {
+    /// A webhook endpoint: `POST` of the canonical envelope JSON, signed with the endpoint's
+    /// secret.
+    Endpoint(String),
+    /// A status callback URL: form fields, in the query for `GET` or as the body for `POST`,
+    /// signed with the workspace's signing secret.
+    Callback(CallbackMethod),
+}
+
+/// The HTTP method a status callback is sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackMethod {
+    Get,
+    Post,
+}
+
+impl CallbackMethod {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+
+    /// `GET` or `POST`, in any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("GET") {
+            Some(Self::Get)
+        } else if text.eq_ignore_ascii_case("POST") {
+            Some(Self::Post)
+        } else {
+            None
+        }
+    }
+}
+
 /// One queued delivery. `Debug` leaves the secret and payload out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub endpoint_id: String,
+    pub target: DeliveryTarget,
+    /// The message's id, sent as `webhook-id`: the event id for a webhook, `msg_…` for a
+    /// callback.
     pub event_id: String,
     pub url: String,
     pub secret: String,
-    /// The canonical envelope JSON.
+    /// The canonical envelope JSON (webhooks) or the form-encoded fields (callbacks).
     pub payload: Vec<u8>,
     pub attempts: u32,
     pub first_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// A status callback to queue (seed 004's `StartStream`, `PlayedStream`, …).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallbackMessage {
+    /// `msg_…`, unique: the receiver de-duplicates retries by it (`webhook-id`).
+    pub id: String,
+    pub workspace_id: WorkspaceId,
+    pub url: String,
+    pub method: CallbackMethod,
+    /// `application/x-www-form-urlencoded` fields.
+    pub body: String,
+    /// What it reports, e.g. `StartStream`.
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for CallbackMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackMessage")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An audio stream (seed 004) as stored: what it was created with, and where it is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioStreamRecord {
+    /// A UUID.
+    pub stream_id: String,
+    pub workspace_id: WorkspaceId,
+    pub call_id: CallId,
+    pub service_url: String,
+    pub audio_track: AudioTrack,
+    pub bidirectional: bool,
+    /// The canonical content type, e.g. `audio/x-l16;rate=8000`.
+    pub content_type: String,
+    /// L16 payloads in network byte order instead of the stream's default little-endian.
+    pub l16_big_endian: bool,
+    pub stream_timeout_secs: u64,
+    pub status_callback_url: Option<String>,
+    pub status_callback_method: CallbackMethod,
+    /// `k1=v1;k2=v2`, or empty.
+    pub extra_headers: String,
+    pub status: StreamStatus,
+    pub created_at: DateTime<Utc>,
+    /// When the service first accepted the connection.
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    /// Why it ended, in words (`call ended`, `service unreachable: …`).
+    pub end_reason: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookEndpoint {
@@ -240,7 +334,7 @@ impl std::fmt::Debug for WebhookEndpoint {
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
-            .field("endpoint_id", &self.endpoint_id)
+            .field("target", &self.target)
             .field("event_id", &self.event_id)
             .field("url", &self.url)
             .field("attempts", &self.attempts)
@@ -435,6 +529,58 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
         result: &DeliveryResult,
     ) -> Result<()>;
+
+    /// Records a new audio stream of an in-progress call, unless the call already has an active
+    /// stream to the same URL.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown or foreign call, [`StoreError::CallEnded`] once it
+    /// has ended, [`StoreError::Invalid`] (naming `service_url`) for a second active stream to
+    /// one URL.
+    async fn create_audio_stream(&self, stream: &AudioStreamRecord) -> Result<()>;
+
+    async fn audio_stream(
+        &self,
+        workspace: &WorkspaceId,
+        stream_id: &str,
+    ) -> Result<Option<AudioStreamRecord>>;
+
+    /// A call's streams, oldest first, `limit` from `offset`, and how many there are in all.
+    async fn audio_streams(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<AudioStreamRecord>, u64)>;
+
+    /// A call's streams that are still active.
+    async fn active_call_audio_streams(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Result<Vec<AudioStreamRecord>>;
+
+    /// Every stream that is still active, in any workspace (for a gateway starting up).
+    async fn active_audio_streams(&self) -> Result<Vec<AudioStreamRecord>>;
+
+    /// Moves an active stream to `status` at `at`: `in-progress` sets its start time (once);
+    /// `stopped` and `dropped` end it with `reason`. Returns `false` when the stream had already
+    /// ended, so that exactly one ending is reported.
+    async fn set_audio_stream_status(
+        &self,
+        stream_id: &str,
+        status: StreamStatus,
+        at: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool>;
+
+    /// Queues a status callback for delivery on the webhook retry schedule.
+    async fn queue_callback(&self, message: &CallbackMessage) -> Result<()>;
+
+    /// The workspace's signing secret for status callbacks: the stored one, or `candidate`,
+    /// stored now, when it has none yet.
+    async fn signing_secret(&self, workspace: &WorkspaceId, candidate: &str) -> Result<String>;
 
     /// Counts of outbox rows by status (`pending`, `delivered`, `abandoned`), for metrics.
     async fn outbox_counts(&self) -> Result<Vec<(String, u64)>>;

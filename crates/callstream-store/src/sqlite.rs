@@ -15,10 +15,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    Appended, AppendedConversation, CallFilter, ConversationFilter, Delivery, DeliveryResult,
-    KeyRecord, MessageRecord, NewEvent, Result, SessionRecord, Store, StoreError,
-    StreamTokenRecord, TranscriptTurn, WebhookEndpoint, check_call_batch,
+    Appended, AppendedConversation, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
+    ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, KeyRecord, MessageRecord,
+    NewEvent, Result, SessionRecord, Store, StoreError, StreamTokenRecord, TranscriptTurn,
+    WebhookEndpoint, check_call_batch,
 };
+use callstream_core::audio::{AudioTrack, StreamStatus};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -121,6 +123,33 @@ fn call_row(row: &SqliteRow) -> Result<Call> {
             (Some(ended_at), Some(msg)) => Some(Screening { ended_at, msg }),
             _ => None,
         },
+    })
+}
+
+fn audio_stream_row(row: &SqliteRow) -> Result<AudioStreamRecord> {
+    let track: &str = row.try_get("audio_track")?;
+    let status: &str = row.try_get("status")?;
+    let method: &str = row.try_get("status_callback_method")?;
+    Ok(AudioStreamRecord {
+        stream_id: row.try_get("id")?,
+        workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+            .map_err(|e| corrupt("workspace id", e))?,
+        call_id: CallId::parse(row.try_get("call_id")?).map_err(|e| corrupt("call id", e))?,
+        service_url: row.try_get("service_url")?,
+        audio_track: AudioTrack::parse(track).ok_or_else(|| corrupt("audio track", track))?,
+        bidirectional: row.try_get("bidirectional")?,
+        content_type: row.try_get("content_type")?,
+        l16_big_endian: row.try_get("l16_big_endian")?,
+        stream_timeout_secs: seq_of(row.try_get("stream_timeout_secs")?),
+        status_callback_url: row.try_get("status_callback_url")?,
+        status_callback_method: CallbackMethod::parse(method)
+            .ok_or_else(|| corrupt("callback method", method))?,
+        extra_headers: row.try_get("extra_headers")?,
+        status: StreamStatus::parse(status).ok_or_else(|| corrupt("stream status", status))?,
+        created_at: ts(row.try_get("created_at")?)?,
+        start_time: ts_opt(row.try_get("start_time")?)?,
+        end_time: ts_opt(row.try_get("end_time")?)?,
+        end_reason: row.try_get("end_reason")?,
     })
 }
 
@@ -879,7 +908,7 @@ impl Store for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await?;
             deliveries.push(Delivery {
-                endpoint_id,
+                target: DeliveryTarget::Endpoint(endpoint_id),
                 event_id: row.try_get("event_id")?,
                 url: endpoint.try_get("url")?,
                 secret: endpoint.try_get("secret")?,
@@ -887,6 +916,45 @@ impl Store for SqliteStore {
                 attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
             });
+        }
+        // Status callbacks share the batch (and the worker's concurrency).
+        let room = i64::from(limit).saturating_sub(deliveries.len() as i64);
+        if room > 0 {
+            let rows = sqlx::query(
+                "UPDATE callback_outbox SET next_attempt_at = $1 \
+                 WHERE id IN (SELECT id FROM callback_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
+                              ORDER BY next_attempt_at LIMIT $3) \
+                 RETURNING id, workspace_id, url, method, body, attempts, first_attempt_at",
+            )
+            .bind(time::format(&lease_until))
+            .bind(time::format(&now))
+            .bind(room)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let workspace: String = row.try_get("workspace_id")?;
+                let secret: Option<String> =
+                    sqlx::query_scalar("SELECT signing_secret FROM workspaces WHERE id = $1")
+                        .bind(&workspace)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let method: String = row.try_get("method")?;
+                let body: String = row.try_get("body")?;
+                deliveries.push(Delivery {
+                    target: DeliveryTarget::Callback(
+                        CallbackMethod::parse(&method)
+                            .ok_or_else(|| corrupt("callback method", &method))?,
+                    ),
+                    event_id: row.try_get("id")?,
+                    url: row.try_get("url")?,
+                    // A workspace whose secret is missing cannot sign: the attempt is abandoned
+                    // with that reason rather than sent unsigned.
+                    secret: secret.unwrap_or_default(),
+                    payload: body.into_bytes(),
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
+                });
+            }
         }
         tx.commit().await?;
         Ok(deliveries)
@@ -914,6 +982,26 @@ impl Store for SqliteStore {
                     ("abandoned", at, Some(*status), Some("410 Gone"))
                 }
             };
+        let endpoint_id = match &d.target {
+            DeliveryTarget::Endpoint(id) => id,
+            DeliveryTarget::Callback(_) => {
+                sqlx::query(
+                    "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+                     first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+                     WHERE id = $6",
+                )
+                .bind(status)
+                .bind(time::format(&next))
+                .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
+                .bind(last_status.map(i64::from))
+                .bind(error)
+                .bind(&d.event_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+        };
         sqlx::query(
             "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
              first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
@@ -924,7 +1012,7 @@ impl Store for SqliteStore {
         .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
         .bind(last_status.map(i64::from))
         .bind(error)
-        .bind(&d.endpoint_id)
+        .bind(endpoint_id)
         .bind(&d.event_id)
         .execute(&mut *tx)
         .await?;
@@ -934,16 +1022,209 @@ impl Store for SqliteStore {
             )
             .bind(time::format(&at))
             .bind("the endpoint answered 410 Gone")
-            .bind(&d.endpoint_id)
+            .bind(endpoint_id)
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' WHERE endpoint_id = $1 AND status = 'pending'")
-                .bind(&d.endpoint_id)
+                .bind(endpoint_id)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn create_audio_stream(&self, st: &AudioStreamRecord) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
+                .bind(st.workspace_id.as_str())
+                .bind(st.call_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let status = status.ok_or(StoreError::NotFound)?;
+        let status = CallStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+        if !status.is_active() {
+            return Err(StoreError::CallEnded(status));
+        }
+        let duplicate: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 AND service_url = $3 \
+             AND status IN ('connecting', 'in-progress') LIMIT 1",
+        )
+        .bind(st.workspace_id.as_str())
+        .bind(st.call_id.as_str())
+        .bind(&st.service_url)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(existing) = duplicate {
+            return Err(StoreError::Invalid(format!(
+                "service_url: stream {existing} to this URL is already active on this call"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO audio_streams (id, workspace_id, call_id, service_url, audio_track, bidirectional, \
+             content_type, l16_big_endian, stream_timeout_secs, status_callback_url, status_callback_method, \
+             extra_headers, status, created_at, start_time, end_time, end_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&st.stream_id)
+        .bind(st.workspace_id.as_str())
+        .bind(st.call_id.as_str())
+        .bind(&st.service_url)
+        .bind(st.audio_track.as_str())
+        .bind(st.bidirectional)
+        .bind(&st.content_type)
+        .bind(st.l16_big_endian)
+        .bind(i64::try_from(st.stream_timeout_secs).unwrap_or(i64::MAX))
+        .bind(st.status_callback_url.as_deref())
+        .bind(st.status_callback_method.as_str())
+        .bind(&st.extra_headers)
+        .bind(st.status.as_str())
+        .bind(time::format(&st.created_at))
+        .bind(st.start_time.as_ref().map(time::format))
+        .bind(st.end_time.as_ref().map(time::format))
+        .bind(st.end_reason.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audio_stream(
+        &self,
+        workspace: &WorkspaceId,
+        stream_id: &str,
+    ) -> Result<Option<AudioStreamRecord>> {
+        let row = sqlx::query("SELECT * FROM audio_streams WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace.as_str())
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(audio_stream_row).transpose()
+    }
+
+    async fn audio_streams(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<AudioStreamRecord>, u64)> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audio_streams WHERE workspace_id = $1 AND call_id = $2",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 \
+             ORDER BY created_at, id LIMIT $3 OFFSET $4",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .bind(i64::from(limit))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let streams = rows
+            .iter()
+            .map(audio_stream_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((streams, seq_of(total)))
+    }
+
+    async fn active_call_audio_streams(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Result<Vec<AudioStreamRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 \
+             AND status IN ('connecting', 'in-progress') ORDER BY created_at, id",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audio_stream_row).collect()
+    }
+
+    async fn active_audio_streams(&self) -> Result<Vec<AudioStreamRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audio_streams WHERE status IN ('connecting', 'in-progress') ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audio_stream_row).collect()
+    }
+
+    async fn set_audio_stream_status(
+        &self,
+        stream_id: &str,
+        status: StreamStatus,
+        at: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let at = time::format(&at);
+        let done = if status.is_active() {
+            sqlx::query(
+                "UPDATE audio_streams SET status = $1, \
+                 start_time = CASE WHEN $1 = 'in-progress' THEN COALESCE(start_time, $2) ELSE start_time END \
+                 WHERE id = $3 AND status IN ('connecting', 'in-progress')",
+            )
+            .bind(status.as_str())
+            .bind(&at)
+            .bind(stream_id)
+            .execute(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE audio_streams SET status = $1, end_time = $2, end_reason = $3 \
+                 WHERE id = $4 AND status IN ('connecting', 'in-progress')",
+            )
+            .bind(status.as_str())
+            .bind(&at)
+            .bind(reason)
+            .bind(stream_id)
+            .execute(&self.pool)
+            .await?
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn queue_callback(&self, m: &CallbackMessage) -> Result<()> {
+        let created = time::format(&m.created_at);
+        sqlx::query(
+            "INSERT OR IGNORE INTO callback_outbox (id, workspace_id, url, method, body, kind, status, \
+             created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)",
+        )
+        .bind(&m.id)
+        .bind(m.workspace_id.as_str())
+        .bind(&m.url)
+        .bind(m.method.as_str())
+        .bind(&m.body)
+        .bind(&m.kind)
+        .bind(&created)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn signing_secret(&self, workspace: &WorkspaceId, candidate: &str) -> Result<String> {
+        sqlx::query(
+            "UPDATE workspaces SET signing_secret = $1 WHERE id = $2 AND signing_secret IS NULL",
+        )
+        .bind(candidate)
+        .bind(workspace.as_str())
+        .execute(&self.pool)
+        .await?;
+        let secret: Option<Option<String>> =
+            sqlx::query_scalar("SELECT signing_secret FROM workspaces WHERE id = $1")
+                .bind(workspace.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        secret.flatten().ok_or(StoreError::NotFound)
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(String, u64)>> {
@@ -1398,6 +1679,206 @@ mod tests {
                 .await,
             Err(StoreError::Invalid(_))
         ));
+    }
+
+    fn audio_stream(ws: &WorkspaceId, call: &CallId, url: &str) -> AudioStreamRecord {
+        AudioStreamRecord {
+            stream_id: callstream_core::audio::new_stream_id(),
+            workspace_id: ws.clone(),
+            call_id: call.clone(),
+            service_url: url.into(),
+            audio_track: AudioTrack::Inbound,
+            bidirectional: true,
+            content_type: "audio/x-l16;rate=8000".into(),
+            l16_big_endian: false,
+            stream_timeout_secs: 86400,
+            status_callback_url: Some("http://127.0.0.1:9/status".into()),
+            status_callback_method: CallbackMethod::Get,
+            extra_headers: "a=1".into(),
+            status: StreamStatus::Connecting,
+            created_at: time::now(),
+            start_time: None,
+            end_time: None,
+            end_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn audio_streams_are_one_active_per_url_end_once_and_survive_reopen() {
+        let (dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let other = store.ensure_workspace("b").await.unwrap();
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        let first = audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/a");
+        store.create_audio_stream(&first).await.unwrap();
+        let again = audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/a");
+        let refused = store.create_audio_stream(&again).await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Invalid(m) if m.starts_with("service_url:")),
+            "{refused:?}"
+        );
+        let second = audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/b");
+        store.create_audio_stream(&second).await.unwrap();
+        // Another workspace can neither create on the call nor read the streams.
+        assert!(matches!(
+            store
+                .create_audio_stream(&audio_stream(&other.id, &call.id, "ws://x/"))
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(
+            store
+                .audio_stream(&other.id, &first.stream_id)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .audio_streams(&other.id, &call.id, 10, 0)
+                .await
+                .unwrap(),
+            (vec![], 0)
+        );
+
+        let at = time::now();
+        assert!(
+            store
+                .set_audio_stream_status(&first.stream_id, StreamStatus::InProgress, at, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .set_audio_stream_status(&first.stream_id, StreamStatus::Dropped, at, Some("gone"))
+                .await
+                .unwrap()
+        );
+        // Ended once: a second ending is not reported.
+        assert!(
+            !store
+                .set_audio_stream_status(&first.stream_id, StreamStatus::Stopped, at, Some("x"))
+                .await
+                .unwrap()
+        );
+        // The URL is free again once its stream ended.
+        store.create_audio_stream(&again).await.unwrap();
+
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("cs.db")).await.unwrap();
+        let read = store
+            .audio_stream(&ws.id, &first.stream_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.status, StreamStatus::Dropped);
+        assert_eq!(read.end_reason.as_deref(), Some("gone"));
+        assert_eq!(
+            read.start_time.map(|t| time::format(&t)),
+            Some(time::format(&at))
+        );
+        assert_eq!(read.extra_headers, "a=1");
+        assert_eq!(read.status_callback_method, CallbackMethod::Get);
+        let (page, total) = store.audio_streams(&ws.id, &call.id, 2, 1).await.unwrap();
+        assert_eq!(total, 3);
+        assert_eq!(page.len(), 2);
+        let mut active: Vec<String> = store
+            .active_audio_streams()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.stream_id)
+            .collect();
+        active.sort();
+        let mut expect = [second.stream_id.clone(), again.stream_id.clone()];
+        expect.sort();
+        assert_eq!(active, expect);
+
+        // An ended call takes no new stream.
+        store
+            .append_call_events(&ws.id, &call.id, vec![ev("call.completed", json!({}))])
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .create_audio_stream(&audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/c"))
+                .await,
+            Err(StoreError::CallEnded(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webhooks() {
+        let (_dir, store) = store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let secret = store
+            .signing_secret(&ws.id, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+            .await
+            .unwrap();
+        // The first secret stays.
+        assert_eq!(
+            store.signing_secret(&ws.id, "whsec_other").await.unwrap(),
+            secret
+        );
+        let message = CallbackMessage {
+            id: "msg_1".into(),
+            workspace_id: ws.id.clone(),
+            url: "http://127.0.0.1:9/status".into(),
+            method: CallbackMethod::Post,
+            body: "Event=StartStream&StreamID=x".into(),
+            kind: "StartStream".into(),
+            created_at: time::now(),
+        };
+        store.queue_callback(&message).await.unwrap();
+        // Queuing the same message twice keeps one.
+        store.queue_callback(&message).await.unwrap();
+        let now = time::now();
+        let lease = now + chrono::Duration::seconds(60);
+        let due = store.due_deliveries(now, lease, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let d = &due[0];
+        assert_eq!(d.target, DeliveryTarget::Callback(CallbackMethod::Post));
+        assert_eq!(
+            (d.event_id.as_str(), d.secret.as_str()),
+            ("msg_1", secret.as_str())
+        );
+        assert_eq!(d.payload, b"Event=StartStream&StreamID=x");
+        // Claimed: not due again until the lease ends.
+        assert!(
+            store
+                .due_deliveries(now, lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let retry = now + chrono::Duration::seconds(5);
+        store
+            .record_delivery(
+                d,
+                now,
+                &DeliveryResult::RetryAt {
+                    at: retry,
+                    status: Some(500),
+                    error: "HTTP 500".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let again = store.due_deliveries(retry, lease, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+        store
+            .record_delivery(&again[0], retry, &DeliveryResult::Delivered { status: 204 })
+            .await
+            .unwrap();
+        assert!(
+            store
+                .due_deliveries(retry + chrono::Duration::hours(1), lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! under the surface's own [`FormatSlot`], so each event is encoded once per surface however many
 //! subscribers it has. The server's handlers do the I/O and call these.
 
+pub mod audio_stream;
 pub mod control;
 pub mod live_calls;
 pub mod live_transcript;
