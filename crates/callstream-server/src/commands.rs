@@ -51,7 +51,9 @@ pub async fn execute(
     state.metrics().command(match &outcome {
         Ok(CommandOutcome::Done) => "done",
         Ok(CommandOutcome::Refused { .. }) => "refused",
-        Err(CommandError::NoRuntime | CommandError::Disconnected) => "no_runtime",
+        Err(CommandError::NoRuntime | CommandError::Disconnected | CommandError::Busy) => {
+            "no_runtime"
+        }
         Err(CommandError::Timeout(_)) => "timeout",
     });
     match outcome {
@@ -64,11 +66,13 @@ pub async fn execute(
             "command_refused",
             format!("the call runtime refused the command ({error_code}): {message}"),
         )),
-        Err(e @ (CommandError::NoRuntime | CommandError::Disconnected)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "runtime_unavailable",
-            e.to_string(),
-        )),
+        Err(e @ (CommandError::NoRuntime | CommandError::Disconnected | CommandError::Busy)) => {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "runtime_unavailable",
+                e.to_string(),
+            ))
+        }
         Err(e @ CommandError::Timeout(_)) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "runtime_timeout",

@@ -80,6 +80,25 @@ pub struct Config {
     pub webhook_concurrency: usize,
     /// Milliseconds between looks at the webhook outbox.
     pub webhook_poll_ms: u64,
+    /// Let webhook endpoints, audio stream services and status callbacks point at loopback,
+    /// private, link-local (cloud metadata), unique-local and other non-public addresses. Off:
+    /// a tenant must not reach the gateway's own network. Tests and the local demo turn it on.
+    #[serde(deserialize_with = "flag")]
+    pub allow_private_webhook_targets: bool,
+    /// Seconds of audio a bidirectional stream may have waiting to be played into the call;
+    /// what a service sends beyond it is dropped (and `DegradedStream` reports 30, 60 and 90 %).
+    pub audio_playout_max_secs: u64,
+    /// Seconds one attempt to connect to an audio stream's service may take.
+    pub audio_connect_timeout_secs: u64,
+    /// Attempts after the first to connect to a service before the stream is dropped.
+    pub audio_connect_retries: u32,
+    /// Seconds a service may read nothing (the gateway's writes make no progress) before its
+    /// stream is dropped.
+    pub audio_service_stall_secs: u64,
+    /// Largest message a service may send (a `playAudio` with its base64), in bytes.
+    pub audio_max_service_message_bytes: usize,
+    /// Active audio streams one call may have.
+    pub audio_streams_per_call: usize,
     /// Origins allowed to call the API from a browser (CORS); `*` allows any. Streams are
     /// authorised by key or stream token, never by cookie, so `*` exposes nothing by itself.
     #[serde(deserialize_with = "list_or_csv")]
@@ -119,6 +138,13 @@ impl Default for Config {
             webhook_timeout_secs: 10,
             webhook_concurrency: 16,
             webhook_poll_ms: 500,
+            allow_private_webhook_targets: false,
+            audio_playout_max_secs: 40,
+            audio_connect_timeout_secs: 10,
+            audio_connect_retries: 2,
+            audio_service_stall_secs: 10,
+            audio_max_service_message_bytes: 2 * 1024 * 1024,
+            audio_streams_per_call: 10,
         }
     }
 }
@@ -179,6 +205,24 @@ fn numbers_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error>
                 })
             })
             .collect(),
+    }
+}
+
+/// `true`/`false`, or `1`/`0` as environment variables usually say it.
+fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Bool(bool),
+        Number(i64),
+    }
+    match Either::deserialize(d)? {
+        Either::Bool(b) => Ok(b),
+        Either::Number(0) => Ok(false),
+        Either::Number(1) => Ok(true),
+        Either::Number(n) => Err(serde::de::Error::custom(format!(
+            "{n} is not a flag: expected true, false, 1 or 0"
+        ))),
     }
 }
 
@@ -276,6 +320,17 @@ impl Config {
             ("webhook_timeout_secs", self.webhook_timeout_secs),
             ("webhook_concurrency", self.webhook_concurrency as u64),
             ("webhook_poll_ms", self.webhook_poll_ms),
+            ("audio_playout_max_secs", self.audio_playout_max_secs),
+            (
+                "audio_connect_timeout_secs",
+                self.audio_connect_timeout_secs,
+            ),
+            ("audio_service_stall_secs", self.audio_service_stall_secs),
+            (
+                "audio_max_service_message_bytes",
+                self.audio_max_service_message_bytes as u64,
+            ),
+            ("audio_streams_per_call", self.audio_streams_per_call as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -296,6 +351,12 @@ impl Config {
                 ),
             });
         }
+        if self.audio_playout_max_secs > 600 {
+            return Err(ConfigError::Invalid {
+                origin: "audio_playout_max_secs".into(),
+                message: "at most 600 (10 minutes of queued audio per stream)".into(),
+            });
+        }
         if self.stream_token_max_ttl_secs > 7 * 24 * 3600 {
             return Err(ConfigError::Invalid {
                 origin: "stream_token_max_ttl_secs".into(),
@@ -312,8 +373,19 @@ impl Config {
         Ok(())
     }
 
+    /// The outbound-address policy every call-out follows.
+    pub fn target_policy(&self) -> crate::targets::Policy {
+        crate::targets::Policy {
+            allow_private: self.allow_private_webhook_targets,
+        }
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("callstream.db")
+    }
+
+    pub fn audio_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.audio_connect_timeout_secs)
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -6,6 +6,7 @@
 //! the I/O; the domain lives in `callstream-core`, formats in `callstream-surfaces`, fan-out in
 //! `callstream-bus`, and records in `callstream-store`.
 
+pub mod audio;
 pub mod auth;
 pub mod body;
 pub mod commands;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod routes;
 pub mod state;
 pub mod stream_http;
+pub mod targets;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -64,6 +66,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/calls",
             post(routes::calls::create).get(routes::calls::list),
         )
+        .route("/v1/workspace", get(routes::workspace::get))
         .route("/v1/calls/{id}", get(routes::calls::get))
         .route("/v1/calls/{id}/events", post(routes::calls::ingest_events))
         .route("/v1/calls/{id}/transcript", get(routes::calls::transcript))
@@ -93,6 +96,26 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/session",
             post(routes::session::create).delete(routes::session::delete),
+        )
+        .route(
+            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
+            post(routes::audio_streams::create)
+                .get(routes::audio_streams::list)
+                .delete(routes::audio_streams::delete_all),
+        )
+        .route(
+            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream",
+            post(routes::audio_streams::create)
+                .get(routes::audio_streams::list)
+                .delete(routes::audio_streams::delete_all),
+        )
+        .route(
+            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}/",
+            get(routes::audio_streams::get).delete(routes::audio_streams::delete),
+        )
+        .route(
+            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}",
+            get(routes::audio_streams::get).delete(routes::audio_streams::delete),
         )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
@@ -155,11 +178,13 @@ fn cors(config: &Config) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-auth-id"),
+            HeaderName::from_static("x-auth-token"),
         ])
         .max_age(Duration::from_secs(600))
 }
@@ -286,8 +311,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             .retry_schedule()
             .map_err(|e| StartError::Webhooks(e.to_string()))?,
     );
-    let http = webhooks::client(Duration::from_secs(state.config().webhook_timeout_secs))
-        .map_err(|e| StartError::Webhooks(e.to_string()))?;
+    let http = webhooks::client(
+        Duration::from_secs(state.config().webhook_timeout_secs),
+        state.config().target_policy(),
+    )
+    .map_err(|e| StartError::Webhooks(e.to_string()))?;
     tokio::spawn(webhooks::run(state.clone(), http, schedule));
 
     // Build the router's services once: each connection then clones an `Arc` (axum's own
@@ -300,6 +328,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         state.config().socket_send_buffer(),
     );
     let task = tokio::spawn(http::serve(listener, router, shutdown.clone()));
+    // Audio streams that were active when the last process stopped reconnect once their
+    // calls' audio flows again.
+    let resume_state = state.clone();
+    tokio::spawn(async move {
+        resume_state.audio_streams().resume_all(&resume_state).await;
+    });
     tracing::info!(%addr, "callstream listening");
     Ok(Server { addr, state, task })
 }

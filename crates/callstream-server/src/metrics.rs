@@ -27,6 +27,9 @@ pub enum Surface {
     live_calls_ws,
     /// `GET /v1/runtime`, the call runtimes' own socket.
     runtime_ws,
+    /// Seed 004 audio streams: their subscriptions to the call's events (for `dtmf` and the
+    /// call's end).
+    audio_stream_ws,
 }
 
 impl Surface {
@@ -38,6 +41,7 @@ impl Surface {
         Self::live_transcript_ws,
         Self::live_calls_ws,
         Self::runtime_ws,
+        Self::audio_stream_ws,
     ];
 }
 
@@ -56,6 +60,38 @@ pub struct EventLabels {
     pub event_type: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackLabels {
+    pub track: &'static str,
+}
+
+/// Which way an audio stream's frames go: `to_service` (media messages to the customer's
+/// service), `to_call` (audio the service sent, played into the call).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+/// Seed 004's audio streams, and call audio from runtimes.
+pub struct AudioMetrics {
+    /// Streams connecting or connected now.
+    pub active_streams: Gauge,
+    /// Media frames sent, by direction.
+    pub sent: Family<DirectionLabels, Counter>,
+    /// Media frames dropped (a full queue, no runtime to play to), by direction.
+    pub dropped: Family<DirectionLabels, Counter>,
+    /// Audio waiting to be played into calls, in milliseconds, summed over streams.
+    pub playout_queued_ms: Gauge,
+    /// Attempts to connect to a service that failed.
+    pub connect_failures: Counter,
+    /// Streams connected again after a gateway restart.
+    pub reconnects: Counter,
+    /// Messages from services that were ignored as malformed.
+    pub service_messages_refused: Counter,
+    /// Streams that ended, by how (`stopped`, `dropped`).
+    pub ended: Family<OutcomeLabels, Counter>,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub open_streams: Family<SurfaceLabels, Gauge>,
@@ -68,6 +104,12 @@ pub struct Metrics {
     pub rate_limited: Family<SurfaceLabels, Counter>,
     bus_topics: Gauge,
     bus_subscribers: Gauge,
+    audio_listeners: Gauge,
+    /// Audio frames runtimes sent, by track.
+    audio_received: Family<TrackLabels, Counter>,
+    /// Audio frames from runtimes refused (malformed, or for a call that is not theirs).
+    pub audio_frames_refused: Counter,
+    pub audio: AudioMetrics,
 }
 
 impl Metrics {
@@ -121,6 +163,84 @@ impl Metrics {
             "Client messages refused by the per-connection rate limit, by surface",
             rate_limited.clone(),
         );
+        let audio_listeners = Gauge::default();
+        registry.register(
+            "bus_audio_listeners",
+            "Listeners to calls' audio on the bus",
+            audio_listeners.clone(),
+        );
+        let audio_received = Family::<TrackLabels, Counter>::default();
+        registry.register(
+            "audio_frames_received",
+            "Audio frames call runtimes sent, by track",
+            audio_received.clone(),
+        );
+        for track in ["inbound", "outbound"] {
+            let _ = audio_received.get_or_create(&TrackLabels { track });
+        }
+        let audio_frames_refused = Counter::default();
+        registry.register(
+            "audio_frames_refused",
+            "Audio frames from call runtimes refused (malformed, or for a call not theirs)",
+            audio_frames_refused.clone(),
+        );
+        let audio = AudioMetrics {
+            active_streams: Gauge::default(),
+            sent: Family::default(),
+            dropped: Family::default(),
+            playout_queued_ms: Gauge::default(),
+            connect_failures: Counter::default(),
+            reconnects: Counter::default(),
+            service_messages_refused: Counter::default(),
+            ended: Family::default(),
+        };
+        registry.register(
+            "audio_streams_active",
+            "Audio streams connecting or connected",
+            audio.active_streams.clone(),
+        );
+        registry.register(
+            "audio_stream_frames_sent",
+            "Audio stream media frames sent, by direction (to_service, to_call)",
+            audio.sent.clone(),
+        );
+        registry.register(
+            "audio_stream_frames_dropped",
+            "Audio stream media frames dropped, by direction (to_service, to_call)",
+            audio.dropped.clone(),
+        );
+        registry.register(
+            "audio_playout_queued_ms",
+            "Audio waiting to be played into calls, milliseconds summed over streams",
+            audio.playout_queued_ms.clone(),
+        );
+        registry.register(
+            "audio_stream_connect_failures",
+            "Failed attempts to connect to an audio stream's service",
+            audio.connect_failures.clone(),
+        );
+        registry.register(
+            "audio_stream_reconnects",
+            "Audio streams connected again after a gateway restart",
+            audio.reconnects.clone(),
+        );
+        registry.register(
+            "audio_stream_service_messages_refused",
+            "Messages from audio stream services ignored as malformed",
+            audio.service_messages_refused.clone(),
+        );
+        registry.register(
+            "audio_streams_ended",
+            "Audio streams that ended, by outcome (stopped, dropped)",
+            audio.ended.clone(),
+        );
+        for direction in ["to_service", "to_call"] {
+            let _ = audio.sent.get_or_create(&DirectionLabels { direction });
+            let _ = audio.dropped.get_or_create(&DirectionLabels { direction });
+        }
+        for outcome in ["stopped", "dropped"] {
+            let _ = audio.ended.get_or_create(&OutcomeLabels { outcome });
+        }
         let webhooks = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhook_attempts",
@@ -164,7 +284,19 @@ impl Metrics {
             rate_limited,
             bus_topics,
             bus_subscribers,
+            audio_listeners,
+            audio_received,
+            audio_frames_refused,
+            audio,
         }
+    }
+
+    pub fn audio_frame_received(&self, track: callstream_core::audio::Track) {
+        self.audio_received
+            .get_or_create(&TrackLabels {
+                track: track.as_str(),
+            })
+            .inc();
     }
 
     pub fn webhook(&self, outcome: &'static str) {
@@ -193,6 +325,8 @@ impl Metrics {
             .set(i64::try_from(bus.topics).unwrap_or(i64::MAX));
         self.bus_subscribers
             .set(i64::try_from(bus.subscribers).unwrap_or(i64::MAX));
+        self.audio_listeners
+            .set(i64::try_from(bus.audio_listeners).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

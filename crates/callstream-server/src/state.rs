@@ -24,6 +24,8 @@ struct Inner {
     transcript_sockets: DashMap<String, usize>,
     /// Each live call's sequencer and record snapshot.
     live: crate::live::LiveCalls,
+    /// The audio streams (seed 004) this node runs.
+    audio_streams: crate::audio::AudioStreams,
     /// Cancelled when the server begins to shut down: streams watch it and close.
     shutdown: CancellationToken,
     /// One async lock per conversation with an ingest in flight (calls are ordered by their
@@ -44,6 +46,7 @@ impl AppState {
             commands: backends.commands,
             metrics: Metrics::new(),
             live: crate::live::LiveCalls::default(),
+            audio_streams: crate::audio::AudioStreams::default(),
             transcript_sockets: DashMap::new(),
             shutdown,
             ingest_order: DashMap::new(),
@@ -86,6 +89,10 @@ impl AppState {
 
     pub fn live(&self) -> &crate::live::LiveCalls {
         &self.0.live
+    }
+
+    pub fn audio_streams(&self) -> &crate::audio::AudioStreams {
+        &self.0.audio_streams
     }
 
     /// Takes one of a call's `max` live transcript socket places, or `None` when all are taken;

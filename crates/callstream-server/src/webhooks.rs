@@ -1,7 +1,14 @@
-//! The webhook delivery worker: takes due rows from the store's outbox, POSTs each payload (the
+//! The webhook delivery worker: takes due rows from the store's outboxes, POSTs each payload (the
 //! canonical envelope JSON, byte for byte what the call socket sends) with Standard Webhooks
 //! signatures, and records the outcome: delivered, retry on the 24-hour schedule (honouring
 //! `Retry-After`), given up, or the endpoint disabled on `410 Gone`.
+//!
+//! Status callbacks (seed 004's `StartStream`, …) ride the same worker and schedule: form fields
+//! sent with `GET` (in the query) or `POST` (as the body), signed with the workspace's signing
+//! secret over exactly those form fields.
+//!
+//! Every request goes only where the outbound-address policy allows (`targets`): an address in
+//! the URL is checked here, a name by the client's resolver, at the moment of sending.
 //!
 //! The outbox rows are written in the same transaction as the events, so an accepted event is
 //! never lost to a crash before its webhooks are queued; a claimed row that is never recorded
@@ -11,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callstream_core::time;
-use callstream_store::{Delivery, DeliveryResult};
+use callstream_store::{CallbackMethod, Delivery, DeliveryResult, DeliveryTarget};
 use callstream_webhooks::{NextStep, Outcome, RetrySchedule, Secret, TransportFailure};
 use tokio::sync::Semaphore;
 
@@ -22,11 +29,16 @@ const LEASE: Duration = Duration::from_secs(120);
 /// Rows claimed per poll.
 const BATCH: u32 = 64;
 
-/// The HTTP client every delivery uses.
-pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+/// The HTTP client every delivery uses: no redirects, and names resolved only to addresses the
+/// policy allows.
+pub fn client(
+    timeout: Duration,
+    policy: crate::targets::Policy,
+) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(crate::targets::PolicyResolver::shared(policy))
         .user_agent(concat!("callstream-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
 }
@@ -56,8 +68,9 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
                 return;
             };
             let (state, http, schedule) = (state.clone(), http.clone(), schedule.clone());
+            let policy = state.config().target_policy();
             tokio::spawn(async move {
-                let result = attempt(&http, &schedule, &delivery).await;
+                let result = attempt(&http, &schedule, policy, &delivery).await;
                 state.metrics().webhook(match &result {
                     DeliveryResult::Delivered { .. } => "delivered",
                     DeliveryResult::RetryAt { .. } => "retry",
@@ -78,20 +91,45 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
 }
 
 /// One attempt and what to do next.
-async fn attempt(http: &reqwest::Client, schedule: &RetrySchedule, d: &Delivery) -> DeliveryResult {
+async fn attempt(
+    http: &reqwest::Client,
+    schedule: &RetrySchedule,
+    policy: crate::targets::Policy,
+    d: &Delivery,
+) -> DeliveryResult {
     let now = time::now();
     let Ok(secret) = d.secret.parse::<Secret>() else {
         return DeliveryResult::Abandon {
             status: None,
-            error: "the endpoint's secret is unreadable".into(),
+            error: "the signing secret is unreadable".into(),
         };
     };
+    // An address in the URL is checked here (the client's resolver sees only names). A refused
+    // target is given up at once: retrying would be refused the same way.
+    if let Err(err) = policy.check_url(&d.url, crate::targets::Kind::Http) {
+        return DeliveryResult::Abandon {
+            status: None,
+            error: format!("target refused: {err}"),
+        };
+    }
     let headers =
         callstream_webhooks::headers(&secret, &[], &d.event_id, now.timestamp(), &d.payload);
-    let mut request = http
-        .post(&d.url)
-        .header("content-type", "application/json")
-        .body(d.payload.clone());
+    let mut request = match d.target {
+        DeliveryTarget::Endpoint(_) => http
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .body(d.payload.clone()),
+        DeliveryTarget::Callback(CallbackMethod::Post) => http
+            .post(&d.url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(d.payload.clone()),
+        DeliveryTarget::Callback(CallbackMethod::Get) => {
+            // The signed form fields become the query, exactly as signed.
+            let fields = String::from_utf8_lossy(&d.payload);
+            let separator = if d.url.contains('?') { '&' } else { '?' };
+            http.get(format!("{}{separator}{fields}", d.url))
+        }
+    };
     for (name, value) in headers.pairs() {
         request = request.header(name, value);
     }

@@ -148,7 +148,7 @@ struct Session {
 /// others with 1009; seed 001 answers a binary frame with an error and stays open).
 pub enum Incoming {
     Text(Utf8Bytes),
-    Binary,
+    Binary(Bytes),
     /// A ping or pong (tungstenite answers pings itself).
     Control,
     /// The client closed, or the connection is gone.
@@ -164,7 +164,7 @@ impl Incoming {
         match read {
             None | Some(Ok(Message::Close(_))) => Self::Closed,
             Some(Ok(Message::Text(text))) => Self::Text(text),
-            Some(Ok(Message::Binary(_))) => Self::Binary,
+            Some(Ok(Message::Binary(bytes))) => Self::Binary(bytes),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Self::Control,
             Some(Err(err)) => {
                 let too_big = err
@@ -337,7 +337,7 @@ impl Session {
                         let _ = socket.send(close(close_code::SIZE, "message too big")).await;
                         return;
                     }
-                    Incoming::Binary => {
+                    Incoming::Binary(_) => {
                         let _ = socket.send(binary_refused()).await;
                         return;
                     }

@@ -234,7 +234,7 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
                     return;
                 }
                 Incoming::Control => continue,
-                message @ (Incoming::Binary | Incoming::Text(_)) => {
+                message @ (Incoming::Binary(_) | Incoming::Text(_)) => {
                     // Every message counts toward the limit, binary ones included. A client over it
                     // for more than `ws_flood_close_secs` seconds in a row is closed with 1008.
                     let verdict = guard.check();

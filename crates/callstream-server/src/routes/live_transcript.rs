@@ -227,7 +227,7 @@ async fn run(
                     let _ = socket.send(close(close_code::PROTOCOL, "protocol error")).await;
                     return;
                 }
-                Incoming::Binary => {
+                Incoming::Binary(_) => {
                     let _ = socket.send(binary_refused()).await;
                     return;
                 }

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource. Handlers parse, authorise and call into the core,
 //! store, bus and surfaces; they hold no state of their own.
 
+pub mod audio_streams;
 pub mod call_socket;
 pub mod calls;
 pub mod conversations;
@@ -15,6 +16,7 @@ pub mod sse_stream;
 pub mod stream_tokens;
 pub mod transcript_stream;
 pub mod webhooks;
+pub mod workspace;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;

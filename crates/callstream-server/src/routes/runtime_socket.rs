@@ -1,14 +1,19 @@
 //! `GET /v1/runtime`: the call runtime's own socket (runtime key, header only). Events travel
 //! up into ingest (for calls and conversations), commands travel down, and the runtime's results
-//! travel back to whoever sent the command. The protocol is in `surfaces::runtime` and
-//! `docs/native-api.md`.
+//! travel back to whoever sent the command. Call audio travels both ways in binary messages
+//! (`callstream_core::audio`): the calls' tracks up onto the bus, audio to play into a call
+//! down. The protocol is in `surfaces::runtime` and `docs/native-api.md`.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{CommandOutcome, RuntimeLink};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use callstream_bus::{CommandOutcome, Downlink, RuntimeLink};
+use callstream_core::audio::AudioFrame;
 use callstream_core::{CallId, ConversationId, WorkspaceId};
 use callstream_surfaces::runtime::{self, EventsMessage, RuntimeMessage};
 use futures::{FutureExt, SinkExt};
@@ -18,8 +23,7 @@ use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{
-    INGEST_READS, Incoming, binary_refused, close, configure, going_away, ping_timer,
-    require_upgrade, text,
+    INGEST_READS, Incoming, close, configure, going_away, ping_timer, require_upgrade, text,
 };
 use crate::routes::load_conversation;
 use crate::state::AppState;
@@ -71,9 +75,23 @@ pub async fn socket(
 /// Answers gathered into one write at most, before the loop looks at shutdown and commands.
 const GATHER: usize = 64;
 
+/// Audio frames to play gathered into one write at most.
+const AUDIO_GATHER: usize = 256;
+/// Calls a connection remembers having checked (their audio needs no store lookup); past this
+/// the memory starts again, so a runtime naming endless ids holds a bounded map.
+const CHECKED_CALLS: usize = 16_384;
+
+/// What one connection knows of the calls its audio names.
+#[derive(Default)]
+struct AudioCalls {
+    /// `true`: the call is the workspace's; `false`: it is not (unknown or foreign).
+    checked: HashMap<CallId, bool>,
+}
+
 async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: WebSocket) {
     let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
     let mut link = state.commands().connect(&workspace);
+    let mut calls = AudioCalls::default();
     let shutdown = state.shutdown().clone();
     // Pings keep NAT and proxies from dropping an idle runtime.
     let mut ping = ping_timer(&state);
@@ -84,10 +102,28 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
                 let _ = socket.send(going_away()).await;
                 return;
             }
-            Some(command) = link.next() => {
-                text(runtime::command_frame(&command.command_id, command.call.as_str(), &command.command))
-            }
-            incoming = socket.recv() => match answer(&state, &workspace, &link, acks, incoming).await {
+            Some(down) = link.next() => match down {
+                Downlink::Command(command) => {
+                    text(runtime::command_frame(&command.command_id, command.call.as_str(), &command.command))
+                }
+                Downlink::Audio(frame) => {
+                    // Audio for many calls arrives on one beat: write what is queued together.
+                    if socket.feed(Message::Binary(frame.encode())).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..AUDIO_GATHER {
+                        let Some(more) = link.try_next_audio() else { break };
+                        if socket.feed(Message::Binary(more.encode())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if socket.flush().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            incoming = socket.recv() => match answer(&state, &workspace, &link, &mut calls, acks, incoming).await {
                 Answer::Send(message) => message,
                 Answer::Nothing => continue,
                 Answer::Close(last) => return finish(&mut socket, last).await,
@@ -105,7 +141,7 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
             let Some(incoming) = socket.recv().now_or_never() else {
                 break;
             };
-            match answer(&state, &workspace, &link, acks, incoming).await {
+            match answer(&state, &workspace, &link, &mut calls, acks, incoming).await {
                 Answer::Send(message) => {
                     if socket.feed(message).await.is_err() {
                         return;
@@ -144,13 +180,17 @@ async fn answer(
     state: &AppState,
     workspace: &WorkspaceId,
     link: &RuntimeLink,
+    calls: &mut AudioCalls,
     acks: Acks,
     incoming: Option<Result<Message, axum::Error>>,
 ) -> Answer {
     match Incoming::from_read(incoming) {
         Incoming::Closed | Incoming::Broken => Answer::Close(None),
         Incoming::TooBig => Answer::Close(Some(close(close_code::SIZE, "message too big"))),
-        Incoming::Binary => Answer::Close(Some(binary_refused())),
+        Incoming::Binary(bytes) => match audio(state, workspace, link, calls, &bytes).await {
+            Ok(()) => Answer::Nothing,
+            Err(frame) => Answer::Send(text(frame)),
+        },
         Incoming::Control => Answer::Nothing,
         Incoming::Text(message) => {
             match handle(state, workspace, link, acks, message.as_str()).await {
@@ -159,6 +199,53 @@ async fn answer(
             }
         }
     }
+}
+
+/// One binary message: a frame of a call's audio, for the bus. Nothing is answered unless it is
+/// refused (a malformed header, a call that is not the workspace's): the runtime sends fifty a
+/// second per track and needs no receipt.
+async fn audio(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    link: &RuntimeLink,
+    calls: &mut AudioCalls,
+    bytes: &Bytes,
+) -> Result<(), Bytes> {
+    let metrics = state.metrics();
+    let frame = AudioFrame::decode(bytes).map_err(|e| {
+        metrics.audio_frames_refused.inc();
+        runtime::error_frame(None, "invalid_audio", &e.to_string())
+    })?;
+    let ours = match calls.checked.get(&frame.call) {
+        Some(ours) => *ours,
+        None => {
+            let ours = match ingest::call_transport(state, workspace, &frame.call).await {
+                Ok(_) => true,
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => false,
+                Err(e) => return Err(runtime::error_frame(None, e.code, &e.message)),
+            };
+            if calls.checked.len() >= CHECKED_CALLS {
+                calls.checked.clear();
+            }
+            calls.checked.insert(frame.call.clone(), ours);
+            ours
+        }
+    };
+    if !ours {
+        metrics.audio_frames_refused.inc();
+        return Err(runtime::error_frame(
+            None,
+            "not_found",
+            &format!("audio frame: call {} not found", frame.call),
+        ));
+    }
+    // The runtime that sends a call's audio serves the call: audio to play goes back to it.
+    state.commands().claim(link, &frame.call);
+    metrics.audio_frame_received(frame.track);
+    if let Err(err) = state.bus().publish_audio(workspace, Arc::new(frame)).await {
+        tracing::warn!(error = %err, "audio publish failed");
+    }
+    Ok(())
 }
 
 /// One runtime message; the answer to send, if any.

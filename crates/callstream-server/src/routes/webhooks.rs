@@ -16,8 +16,6 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-const MAX_URL: usize = 2048;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
@@ -31,16 +29,13 @@ pub async fn create(
     ApiKey(who): ApiKey,
     JsonBody(body): JsonBody<CreateEndpoint>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let url = reqwest::Url::parse(&body.url)
-        .map_err(|e| ApiError::bad_request(format!("body.url: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https")
-        || url.host_str().is_none()
-        || body.url.len() > MAX_URL
-    {
-        return Err(ApiError::bad_request(format!(
-            "body.url: an http or https URL of at most {MAX_URL} characters"
-        )));
-    }
+    crate::targets::check_target(
+        state.config().target_policy(),
+        &body.url,
+        crate::targets::Kind::Http,
+    )
+    .await
+    .map_err(|e| ApiError::bad_request(format!("body.url: {e}")))?;
     if let Some(types) = &body.event_types {
         if types.is_empty() {
             return Err(ApiError::bad_request(

@@ -479,8 +479,17 @@ async fn the_runtime_socket_ingests_and_refuses_clearly() {
     )
     .await;
     assert_eq!(ws_json(&mut other).await["error_code"], "not_found");
+    // Binary messages are audio frames: a malformed one is refused by name, and the socket
+    // stays open for the next message.
     rt.send(WsMessage::Binary(vec![0].into())).await.unwrap();
-    assert_eq!(ws_next(&mut rt).await, WsEvent::Close(1003));
+    let refused = ws_json(&mut rt).await;
+    assert_eq!(refused["error_code"], "invalid_audio", "{refused}");
+    ws_send(
+        &mut rt,
+        &json!({"type": "events", "ref": "r8", "call_id": id, "events": [{"event_type": "call.dtmf", "payload": {"digits": "1"}}]}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut rt).await["ref"], "r8");
 }
 
 #[tokio::test]

@@ -51,6 +51,8 @@ pub struct Tenant {
 
 pub struct TestServer {
     pub server: Option<Server>,
+    /// What the server was started with (a restart uses it again).
+    pub config: Config,
     pub base: String,
     pub acme: Tenant,
     pub other: Tenant,
@@ -62,6 +64,9 @@ pub fn config(dir: &std::path::Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
+        // Every receiver and service in these tests listens on 127.0.0.1: allowed explicitly
+        // here (the default refuses it; `targets` tests that).
+        allow_private_webhook_targets: true,
         ..Config::default()
     }
 }
@@ -75,10 +80,10 @@ impl TestServer {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut c = config(dir.path());
         tune(&mut c);
-        let server = callstream_server::start(c).await.unwrap();
+        let server = callstream_server::start(c.clone()).await.unwrap();
         let acme = tenant(&server, "acme").await;
         let other = tenant(&server, "other").await;
-        Self::wrap(server, dir, acme, other)
+        Self::wrap(server, c, dir, acme, other)
     }
 
     /// Starts another server on the same data directory (after a restart).
@@ -86,18 +91,23 @@ impl TestServer {
         let old = self.server.take().unwrap();
         old.shutdown();
         old.wait().await.unwrap();
-        let server = callstream_server::start(config(self.dir.path()))
-            .await
-            .unwrap();
+        let server = callstream_server::start(self.config.clone()).await.unwrap();
         Self::wrap(
             server,
+            self.config.clone(),
             self.dir.clone(),
             self.acme.clone(),
             self.other.clone(),
         )
     }
 
-    fn wrap(server: Server, dir: Arc<tempfile::TempDir>, acme: Tenant, other: Tenant) -> Self {
+    fn wrap(
+        server: Server,
+        config: Config,
+        dir: Arc<tempfile::TempDir>,
+        acme: Tenant,
+        other: Tenant,
+    ) -> Self {
         logs();
         let base = format!("http://{}", server.addr());
         // No total timeout on the client: it would also cut stream bodies. Plain requests get
@@ -108,6 +118,7 @@ impl TestServer {
             .unwrap();
         Self {
             server: Some(server),
+            config,
             base,
             acme,
             other,

@@ -204,7 +204,10 @@ async fn failures_are_retried_and_410_disables_the_endpoint() {
 async fn endpoints_are_per_workspace_and_checked() {
     let ts = fast_server().await;
     for (body, expect) in [
-        (json!({"url": "ftp://x"}), "body.url: an http or https URL"),
+        (
+            json!({"url": "ftp://x"}),
+            "body.url: expected an http or https URL",
+        ),
         (json!({"url": "not a url"}), "body.url:"),
         (
             json!({"url": "https://example.com/h", "event_types": ["call.nope"]}),

@@ -1,0 +1,984 @@
+//! One audio stream's life on this node: connect to the service, stream the call's tracks on the
+//! 20 ms beat, play what the service sends back into the call, and end exactly once.
+//!
+//! One task runs the stream (`Session::serve`): it owns every piece of the stream's state, so
+//! nothing here takes a lock. A second task writes to the service's socket (`Writer`), so that
+//! a service that reads slowly or not at all never holds up the beat: the stream hands it
+//! messages with `try_send`, media that does not fit is dropped and counted, and a socket that
+//! makes no write progress for `audio_service_stall_secs` ends the stream as dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use callstream_audio::{Framer, MediaFormat, Transcoder};
+use callstream_bus::{AudioSubscription, Resume, SubscribeOptions, Subscription, Topic};
+use callstream_core::audio::{AudioFrame, Codec, Track};
+use callstream_core::{Command, Payload, time};
+use callstream_store::AudioStreamRecord;
+use callstream_surfaces::audio_stream::{self, MediaWriter, ServiceMessage, Start};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use super::pacer::{PERIOD, Pacer};
+use super::playout::Playout;
+use crate::metrics::{DirectionLabels, Surface, SurfaceLabels};
+use crate::state::AppState;
+
+const LABELS: SurfaceLabels = SurfaceLabels {
+    surface: Surface::audio_stream_ws,
+};
+
+/// The format a call's audio is assumed to have until its runtime sends some: telephony's.
+const DEFAULT_CALL_FORMAT: MediaFormat = MediaFormat::MULAW_8K;
+/// Audio frames from the bus that may wait for the stream's task.
+const AUDIO_QUEUE: usize = 256;
+/// Audio of one track that may wait for its turn on the beat (10 frames). More means the
+/// runtime sends faster than real time; the excess is dropped.
+const TRACK_BUFFER_FRAMES: usize = 10;
+/// From this many frames waiting, a track sends two per tick until it is back below: this
+/// bounds the latency a runtime's clock running slightly fast would otherwise add for ever.
+const CATCH_UP_FRAMES: usize = 3;
+/// Control messages (`start`, `playedStream`, …) that may wait for the writer.
+const CONTROL_QUEUE: usize = 64;
+/// Media messages that may wait for the writer: about half a second of two tracks.
+const MEDIA_QUEUE: usize = 50;
+/// A rest of less than a frame of played audio is padded and played once no more audio came for
+/// this long (a service that sends 30 ms chunks in real time must not get a gap every chunk).
+const REST_WAIT: Duration = Duration::from_millis(40);
+/// A track that got no audio for this long lines the beat up again with its next frame.
+const REALIGN_AFTER: Duration = Duration::from_millis(200);
+/// How long a close waits for the writer to get it out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// How a stream's run ended.
+pub(super) enum End {
+    /// Normally: the call ended, `stream_timeout` passed.
+    Stopped(String),
+    /// By a fault: unreachable, closed by the service, stopped reading.
+    Dropped(String),
+    /// `DELETE`: the handler did the bookkeeping.
+    Deleted,
+    /// The gateway is shutting down: the stream stays active for the next process to resume.
+    ShuttingDown,
+}
+
+pub(super) struct Session {
+    pub state: AppState,
+    pub rec: AudioStreamRecord,
+    /// The workspace's `auth_id` (`start.accountId`).
+    pub account_id: String,
+    /// The stream's format (its `content_type`).
+    pub format: MediaFormat,
+    pub deleted: CancellationToken,
+    /// Audio waiting to be played, in milliseconds, for the REST view and the metric.
+    pub queued_ms: Arc<AtomicU64>,
+    /// Started again after a gateway restart: connect once the call's audio flows.
+    pub resume: bool,
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+impl Session {
+    fn dropped(&self, direction: &'static str) -> prometheus_client::metrics::counter::Counter {
+        self.state
+            .metrics()
+            .audio
+            .dropped
+            .get_or_create(&DirectionLabels { direction })
+            .clone()
+    }
+
+    fn sent(&self, direction: &'static str) -> prometheus_client::metrics::counter::Counter {
+        self.state
+            .metrics()
+            .audio
+            .sent
+            .get_or_create(&DirectionLabels { direction })
+            .clone()
+    }
+
+    /// Runs the stream until it ends, and says how.
+    pub(super) async fn serve(&self) -> End {
+        let state = &self.state;
+        let (workspace, call) = (&self.rec.workspace_id, &self.rec.call_id);
+        // Subscribe before anything else, so that no event or frame in between is missed.
+        let mut events = match state
+            .subscribe(&Topic::call(workspace, call), Resume::Live, &LABELS)
+            .await
+        {
+            Ok(events) => events,
+            Err(e) => return End::Dropped(format!("the call's events are unavailable: {e}")),
+        };
+        let options = SubscribeOptions {
+            queue_capacity: AUDIO_QUEUE,
+            dropped: self.dropped("to_service"),
+        };
+        let mut audio = match state.bus().subscribe_audio(workspace, call, options).await {
+            Ok(audio) => audio,
+            Err(e) => return End::Dropped(format!("the call's audio is unavailable: {e}")),
+        };
+        // The call may have ended before the subscription (the bus then cannot say so).
+        match state.store().call(workspace, call).await {
+            Ok(Some(c)) if c.status.is_active() => {}
+            Ok(_) => return End::Stopped("the call ended".into()),
+            Err(e) => return End::Dropped(format!("the store is unavailable: {e}")),
+        }
+        let deadline = self.deadline();
+
+        let mut first = None;
+        if self.resume {
+            // After a restart: reconnect only once the call's audio flows again (its runtime
+            // may be gone for good, and then the stale-call rules end the call).
+            loop {
+                tokio::select! {
+                    biased;
+                    () = state.shutdown().cancelled() => return End::ShuttingDown,
+                    () = self.deleted.cancelled() => return End::Deleted,
+                    () = tokio::time::sleep_until(deadline) => return End::Stopped("stream_timeout reached".into()),
+                    event = events.next() => if event.is_none() {
+                        return End::Stopped("the call ended".into());
+                    },
+                    frame = audio.next() => match frame {
+                        Some(frame) => { first = Some(frame); break; }
+                        None => return End::Dropped("the call's audio is unavailable".into()),
+                    },
+                }
+            }
+        }
+
+        let socket = match self.connect(deadline, &mut events).await {
+            Ok(socket) => socket,
+            Err(end) => return end,
+        };
+        if self.resume {
+            state.metrics().audio.reconnects.inc();
+        }
+        let now = time::now();
+        match state
+            .store()
+            .set_audio_stream_status(
+                &self.rec.stream_id,
+                callstream_core::audio::StreamStatus::InProgress,
+                now,
+                None,
+            )
+            .await
+        {
+            // Deleted while connecting: close at once.
+            Ok(false) => {
+                let (sink, _) = socket.split();
+                let writer = Writer::spawn(sink, self.stall());
+                writer.close(CloseCode::Normal, "stream deleted").await;
+                return End::Deleted;
+            }
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, stream_id = %self.rec.stream_id, "could not record a stream's start")
+            }
+        }
+        super::callbacks::send(state, &self.rec, "StartStream", Vec::new());
+        tracing::info!(stream_id = %self.rec.stream_id, call_id = %call, "audio stream connected");
+        self.stream(socket, events, audio, first, deadline).await
+    }
+
+    fn deadline(&self) -> Instant {
+        let since = self.rec.start_time.unwrap_or(self.rec.created_at);
+        let end = since
+            + chrono::Duration::seconds(
+                i64::try_from(self.rec.stream_timeout_secs).unwrap_or(i64::MAX / 2_000),
+            );
+        let left = (end - time::now()).to_std().unwrap_or(Duration::ZERO);
+        Instant::now() + left
+    }
+
+    fn stall(&self) -> Duration {
+        Duration::from_secs(self.state.config().audio_service_stall_secs)
+    }
+
+    /// Connects to the service: the first attempt and `audio_connect_retries` more, a second
+    /// apart and growing.
+    async fn connect(&self, deadline: Instant, events: &mut Subscription) -> Result<Socket, End> {
+        let config = self.state.config();
+        let attempts = config.audio_connect_retries.saturating_add(1);
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                let pause = Duration::from_secs(u64::from(attempt));
+                tokio::select! {
+                    biased;
+                    () = self.state.shutdown().cancelled() => return Err(End::ShuttingDown),
+                    () = self.deleted.cancelled() => return Err(End::Deleted),
+                    event = events.next() => if event.is_none() {
+                        return Err(End::Stopped("the call ended".into()));
+                    },
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            let try_once = self.connect_once();
+            let result = tokio::select! {
+                biased;
+                () = self.state.shutdown().cancelled() => return Err(End::ShuttingDown),
+                () = self.deleted.cancelled() => return Err(End::Deleted),
+                () = tokio::time::sleep_until(deadline) => return Err(End::Stopped("stream_timeout reached".into())),
+                result = tokio::time::timeout(config.audio_connect_timeout(), try_once) => result,
+            };
+            match result {
+                Ok(Ok(socket)) => return Ok(socket),
+                Ok(Err(Refused::Policy(reason))) => {
+                    self.state.metrics().audio.connect_failures.inc();
+                    return Err(End::Dropped(reason));
+                }
+                Ok(Err(Refused::Failed(reason))) => last = reason,
+                Err(_) => {
+                    last = format!(
+                        "no connection within {} s",
+                        config.audio_connect_timeout_secs
+                    );
+                }
+            }
+            self.state.metrics().audio.connect_failures.inc();
+            tracing::debug!(stream_id = %self.rec.stream_id, attempt, reason = %last, "audio stream: connect failed");
+        }
+        Err(End::Dropped(format!(
+            "could not connect to the service after {attempts} attempts: {last}"
+        )))
+    }
+
+    async fn connect_once(&self) -> Result<Socket, Refused> {
+        let config = self.state.config();
+        let policy = config.target_policy();
+        let url = policy
+            .check_url(&self.rec.service_url, crate::targets::Kind::WebSocket)
+            .map_err(|e| Refused::Policy(format!("service_url refused: {e}")))?;
+        let addrs = match policy.connect_addrs(&url).await {
+            Ok(addrs) => addrs,
+            Err(e @ crate::targets::TargetError::Unresolved(..)) => {
+                return Err(Refused::Failed(e.to_string()));
+            }
+            Err(e) => return Err(Refused::Policy(format!("service_url refused: {e}"))),
+        };
+        // Connect to an address that was checked, never to one resolved again.
+        let mut tcp = None;
+        let mut last = String::from("no address");
+        for addr in addrs {
+            match connect_tcp(addr, config.socket_send_buffer_bytes).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or(Refused::Failed(last))?;
+        // Frames are small and must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        let request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
+            .map_err(|e| Refused::Failed(e.to_string()))?;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(1024 * 1024)
+            .max_message_size(Some(config.audio_max_service_message_bytes))
+            .max_frame_size(Some(config.audio_max_service_message_bytes));
+        let (socket, _) =
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config), None)
+                .await
+                .map_err(|e| Refused::Failed(describe_ws_error(&e)))?;
+        Ok(socket)
+    }
+
+    /// Streams until the end.
+    async fn stream(
+        &self,
+        socket: Socket,
+        mut events: Subscription,
+        mut audio: AudioSubscription,
+        first: Option<Arc<AudioFrame>>,
+        deadline: Instant,
+    ) -> End {
+        let state = &self.state;
+        let config = state.config();
+        let (sink, mut reader) = socket.split();
+        let mut writer = Writer::spawn(sink, self.stall());
+        let mut live = Live::new(self, config.audio_playout_max_secs);
+
+        let start = audio_stream::start_message(
+            live.next_seq(),
+            &Start {
+                call_id: self.rec.call_id.as_str(),
+                stream_id: &self.rec.stream_id,
+                account_id: &self.account_id,
+                tracks: self.rec.audio_track.tracks(),
+                format: self.format,
+                extra_headers: &self.rec.extra_headers,
+            },
+        );
+        writer.control(start);
+        if let Some(frame) = first {
+            live.take_audio(self, &frame, Instant::now());
+        }
+
+        // How it ended, and the close to send the service (none when the socket is gone).
+        let (end, close) = loop {
+            tokio::select! {
+                biased;
+                () = state.shutdown().cancelled() => {
+                    break (End::ShuttingDown, Some((CloseCode::Away, "the gateway is restarting")));
+                }
+                () = self.deleted.cancelled() => {
+                    break (End::Deleted, Some((CloseCode::Normal, "stream deleted")));
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    break (End::Stopped("stream_timeout reached".into()), Some((CloseCode::Normal, "stream_timeout reached")));
+                }
+                ended = writer.ended() => {
+                    break (End::Dropped(ended), None);
+                }
+                () = tokio::time::sleep_until(live.pacer.deadline()) => {
+                    let due = live.pacer.due(Instant::now());
+                    for _ in 0..due.ticks {
+                        live.tick(self, &mut writer, Instant::now());
+                    }
+                }
+                frame = audio.next() => match frame {
+                    Some(frame) => {
+                        live.take_audio(self, &frame, Instant::now());
+                        // Frames of many streams arrive together: take what is queued.
+                        while let Some(more) = audio.try_next() {
+                            live.take_audio(self, &more, Instant::now());
+                        }
+                    }
+                    None => break (End::Dropped("the call's audio is unavailable".into()), Some((CloseCode::Error, "the call's audio is unavailable"))),
+                },
+                event = events.next() => match event {
+                    Some(event) => {
+                        if let Payload::Dtmf(dtmf) = &event.envelope().payload {
+                            for digit in dtmf.digits.chars() {
+                                let message = audio_stream::dtmf_message(live.next_seq(), &self.rec.stream_id, digit);
+                                writer.control(message);
+                            }
+                        }
+                    }
+                    None => break (End::Stopped("the call ended".into()), Some((CloseCode::Normal, "the call ended"))),
+                },
+                incoming = reader.next() => match incoming {
+                    Some(Ok(Message::Text(text))) => live.service_message(self, &mut writer, text.as_str(), Instant::now()),
+                    Some(Ok(Message::Binary(_))) => {
+                        state.metrics().audio.service_messages_refused.inc();
+                        tracing::debug!(stream_id = %self.rec.stream_id, "audio stream: binary message ignored (the protocol is JSON text)");
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let how = frame.map_or_else(|| "without a code".to_owned(), |f| format!("with {} {}", u16::from(f.code), f.reason));
+                        break (End::Dropped(format!("the service closed the connection {how}")), Some((CloseCode::Normal, "closed by the service")));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break (End::Dropped(format!("the connection to the service failed: {}", describe_ws_error(&e))), None),
+                    None => break (End::Dropped("the service closed the connection".into()), None),
+                },
+            }
+        };
+        live.retire(self);
+        if let Some((code, reason)) = close {
+            writer.close(code, reason).await;
+        }
+        end
+    }
+}
+
+/// A TCP connection with the same bounded send buffer as the server's own sockets: a service
+/// that stops reading is noticed after about that much (left to autotuning, the kernel would
+/// take megabytes, minutes of audio, first).
+async fn connect_tcp(addr: std::net::SocketAddr, send_buffer: usize) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
+    }
+    socket.connect(addr).await
+}
+
+enum Refused {
+    /// The target policy refuses the URL: retrying cannot help.
+    Policy(String),
+    Failed(String),
+}
+
+/// A WebSocket error in words, without the request (which could carry a query with secrets).
+fn describe_ws_error(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Http(response) => {
+            format!(
+                "the service answered HTTP {} instead of a WebSocket upgrade",
+                response.status()
+            )
+        }
+        tungstenite::Error::Io(io) => io.to_string(),
+        tungstenite::Error::Tls(tls) => format!("TLS: {tls}"),
+        tungstenite::Error::Capacity(c) => format!("message too big: {c}"),
+        tungstenite::Error::Protocol(p) => format!("protocol: {p}"),
+        other => other.to_string(),
+    }
+}
+
+// === impl Live ===
+
+/// One track on its way to the service.
+struct TrackOut {
+    track: Track,
+    /// Converts the runtime's format (the key) to the stream's.
+    transcoder: Option<(MediaFormat, Transcoder)>,
+    framer: Framer,
+    /// When the first byte waiting in `framer` was captured, epoch ms.
+    base_ms: u64,
+    /// `media.chunk`, per track.
+    chunk: u64,
+    /// When audio last arrived.
+    last_audio: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+impl TrackOut {
+    fn new(track: Track, format: MediaFormat) -> Option<Self> {
+        // `TRACK_BUFFER_FRAMES` frames are more than the one frame a framer needs, so this
+        // never fails.
+        let framer = Framer::new(format, format.bytes_per_frame() * TRACK_BUFFER_FRAMES).ok()?;
+        Some(Self {
+            track,
+            transcoder: None,
+            framer,
+            base_ms: 0,
+            chunk: 0,
+            last_audio: None,
+            scratch: Vec::new(),
+        })
+    }
+}
+
+/// What a connected stream keeps.
+struct Live {
+    seq: u64,
+    media: MediaWriter,
+    tracks: Vec<TrackOut>,
+    pacer: Pacer,
+    playout: Option<Playout>,
+    /// Converts what the service plays (the key) to the call's format.
+    play_in: Option<(MediaFormat, Transcoder)>,
+    call_format: MediaFormat,
+    /// When the service last sent audio to play.
+    last_push: Instant,
+    /// When the last frame was handed to the call (it plays for 20 ms from then).
+    last_handout: Option<Instant>,
+    scratch: Vec<u8>,
+    sent_to_service: prometheus_client::metrics::counter::Counter,
+    dropped_to_service: prometheus_client::metrics::counter::Counter,
+    sent_to_call: prometheus_client::metrics::counter::Counter,
+    dropped_to_call: prometheus_client::metrics::counter::Counter,
+    /// The depth last added to the process-wide gauge, to take it off again.
+    published_ms: i64,
+}
+
+impl Live {
+    fn new(session: &Session, playout_secs: u64) -> Self {
+        let tracks = session
+            .rec
+            .audio_track
+            .tracks()
+            .iter()
+            .filter_map(|t| TrackOut::new(*t, session.format))
+            .collect();
+        let playout = session.rec.bidirectional.then(|| {
+            let frames = usize::try_from(playout_secs.saturating_mul(50)).unwrap_or(usize::MAX);
+            Playout::new(DEFAULT_CALL_FORMAT, frames)
+        });
+        let now = Instant::now();
+        Self {
+            seq: 0,
+            media: MediaWriter::new(&session.rec.stream_id, &session.rec.extra_headers),
+            tracks,
+            pacer: Pacer::new(now + PERIOD / 2),
+            playout,
+            play_in: None,
+            call_format: DEFAULT_CALL_FORMAT,
+            last_push: now,
+            last_handout: None,
+            scratch: Vec::new(),
+            sent_to_service: session.sent("to_service"),
+            dropped_to_service: session.dropped("to_service"),
+            sent_to_call: session.sent("to_call"),
+            dropped_to_call: session.dropped("to_call"),
+            published_ms: 0,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A frame of the call's audio from its runtime.
+    fn take_audio(&mut self, session: &Session, frame: &AudioFrame, now: Instant) {
+        let Some(input) = frame_format(frame) else {
+            return;
+        };
+        if frame.track == Track::Inbound && input != self.call_format {
+            // The call's format is what its caller's audio arrives in: audio played into the
+            // call is converted to it.
+            self.call_format = input;
+            if let Some(playout) = &mut self.playout
+                && playout.queued_frames() == 0
+                && !playout.has_remainder()
+            {
+                let frames = playout_frames(session);
+                *playout = Playout::new(input, frames);
+                self.play_in = None;
+            }
+        }
+        let Some(track) = self.tracks.iter_mut().find(|t| t.track == frame.track) else {
+            return;
+        };
+        // A track silent for a while (or never heard) lines the beat up with its audio: half a
+        // frame after it arrives, so that the runtime's jitter either way falls inside a frame.
+        let was_silent = track
+            .last_audio
+            .is_none_or(|at| now.duration_since(at) > REALIGN_AFTER);
+        track.last_audio = Some(now);
+        let transcoder = match &mut track.transcoder {
+            Some((from, t)) if *from == input => t,
+            slot => {
+                &mut slot
+                    .insert((input, Transcoder::new(input, session.format)))
+                    .1
+            }
+        };
+        track.scratch.clear();
+        if transcoder
+            .transcode(&frame.payload, &mut track.scratch)
+            .is_err()
+        {
+            return;
+        }
+        if session.rec.l16_big_endian
+            && session.format.encoding() == callstream_audio::Encoding::L16
+        {
+            swap_bytes(&mut track.scratch);
+        }
+        if track.framer.buffered_len() == 0 {
+            track.base_ms = frame.timestamp_ms;
+        }
+        if track.framer.push(&track.scratch).is_err() {
+            self.dropped_to_service.inc();
+            return;
+        }
+        let playing = self
+            .playout
+            .as_ref()
+            .is_some_and(|p| p.queued_frames() > 0 || p.has_remainder());
+        if was_silent && !playing {
+            self.pacer.realign(now + PERIOD / 2);
+        }
+    }
+
+    /// One beat: a frame per track to the service, a frame into the call, checkpoints reached.
+    fn tick(&mut self, session: &Session, writer: &mut Writer, now: Instant) {
+        for i in 0..self.tracks.len() {
+            let frame_len = self.tracks[i].framer.frame_len();
+            let backlog = self.tracks[i].framer.buffered_len() / frame_len.max(1);
+            let n = if backlog >= CATCH_UP_FRAMES { 2 } else { 1 };
+            for _ in 0..n {
+                let seq = self.seq + 1;
+                let track = &mut self.tracks[i];
+                let Some(frame) = track.framer.next_frame() else {
+                    break;
+                };
+                let message = self
+                    .media
+                    .media(seq, track.track, track.base_ms, track.chunk, frame);
+                self.seq = seq;
+                track.chunk += 1;
+                track.base_ms += 20;
+                if writer.media(message) {
+                    self.sent_to_service.inc();
+                } else {
+                    self.dropped_to_service.inc();
+                }
+            }
+        }
+        self.play(session, writer, now);
+        self.publish_depth(session);
+    }
+
+    fn play(&mut self, session: &Session, writer: &mut Writer, now: Instant) {
+        let Some(playout) = &mut self.playout else {
+            return;
+        };
+        // Frames handed out before this beat have finished playing.
+        let finished = playout.handed();
+        for name in playout.reached(finished) {
+            self.seq += 1;
+            writer.control(audio_stream::played_stream_message(
+                self.seq,
+                &session.rec.stream_id,
+                &name,
+            ));
+            super::callbacks::send(
+                &session.state,
+                &session.rec,
+                "PlayedStream",
+                vec![("Name", name)],
+            );
+        }
+        if playout.queued_frames() == 0
+            && playout.has_remainder()
+            && now.duration_since(self.last_push) >= REST_WAIT
+        {
+            playout.flush_remainder();
+        }
+        let Some(payload) = playout.next_frame() else {
+            return;
+        };
+        self.last_handout = Some(now);
+        let (codec, rate) = frame_codec(self.call_format);
+        let frame = Arc::new(AudioFrame {
+            call: session.rec.call_id.clone(),
+            track: Track::Outbound,
+            codec,
+            sample_rate: rate,
+            timestamp_ms: u64::try_from(time::now().timestamp_millis()).unwrap_or(0),
+            payload,
+        });
+        match session
+            .state
+            .commands()
+            .play_audio(&session.rec.workspace_id, frame)
+        {
+            Ok(()) => self.sent_to_call.inc(),
+            Err(_) => self.dropped_to_call.inc(),
+        };
+    }
+
+    /// One message from the service.
+    fn service_message(
+        &mut self,
+        session: &Session,
+        writer: &mut Writer,
+        text: &str,
+        now: Instant,
+    ) {
+        let metrics = &session.state.metrics().audio;
+        let message = match audio_stream::parse_service_message(text, &session.rec.stream_id) {
+            Ok(message) => message,
+            Err(refusal) => {
+                metrics.service_messages_refused.inc();
+                tracing::debug!(stream_id = %session.rec.stream_id, reason = %refusal, "audio stream: service message ignored");
+                return;
+            }
+        };
+        match message {
+            ServiceMessage::SendDtmf { digits } => {
+                let (state, workspace, call) = (
+                    session.state.clone(),
+                    session.rec.workspace_id.clone(),
+                    session.rec.call_id.clone(),
+                );
+                let stream_id = session.rec.stream_id.clone();
+                tokio::spawn(async move {
+                    let command = Command::SendDtmf { digits };
+                    if let Err(err) =
+                        crate::commands::execute(&state, &workspace, &call, command).await
+                    {
+                        tracing::debug!(%stream_id, error = %err.message, "audio stream: sendDTMF not carried out");
+                    }
+                });
+            }
+            other if self.playout.is_none() => {
+                metrics.service_messages_refused.inc();
+                tracing::debug!(stream_id = %session.rec.stream_id, message = ?kind(&other), "audio stream: not bidirectional; message ignored");
+            }
+            ServiceMessage::PlayAudio { format, payload } => {
+                self.queue_audio(session, format, payload, now)
+            }
+            ServiceMessage::Checkpoint { name } => {
+                let idle = self
+                    .last_handout
+                    .is_none_or(|at| now.duration_since(at) >= PERIOD);
+                let Some(playout) = &mut self.playout else {
+                    return;
+                };
+                playout.checkpoint(name);
+                // Nothing queued and nothing playing: it has been reached already.
+                if idle && playout.queued_frames() == 0 {
+                    for name in playout.reached(playout.handed()) {
+                        self.seq += 1;
+                        writer.control(audio_stream::played_stream_message(
+                            self.seq,
+                            &session.rec.stream_id,
+                            &name,
+                        ));
+                        super::callbacks::send(
+                            &session.state,
+                            &session.rec,
+                            "PlayedStream",
+                            vec![("Name", name)],
+                        );
+                    }
+                }
+            }
+            ServiceMessage::ClearAudio => {
+                let Some(playout) = &mut self.playout else {
+                    return;
+                };
+                playout.clear();
+                // What was half-converted belongs to the cleared audio too.
+                if let Some((_, t)) = &mut self.play_in {
+                    t.reset();
+                }
+                self.seq += 1;
+                writer.control(audio_stream::cleared_audio_message(
+                    self.seq,
+                    &session.rec.stream_id,
+                ));
+                self.publish_depth(session);
+            }
+        }
+    }
+
+    fn queue_audio(
+        &mut self,
+        session: &Session,
+        format: MediaFormat,
+        mut payload: Vec<u8>,
+        now: Instant,
+    ) {
+        let Some(playout) = &mut self.playout else {
+            return;
+        };
+        if session.rec.l16_big_endian && format.encoding() == callstream_audio::Encoding::L16 {
+            swap_bytes(&mut payload);
+        }
+        let transcoder = match &mut self.play_in {
+            Some((from, t)) if *from == format && t.output_format() == self.call_format => t,
+            slot => {
+                &mut slot
+                    .insert((format, Transcoder::new(format, self.call_format)))
+                    .1
+            }
+        };
+        self.scratch.clear();
+        if transcoder.transcode(&payload, &mut self.scratch).is_err() {
+            session.state.metrics().audio.service_messages_refused.inc();
+            return;
+        }
+        self.last_push = now;
+        let pushed = playout.push(&self.scratch);
+        for _ in 0..pushed.dropped {
+            self.dropped_to_call.inc();
+        }
+        for level in pushed.degraded {
+            super::callbacks::send(
+                &session.state,
+                &session.rec,
+                "DegradedStream",
+                vec![
+                    ("BufferPercent", level.to_string()),
+                    ("Error", format!("the play-out queue is {level} % full")),
+                ],
+            );
+        }
+        self.publish_depth(session);
+    }
+
+    /// Takes what this stream added to the process-wide depth off again: it has ended.
+    fn retire(&mut self, session: &Session) {
+        if let Some(playout) = &mut self.playout {
+            playout.clear();
+        }
+        self.publish_depth(session);
+    }
+
+    /// Records the play-out depth for the REST view and the process-wide gauge.
+    fn publish_depth(&mut self, session: &Session) {
+        let ms = self
+            .playout
+            .as_ref()
+            .map_or(0, |p| p.queued_frames() as u64 * 20);
+        session.queued_ms.store(ms, Ordering::Relaxed);
+        let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        if ms != self.published_ms {
+            session
+                .state
+                .metrics()
+                .audio
+                .playout_queued_ms
+                .inc_by(ms - self.published_ms);
+            self.published_ms = ms;
+        }
+    }
+}
+
+fn kind(message: &ServiceMessage) -> &'static str {
+    match message {
+        ServiceMessage::PlayAudio { .. } => "playAudio",
+        ServiceMessage::Checkpoint { .. } => "checkpoint",
+        ServiceMessage::ClearAudio => "clearAudio",
+        ServiceMessage::SendDtmf { .. } => "sendDTMF",
+    }
+}
+
+fn playout_frames(session: &Session) -> usize {
+    usize::try_from(
+        session
+            .state
+            .config()
+            .audio_playout_max_secs
+            .saturating_mul(50),
+    )
+    .unwrap_or(usize::MAX)
+}
+
+fn swap_bytes(l16: &mut [u8]) {
+    for pair in l16.chunks_exact_mut(2) {
+        pair.swap(0, 1);
+    }
+}
+
+/// The media format of a runtime's frame.
+fn frame_format(frame: &AudioFrame) -> Option<MediaFormat> {
+    match (frame.codec, frame.sample_rate) {
+        (Codec::Mulaw, 8000) => Some(MediaFormat::MULAW_8K),
+        (Codec::Alaw, 8000) => Some(MediaFormat::ALAW_8K),
+        (Codec::L16, 8000) => Some(MediaFormat::L16_8K),
+        (Codec::L16, 16000) => Some(MediaFormat::L16_16K),
+        _ => None,
+    }
+}
+
+/// A runtime frame's codec and rate for a media format.
+fn frame_codec(format: MediaFormat) -> (Codec, u32) {
+    let codec = match format.encoding() {
+        callstream_audio::Encoding::Mulaw => Codec::Mulaw,
+        callstream_audio::Encoding::Alaw => Codec::Alaw,
+        callstream_audio::Encoding::L16 => Codec::L16,
+    };
+    (codec, format.sample_rate().hz())
+}
+
+// === impl Writer ===
+
+/// The task that writes to the service, and the queues that feed it.
+struct Writer {
+    control: mpsc::Sender<Message>,
+    media: mpsc::Sender<Message>,
+    task: JoinHandle<String>,
+}
+
+impl Writer {
+    fn spawn(sink: SplitSink<Socket, Message>, stall: Duration) -> Self {
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (media, media_rx) = mpsc::channel(MEDIA_QUEUE);
+        let task = tokio::spawn(write(sink, control_rx, media_rx, stall));
+        Self {
+            control,
+            media,
+            task,
+        }
+    }
+
+    /// Queues a control message; one that does not fit means the service stopped reading long
+    /// ago, and the stall rule is about to end the stream anyway.
+    fn control(&self, message: Bytes) {
+        let _ = self.control.try_send(text(message));
+    }
+
+    /// Queues a media message; `false` when it was dropped.
+    fn media(&self, message: Bytes) -> bool {
+        self.media.try_send(text(message)).is_ok()
+    }
+
+    /// Resolves when the writer has stopped, with why.
+    async fn ended(&mut self) -> String {
+        match (&mut self.task).await {
+            Ok(reason) => reason,
+            Err(_) => "the writer failed".to_owned(),
+        }
+    }
+
+    /// Sends a close frame after what is queued, and waits a moment for it to go out.
+    async fn close(mut self, code: CloseCode, reason: &'static str) {
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let _ = self.control.try_send(close);
+        drop(self.control);
+        drop(self.media);
+        if tokio::time::timeout(CLOSE_WAIT, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+fn text(bytes: Bytes) -> Message {
+    // Every message is serde_json output or built from ASCII parts, so always UTF-8.
+    Message::Text(tungstenite::Utf8Bytes::try_from(bytes).unwrap_or_default())
+}
+
+/// Writes control messages before media, gathering what is queued into one flush. Returns why it
+/// stopped: the queues closed (the stream ended), or the socket failed or stalled.
+async fn write(
+    mut sink: SplitSink<Socket, Message>,
+    mut control: mpsc::Receiver<Message>,
+    mut media: mpsc::Receiver<Message>,
+    stall: Duration,
+) -> String {
+    loop {
+        let message = tokio::select! {
+            biased;
+            Some(m) = control.recv() => m,
+            Some(m) = media.recv() => m,
+            else => return "the stream ended".to_owned(),
+        };
+        let closing = matches!(message, Message::Close(_));
+        let write = async {
+            sink.feed(message).await?;
+            while let Ok(m) = control.try_recv() {
+                sink.feed(m).await?;
+            }
+            while let Ok(m) = media.try_recv() {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(stall, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return format!("writing to the service failed: {}", describe_ws_error(&e));
+            }
+            Err(_) => {
+                return format!(
+                    "the service stopped reading (no write progress for {} s)",
+                    stall.as_secs()
+                );
+            }
+        }
+        if closing {
+            return "closed".to_owned();
+        }
+    }
+}
