@@ -179,6 +179,7 @@ pub const COMMAND_LINE_VARIABLES: &[&str] = &[
     "SIM_SPEED",
     "SIM_SEED",
     "SIM_CONVERSATIONS",
+    "SIM_AUDIO",
     "WORKSPACE",
     "KEY_RUNTIME",
     "KEY_JSON",

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use callstream_core::audio::AudioFrame;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -33,12 +35,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Calls being played (each with the channel its commands go to), the socket's writer, and
-/// `events` messages waiting for their answer.
+/// Calls being played (each with the channel its commands go to, and the one audio to play
+/// into it goes to), the socket's writer, and `events` messages waiting for their answer.
 #[derive(Clone, Default)]
 pub struct Desk {
     calls: Arc<Mutex<HashMap<String, mpsc::Sender<CallCommand>>>>,
-    writer: Arc<Mutex<Option<mpsc::Sender<String>>>>,
+    playback: Arc<Mutex<HashMap<String, mpsc::Sender<Bytes>>>>,
+    writer: Arc<Mutex<Option<mpsc::Sender<Message>>>>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>,
     next_ref: Arc<AtomicU64>,
 }
@@ -53,9 +56,22 @@ impl Desk {
 
     pub fn close(&self, call_id: &str) {
         lock(&self.calls).remove(call_id);
+        lock(&self.playback).remove(call_id);
     }
 
-    fn writer(&self) -> Option<mpsc::Sender<String>> {
+    /// Starts routing audio the gateway plays into `call_id` to the returned receiver.
+    pub fn open_playback(&self, call_id: &str) -> crate::audio::Playback {
+        let (tx, rx) = mpsc::channel(64);
+        lock(&self.playback).insert(call_id.to_owned(), tx);
+        rx
+    }
+
+    /// Whether the runtime socket is up (audio flows only over it).
+    pub fn connected(&self) -> bool {
+        lock(&self.writer).is_some()
+    }
+
+    fn writer(&self) -> Option<mpsc::Sender<Message>> {
         lock(&self.writer).clone()
     }
 
@@ -68,7 +84,7 @@ impl Desk {
             }
         };
         if let Some(writer) = self.writer() {
-            let _ = writer.send(frame.to_string()).await;
+            let _ = writer.send(Message::Text(frame.to_string().into())).await;
         }
     }
 
@@ -85,7 +101,11 @@ impl Desk {
         lock(&self.waiting).insert(reference.clone(), tx);
         let frame =
             json!({"type": "events", "ref": reference, "call_id": call_id, "events": events});
-        if writer.send(frame.to_string()).await.is_err() {
+        if writer
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
             lock(&self.waiting).remove(&reference);
             return None;
         }
@@ -146,18 +166,31 @@ impl Desk {
 
     async fn serve(&self, socket: Socket, stop: &CancellationToken) {
         let (mut sink, mut stream) = socket.split();
-        let (tx, mut rx) = mpsc::channel::<String>(256);
+        // Room for a burst of audio: two frames per call every 20 ms.
+        let (tx, mut rx) = mpsc::channel::<Message>(1024);
         *lock(&self.writer) = Some(tx);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(frame) = rx.recv() => {
-                    if sink.send(Message::Text(frame.into())).await.is_err() {
+                    // Whatever else is queued goes out in the same write.
+                    if sink.feed(frame).await.is_err() {
+                        break;
+                    }
+                    let mut failed = false;
+                    while let Ok(more) = rx.try_recv() {
+                        if sink.feed(more).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || sink.flush().await.is_err() {
                         break;
                     }
                 }
                 incoming = stream.next() => match incoming {
                     Some(Ok(Message::Text(text))) => self.dispatch(&text).await,
+                    Some(Ok(Message::Binary(bytes))) => self.play(&bytes),
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => break,
                 }
@@ -167,6 +200,19 @@ impl Desk {
         // Whatever waited for an answer on this socket gets none; REST takes over until it is back.
         lock(&self.waiting).clear();
         tracing::info!("runtime socket closed");
+    }
+
+    /// Audio the gateway sends to be played into one of the calls.
+    fn play(&self, bytes: &Bytes) {
+        let Ok(frame) = AudioFrame::decode(bytes) else {
+            tracing::debug!("runtime socket: unreadable audio frame");
+            return;
+        };
+        let target = lock(&self.playback).get(frame.call.as_str()).cloned();
+        if let Some(tx) = target {
+            // A full buffer means the call is not playing: drop, as a jitter buffer would.
+            let _ = tx.try_send(frame.payload);
+        }
     }
 
     async fn dispatch(&self, text: &str) {
@@ -213,6 +259,15 @@ impl Desk {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+impl crate::audio::Uplink for Desk {
+    fn send(&self, frame: AudioFrame) -> bool {
+        match self.writer() {
+            Some(writer) => writer.try_send(Message::Binary(frame.encode())).is_ok(),
+            None => false,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! and the call's end. [`Runtime`] plays scripts against a server. The simulator knows the
 //! ingest API's JSON and nothing of the server's insides.
 
+pub mod audio;
 pub mod control;
 pub mod script;
 
@@ -45,6 +46,8 @@ pub struct Runtime {
     base: String,
     key: String,
     desk: control::Desk,
+    /// Whether calls send audio (over the runtime socket), and the caller's voice.
+    audio: Option<audio::Source>,
 }
 
 impl Runtime {
@@ -63,7 +66,16 @@ impl Runtime {
             base: base.trim_end_matches('/').to_owned(),
             key: runtime_key.to_owned(),
             desk: control::Desk::default(),
+            audio: None,
         })
+    }
+
+    /// Sends each call's audio in real time over the runtime socket (see [`audio`]), the caller
+    /// speaking with `source`, and plays what the gateway sends into the call.
+    #[must_use]
+    pub fn with_audio(mut self, source: audio::Source) -> Self {
+        self.audio = Some(source);
+        self
     }
 
     /// Opens the runtime socket so this runtime obeys commands for the calls it plays.
@@ -189,9 +201,28 @@ impl Runtime {
         stop: &CancellationToken,
     ) -> Result<(), SimError> {
         let mut commands = self.desk.open(&call.id);
+        // The call's audio, for as long as the call is played.
+        let talking = stop.child_token();
+        if let (Some(source), Ok(id)) = (&self.audio, callstream_core::CallId::parse(&call.id)) {
+            let playback = self.desk.open_playback(&call.id);
+            let seed = plan
+                .phone
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            tokio::spawn(audio::play_call(
+                id,
+                audio::spans(plan, speed),
+                source.clone(),
+                seed,
+                std::sync::Arc::new(self.desk.clone()),
+                playback,
+                talking.clone(),
+            ));
+        }
         let result = self
             .play_steps(call, plan, speed, stop, &mut commands)
             .await;
+        talking.cancel();
         self.desk.close(&call.id);
         result
     }
@@ -280,7 +311,7 @@ impl Runtime {
 }
 
 /// `delay` played at `speed`; a speed that is not a positive number plays in real time.
-fn scaled(delay: Duration, speed: f64) -> Duration {
+pub(crate) fn scaled(delay: Duration, speed: f64) -> Duration {
     if speed > 0.0 {
         Duration::try_from_secs_f64(delay.as_secs_f64() / speed).unwrap_or(delay)
     } else {

@@ -77,6 +77,22 @@ struct SimulateArgs {
     /// Also play SMS/WhatsApp conversations (one for every three calls).
     #[arg(long, env = "CALLSTREAM_SIM_CONVERSATIONS")]
     conversations: bool,
+    /// The calls' audio: `synth` (a synthesised voice following each turn), `off`, or a WAV
+    /// file (mono 16-bit, 8 or 16 kHz) for the caller's voice.
+    #[arg(long, env = "CALLSTREAM_SIM_AUDIO", default_value = "synth")]
+    audio: String,
+}
+
+/// The `--audio` choice.
+fn audio_source(choice: &str) -> Result<Option<callstream_simulator::audio::Source>> {
+    Ok(match choice {
+        "off" => None,
+        "synth" => Some(callstream_simulator::audio::Source::Synth),
+        path => Some(
+            callstream_simulator::audio::Source::wav(Path::new(path))
+                .map_err(|e| anyhow::anyhow!("--audio: {e}"))?,
+        ),
+    })
 }
 
 #[derive(Subcommand)]
@@ -242,7 +258,10 @@ async fn keys_create(data_dir: &Path, workspace: &str, kind: KeyKind, json: bool
 }
 
 async fn simulate(args: SimulateArgs) -> Result<()> {
-    let runtime = Runtime::new(&args.server, &args.runtime_key)?;
+    let mut runtime = Runtime::new(&args.server, &args.runtime_key)?;
+    if let Some(source) = audio_source(&args.audio)? {
+        runtime = runtime.with_audio(source);
+    }
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -276,13 +295,17 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
     Ok(())
 }
 
-async fn demo(config: Config) -> Result<()> {
+async fn demo(mut config: Config) -> Result<()> {
+    // The demo runs on this machine, and so do the services a newcomer points its audio streams
+    // and callbacks at: private targets are allowed here (never by default in `serve`).
+    config.allow_private_webhook_targets = true;
     let server = callstream_server::start(config).await?;
     let store = server.state().store();
-    let (_, api_key) = create_key(store, "demo", KeyKind::Api).await?;
+    let (workspace, api_key) = create_key(store, "demo", KeyKind::Api).await?;
     let (_, runtime_key) = create_key(store, "demo", KeyKind::Runtime).await?;
     let base = format!("http://{}", server.addr());
-    let runtime = Runtime::new(&base, &runtime_key)?;
+    let runtime =
+        Runtime::new(&base, &runtime_key)?.with_audio(callstream_simulator::audio::Source::Synth);
     let stop = CancellationToken::new();
 
     // One long call (about an hour) so that the printed curl command keeps showing a live
@@ -323,12 +346,19 @@ async fn demo(config: Config) -> Result<()> {
          \x20 {base}/demo#token={api_key}\n\n\
          Call events and control over WebSocket (send {{\"type\":\"send_dtmf\",\"id\":\"1\",\"digits\":\"5\"}}):\n\
          \x20 ws://{addr}/v1/calls/{}/stream?token={api_key}\n\n\
+         Stream the long call's audio to your WebSocket service (seed 004; auth_id {auth_id}):\n\
+         \x20 curl -H 'X-Auth-ID: {auth_id}' -H 'X-Auth-Token: {api_key}' -H 'Content-Type: application/json' \\\n\
+         \x20   -d '{{\"service_url\":\"ws://127.0.0.1:9000/\",\"bidirectional\":true}}' \\\n\
+         \x20   {base}/api/v1/Account/{auth_id}/Call/{}/Stream/\n\
+         \x20 (private addresses such as 127.0.0.1 are allowed in the demo only)\n\n\
          List calls:   curl -H 'Authorization: Bearer {api_key}' '{base}/v1/calls?status=in_progress'\n\
          Metrics:      curl {base}/metrics\n\n\
          Press Ctrl-C to stop.\n",
         call.id,
         call.id,
+        call.id,
         addr = server.addr(),
+        auth_id = workspace.auth_id,
     );
 
     wait_for_signal().await;

@@ -4,6 +4,7 @@
 // Helpers here unwrap freely: in a test, a panic is how a broken expectation is reported.
 #![allow(clippy::unwrap_used)]
 
+mod audio_node;
 mod audio_streams;
 mod auth;
 mod browser;
