@@ -56,6 +56,40 @@ fn events_text(text: &str) -> Result<Option<Box<RawValue>>, serde_json::Error> {
     serde_json::from_str::<Events>(text).map(|e| e.events)
 }
 
+/// A binary message on the runtime socket: a call's audio frame. One that decodes encodes back
+/// to the very same bytes (nothing is lost or invented), and a refusal names the field.
+pub fn audio_frame(data: &[u8]) {
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    match callstream_core::audio::AudioFrame::decode(&bytes) {
+        Ok(frame) => {
+            assert_eq!(frame.encode(), bytes, "a decoded frame encodes back to its bytes");
+            assert!(frame.check().is_ok());
+        }
+        Err(e) => assert!(e.to_string().starts_with("audio frame: "), "{e}"),
+    }
+}
+
+/// A message from an audio stream's service (seed 004). Audio to play is whole samples of a
+/// format the gateway speaks; a refusal says what is wrong.
+pub fn service_message(data: &[u8]) {
+    use callstream_surfaces::audio_stream::{ServiceMessage, parse_service_message};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return; // tungstenite refuses a text frame that is not UTF-8 before it reaches us
+    };
+    match parse_service_message(text, "20170ada-f610-433b-8758-c02a2aab3662") {
+        Ok(ServiceMessage::PlayAudio { format, payload }) => {
+            assert!(!payload.is_empty());
+            assert!(payload.len().is_multiple_of(format.encoding().bytes_per_sample()));
+        }
+        Ok(ServiceMessage::Checkpoint { name }) => assert!(!name.is_empty()),
+        Ok(ServiceMessage::SendDtmf { digits }) => {
+            assert!(callstream_core::command::check_dtmf(&digits).is_ok());
+        }
+        Ok(ServiceMessage::ClearAudio) => {}
+        Err(refusal) => assert!(!refusal.0.is_empty(), "a refusal names what is wrong"),
+    }
+}
+
 /// A REST ingest body (`POST /v1/calls/{id}/events` and the conversation's).
 pub fn ingest_body(data: &[u8]) {
     if let Ok(body) = crate::body::decode::<Box<RawValue>>(data) {
@@ -151,11 +185,13 @@ mod tests {
     #[test]
     fn the_fuzz_corpus_replays_cleanly() {
         let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
-        let targets: [(&str, Body); 4] = [
+        let targets: [(&str, Body); 6] = [
             ("runtime_message", super::runtime_message),
             ("ingest_body", super::ingest_body),
             ("client_message", super::client_message),
             ("stream_head", super::stream_head),
+            ("audio_frame", super::audio_frame),
+            ("service_message", super::service_message),
         ];
         for (name, target) in targets {
             let dir = corpus.join(name);

@@ -1452,3 +1452,59 @@ async fn the_runtime_socket_refuses_bad_audio_frames_and_stays_open() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_filling_play_out_queue_is_reported_at_30_60_and_90_percent_and_beyond_it_dropped() {
+    let ts = TestServer::start_with(|c| {
+        fast(c);
+        c.audio_playout_max_secs = 2;
+    })
+    .await;
+    let callbacks = Callbacks::start().await;
+    let mut service = Service::start().await;
+    let id = ts.create_call("sip").await["id"].as_str().unwrap().to_owned();
+    let mut runtime = Runtime::open(&ts).await;
+    runtime.send_frame(&mulaw_frame(&CallId::parse(&id).unwrap(), Track::Inbound, &[0; 160]));
+    let stream_id = ts
+        .start_stream(&id, json!({"service_url": service.url, "bidirectional": true, "status_callback_url": callbacks.url}))
+        .await;
+    let mut conn = service.next_conn().await;
+    conn.next_event("start").await;
+    let second: Vec<u8> = vec![0xff; 8000];
+    let play = json!({"event": "playAudio", "media": {"contentType": "audio/x-mulaw", "payload": B64.encode(&second)}});
+    // 0.7 s of 2 s queued: 35 %.
+    let part = json!({"event": "playAudio", "media": {"contentType": "audio/x-mulaw", "payload": B64.encode(&second[..5600])}});
+    conn.send(&part);
+    let degraded = callbacks.wait_for("DegradedStream").await;
+    assert_eq!(degraded.field("BufferPercent").as_deref(), Some("30"));
+    let dropped = ts.metric("callstream_audio_stream_frames_dropped_total{direction=\"to_call\"}").await;
+    // Three more seconds: past 60 and 90 %, and about 1.7 s beyond the bound dropped.
+    for _ in 0..3 {
+        conn.send(&play);
+    }
+    let mut levels = Vec::new();
+    for _ in 0..100 {
+        levels = callbacks
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.field("Event").as_deref() == Some("DegradedStream"))
+            .filter_map(|c| c.field("BufferPercent"))
+            .collect();
+        if levels.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each level once (deliveries may arrive in any order).
+    levels.sort();
+    assert_eq!(levels, ["30", "60", "90"]);
+    let view = ts.stream_view(&id, &stream_id).await;
+    let queued = view["playout_queued_ms"].as_u64().unwrap();
+    assert!((1800..=2000).contains(&queued), "{view}");
+    let now_dropped = ts.metric("callstream_audio_stream_frames_dropped_total{direction=\"to_call\"}").await;
+    assert!(now_dropped - dropped >= 70.0, "{dropped} -> {now_dropped}");
+    // The call still hears it, in real time.
+    runtime.next_played().await;
+}
