@@ -12,7 +12,7 @@
 //   {"type":"play","hz":300,"ms":1000,"rate":8000}  playAudio of a tone, L16 little-endian
 //   {"type":"send","message":{...}}                   any message, as given
 //
-// usage: node audio-service.mjs
+// usage: node audio-service.mjs [port]   (port 0, the default, picks a free one)
 import { WebSocketServer } from 'ws';
 import readline from 'node:readline';
 
@@ -31,7 +31,7 @@ function mulawToLinear(byte) {
 let encoding = 'audio/x-l16';
 let current = null;
 
-const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+const server = new WebSocketServer({ host: '127.0.0.1', port: Number(process.argv[2] ?? 0) });
 server.on('listening', () => out({ type: 'listening', port: server.address().port }));
 server.on('connection', (socket) => {
   current = socket;

@@ -6,7 +6,9 @@
 //! - `grip-origin`: the origin Pushpin holds SSE streams for.
 //! - `report`: markdown tables with ratios from `run --json` results.
 //! - `jitter`: how long this machine pauses a busy thread (host steal), to qualify tail latency.
+//! - `audio`: concurrent bidirectional audio streams (seed 004); `audio-raw-pacer` its baseline.
 
+mod audio;
 mod grip;
 mod jitter;
 mod marker;
@@ -36,6 +38,17 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// A subscriber worker (started by `run`).
     Subscribe,
+    /// Many concurrent bidirectional audio streams (seed 004), measured from both ends.
+    Audio(Box<audio::AudioArgs>),
+    /// The audio baseline: pre-encoded `media` messages at absolute 20 ms deadlines (started by
+    /// `audio --target raw`).
+    AudioRawPacer {
+        /// Base URL; the stream's index is appended.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        streams: usize,
+    },
     /// The raw baseline: pre-encoded SSE frames, no HTTP framing.
     RawServer {
         #[arg(long, default_value = "127.0.0.1:8090")]
@@ -75,6 +88,8 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Run(args) => run::run(*args).await.map(|_| ()),
             Command::Subscribe => subscriber::run_worker().await,
+            Command::Audio(args) => audio::run(*args).await.map(|_| ()),
+            Command::AudioRawPacer { url, streams } => audio::raw_pacer(&url, streams).await,
             Command::RawServer {
                 listen,
                 publish,
