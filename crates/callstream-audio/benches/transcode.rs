@@ -31,14 +31,46 @@ fn second(format: MediaFormat) -> Vec<u8> {
 
 fn transcode(c: &mut Criterion) {
     let paths = [
-        ("mulaw8k_to_l16_8k", MediaFormat::MULAW_8K, MediaFormat::L16_8K),
-        ("mulaw8k_to_l16_16k", MediaFormat::MULAW_8K, MediaFormat::L16_16K),
-        ("l16_8k_to_mulaw8k", MediaFormat::L16_8K, MediaFormat::MULAW_8K),
-        ("l16_16k_to_mulaw8k", MediaFormat::L16_16K, MediaFormat::MULAW_8K),
-        ("l16_8k_to_l16_16k", MediaFormat::L16_8K, MediaFormat::L16_16K),
-        ("l16_16k_to_l16_8k", MediaFormat::L16_16K, MediaFormat::L16_8K),
-        ("alaw8k_to_mulaw8k", MediaFormat::ALAW_8K, MediaFormat::MULAW_8K),
-        ("mulaw8k_to_mulaw8k", MediaFormat::MULAW_8K, MediaFormat::MULAW_8K),
+        (
+            "mulaw8k_to_l16_8k",
+            MediaFormat::MULAW_8K,
+            MediaFormat::L16_8K,
+        ),
+        (
+            "mulaw8k_to_l16_16k",
+            MediaFormat::MULAW_8K,
+            MediaFormat::L16_16K,
+        ),
+        (
+            "l16_8k_to_mulaw8k",
+            MediaFormat::L16_8K,
+            MediaFormat::MULAW_8K,
+        ),
+        (
+            "l16_16k_to_mulaw8k",
+            MediaFormat::L16_16K,
+            MediaFormat::MULAW_8K,
+        ),
+        (
+            "l16_8k_to_l16_16k",
+            MediaFormat::L16_8K,
+            MediaFormat::L16_16K,
+        ),
+        (
+            "l16_16k_to_l16_8k",
+            MediaFormat::L16_16K,
+            MediaFormat::L16_8K,
+        ),
+        (
+            "alaw8k_to_mulaw8k",
+            MediaFormat::ALAW_8K,
+            MediaFormat::MULAW_8K,
+        ),
+        (
+            "mulaw8k_to_mulaw8k",
+            MediaFormat::MULAW_8K,
+            MediaFormat::MULAW_8K,
+        ),
     ];
     let mut group = c.benchmark_group("transcode_one_second");
     for (name, from, to) in paths {

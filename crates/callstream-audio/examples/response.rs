@@ -11,7 +11,9 @@ use callstream_audio::{Downsampler, Upsampler};
 /// A tone of `hz` at `rate`, half of full scale, one second.
 fn tone(hz: f64, rate: f64) -> Vec<i16> {
     (0..rate as usize)
-        .map(|i| (16_384.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / rate).sin()).round() as i16)
+        .map(|i| {
+            (16_384.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / rate).sin()).round() as i16
+        })
         .collect()
 }
 
@@ -51,7 +53,8 @@ fn down(x: &[i16]) -> Vec<i16> {
 fn main() {
     let reference = 16_384.0;
     // Passband, 8 kHz -> 16 kHz and 16 kHz -> 8 kHz, 100 Hz to 3.4 kHz (the telephone band).
-    let (mut up_min, mut up_max, mut down_min, mut down_max) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    let (mut up_min, mut up_max, mut down_min, mut down_max) =
+        (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for hz in (100..=3400).step_by(50).map(f64::from) {
         let u = db(amplitude(&up(&tone(hz, 8000.0)), hz, 16_000.0) / reference);
         let d = db(amplitude(&down(&tone(hz, 16_000.0)), hz, 8000.0) / reference);
@@ -60,8 +63,14 @@ fn main() {
         down_min = down_min.min(d);
         down_max = down_max.max(d);
     }
-    println!("passband 100-3400 Hz, 8k->16k: gain {up_min:+.3} to {up_max:+.3} dB (ripple {:.3} dB)", up_max - up_min);
-    println!("passband 100-3400 Hz, 16k->8k: gain {down_min:+.3} to {down_max:+.3} dB (ripple {:.3} dB)", down_max - down_min);
+    println!(
+        "passband 100-3400 Hz, 8k->16k: gain {up_min:+.3} to {up_max:+.3} dB (ripple {:.3} dB)",
+        up_max - up_min
+    );
+    println!(
+        "passband 100-3400 Hz, 16k->8k: gain {down_min:+.3} to {down_max:+.3} dB (ripple {:.3} dB)",
+        down_max - down_min
+    );
     for hz in [3600.0, 3800.0, 3900.0] {
         let d = db(amplitude(&down(&tone(hz, 16_000.0)), hz, 8000.0) / reference);
         println!("transition, 16k->8k at {hz} Hz: {d:+.2} dB");

@@ -84,6 +84,9 @@ pub struct AudioArgs {
     /// Every this-many-th cycle is a clear cycle instead.
     #[arg(long, default_value_t = 4)]
     pub clear_every: u64,
+    /// For `--target raw`: the CPUs the pacer runs on (`taskset -c`), as the gateway would.
+    #[arg(long)]
+    pub pacer_cpus: Option<String>,
     /// Process ids of the gateway (or, for `--target raw`, found automatically).
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
@@ -214,11 +217,20 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
         .unwrap_or_else(|| format!("{:?}", args.target).to_lowercase());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let logs: Arc<Vec<Mutex<ServiceLog>>> =
-        Arc::new((0..args.streams).map(|_| Mutex::new(ServiceLog::default())).collect());
+    let logs: Arc<Vec<Mutex<ServiceLog>>> = Arc::new(
+        (0..args.streams)
+            .map(|_| Mutex::new(ServiceLog::default()))
+            .collect(),
+    );
     let played: Arc<Mutex<Played>> = Arc::new(Mutex::new(Vec::new()));
     let playing = args.target == AudioTarget::Callstream;
-    tokio::spawn(services(listener, logs.clone(), playing, args.play_every, args.clear_every));
+    tokio::spawn(services(
+        listener,
+        logs.clone(),
+        playing,
+        args.play_every,
+        args.clear_every,
+    ));
 
     let mut pids = args.pids.clone();
     let mut pacer = None;
@@ -229,8 +241,11 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
             let http = reqwest::Client::new();
             eprintln!("[{label}] creating {} calls", args.streams);
             let calls = create_calls(&http, &args).await?;
-            let index: HashMap<String, usize> =
-                calls.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
+            let index: HashMap<String, usize> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.clone(), i))
+                .collect();
             let index = Arc::new(index);
             for lane in 0..args.runtime_lanes.max(1) {
                 let mine: Vec<String> = calls
@@ -255,7 +270,15 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
         }
         AudioTarget::Raw => {
             let exe = std::env::current_exe()?;
-            let child = tokio::process::Command::new(exe)
+            let mut command = match &args.pacer_cpus {
+                Some(cpus) => {
+                    let mut c = tokio::process::Command::new("taskset");
+                    c.arg("-c").arg(cpus).arg(exe);
+                    c
+                }
+                None => tokio::process::Command::new(exe),
+            };
+            let child = command
                 .arg("audio-raw-pacer")
                 .arg("--url")
                 .arg(format!("ws://127.0.0.1:{port}/s/"))
@@ -426,7 +449,10 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
     print(&outcome);
     if let Some(path) = &args.json {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         writeln!(f, "{}", serde_json::to_string(&outcome)?)?;
     }
     Ok(outcome)
@@ -494,7 +520,12 @@ async fn create_calls(http: &reqwest::Client, args: &AudioArgs) -> Result<Vec<St
     Ok(calls)
 }
 
-async fn start_streams(http: &reqwest::Client, args: &AudioArgs, calls: &[String], port: u16) -> Result<()> {
+async fn start_streams(
+    http: &reqwest::Client,
+    args: &AudioArgs,
+    calls: &[String],
+    port: u16,
+) -> Result<()> {
     let workspace: Value = http
         .get(format!("{}/v1/workspace", args.gateway))
         .bearer_auth(&args.api_key)
@@ -506,21 +537,27 @@ async fn start_streams(http: &reqwest::Client, args: &AudioArgs, calls: &[String
     let indexed: Vec<(usize, &String)> = calls.iter().enumerate().collect();
     for chunk in indexed.chunks(32) {
         let requests = chunk.iter().map(|(i, call)| {
-            http.post(format!("{}/api/v1/Account/{auth_id}/Call/{call}/Stream/", args.gateway))
-                .header("X-Auth-ID", &auth_id)
-                .header("X-Auth-Token", &args.api_key)
-                .json(&json!({
-                    "service_url": format!("ws://127.0.0.1:{port}/s/{i}"),
-                    "bidirectional": true,
-                    "content_type": args.content_type,
-                }))
-                .send()
+            http.post(format!(
+                "{}/api/v1/Account/{auth_id}/Call/{call}/Stream/",
+                args.gateway
+            ))
+            .header("X-Auth-ID", &auth_id)
+            .header("X-Auth-Token", &args.api_key)
+            .json(&json!({
+                "service_url": format!("ws://127.0.0.1:{port}/s/{i}"),
+                "bidirectional": true,
+                "content_type": args.content_type,
+            }))
+            .send()
         });
         for r in futures::future::join_all(requests).await {
             let r = r?;
             if !r.status().is_success() {
                 let status = r.status();
-                bail!("starting a stream: {status} {}", r.text().await.unwrap_or_default());
+                bail!(
+                    "starting a stream: {status} {}",
+                    r.text().await.unwrap_or_default()
+                );
             }
         }
     }
@@ -536,7 +573,10 @@ async fn runtime_lane(
     index: Arc<HashMap<String, usize>>,
     played: Arc<Mutex<Played>>,
 ) -> Result<()> {
-    let url = format!("{}/v1/runtime?acks=errors", gateway.replacen("http", "ws", 1));
+    let url = format!(
+        "{}/v1/runtime?acks=errors",
+        gateway.replacen("http", "ws", 1)
+    );
     let mut request = url.into_client_request()?;
     request
         .headers_mut()
@@ -548,7 +588,9 @@ async fn runtime_lane(
     }
     let (mut sink, mut stream) = ws.split();
     // A quiet tone, one frame per call, prepared once.
-    let payload: Vec<u8> = (0..160).map(|i| if i % 2 == 0 { 0xf0 } else { 0x70 }).collect();
+    let payload: Vec<u8> = (0..160)
+        .map(|i| if i % 2 == 0 { 0xf0 } else { 0x70 })
+        .collect();
     let frames: Vec<Bytes> = calls
         .iter()
         .map(|c| Bytes::from(frame_bytes(c, &payload)))
@@ -598,7 +640,10 @@ async fn services(
             )
             .await;
             let Ok(ws) = ws else { return };
-            let Some(i) = path.strip_prefix("/s/").and_then(|i| i.parse::<usize>().ok()) else {
+            let Some(i) = path
+                .strip_prefix("/s/")
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
                 return;
             };
             if i >= logs.len() {
@@ -706,7 +751,12 @@ pub async fn raw_pacer(url: &str, streams: usize) -> Result<()> {
             }
             let (mut sink, mut stream) = ws.split();
             tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-            let text = |b: &Bytes| Message::Text(tokio_tungstenite::tungstenite::Utf8Bytes::try_from(b.clone()).unwrap_or_default());
+            let text = |b: &Bytes| {
+                Message::Text(
+                    tokio_tungstenite::tungstenite::Utf8Bytes::try_from(b.clone())
+                        .unwrap_or_default(),
+                )
+            };
             sink.send(text(&start_msg)).await?;
             let origin = Instant::now();
             for k in 1u32.. {
@@ -734,7 +784,10 @@ mod tests {
         // converting played L16 to the call's mu-law) gives the same code back: the tag
         // survives. (0x7f is "-0", which encodes as 0xff.)
         for code in (0u8..=255).filter(|c| *c != 0x7f) {
-            assert_eq!(callstream_audio::g711::encode_mulaw(mulaw_to_linear(code)), code);
+            assert_eq!(
+                callstream_audio::g711::encode_mulaw(mulaw_to_linear(code)),
+                code
+            );
         }
         assert_eq!(mulaw_to_linear(0xff), 0);
         assert_eq!(mulaw_to_linear(0x80), 32124);

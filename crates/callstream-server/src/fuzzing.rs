@@ -62,7 +62,11 @@ pub fn audio_frame(data: &[u8]) {
     let bytes = bytes::Bytes::copy_from_slice(data);
     match callstream_core::audio::AudioFrame::decode(&bytes) {
         Ok(frame) => {
-            assert_eq!(frame.encode(), bytes, "a decoded frame encodes back to its bytes");
+            assert_eq!(
+                frame.encode(),
+                bytes,
+                "a decoded frame encodes back to its bytes"
+            );
             assert!(frame.check().is_ok());
         }
         Err(e) => assert!(e.to_string().starts_with("audio frame: "), "{e}"),
@@ -79,7 +83,11 @@ pub fn service_message(data: &[u8]) {
     match parse_service_message(text, "20170ada-f610-433b-8758-c02a2aab3662") {
         Ok(ServiceMessage::PlayAudio { format, payload }) => {
             assert!(!payload.is_empty());
-            assert!(payload.len().is_multiple_of(format.encoding().bytes_per_sample()));
+            assert!(
+                payload
+                    .len()
+                    .is_multiple_of(format.encoding().bytes_per_sample())
+            );
         }
         Ok(ServiceMessage::Checkpoint { name }) => assert!(!name.is_empty()),
         Ok(ServiceMessage::SendDtmf { digits }) => {

@@ -55,7 +55,8 @@ impl AudioStreams {
             tracing::error!(stream_id = %rec.stream_id, "audio stream with an unreadable content type");
             return;
         };
-        let deleted = CancellationToken::new();
+        // A child of the server's shutdown token: a stream waits on one token for both.
+        let deleted = state.shutdown().child_token();
         let queued_ms = Arc::new(AtomicU64::new(0));
         self.running.insert(
             rec.stream_id.clone(),

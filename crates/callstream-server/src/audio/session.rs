@@ -1,11 +1,18 @@
 //! One audio stream's life on this node: connect to the service, stream the call's tracks on the
 //! 20 ms beat, play what the service sends back into the call, and end exactly once.
 //!
-//! One task runs the stream (`Session::serve`): it owns every piece of the stream's state, so
-//! nothing here takes a lock. A second task writes to the service's socket (`Writer`), so that
-//! a service that reads slowly or not at all never holds up the beat: the stream hands it
-//! messages with `try_send`, media that does not fit is dropped and counted, and a socket that
-//! makes no write progress for `audio_service_stall_secs` ends the stream as dropped.
+//! One task runs the stream (`Session::serve`): it owns every piece of the stream's state and
+//! the service's socket, so nothing here takes a lock, and a beat costs one wake-up and one
+//! `send` per message. Writes never wait (`Link`): a message goes to the socket at once, and
+//! when the socket cannot take more (the service reads slowly or not at all), media is dropped
+//! and counted, control messages wait in a short queue, and a socket that makes no write
+//! progress for `audio_service_stall_secs` ends the stream as dropped. The beat is never held
+//! up by the service.
+//!
+//! Measured with 200 streams (docs/benchmarks.md): a separate writer task per stream, fed
+//! through channels, and a wake-up for every frame from the runtime took 0.33 % of a core per
+//! stream; draining the call's audio at the beat and writing from the stream's own task is what
+//! this module does instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +25,12 @@ use callstream_core::audio::{AudioFrame, Codec, Track};
 use callstream_core::{Command, Payload, time};
 use callstream_store::AudioStreamRecord;
 use callstream_surfaces::audio_stream::{self, MediaWriter, ServiceMessage, Start};
-use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::{Sink, SinkExt, Stream};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -49,16 +57,20 @@ const TRACK_BUFFER_FRAMES: usize = 10;
 /// From this many frames waiting, a track sends two per tick until it is back below: this
 /// bounds the latency a runtime's clock running slightly fast would otherwise add for ever.
 const CATCH_UP_FRAMES: usize = 3;
-/// Control messages (`start`, `playedStream`, …) that may wait for the writer.
+/// Control messages (`playedStream`, `dtmf`, …) that may wait while the socket is full.
 const CONTROL_QUEUE: usize = 64;
-/// Media messages that may wait for the writer: about half a second of two tracks.
-const MEDIA_QUEUE: usize = 50;
+/// Bytes the client reads at a time: a service sends little (a `playAudio` now and then, read in
+/// several reads), and tungstenite zeroes this much of its buffer on every read attempt, which
+/// is after every wake-up of the stream.
+const READ_CHUNK: usize = 1024;
+/// Underruns in a row after which a track's audio is taken as a new start (a gap, not lateness).
+const GAP_TICKS: u32 = 3;
+/// Late frames in a row after which the beat is lined up with the audio again.
+const LATE_REALIGN: u32 = 5;
 /// A rest of less than a frame of played audio is padded and played once no more audio came for
 /// this long (a service that sends 30 ms chunks in real time must not get a gap every chunk).
 const REST_WAIT: Duration = Duration::from_millis(40);
-/// A track that got no audio for this long lines the beat up again with its next frame.
-const REALIGN_AFTER: Duration = Duration::from_millis(200);
-/// How long a close waits for the writer to get it out.
+/// How long a close waits to get out.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// How a stream's run ended.
@@ -177,9 +189,9 @@ impl Session {
         {
             // Deleted while connecting: close at once.
             Ok(false) => {
-                let (sink, _) = socket.split();
-                let writer = Writer::spawn(sink, self.stall());
-                writer.close(CloseCode::Normal, "stream deleted").await;
+                Link::new(socket)
+                    .close(CloseCode::Normal, "stream deleted")
+                    .await;
                 return End::Deleted;
             }
             Ok(true) => {}
@@ -285,9 +297,11 @@ impl Session {
         let _ = tcp.set_nodelay(true);
         let request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
             .map_err(|e| Refused::Failed(e.to_string()))?;
+        // Writes go out eagerly (`write_buffer_size` 0): one `send` per message, nothing held
+        // back; what a full socket cannot take waits in tungstenite's buffer, bounded.
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
-            .write_buffer_size(16 * 1024)
+            .read_buffer_size(READ_CHUNK)
+            .write_buffer_size(0)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(config.audio_max_service_message_bytes))
             .max_frame_size(Some(config.audio_max_service_message_bytes));
@@ -309,9 +323,9 @@ impl Session {
     ) -> End {
         let state = &self.state;
         let config = state.config();
-        let (sink, mut reader) = socket.split();
-        let mut writer = Writer::spawn(sink, self.stall());
+        let mut link = Link::new(socket);
         let mut live = Live::new(self, config.audio_playout_max_secs);
+        let stall = self.stall();
 
         let start = audio_stream::start_message(
             live.next_seq(),
@@ -324,40 +338,55 @@ impl Session {
                 extra_headers: &self.rec.extra_headers,
             },
         );
-        writer.control(start);
+        link.control(start);
         if let Some(frame) = first {
             live.take_audio(self, &frame, Instant::now());
         }
+        let beat = tokio::time::sleep_until(live.pacer.deadline());
+        tokio::pin!(beat);
+        let timeout = tokio::time::sleep_until(deadline);
+        tokio::pin!(timeout);
 
         // How it ended, and the close to send the service (none when the socket is gone).
         let (end, close) = loop {
+            // The call's audio is taken at the beat; the stream wakes for it in between only
+            // while its beat is not lined up with the audio yet, or a track owes a frame.
+            let listening = live.listening();
             tokio::select! {
                 biased;
-                () = state.shutdown().cancelled() => {
-                    break (End::ShuttingDown, Some((CloseCode::Away, "the gateway is restarting")));
-                }
+                // A child of the server's shutdown token: one check for both.
                 () = self.deleted.cancelled() => {
+                    if state.shutdown().is_cancelled() {
+                        break (End::ShuttingDown, Some((CloseCode::Away, "the gateway is restarting")));
+                    }
                     break (End::Deleted, Some((CloseCode::Normal, "stream deleted")));
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timeout => {
                     break (End::Stopped("stream_timeout reached".into()), Some((CloseCode::Normal, "stream_timeout reached")));
                 }
-                ended = writer.ended() => {
-                    break (End::Dropped(ended), None);
-                }
-                () = tokio::time::sleep_until(live.pacer.deadline()) => {
-                    let due = live.pacer.due(Instant::now());
+                () = &mut beat => {
+                    let now = Instant::now();
+                    while let Some(frame) = audio.try_next() {
+                        live.take_audio(self, &frame, now);
+                    }
+                    let due = live.pacer.due(now);
                     for _ in 0..due.ticks {
-                        live.tick(self, &mut writer, Instant::now());
+                        live.tick(self, &mut link, now);
+                    }
+                    beat.as_mut().reset(live.pacer.deadline());
+                    if let Some(reason) = link.failed(stall) {
+                        break (End::Dropped(reason), None);
                     }
                 }
-                frame = audio.next() => match frame {
+                frame = audio.next(), if listening => match frame {
                     Some(frame) => {
-                        live.take_audio(self, &frame, Instant::now());
-                        // Frames of many streams arrive together: take what is queued.
+                        let now = Instant::now();
+                        live.take_audio(self, &frame, now);
                         while let Some(more) = audio.try_next() {
-                            live.take_audio(self, &more, Instant::now());
+                            live.take_audio(self, &more, now);
                         }
+                        live.send_owed(&mut link);
+                        beat.as_mut().reset(live.pacer.deadline());
                     }
                     None => break (End::Dropped("the call's audio is unavailable".into()), Some((CloseCode::Error, "the call's audio is unavailable"))),
                 },
@@ -366,33 +395,178 @@ impl Session {
                         if let Payload::Dtmf(dtmf) = &event.envelope().payload {
                             for digit in dtmf.digits.chars() {
                                 let message = audio_stream::dtmf_message(live.next_seq(), &self.rec.stream_id, digit);
-                                writer.control(message);
+                                link.control(message);
                             }
                         }
                     }
                     None => break (End::Stopped("the call ended".into()), Some((CloseCode::Normal, "the call ended"))),
                 },
-                incoming = reader.next() => match incoming {
-                    Some(Ok(Message::Text(text))) => live.service_message(self, &mut writer, text.as_str(), Instant::now()),
-                    Some(Ok(Message::Binary(_))) => {
+                io = link.io() => match io {
+                    Io::Writable => {}
+                    Io::Read(Message::Text(text)) => live.service_message(self, &mut link, text.as_str(), Instant::now()),
+                    Io::Read(Message::Binary(_)) => {
                         state.metrics().audio.service_messages_refused.inc();
                         tracing::debug!(stream_id = %self.rec.stream_id, "audio stream: binary message ignored (the protocol is JSON text)");
                     }
-                    Some(Ok(Message::Close(frame))) => {
+                    Io::Read(Message::Close(frame)) => {
                         let how = frame.map_or_else(|| "without a code".to_owned(), |f| format!("with {} {}", u16::from(f.code), f.reason));
                         break (End::Dropped(format!("the service closed the connection {how}")), Some((CloseCode::Normal, "closed by the service")));
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break (End::Dropped(format!("the connection to the service failed: {}", describe_ws_error(&e))), None),
-                    None => break (End::Dropped("the service closed the connection".into()), None),
+                    Io::Read(_) => {}
+                    Io::Failed(reason) => break (End::Dropped(reason), None),
                 },
             }
         };
         live.retire(self);
         if let Some((code, reason)) = close {
-            writer.close(code, reason).await;
+            link.close(code, reason).await;
         }
         end
+    }
+}
+
+/// What the socket had for the stream.
+enum Io {
+    /// A full socket can take writes again.
+    Writable,
+    Read(Message),
+    /// The connection failed or closed without a close frame.
+    Failed(String),
+}
+
+// === impl Link ===
+
+/// The service's socket, written without ever waiting.
+struct Link {
+    socket: Socket,
+    /// Since when the socket has not taken what was written (`None`: it takes writes).
+    blocked_since: Option<Instant>,
+    /// Control messages waiting for the socket to take writes again.
+    pending: VecDeque<Message>,
+    /// Why writing failed, if it did.
+    error: Option<String>,
+}
+
+impl Link {
+    fn new(socket: Socket) -> Self {
+        Self {
+            socket,
+            blocked_since: None,
+            pending: VecDeque::new(),
+            error: None,
+        }
+    }
+
+    /// Writes a control message now, or queues it while the socket is full.
+    fn control(&mut self, message: Bytes) {
+        let message = text(message);
+        if self.blocked_since.is_some() {
+            if self.pending.len() < CONTROL_QUEUE {
+                self.pending.push_back(message);
+            }
+            return;
+        }
+        self.write(message);
+    }
+
+    /// Writes a media message now; `false` (dropped) while the socket is full.
+    fn media(&mut self, message: Bytes) -> bool {
+        if self.blocked_since.is_some() || self.error.is_some() {
+            return false;
+        }
+        self.write(text(message))
+    }
+
+    fn write(&mut self, message: Message) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        match Pin::new(&mut self.socket).poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                self.error = Some(describe_ws_error(&e));
+                return false;
+            }
+            Poll::Pending => {
+                self.blocked_since.get_or_insert_with(Instant::now);
+                return false;
+            }
+        }
+        if let Err(e) = Pin::new(&mut self.socket).start_send(message) {
+            self.error = Some(describe_ws_error(&e));
+            return false;
+        }
+        // Taken whole or in part: what the socket could not take waits in tungstenite's buffer
+        // and makes the next `poll_ready` wait until it is out.
+        true
+    }
+
+    /// Why the stream must end: writing failed, or no progress for `stall`.
+    fn failed(&self, stall: Duration) -> Option<String> {
+        if let Some(e) = &self.error {
+            return Some(format!("writing to the service failed: {e}"));
+        }
+        match self.blocked_since {
+            Some(since) if since.elapsed() >= stall => Some(format!(
+                "the service stopped reading (no write progress for {} s)",
+                stall.as_secs()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The next thing the socket has: a message, or room to write again.
+    fn io(&mut self) -> impl Future<Output = Io> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.blocked_since.is_some() {
+                match Pin::new(&mut self.socket).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.blocked_since = None;
+                        while let Some(m) = self.pending.pop_front() {
+                            if !self.write(m) {
+                                break;
+                            }
+                        }
+                        return Poll::Ready(Io::Writable);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Io::Failed(format!(
+                            "writing to the service failed: {}",
+                            describe_ws_error(&e)
+                        )));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match Pin::new(&mut self.socket).poll_next(cx) {
+                Poll::Ready(Some(Ok(m))) => Poll::Ready(Io::Read(m)),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Io::Failed(format!(
+                    "the connection to the service failed: {}",
+                    describe_ws_error(&e)
+                ))),
+                Poll::Ready(None) => {
+                    Poll::Ready(Io::Failed("the service closed the connection".into()))
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+
+    /// Sends a close frame after what is queued and waits a moment for it to go out.
+    async fn close(mut self, code: CloseCode, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            for m in std::mem::take(&mut self.pending) {
+                self.socket.feed(m).await?;
+            }
+            self.socket.close(Some(frame)).await
+        })
+        .await;
     }
 }
 
@@ -446,8 +620,6 @@ struct TrackOut {
     base_ms: u64,
     /// `media.chunk`, per track.
     chunk: u64,
-    /// When audio last arrived.
-    last_audio: Option<Instant>,
     scratch: Vec<u8>,
 }
 
@@ -462,7 +634,6 @@ impl TrackOut {
             framer,
             base_ms: 0,
             chunk: 0,
-            last_audio: None,
             scratch: Vec::new(),
         })
     }
@@ -474,6 +645,12 @@ struct Live {
     media: MediaWriter,
     tracks: Vec<TrackOut>,
     pacer: Pacer,
+    /// Whether the beat is lined up with the first track's audio.
+    aligned: bool,
+    /// Beats in a row the first track had nothing to send at.
+    owed: u32,
+    /// Frames in a row the first track sent late (on arrival).
+    late: u32,
     playout: Option<Playout>,
     /// Converts what the service plays (the key) to the call's format.
     play_in: Option<(MediaFormat, Transcoder)>,
@@ -510,6 +687,9 @@ impl Live {
             media: MediaWriter::new(&session.rec.stream_id, &session.rec.extra_headers),
             tracks,
             pacer: Pacer::new(now + PERIOD / 2),
+            aligned: false,
+            owed: 0,
+            late: 0,
             playout,
             play_in: None,
             call_format: DEFAULT_CALL_FORMAT,
@@ -547,15 +727,10 @@ impl Live {
                 self.play_in = None;
             }
         }
-        let Some(track) = self.tracks.iter_mut().find(|t| t.track == frame.track) else {
+        let Some(index) = self.tracks.iter().position(|t| t.track == frame.track) else {
             return;
         };
-        // A track silent for a while (or never heard) lines the beat up with its audio: half a
-        // frame after it arrives, so that the runtime's jitter either way falls inside a frame.
-        let was_silent = track
-            .last_audio
-            .is_none_or(|at| now.duration_since(at) > REALIGN_AFTER);
-        track.last_audio = Some(now);
+        let track = &mut self.tracks[index];
         let transcoder = match &mut track.transcoder {
             Some((from, t)) if *from == input => t,
             slot => {
@@ -583,45 +758,97 @@ impl Live {
             self.dropped_to_service.inc();
             return;
         }
-        let playing = self
-            .playout
-            .as_ref()
-            .is_some_and(|p| p.queued_frames() > 0 || p.has_remainder());
-        if was_silent && !playing {
+        // The beat follows the first track's audio: lined up half a frame after it arrives, so
+        // that the runtime's jitter either way falls inside a frame (never while audio is being
+        // played into the call, whose pace the beat also keeps).
+        if index == 0 && !self.aligned && !self.playing() {
             self.pacer.realign(now + PERIOD / 2);
+            self.aligned = true;
+            self.owed = 0;
+            self.late = 0;
         }
     }
 
+    fn playing(&self) -> bool {
+        self.playout
+            .as_ref()
+            .is_some_and(|p| p.queued_frames() > 0 || p.has_remainder())
+    }
+
+    /// Whether the stream should wake for the call's audio as it arrives (instead of taking it
+    /// at the beat): its beat is not lined up yet, or the first track missed its last beat and
+    /// sends the frame the moment it comes.
+    fn listening(&self) -> bool {
+        !self.aligned || (self.owed > 0 && self.owed < GAP_TICKS)
+    }
+
+    /// After audio arrived: a frame the first track owes goes out now, a little late, rather than
+    /// a whole beat late at the next tick (which would leave every later frame a beat late too).
+    fn send_owed(&mut self, link: &mut Link) {
+        if !(self.owed > 0 && self.owed < GAP_TICKS) {
+            return;
+        }
+        self.owed = 0;
+        if self.send_frames(0, 1, link) > 0 {
+            self.late += 1;
+            // Late beat after beat: the runtime's phase moved; line up with it again.
+            if self.late >= LATE_REALIGN && !self.playing() {
+                self.aligned = false;
+            }
+        }
+    }
+
+    /// Sends up to `n` frames of track `i`; how many were there.
+    fn send_frames(&mut self, i: usize, n: usize, link: &mut Link) -> usize {
+        let mut sent = 0;
+        for _ in 0..n {
+            let seq = self.seq + 1;
+            let track = &mut self.tracks[i];
+            let Some(frame) = track.framer.next_frame() else {
+                break;
+            };
+            let message = self
+                .media
+                .media(seq, track.track, track.base_ms, track.chunk, frame);
+            self.seq = seq;
+            track.chunk += 1;
+            track.base_ms += 20;
+            sent += 1;
+            if link.media(message) {
+                self.sent_to_service.inc();
+            } else {
+                self.dropped_to_service.inc();
+            }
+        }
+        sent
+    }
+
     /// One beat: a frame per track to the service, a frame into the call, checkpoints reached.
-    fn tick(&mut self, session: &Session, writer: &mut Writer, now: Instant) {
+    fn tick(&mut self, session: &Session, link: &mut Link, now: Instant) {
         for i in 0..self.tracks.len() {
             let frame_len = self.tracks[i].framer.frame_len();
             let backlog = self.tracks[i].framer.buffered_len() / frame_len.max(1);
             let n = if backlog >= CATCH_UP_FRAMES { 2 } else { 1 };
-            for _ in 0..n {
-                let seq = self.seq + 1;
-                let track = &mut self.tracks[i];
-                let Some(frame) = track.framer.next_frame() else {
-                    break;
-                };
-                let message = self
-                    .media
-                    .media(seq, track.track, track.base_ms, track.chunk, frame);
-                self.seq = seq;
-                track.chunk += 1;
-                track.base_ms += 20;
-                if writer.media(message) {
-                    self.sent_to_service.inc();
+            let sent = self.send_frames(i, n, link);
+            if i == 0 {
+                if sent == 0 {
+                    // Missed: the frame goes out when it comes (`send_owed`); beats missed in a
+                    // row are a gap in the audio, and the beat lines up again with what follows.
+                    self.owed = self.owed.saturating_add(1);
+                    if self.owed >= GAP_TICKS && !self.playing() {
+                        self.aligned = false;
+                    }
                 } else {
-                    self.dropped_to_service.inc();
+                    self.owed = 0;
+                    self.late = 0;
                 }
             }
         }
-        self.play(session, writer, now);
+        self.play(session, link, now);
         self.publish_depth(session);
     }
 
-    fn play(&mut self, session: &Session, writer: &mut Writer, now: Instant) {
+    fn play(&mut self, session: &Session, link: &mut Link, now: Instant) {
         let Some(playout) = &mut self.playout else {
             return;
         };
@@ -629,7 +856,7 @@ impl Live {
         let finished = playout.handed();
         for name in playout.reached(finished) {
             self.seq += 1;
-            writer.control(audio_stream::played_stream_message(
+            link.control(audio_stream::played_stream_message(
                 self.seq,
                 &session.rec.stream_id,
                 &name,
@@ -671,13 +898,7 @@ impl Live {
     }
 
     /// One message from the service.
-    fn service_message(
-        &mut self,
-        session: &Session,
-        writer: &mut Writer,
-        text: &str,
-        now: Instant,
-    ) {
+    fn service_message(&mut self, session: &Session, link: &mut Link, text: &str, now: Instant) {
         let metrics = &session.state.metrics().audio;
         let message = match audio_stream::parse_service_message(text, &session.rec.stream_id) {
             Ok(message) => message,
@@ -723,7 +944,7 @@ impl Live {
                 if idle && playout.queued_frames() == 0 {
                     for name in playout.reached(playout.handed()) {
                         self.seq += 1;
-                        writer.control(audio_stream::played_stream_message(
+                        link.control(audio_stream::played_stream_message(
                             self.seq,
                             &session.rec.stream_id,
                             &name,
@@ -747,7 +968,7 @@ impl Live {
                     t.reset();
                 }
                 self.seq += 1;
-                writer.control(audio_stream::cleared_audio_message(
+                link.control(audio_stream::cleared_audio_message(
                     self.seq,
                     &session.rec.stream_id,
                 ));
@@ -876,109 +1097,7 @@ fn frame_codec(format: MediaFormat) -> (Codec, u32) {
     (codec, format.sample_rate().hz())
 }
 
-// === impl Writer ===
-
-/// The task that writes to the service, and the queues that feed it.
-struct Writer {
-    control: mpsc::Sender<Message>,
-    media: mpsc::Sender<Message>,
-    task: JoinHandle<String>,
-}
-
-impl Writer {
-    fn spawn(sink: SplitSink<Socket, Message>, stall: Duration) -> Self {
-        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let (media, media_rx) = mpsc::channel(MEDIA_QUEUE);
-        let task = tokio::spawn(write(sink, control_rx, media_rx, stall));
-        Self {
-            control,
-            media,
-            task,
-        }
-    }
-
-    /// Queues a control message; one that does not fit means the service stopped reading long
-    /// ago, and the stall rule is about to end the stream anyway.
-    fn control(&self, message: Bytes) {
-        let _ = self.control.try_send(text(message));
-    }
-
-    /// Queues a media message; `false` when it was dropped.
-    fn media(&self, message: Bytes) -> bool {
-        self.media.try_send(text(message)).is_ok()
-    }
-
-    /// Resolves when the writer has stopped, with why.
-    async fn ended(&mut self) -> String {
-        match (&mut self.task).await {
-            Ok(reason) => reason,
-            Err(_) => "the writer failed".to_owned(),
-        }
-    }
-
-    /// Sends a close frame after what is queued, and waits a moment for it to go out.
-    async fn close(mut self, code: CloseCode, reason: &'static str) {
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = self.control.try_send(close);
-        drop(self.control);
-        drop(self.media);
-        if tokio::time::timeout(CLOSE_WAIT, &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
-    }
-}
-
 fn text(bytes: Bytes) -> Message {
     // Every message is serde_json output or built from ASCII parts, so always UTF-8.
     Message::Text(tungstenite::Utf8Bytes::try_from(bytes).unwrap_or_default())
-}
-
-/// Writes control messages before media, gathering what is queued into one flush. Returns why it
-/// stopped: the queues closed (the stream ended), or the socket failed or stalled.
-async fn write(
-    mut sink: SplitSink<Socket, Message>,
-    mut control: mpsc::Receiver<Message>,
-    mut media: mpsc::Receiver<Message>,
-    stall: Duration,
-) -> String {
-    loop {
-        let message = tokio::select! {
-            biased;
-            Some(m) = control.recv() => m,
-            Some(m) = media.recv() => m,
-            else => return "the stream ended".to_owned(),
-        };
-        let closing = matches!(message, Message::Close(_));
-        let write = async {
-            sink.feed(message).await?;
-            while let Ok(m) = control.try_recv() {
-                sink.feed(m).await?;
-            }
-            while let Ok(m) = media.try_recv() {
-                sink.feed(m).await?;
-            }
-            sink.flush().await
-        };
-        match tokio::time::timeout(stall, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return format!("writing to the service failed: {}", describe_ws_error(&e));
-            }
-            Err(_) => {
-                return format!(
-                    "the service stopped reading (no write progress for {} s)",
-                    stall.as_secs()
-                );
-            }
-        }
-        if closing {
-            return "closed".to_owned();
-        }
-    }
 }

@@ -1462,9 +1462,16 @@ async fn a_filling_play_out_queue_is_reported_at_30_60_and_90_percent_and_beyond
     .await;
     let callbacks = Callbacks::start().await;
     let mut service = Service::start().await;
-    let id = ts.create_call("sip").await["id"].as_str().unwrap().to_owned();
+    let id = ts.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut runtime = Runtime::open(&ts).await;
-    runtime.send_frame(&mulaw_frame(&CallId::parse(&id).unwrap(), Track::Inbound, &[0; 160]));
+    runtime.send_frame(&mulaw_frame(
+        &CallId::parse(&id).unwrap(),
+        Track::Inbound,
+        &[0; 160],
+    ));
     let stream_id = ts
         .start_stream(&id, json!({"service_url": service.url, "bidirectional": true, "status_callback_url": callbacks.url}))
         .await;
@@ -1477,7 +1484,9 @@ async fn a_filling_play_out_queue_is_reported_at_30_60_and_90_percent_and_beyond
     conn.send(&part);
     let degraded = callbacks.wait_for("DegradedStream").await;
     assert_eq!(degraded.field("BufferPercent").as_deref(), Some("30"));
-    let dropped = ts.metric("callstream_audio_stream_frames_dropped_total{direction=\"to_call\"}").await;
+    let dropped = ts
+        .metric("callstream_audio_stream_frames_dropped_total{direction=\"to_call\"}")
+        .await;
     // Three more seconds: past 60 and 90 %, and about 1.7 s beyond the bound dropped.
     for _ in 0..3 {
         conn.send(&play);
@@ -1503,7 +1512,9 @@ async fn a_filling_play_out_queue_is_reported_at_30_60_and_90_percent_and_beyond
     let view = ts.stream_view(&id, &stream_id).await;
     let queued = view["playout_queued_ms"].as_u64().unwrap();
     assert!((1800..=2000).contains(&queued), "{view}");
-    let now_dropped = ts.metric("callstream_audio_stream_frames_dropped_total{direction=\"to_call\"}").await;
+    let now_dropped = ts
+        .metric("callstream_audio_stream_frames_dropped_total{direction=\"to_call\"}")
+        .await;
     assert!(now_dropped - dropped >= 70.0, "{dropped} -> {now_dropped}");
     // The call still hears it, in real time.
     runtime.next_played().await;
