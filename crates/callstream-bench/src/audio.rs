@@ -188,6 +188,9 @@ pub struct AudioOutcome {
     pub played_late_max_ms: f64,
     /// `playedStream` that came before the audio's real end (should be none).
     pub played_early: u64,
+    /// Per second of the window: the worst cadence error (ms) and the media frames more than
+    /// 10 ms off their grid. A host pause shows as one bad second; an overloaded server as many.
+    pub timeline: Vec<(f64, u64)>,
     pub cpu_cores: f64,
     pub cpu_per_stream_pct: f64,
     pub pss_per_stream_bytes: f64,
@@ -305,7 +308,6 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-    let connected_sample = procstat::sample(&pids);
     let generator = [std::process::id()];
     let (server_start, gen_start, host_start) = (
         procstat::cpu(&pids),
@@ -321,8 +323,12 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
         procstat::cpu(&generator),
         procstat::HostSample::now(),
     );
-    // Let answers to cycles begun in the window arrive.
+    // Let answers to cycles begun in the window arrive. Memory is read now, after the window:
+    // reading `smaps_rollup` takes the process's memory-map lock, and an allocation that needs
+    // it meanwhile waits (a visible pause in every stream, when it was read at the window's
+    // start).
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected_sample = procstat::sample(&pids);
     for lane in &runtime_lanes {
         lane.abort();
     }
@@ -330,6 +336,8 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
 
     // Cadence.
     let mut cadence = histogram()?;
+    let seconds_total = usize::try_from(args.duration).unwrap_or(0) + 1;
+    let mut timeline = vec![(0.0f64, 0u64); seconds_total];
     let mut media_frames = 0u64;
     let mut connected = 0usize;
     for log in logs.iter() {
@@ -353,8 +361,15 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
             .map(|(k, t)| t.duration_since(first).as_secs_f64() - grid.as_secs_f64() * k as f64)
             .collect();
         let min = offsets.iter().copied().fold(f64::MAX, f64::min);
-        for o in offsets {
-            cadence.record(((o - min) * 1e6).max(1.0) as u64)?;
+        for (t, o) in window.iter().zip(offsets) {
+            let error = o - min;
+            cadence.record((error * 1e6).max(1.0) as u64)?;
+            let second = (t.duration_since(from).as_secs() as usize).min(seconds_total - 1);
+            let slot = &mut timeline[second];
+            slot.0 = slot.0.max(error * 1000.0);
+            if error > 0.010 {
+                slot.1 += 1;
+            }
         }
     }
 
@@ -438,6 +453,7 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
         played_late_p99_ms: ms(&late, 0.99),
         played_late_max_ms: ms(&late, 1.0),
         played_early: early,
+        timeline,
         cpu_cores: cpu,
         cpu_per_stream_pct: cpu * 100.0 / args.streams.max(1) as f64,
         pss_per_stream_bytes: (connected_sample.pss_kib.saturating_sub(before.pss_kib) as f64
@@ -464,7 +480,8 @@ fn print(o: &AudioOutcome) {
          \x20 cadence error p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\n\
          \x20 clear→cleared ({}) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; frames played after: {}\n\
          \x20 playedStream late ({}, {} unanswered, {} early) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
-         \x20 CPU {:.2} cores ({:.3} % of a core per stream), {:.0} B per stream; generator {:.2} cores; steal {:?}",
+         \x20 CPU {:.2} cores ({:.3} % of a core per stream), {:.0} B per stream; generator {:.2} cores; steal {:?}\n\
+         \x20 worst second by second (ms, frames late > 10 ms): {}",
         o.label,
         o.connected,
         o.streams,
@@ -491,6 +508,11 @@ fn print(o: &AudioOutcome) {
         o.pss_per_stream_bytes,
         o.generator_cpu_cores,
         o.host_steal_per_cpu,
+        o.timeline
+            .iter()
+            .map(|(ms, late)| format!("{ms:.0}/{late}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     );
 }
 

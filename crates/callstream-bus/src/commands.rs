@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use callstream_core::audio::AudioFrame;
+use bytes::Bytes;
 use callstream_core::{CallId, Command, WorkspaceId};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
@@ -52,9 +52,9 @@ pub enum CommandError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Downlink {
     Command(CommandRequest),
-    /// Audio to play into the frame's call now (its track is `outbound`): the sender paces it
-    /// in real time, so the runtime plays each frame as it arrives.
-    Audio(Arc<AudioFrame>),
+    /// Audio to play into a call now: one frame in its binary form (`core::audio`, track
+    /// `outbound`). The sender paces it in real time, so the runtime plays each as it arrives.
+    Audio(Bytes),
 }
 
 /// Routes commands to runtimes and answers back.
@@ -79,8 +79,8 @@ pub trait CommandRouter: Send + Sync + 'static {
     /// Forgets who serves `call` (it ended).
     fn forget(&self, call: &CallId);
 
-    /// Hands an audio frame to the runtime serving its call, to be played into the call at
-    /// once. Never waits.
+    /// Hands an audio frame (its binary form) to the runtime serving `call`, to be played into
+    /// the call at once. Never waits.
     ///
     /// # Errors
     /// [`CommandError::NoRuntime`] when no runtime of the workspace is connected,
@@ -88,7 +88,8 @@ pub trait CommandRouter: Send + Sync + 'static {
     fn play_audio(
         &self,
         workspace: &WorkspaceId,
-        frame: Arc<AudioFrame>,
+        call: &CallId,
+        frame: Bytes,
     ) -> Result<(), CommandError>;
 
     /// Delivers `link`'s answer to the waiting requester; `false` if nobody waits any more, or
@@ -101,7 +102,7 @@ pub struct RuntimeLink {
     id: u64,
     workspace: WorkspaceId,
     inbox: mpsc::Receiver<CommandRequest>,
-    audio: mpsc::Receiver<Arc<AudioFrame>>,
+    audio: mpsc::Receiver<Bytes>,
     links: Arc<Links>,
 }
 
@@ -117,7 +118,7 @@ impl RuntimeLink {
     }
 
     /// Audio already queued for this runtime, without waiting.
-    pub fn try_next_audio(&mut self) -> Option<Arc<AudioFrame>> {
+    pub fn try_next_audio(&mut self) -> Option<Bytes> {
         self.audio.try_recv().ok()
     }
 }
@@ -131,7 +132,7 @@ impl Drop for RuntimeLink {
 struct Outbox {
     id: u64,
     tx: mpsc::Sender<CommandRequest>,
-    audio: mpsc::Sender<Arc<AudioFrame>>,
+    audio: mpsc::Sender<Bytes>,
 }
 
 /// Connected runtimes and waiting commands, shared with the links so a dropped link cleans up
@@ -283,11 +284,12 @@ impl CommandRouter for InProcessCommands {
     fn play_audio(
         &self,
         workspace: &WorkspaceId,
-        frame: Arc<AudioFrame>,
+        call: &CallId,
+        frame: Bytes,
     ) -> Result<(), CommandError> {
         let sent = self
             .links
-            .with_route(workspace, &frame.call, |l| l.audio.try_send(frame.clone()))
+            .with_route(workspace, call, |l| l.audio.try_send(frame))
             .ok_or(CommandError::NoRuntime)?;
         sent.map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => CommandError::Busy,
@@ -414,36 +416,38 @@ mod tests {
 
     #[tokio::test]
     async fn audio_goes_to_the_runtime_serving_the_call_and_a_full_inbox_is_busy() {
-        use bytes::Bytes;
         use callstream_core::audio::{Codec, Track};
         let router = InProcessCommands::new();
         let (ws, call) = (WorkspaceId::new(), CallId::new());
-        let frame = Arc::new(AudioFrame {
-            call: call.clone(),
-            track: Track::Outbound,
-            codec: Codec::Mulaw,
-            sample_rate: 8000,
-            timestamp_ms: 0,
-            payload: Bytes::from_static(&[0xff; 160]),
-        });
+        let frame = callstream_core::audio::encode(
+            &call,
+            Track::Outbound,
+            Codec::Mulaw,
+            8000,
+            0,
+            &[0xff; 160],
+        );
         assert_eq!(
-            router.play_audio(&ws, frame.clone()),
+            router.play_audio(&ws, &call, frame.clone()),
             Err(CommandError::NoRuntime)
         );
         let mut serving = router.connect(&ws);
         let other = router.connect(&WorkspaceId::new());
         router.claim(&serving, &call);
         for _ in 0..AUDIO_INBOX {
-            assert_eq!(router.play_audio(&ws, frame.clone()), Ok(()));
+            assert_eq!(router.play_audio(&ws, &call, frame.clone()), Ok(()));
         }
         assert_eq!(
-            router.play_audio(&ws, frame.clone()),
+            router.play_audio(&ws, &call, frame.clone()),
             Err(CommandError::Busy)
         );
         assert_eq!(serving.next().await, Some(Downlink::Audio(frame.clone())));
         assert!(serving.try_next_audio().is_some());
         drop(other);
         drop(serving);
-        assert_eq!(router.play_audio(&ws, frame), Err(CommandError::NoRuntime));
+        assert_eq!(
+            router.play_audio(&ws, &call, frame),
+            Err(CommandError::NoRuntime)
+        );
     }
 }

@@ -160,18 +160,14 @@ impl AudioFrame {
 
     /// The frame's binary form.
     pub fn encode(&self) -> Bytes {
-        let id = self.call.as_str().as_bytes();
-        let mut out = BytesMut::with_capacity(FIXED_HEADER + id.len() + self.payload.len());
-        out.put_u8(VERSION);
-        out.put_u8(self.track.byte());
-        out.put_u8(self.codec.byte());
-        // Call ids are at most 64 characters (`Id::parse`), so the length fits a byte.
-        out.put_u8(u8::try_from(id.len()).unwrap_or(u8::MAX));
-        out.put_u32_le(self.sample_rate);
-        out.put_u64_le(self.timestamp_ms);
-        out.put_slice(id);
-        out.put_slice(&self.payload);
-        out.freeze()
+        encode(
+            &self.call,
+            self.track,
+            self.codec,
+            self.sample_rate,
+            self.timestamp_ms,
+            &self.payload,
+        )
     }
 
     /// Reads a frame from its binary form. The payload shares `bytes` (no copy).
@@ -227,6 +223,30 @@ impl AudioFrame {
         let samples = (self.payload.len() / self.codec.bytes_per_sample()) as u64;
         samples * 1000 / u64::from(self.sample_rate.max(1))
     }
+}
+
+/// A frame's binary form from its parts, without building an [`AudioFrame`] (the payload is
+/// copied once, into the frame).
+pub fn encode(
+    call: &CallId,
+    track: Track,
+    codec: Codec,
+    sample_rate: u32,
+    timestamp_ms: u64,
+    payload: &[u8],
+) -> Bytes {
+    let id = call.as_str().as_bytes();
+    let mut out = BytesMut::with_capacity(FIXED_HEADER + id.len() + payload.len());
+    out.put_u8(VERSION);
+    out.put_u8(track.byte());
+    out.put_u8(codec.byte());
+    // Call ids are at most 64 characters (`Id::parse`), so the length fits a byte.
+    out.put_u8(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    out.put_u32_le(sample_rate);
+    out.put_u64_le(timestamp_ms);
+    out.put_slice(id);
+    out.put_slice(payload);
+    out.freeze()
 }
 
 fn check_rate(codec: Codec, rate: u32) -> Result<(), FrameError> {

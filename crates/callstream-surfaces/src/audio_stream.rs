@@ -10,12 +10,13 @@
 //! count and log: a bad message never ends a stream.
 //!
 //! Payloads are base64 here and bytes everywhere else: this module is the only place that knows
-//! the JSON and the base64.
+//! the JSON and the base64. Messages are returned as `String`s: they go out as WebSocket text,
+//! and a `String` is known to be UTF-8 (a byte buffer would be checked again, 450 bytes per
+//! `media` message).
 
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use bytes::Bytes;
 use callstream_audio::{FormatError, MediaFormat, RateValue};
 use callstream_core::audio::Track;
 use serde::Deserialize;
@@ -45,7 +46,7 @@ pub struct Start<'a> {
 }
 
 /// `{"event":"start","sequenceNumber":1,"start":{…},"extra_headers":"…"}`.
-pub fn start_message(sequence: u64, s: &Start<'_>) -> Bytes {
+pub fn start_message(sequence: u64, s: &Start<'_>) -> String {
     let tracks: Vec<&str> = s.tracks.iter().map(|t| t.as_str()).collect();
     let message = serde_json::json!({
         "event": "start",
@@ -62,7 +63,7 @@ pub fn start_message(sequence: u64, s: &Start<'_>) -> Bytes {
         },
         "extra_headers": s.extra_headers,
     });
-    Bytes::from(serde_json::to_vec(&message).unwrap_or_default())
+    message.to_string()
 }
 
 /// What every `media` message of one stream shares, prepared once: the stream id and the
@@ -101,7 +102,7 @@ impl MediaWriter {
         timestamp_ms: u64,
         chunk: u64,
         payload: &[u8],
-    ) -> Bytes {
+    ) -> String {
         let encoded_len = base64::encoded_len(payload.len(), true).unwrap_or(0);
         let mut out = String::with_capacity(
             120 + self.stream_id.len() + self.extra_headers.len() + encoded_len,
@@ -123,40 +124,40 @@ impl MediaWriter {
         out.push_str("\"}");
         out.push_str(&self.extra_headers);
         out.push('}');
-        Bytes::from(out)
+        out
     }
 }
 
 /// `{"event":"dtmf","sequenceNumber":…,"streamId":…,"dtmf":{"digit":"5"}}`: one per key.
-pub fn dtmf_message(sequence: u64, stream_id: &str, digit: char) -> Bytes {
+pub fn dtmf_message(sequence: u64, stream_id: &str, digit: char) -> String {
     let message = serde_json::json!({
         "event": "dtmf",
         "sequenceNumber": sequence,
         "streamId": stream_id,
         "dtmf": { "digit": digit.to_string() },
     });
-    Bytes::from(serde_json::to_vec(&message).unwrap_or_default())
+    message.to_string()
 }
 
 /// `{"event":"playedStream","sequenceNumber":…,"streamId":…,"name":…}`.
-pub fn played_stream_message(sequence: u64, stream_id: &str, name: &str) -> Bytes {
+pub fn played_stream_message(sequence: u64, stream_id: &str, name: &str) -> String {
     let message = serde_json::json!({
         "event": "playedStream",
         "sequenceNumber": sequence,
         "streamId": stream_id,
         "name": name,
     });
-    Bytes::from(serde_json::to_vec(&message).unwrap_or_default())
+    message.to_string()
 }
 
 /// `{"event":"clearedAudio","sequenceNumber":…,"streamId":…}`.
-pub fn cleared_audio_message(sequence: u64, stream_id: &str) -> Bytes {
+pub fn cleared_audio_message(sequence: u64, stream_id: &str) -> String {
     let message = serde_json::json!({
         "event": "clearedAudio",
         "sequenceNumber": sequence,
         "streamId": stream_id,
     });
-    Bytes::from(serde_json::to_vec(&message).unwrap_or_default())
+    message.to_string()
 }
 
 /// The longest checkpoint name kept; a longer one is refused (it comes back in `playedStream`
@@ -330,7 +331,7 @@ mod tests {
             },
         );
         assert_eq!(
-            std::str::from_utf8(&start).unwrap(),
+            start.as_str(),
             r#"{"event":"start","sequenceNumber":1,"start":{"callId":"call_1","streamId":"20170ada-f610-433b-8758-c02a2aab3662","accountId":"MA123","tracks":["inbound","outbound"],"mediaFormat":{"encoding":"audio/x-l16","sampleRate":16000}},"extra_headers":"a=1;b=2"}"#
         );
         let writer = MediaWriter::new(SID, "");
@@ -342,23 +343,23 @@ mod tests {
             &[0xff, 0x7f, 0x00],
         );
         assert_eq!(
-            std::str::from_utf8(&media).unwrap(),
+            media.as_str(),
             r#"{"event":"media","sequenceNumber":42,"streamId":"20170ada-f610-433b-8758-c02a2aab3662","media":{"track":"inbound","timestamp":"1705312200000","chunk":41,"payload":"/38A"}}"#
         );
         let with_headers = MediaWriter::new(SID, "k=\"v\"").media(2, Track::Outbound, 5, 1, &[1]);
-        let v: Value = serde_json::from_slice(&with_headers).unwrap();
+        let v: Value = serde_json::from_str(&with_headers).unwrap();
         assert_eq!(v["extra_headers"], "k=\"v\"");
         assert_eq!(v["media"]["track"], "outbound");
         assert_eq!(
-            std::str::from_utf8(&dtmf_message(3, SID, '5')).unwrap(),
+            dtmf_message(3, SID, '5'),
             r#"{"event":"dtmf","sequenceNumber":3,"streamId":"20170ada-f610-433b-8758-c02a2aab3662","dtmf":{"digit":"5"}}"#
         );
         assert_eq!(
-            std::str::from_utf8(&played_stream_message(4, SID, "cp1")).unwrap(),
+            played_stream_message(4, SID, "cp1"),
             r#"{"event":"playedStream","sequenceNumber":4,"streamId":"20170ada-f610-433b-8758-c02a2aab3662","name":"cp1"}"#
         );
         assert_eq!(
-            std::str::from_utf8(&cleared_audio_message(5, SID)).unwrap(),
+            cleared_audio_message(5, SID),
             r#"{"event":"clearedAudio","sequenceNumber":5,"streamId":"20170ada-f610-433b-8758-c02a2aab3662"}"#
         );
     }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use callstream_audio::{Framer, MediaFormat, Transcoder};
 use callstream_bus::{AudioSubscription, Resume, SubscribeOptions, Subscription, Topic};
 use callstream_core::audio::{AudioFrame, Codec, Track};
@@ -458,7 +457,7 @@ impl Link {
     }
 
     /// Writes a control message now, or queues it while the socket is full.
-    fn control(&mut self, message: Bytes) {
+    fn control(&mut self, message: String) {
         let message = text(message);
         if self.blocked_since.is_some() {
             if self.pending.len() < CONTROL_QUEUE {
@@ -470,7 +469,7 @@ impl Link {
     }
 
     /// Writes a media message now; `false` (dropped) while the socket is full.
-    fn media(&mut self, message: Bytes) -> bool {
+    fn media(&mut self, message: String) -> bool {
         if self.blocked_since.is_some() || self.error.is_some() {
             return false;
         }
@@ -879,18 +878,18 @@ impl Live {
         };
         self.last_handout = Some(now);
         let (codec, rate) = frame_codec(self.call_format);
-        let frame = Arc::new(AudioFrame {
-            call: session.rec.call_id.clone(),
-            track: Track::Outbound,
+        let frame = callstream_core::audio::encode(
+            &session.rec.call_id,
+            Track::Outbound,
             codec,
-            sample_rate: rate,
-            timestamp_ms: u64::try_from(time::now().timestamp_millis()).unwrap_or(0),
-            payload,
-        });
+            rate,
+            u64::try_from(time::now().timestamp_millis()).unwrap_or(0),
+            &payload,
+        );
         match session
             .state
             .commands()
-            .play_audio(&session.rec.workspace_id, frame)
+            .play_audio(&session.rec.workspace_id, &session.rec.call_id, frame)
         {
             Ok(()) => self.sent_to_call.inc(),
             Err(_) => self.dropped_to_call.inc(),
@@ -1097,7 +1096,6 @@ fn frame_codec(format: MediaFormat) -> (Codec, u32) {
     (codec, format.sample_rate().hz())
 }
 
-fn text(bytes: Bytes) -> Message {
-    // Every message is serde_json output or built from ASCII parts, so always UTF-8.
-    Message::Text(tungstenite::Utf8Bytes::try_from(bytes).unwrap_or_default())
+fn text(message: String) -> Message {
+    Message::Text(tungstenite::Utf8Bytes::from(message))
 }

@@ -108,12 +108,12 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
                 }
                 Downlink::Audio(frame) => {
                     // Audio for many calls arrives on one beat: write what is queued together.
-                    if socket.feed(Message::Binary(frame.encode())).await.is_err() {
+                    if socket.feed(Message::Binary(frame)).await.is_err() {
                         return;
                     }
                     for _ in 0..AUDIO_GATHER {
                         let Some(more) = link.try_next_audio() else { break };
-                        if socket.feed(Message::Binary(more.encode())).await.is_err() {
+                        if socket.feed(Message::Binary(more)).await.is_err() {
                             return;
                         }
                     }
