@@ -174,6 +174,11 @@ pub struct AudioOutcome {
     pub cadence_p99_ms: f64,
     pub cadence_p999_ms: f64,
     pub cadence_max_ms: f64,
+    /// How far each interval between two `media` messages of a stream is from 20 ms (the
+    /// classic inter-arrival jitter: a one-time shift of the grid counts once, not for every
+    /// frame after it).
+    pub interval_p99_ms: f64,
+    pub interval_max_ms: f64,
     pub clears: u64,
     pub clear_p50_ms: f64,
     pub clear_p99_ms: f64,
@@ -336,6 +341,7 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
 
     // Cadence.
     let mut cadence = histogram()?;
+    let mut intervals = histogram()?;
     let seconds_total = usize::try_from(args.duration).unwrap_or(0) + 1;
     let mut timeline = vec![(0.0f64, 0u64); seconds_total];
     let mut media_frames = 0u64;
@@ -353,6 +359,10 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
             continue;
         };
         media_frames += window.len() as u64;
+        for pair in window.windows(2) {
+            let gap = pair[1].duration_since(pair[0]).as_secs_f64();
+            intervals.record(((gap - 0.020).abs() * 1e6).max(1.0) as u64)?;
+        }
         let grid = Duration::from_millis(20);
         // The grid through the earliest frame: offset = min over k of (arrival_k - 20k).
         let offsets: Vec<f64> = window
@@ -361,6 +371,24 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
             .map(|(k, t)| t.duration_since(first).as_secs_f64() - grid.as_secs_f64() * k as f64)
             .collect();
         let min = offsets.iter().copied().fold(f64::MAX, f64::min);
+        if std::env::var("AUDIO_DEBUG").is_ok() {
+            let late = offsets.iter().filter(|o| **o - min > 0.010).count();
+            if late > window.len() / 20 {
+                let at = offsets.iter().position(|o| *o == min).unwrap_or(0);
+                let show = |r: std::ops::Range<usize>| {
+                    r.filter_map(|k| offsets.get(k))
+                        .map(|o| format!("{:.0}", (o - min) * 1000.0))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                eprintln!(
+                    "late stream: {late}/{} late; min at frame {at}; around it: {}; first: {}",
+                    window.len(),
+                    show(at.saturating_sub(5)..at + 5),
+                    show(0..10)
+                );
+            }
+        }
         for (t, o) in window.iter().zip(offsets) {
             let error = o - min;
             cadence.record((error * 1e6).max(1.0) as u64)?;
@@ -442,6 +470,8 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
         cadence_p99_ms: ms(&cadence, 0.99),
         cadence_p999_ms: ms(&cadence, 0.999),
         cadence_max_ms: ms(&cadence, 1.0),
+        interval_p99_ms: ms(&intervals, 0.99),
+        interval_max_ms: ms(&intervals, 1.0),
         clears,
         clear_p50_ms: ms(&clear, 0.5),
         clear_p99_ms: ms(&clear, 0.99),
@@ -477,7 +507,7 @@ pub async fn run(args: AudioArgs) -> Result<AudioOutcome> {
 fn print(o: &AudioOutcome) {
     eprintln!(
         "[{}] {} of {} streams, {:.0} s: media {} of {} expected\n\
-         \x20 cadence error p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms\n\
+         \x20 cadence error p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; interval error p99 {:.2} ms, max {:.2} ms\n\
          \x20 clear→cleared ({}) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; frames played after: {}\n\
          \x20 playedStream late ({}, {} unanswered, {} early) p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
          \x20 CPU {:.2} cores ({:.3} % of a core per stream), {:.0} B per stream; generator {:.2} cores; steal {:?}\n\
@@ -492,6 +522,8 @@ fn print(o: &AudioOutcome) {
         o.cadence_p99_ms,
         o.cadence_p999_ms,
         o.cadence_max_ms,
+        o.interval_p99_ms,
+        o.interval_max_ms,
         o.clears,
         o.clear_p50_ms,
         o.clear_p99_ms,

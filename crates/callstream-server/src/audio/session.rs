@@ -53,19 +53,30 @@ const AUDIO_QUEUE: usize = 256;
 /// Audio of one track that may wait for its turn on the beat (10 frames). More means the
 /// runtime sends faster than real time; the excess is dropped.
 const TRACK_BUFFER_FRAMES: usize = 10;
-/// From this many frames waiting, a track sends two per tick until it is back below: this
+/// From this many frames waiting at a beat, a track sends two until it is back below: this
 /// bounds the latency a runtime's clock running slightly fast would otherwise add for ever.
+/// Not from two: a beat that runs a little late under load often finds the next frame already
+/// there, and sending both would put a gap of a whole frame after them (measured: with two,
+/// 180 of 400 streams on one busy core kept missing beats; docs/benchmarks.md).
 const CATCH_UP_FRAMES: usize = 3;
+/// Beats in a row that leave a whole frame waiting after sending (the stream runs a frame behind
+/// its audio: lined up while the gateway was busy, or the runtime's clock runs slightly fast)
+/// after which one extra frame is sent, putting the stream back on time (half a second).
+const BEHIND_TICKS: u32 = 25;
 /// Control messages (`playedStream`, `dtmf`, …) that may wait while the socket is full.
 const CONTROL_QUEUE: usize = 64;
+/// Scratch capacity a stream keeps between conversions (a frame of the widest format is 640
+/// bytes).
+const SCRATCH_KEEP: usize = 4096;
 /// Bytes the client reads at a time: a service sends little (a `playAudio` now and then, read in
 /// several reads), and tungstenite zeroes this much of its buffer on every read attempt, which
 /// is after every wake-up of the stream.
 const READ_CHUNK: usize = 1024;
-/// Underruns in a row after which a track's audio is taken as a new start (a gap, not lateness).
-const GAP_TICKS: u32 = 3;
-/// Late frames in a row after which the beat is lined up with the audio again.
-const LATE_REALIGN: u32 = 5;
+/// Beats in a row without audio after which the first track's audio is taken as a new start (a
+/// gap in the call's audio, 200 ms, not a late frame): the beat lines up with what follows.
+/// Until then the beat never moves: every realignment is a jump of up to a frame that the
+/// service hears, so a late frame is sent late, on arrival, and the beat kept.
+const GAP_TICKS: u32 = 10;
 /// A rest of less than a frame of played audio is padded and played once no more audio came for
 /// this long (a service that sends 30 ms chunks in real time must not get a gap every chunk).
 const REST_WAIT: Duration = Duration::from_millis(40);
@@ -349,7 +360,8 @@ impl Session {
         // How it ended, and the close to send the service (none when the socket is gone).
         let (end, close) = loop {
             // The call's audio is taken at the beat; the stream wakes for it in between only
-            // while its beat is not lined up with the audio yet, or a track owes a frame.
+            // while its beat is not lined up with the audio yet, or a track owes a frame, and
+            // then before the beat: where a frame arrived in time is what lines the beat up.
             let listening = live.listening();
             tokio::select! {
                 biased;
@@ -363,20 +375,6 @@ impl Session {
                 () = &mut timeout => {
                     break (End::Stopped("stream_timeout reached".into()), Some((CloseCode::Normal, "stream_timeout reached")));
                 }
-                () = &mut beat => {
-                    let now = Instant::now();
-                    while let Some(frame) = audio.try_next() {
-                        live.take_audio(self, &frame, now);
-                    }
-                    let due = live.pacer.due(now);
-                    for _ in 0..due.ticks {
-                        live.tick(self, &mut link, now);
-                    }
-                    beat.as_mut().reset(live.pacer.deadline());
-                    if let Some(reason) = link.failed(stall) {
-                        break (End::Dropped(reason), None);
-                    }
-                }
                 frame = audio.next(), if listening => match frame {
                     Some(frame) => {
                         let now = Instant::now();
@@ -389,6 +387,24 @@ impl Session {
                     }
                     None => break (End::Dropped("the call's audio is unavailable".into()), Some((CloseCode::Error, "the call's audio is unavailable"))),
                 },
+                () = &mut beat => {
+                    let now = Instant::now();
+                    // While the beat is not lined up, audio is taken as it arrives (above), so
+                    // that the beat lines up with when it came, not with this tick.
+                    if !listening {
+                        while let Some(frame) = audio.try_next() {
+                            live.take_audio(self, &frame, now);
+                        }
+                    }
+                    let due = live.pacer.due(now);
+                    for _ in 0..due.ticks {
+                        live.tick(self, &mut link, now);
+                    }
+                    beat.as_mut().reset(live.pacer.deadline());
+                    if let Some(reason) = link.failed(stall) {
+                        break (End::Dropped(reason), None);
+                    }
+                }
                 event = events.next() => match event {
                     Some(event) => {
                         if let Payload::Dtmf(dtmf) = &event.envelope().payload {
@@ -648,8 +664,8 @@ struct Live {
     aligned: bool,
     /// Beats in a row the first track had nothing to send at.
     owed: u32,
-    /// Frames in a row the first track sent late (on arrival).
-    late: u32,
+    /// Beats in a row after which the first track still had a whole frame waiting.
+    behind: u32,
     playout: Option<Playout>,
     /// Converts what the service plays (the key) to the call's format.
     play_in: Option<(MediaFormat, Transcoder)>,
@@ -688,7 +704,7 @@ impl Live {
             pacer: Pacer::new(now + PERIOD / 2),
             aligned: false,
             owed: 0,
-            late: 0,
+            behind: 0,
             playout,
             play_in: None,
             call_format: DEFAULT_CALL_FORMAT,
@@ -729,6 +745,7 @@ impl Live {
         let Some(index) = self.tracks.iter().position(|t| t.track == frame.track) else {
             return;
         };
+        let realign = index == 0 && !self.aligned && !self.playing();
         let track = &mut self.tracks[index];
         let transcoder = match &mut track.transcoder {
             Some((from, t)) if *from == input => t,
@@ -750,6 +767,16 @@ impl Live {
         {
             swap_bytes(&mut track.scratch);
         }
+        // Lining the beat up again starts from this frame: whatever waited before it (audio that
+        // queued while the stream connected, or before a gap) is late already and would keep
+        // every frame after it as late.
+        if realign {
+            let stale = track.framer.buffered_len() / track.framer.frame_len().max(1);
+            track.framer.clear();
+            for _ in 0..stale {
+                self.dropped_to_service.inc();
+            }
+        }
         if track.framer.buffered_len() == 0 {
             track.base_ms = frame.timestamp_ms;
         }
@@ -757,14 +784,18 @@ impl Live {
             self.dropped_to_service.inc();
             return;
         }
+        // A long conversion (a second of played audio) leaves a large scratch buffer behind:
+        // give it back rather than hold it for the whole call.
+        if track.scratch.capacity() > SCRATCH_KEEP {
+            track.scratch = Vec::new();
+        }
         // The beat follows the first track's audio: lined up half a frame after it arrives, so
         // that the runtime's jitter either way falls inside a frame (never while audio is being
         // played into the call, whose pace the beat also keeps).
-        if index == 0 && !self.aligned && !self.playing() {
+        if realign {
             self.pacer.realign(now + PERIOD / 2);
             self.aligned = true;
             self.owed = 0;
-            self.late = 0;
         }
     }
 
@@ -787,14 +818,11 @@ impl Live {
         if !(self.owed > 0 && self.owed < GAP_TICKS) {
             return;
         }
-        self.owed = 0;
-        if self.send_frames(0, 1, link) > 0 {
-            self.late += 1;
-            // Late beat after beat: the runtime's phase moved; line up with it again.
-            if self.late >= LATE_REALIGN && !self.playing() {
-                self.aligned = false;
-            }
-        }
+        // Every beat missed since the last frame owes one; send what has come.
+        let sent = self.send_frames(0, self.owed as usize, link);
+        self.owed = self
+            .owed
+            .saturating_sub(u32::try_from(sent).unwrap_or(u32::MAX));
     }
 
     /// Sends up to `n` frames of track `i`; how many were there.
@@ -839,7 +867,12 @@ impl Live {
                     }
                 } else {
                     self.owed = 0;
-                    self.late = 0;
+                    let waiting = self.tracks[0].framer.buffered_len() >= frame_len;
+                    self.behind = if waiting { self.behind + 1 } else { 0 };
+                    if self.behind >= BEHIND_TICKS {
+                        self.behind = 0;
+                        self.send_frames(0, 1, link);
+                    }
                 }
             }
         }
@@ -886,11 +919,11 @@ impl Live {
             u64::try_from(time::now().timestamp_millis()).unwrap_or(0),
             &payload,
         );
-        match session
-            .state
-            .commands()
-            .play_audio(&session.rec.workspace_id, &session.rec.call_id, frame)
-        {
+        match session.state.commands().play_audio(
+            &session.rec.workspace_id,
+            &session.rec.call_id,
+            frame,
+        ) {
             Ok(()) => self.sent_to_call.inc(),
             Err(_) => self.dropped_to_call.inc(),
         };
@@ -1004,6 +1037,9 @@ impl Live {
         }
         self.last_push = now;
         let pushed = playout.push(&self.scratch);
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
+        }
         for _ in 0..pushed.dropped {
             self.dropped_to_call.inc();
         }
