@@ -125,12 +125,12 @@ mod tests {
             }
         );
         assert_eq!(pacer.deadline(), origin + Duration::from_millis(60));
-        // A second-long stall: three ticks run, the rest are skipped, the grid stays.
+        // A second-long stall: ticks 3 to 53 were due; three run, 48 are skipped, the grid stays.
         assert_eq!(
             pacer.due(origin + Duration::from_millis(1065)),
             Due {
                 ticks: 3,
-                skipped: 47
+                skipped: 48
             }
         );
         assert_eq!(pacer.deadline(), origin + Duration::from_millis(1080));
