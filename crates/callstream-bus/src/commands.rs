@@ -71,13 +71,18 @@ pub trait CommandRouter: Send + Sync + 'static {
     ) -> Result<CommandOutcome, CommandError>;
 
     /// Connects a runtime of `workspace`; commands arrive on the link until it is dropped.
-    fn connect(&self, workspace: &WorkspaceId) -> RuntimeLink;
+    ///
+    /// # Errors
+    /// When the backend cannot register the runtime (a NATS server down).
+    async fn connect(&self, workspace: &WorkspaceId) -> Result<RuntimeLink, CommandError>;
 
     /// Records that `link` serves `call` (it ingested for it), so the call's commands go there.
+    /// Called for every message a runtime sends, so it returns at once: a backend that must tell
+    /// other nodes does so in the background.
     fn claim(&self, link: &RuntimeLink, call: &CallId);
 
     /// Forgets who serves `call` (it ended).
-    fn forget(&self, call: &CallId);
+    async fn forget(&self, call: &CallId);
 
     /// Hands an audio frame (its binary form) to the runtime serving `call`, to be played into
     /// the call at once. Never waits.
@@ -92,9 +97,11 @@ pub trait CommandRouter: Send + Sync + 'static {
         frame: Bytes,
     ) -> Result<(), CommandError>;
 
-    /// Delivers `link`'s answer to the waiting requester; `false` if nobody waits any more, or
-    /// the command was not sent to that link (a runtime may answer only its own commands).
-    fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome) -> bool;
+    /// Delivers `link`'s answer to the waiting requester (on this node or another); `false` if
+    /// nobody waits any more, or the command was not sent to that link (a runtime may answer only
+    /// its own commands).
+    async fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome)
+    -> bool;
 }
 
 /// A runtime's connection to the router: its inbox of commands and of audio to play.
@@ -241,7 +248,7 @@ impl CommandRouter for InProcessCommands {
         }
     }
 
-    fn connect(&self, workspace: &WorkspaceId) -> RuntimeLink {
+    async fn connect(&self, workspace: &WorkspaceId) -> Result<RuntimeLink, CommandError> {
         let id = self.links.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, inbox) = mpsc::channel(INBOX);
         let (audio_tx, audio) = mpsc::channel(AUDIO_INBOX);
@@ -254,13 +261,13 @@ impl CommandRouter for InProcessCommands {
                 tx,
                 audio: audio_tx,
             });
-        RuntimeLink {
+        Ok(RuntimeLink {
             id,
             workspace: workspace.clone(),
             inbox,
             audio,
             links: self.links.clone(),
-        }
+        })
     }
 
     fn claim(&self, link: &RuntimeLink, call: &CallId) {
@@ -277,7 +284,7 @@ impl CommandRouter for InProcessCommands {
         self.links.owners.insert(call.clone(), link.id);
     }
 
-    fn forget(&self, call: &CallId) {
+    async fn forget(&self, call: &CallId) {
         self.links.owners.remove(call);
     }
 
@@ -297,7 +304,12 @@ impl CommandRouter for InProcessCommands {
         })
     }
 
-    fn complete(&self, link: &RuntimeLink, command_id: &str, outcome: CommandOutcome) -> bool {
+    async fn complete(
+        &self,
+        link: &RuntimeLink,
+        command_id: &str,
+        outcome: CommandOutcome,
+    ) -> bool {
         match self
             .links
             .pending
@@ -312,6 +324,15 @@ impl CommandRouter for InProcessCommands {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn the_command_router_contract_holds() {
+        let router: Arc<dyn CommandRouter> = Arc::new(InProcessCommands::new());
+        conformance::commands_reach_the_runtime_and_answers_come_back(router.clone()).await;
+        conformance::silent_or_vanished_runtimes_fail_commands(router.clone()).await;
+        conformance::a_calls_commands_and_audio_go_to_the_runtime_that_claimed_it(router).await;
+    }
 
     fn request(ws: &WorkspaceId, call: &CallId, id: &str) -> CommandRequest {
         CommandRequest {
@@ -326,14 +347,18 @@ mod tests {
     async fn a_command_reaches_the_runtime_and_its_answer_comes_back() {
         let router = Arc::new(InProcessCommands::new());
         let (ws, call) = (WorkspaceId::new(), CallId::new());
-        let mut link = router.connect(&ws);
+        let mut link = router.connect(&ws).await.unwrap();
         let runtime = {
             let router = router.clone();
             tokio::spawn(async move {
                 let Some(Downlink::Command(got)) = link.next().await else {
                     panic!("no command");
                 };
-                assert!(router.complete(&link, &got.command_id, CommandOutcome::Done));
+                assert!(
+                    router
+                        .complete(&link, &got.command_id, CommandOutcome::Done)
+                        .await
+                );
                 link
             })
         };
@@ -353,8 +378,8 @@ mod tests {
     async fn a_runtime_that_disconnects_fails_its_waiters_at_once_and_only_it_may_answer() {
         let router = Arc::new(InProcessCommands::new());
         let (ws, call) = (WorkspaceId::new(), CallId::new());
-        let mut link = router.connect(&ws);
-        let impostor = router.connect(&WorkspaceId::new());
+        let mut link = router.connect(&ws).await.unwrap();
+        let impostor = router.connect(&WorkspaceId::new()).await.unwrap();
         let waiter = {
             let router = router.clone();
             let request = request(&ws, &call, "c1");
@@ -364,7 +389,9 @@ mod tests {
             panic!("no command");
         };
         assert!(
-            !router.complete(&impostor, &got.command_id, CommandOutcome::Done),
+            !router
+                .complete(&impostor, &got.command_id, CommandOutcome::Done)
+                .await,
             "another runtime cannot answer"
         );
         drop(link);
@@ -375,7 +402,7 @@ mod tests {
     async fn a_silent_runtime_times_out_and_other_workspaces_are_never_reached() {
         let router = InProcessCommands::new();
         let (ws, call) = (WorkspaceId::new(), CallId::new());
-        let silent = router.connect(&ws);
+        let silent = router.connect(&ws).await.unwrap();
         let other = WorkspaceId::new();
         assert_eq!(
             router
@@ -388,7 +415,7 @@ mod tests {
             .await;
         assert_eq!(slow, Err(CommandError::Timeout(Duration::from_secs(3))));
         assert!(
-            !router.complete(&silent, "c1", CommandOutcome::Done),
+            !router.complete(&silent, "c1", CommandOutcome::Done).await,
             "nobody waits for a timed-out command"
         );
         assert!(router.links.pending.is_empty(), "nothing is left pending");
@@ -398,8 +425,8 @@ mod tests {
     async fn commands_go_to_the_runtime_that_claimed_the_call_until_it_ends() {
         let router = InProcessCommands::new();
         let (ws, a, b) = (WorkspaceId::new(), CallId::new(), CallId::new());
-        let first = router.connect(&ws);
-        let second = router.connect(&ws);
+        let first = router.connect(&ws).await.unwrap();
+        let second = router.connect(&ws).await.unwrap();
         router.claim(&first, &a);
         assert_eq!(
             router.links.route(&ws, &a).map(|(id, _)| id),
@@ -410,7 +437,7 @@ mod tests {
             router.links.route(&ws, &b).map(|(id, _)| id),
             Some(second.id)
         );
-        router.forget(&a);
+        router.forget(&a).await;
         assert!(router.links.owners.is_empty());
     }
 
@@ -431,8 +458,8 @@ mod tests {
             router.play_audio(&ws, &call, frame.clone()),
             Err(CommandError::NoRuntime)
         );
-        let mut serving = router.connect(&ws);
-        let other = router.connect(&WorkspaceId::new());
+        let mut serving = router.connect(&ws).await.unwrap();
+        let other = router.connect(&WorkspaceId::new()).await.unwrap();
         router.claim(&serving, &call);
         for _ in 0..AUDIO_INBOX {
             assert_eq!(router.play_audio(&ws, &call, frame.clone()), Ok(()));

@@ -10,6 +10,7 @@ use callstream_core::audio::AudioFrame;
 use callstream_core::{CallId, WorkspaceId};
 
 use crate::audio::AudioSubscription;
+use crate::subscription::{End, EndSignal, Subscription};
 use crate::{Bus, BusError, BusStats, Event, Gap, PublishReport, Resume, SubscribeOptions, Topic};
 
 /// Sizes of the in-process backend.
@@ -63,6 +64,7 @@ struct TopicInner {
 struct Subscriber {
     tx: mpsc::Sender<Arc<Event>>,
     dropped: Counter,
+    end: EndSignal,
 }
 
 impl TopicState {
@@ -167,7 +169,9 @@ impl Bus for InProcessBus {
                 // a subscriber learns that the call ended even if the terminal frame itself was
                 // dropped.
                 inner.ended = true;
-                inner.subscribers.clear();
+                for sub in inner.subscribers.drain(..) {
+                    sub.end.set(End::Finished);
+                }
             }
             report
         });
@@ -256,85 +260,36 @@ impl InProcessBus {
             }
         };
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
-        if !inner.ended {
+        let end = EndSignal::default();
+        if inner.ended {
+            // `tx` is dropped here and the subscription ends after its backlog.
+            end.set(End::Finished);
+        } else {
             inner.touched = Instant::now();
             inner.subscribers.push(Subscriber {
                 tx,
                 dropped: options.dropped.clone(),
+                end: end.clone(),
             });
         }
-        // When the topic has ended, `tx` is dropped here and the subscription ends after its
-        // backlog.
-        Subscription {
-            backlog,
-            rx,
-            gap,
-            dropped: options.dropped,
-        }
-    }
-}
-
-/// One subscriber's view of a topic: the resume backlog first, then live events, ending when
-/// the topic ends (after a terminal event) or the bus goes away.
-pub struct Subscription {
-    backlog: VecDeque<Arc<Event>>,
-    rx: mpsc::Receiver<Arc<Event>>,
-    gap: Option<Gap>,
-    dropped: Counter,
-}
-
-impl Subscription {
-    /// The next event, or `None` once the topic has ended and everything queued was taken.
-    pub async fn next(&mut self) -> Option<Arc<Event>> {
-        std::future::poll_fn(|cx| self.poll_next(cx)).await
-    }
-
-    /// [`Subscription::next`] for a hand-written `Stream` or `Future`: `Pending` registers the
-    /// task to be woken by the next publish.
-    pub fn poll_next(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Arc<Event>>> {
-        if let Some(e) = self.backlog.pop_front() {
-            return std::task::Poll::Ready(Some(e));
-        }
-        self.rx.poll_recv(cx)
-    }
-
-    /// The next event if one is ready now, without waiting. `None` means nothing is queued (the
-    /// subscription may still be open).
-    pub fn try_next(&mut self) -> Option<Arc<Event>> {
-        if let Some(e) = self.backlog.pop_front() {
-            return Some(e);
-        }
-        self.rx.try_recv().ok()
-    }
-
-    /// Takes the resume backlog out, leaving only live events to [`Subscription::next`]. Lets a
-    /// surface pick from the history (say, only the in-flight turn) instead of replaying it all.
-    pub fn take_backlog(&mut self) -> VecDeque<Arc<Event>> {
-        std::mem::take(&mut self.backlog)
-    }
-
-    /// The seq the backlog starts with, if there is one.
-    pub fn first_backlog_seq(&self) -> Option<u64> {
-        self.backlog.front().map(|e| e.seq())
-    }
-
-    /// Set when the resume point was older than the history.
-    pub fn gap(&self) -> Option<Gap> {
-        self.gap
-    }
-
-    /// The drop counter this subscription was given.
-    pub fn dropped(&self) -> &Counter {
-        &self.dropped
+        Subscription::new(backlog, rx, gap, options.dropped, end)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conformance;
+
+    #[tokio::test]
+    async fn the_bus_contract_holds() {
+        let bus = InProcessBus::new(InProcessConfig::default());
+        conformance::events_arrive_in_order_on_their_topic_only(&bus).await;
+        conformance::resume_serves_history_then_live(&bus).await;
+        conformance::a_terminal_event_ends_the_topic(&bus).await;
+        conformance::a_full_queue_drops_for_its_subscriber_only(&bus).await;
+        conformance::audio_reaches_its_calls_listeners_only(&bus).await;
+    }
     use callstream_core::{CallId, Envelope, Payload, Subject, WorkspaceId, time};
     use serde_json::json;
 

@@ -24,8 +24,11 @@
 
 mod audio;
 pub mod commands;
+#[doc(hidden)]
+pub mod conformance;
 mod event;
 mod in_process;
+mod subscription;
 mod topic;
 
 use std::sync::Arc;
@@ -157,4 +160,4 @@ pub trait Bus: Send + Sync + 'static {
     fn stats(&self) -> BusStats;
 }
 
-pub use in_process::Subscription;
+pub use subscription::{End, EndSignal, Subscription};

@@ -79,7 +79,7 @@ pub async fn append_call_events_in_place(
         })
         .await?;
     if !subject.status.is_active() {
-        state.commands().forget(call);
+        state.commands().forget(call).await;
     }
     Ok(Published { events, subject })
 }

@@ -90,7 +90,19 @@ struct AudioCalls {
 
 async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: WebSocket) {
     let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
-    let mut link = state.commands().connect(&workspace);
+    let mut link = match state.commands().connect(&workspace).await {
+        Ok(link) => link,
+        Err(err) => {
+            tracing::warn!(error = %err, "a runtime could not be registered for commands");
+            let _ = socket
+                .send(close(
+                    close_code::AGAIN,
+                    "commands are unavailable; reconnect",
+                ))
+                .await;
+            return;
+        }
+    };
     let mut calls = AudioCalls::default();
     let shutdown = state.shutdown().clone();
     // Pings keep NAT and proxies from dropping an idle runtime.
@@ -269,7 +281,10 @@ async fn handle(
             };
             // A result nobody waits for (the requester timed out or left), or for a command this
             // runtime was never sent, is dropped quietly.
-            state.commands().complete(link, &result.command_id, outcome);
+            state
+                .commands()
+                .complete(link, &result.command_id, outcome)
+                .await;
             None
         }
         Ok(RuntimeMessage::Events(events)) => {
