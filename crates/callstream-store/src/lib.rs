@@ -9,6 +9,8 @@
 //! The store knows records and SQL. It does not know HTTP, the bus, key secrets (only their
 //! hashes) or who is asking: every read of a workspace's data takes that workspace's id.
 
+#[doc(hidden)]
+pub mod conformance;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -42,6 +44,30 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The events could not be published while they were being recorded, so nothing was.
+    #[error("publishing the events failed: {0}")]
+    Publish(String),
+}
+
+/// Publishes a batch of a call's events the moment they are numbered, while the store still
+/// holds the call's seq authority ([`Store::append_call_events`]): no other batch of the same
+/// call is numbered or published until it returns, whichever node ingests, so every subscriber
+/// sees the call's events in seq order.
+#[async_trait]
+pub trait PublishInOrder: Send + Sync {
+    /// # Errors
+    /// Why the events could not be published; the append is then undone.
+    async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), String>;
+}
+
+/// Publishes nothing: for appends whose events are published some other way.
+pub struct NoPublish;
+
+#[async_trait]
+impl PublishInOrder for NoPublish {
+    async fn publish(&self, _: &[Envelope]) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -421,18 +447,24 @@ pub trait Store: Send + Sync + 'static {
         external_id: &str,
     ) -> Result<Option<Call>>;
 
-    /// Assigns the next seqs of the call to `events`, records final transcript turns, and ends the
-    /// call if the last event is terminal — all in one transaction.
+    /// Assigns the next seqs of the call to `events`, records final transcript turns, ends the
+    /// call if the last event is terminal, queues webhook outbox rows, and hands the numbered
+    /// events to `publish` before it commits, all while holding the call's seq authority: the
+    /// way several nodes ingest for one call and every subscriber still gets one contiguous,
+    /// ordered sequence. (One node alone may number from blocks instead,
+    /// [`Store::reserve_call_seqs`].)
     ///
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown call or one of another workspace,
     /// [`StoreError::CallEnded`] once the call has ended, [`StoreError::Invalid`] when a terminal
-    /// event is not last or a payload belongs to conversations.
+    /// event is not last or a payload belongs to conversations, [`StoreError::Publish`] when
+    /// `publish` failed (nothing was recorded).
     async fn append_call_events(
         &self,
         workspace: &WorkspaceId,
         call: &CallId,
         events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
     ) -> Result<Appended>;
 
     /// Reserves the next `block` seqs of an in-progress call (hi/lo allocation): the store stays

@@ -414,7 +414,16 @@ impl Session {
                             }
                         }
                     }
-                    None => break (End::Stopped("the call ended".into()), Some((CloseCode::Normal, "the call ended"))),
+                    None if events.end() == callstream_bus::End::Finished => {
+                        break (End::Stopped("the call ended".into()), Some((CloseCode::Normal, "the call ended")));
+                    }
+                    None => {
+                        // The call's events were interrupted (not its end): listen again.
+                        match state.subscribe(&Topic::call(&self.rec.workspace_id, &self.rec.call_id), Resume::Live, &LABELS).await {
+                            Ok(again) => events = again,
+                            Err(e) => break (End::Dropped(format!("the call's events are unavailable: {e}")), Some((CloseCode::Error, "the call's events are unavailable"))),
+                        }
+                    }
                 },
                 io = link.io() => match io {
                     Io::Writable => {}

@@ -17,7 +17,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Resume, Subscription, Topic};
+use callstream_bus::{End, Resume, Subscription, Topic};
 use callstream_core::{CallId, KeyKind, WorkspaceId};
 use callstream_surfaces::{control, native};
 use futures::SinkExt;
@@ -199,6 +199,15 @@ pub(crate) fn first_ping(period: Duration, random: u32) -> Duration {
     half + half.mul_f64(f64::from(random) / (f64::from(u32::MAX) + 1.0))
 }
 
+/// The close every socket surface sends when its subscription was interrupted rather than
+/// finished (1013, try again later: reconnect and resume).
+pub fn interrupted() -> Message {
+    close(
+        close_code::AGAIN,
+        "the live stream was interrupted; reconnect to resume",
+    )
+}
+
 /// The close every socket surface sends at shutdown (1001).
 pub fn going_away() -> Message {
     close(close_code::AWAY, "the server is shutting down")
@@ -314,6 +323,12 @@ impl Session {
                             return;
                         }
                         continue;
+                    }
+                    None if subscription.end() != End::Finished => {
+                        // The stream was interrupted (the bus lost what it cannot replay, or
+                        // stopped): the client resumes with `since`, and is told what is gone.
+                        let _ = socket.send(interrupted()).await;
+                        return;
                     }
                     None => {
                         // The call ended. Answer the commands still in flight first (an

@@ -210,6 +210,10 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
                         None => continue,
                     }
                 }
+                None if subscription.end() != callstream_bus::End::Finished => {
+                    let _ = socket.send(crate::routes::call_socket::interrupted()).await;
+                    return;
+                }
                 None => {
                     // The call ended: the answers to requests still in flight (an endCall is
                     // typically one), the end if it was lost to a full queue, then the close.

@@ -204,6 +204,10 @@ async fn run(
                         _ => continue,
                     }
                 }
+                None if subscription.end() != callstream_bus::End::Finished => {
+                    let _ = socket.send(crate::routes::call_socket::interrupted()).await;
+                    return;
+                }
                 None => {
                     // The call ended; its status went out with its last event unless that was
                     // dropped for a full queue.

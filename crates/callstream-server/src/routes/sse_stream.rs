@@ -164,6 +164,14 @@ impl<S: SseSurface> Stream for SseStream<S> {
                     }
                     Step::Finish(frame) => return this.last(frame),
                 },
+                Poll::Ready(None) if sub.end() != callstream_bus::End::Finished => {
+                    // Interrupted, not finished: the client reconnects with Last-Event-ID (as
+                    // EventSource does by itself) and is told what, if anything, is gone.
+                    return this.last(native::error_sse(
+                        "stream_interrupted",
+                        "the live stream was interrupted; reconnect with Last-Event-ID to resume",
+                    ));
+                }
                 Poll::Ready(None) => {
                     this.ending = Some(this.surface.at_end());
                     return Pin::new(this).poll_next(cx);

@@ -1,0 +1,843 @@
+//! The contract every store backend keeps, as checks each backend's tests run: SQLite's in
+//! `sqlite.rs`, PostgreSQL's in `postgres.rs`. A check is given a [`Backend`] on a new, empty
+//! database; [`Backend::open`] may be called again to open the same database anew (what a
+//! restart does), so durability is checked too.
+//!
+//! Public only for the backends' tests (`#[doc(hidden)]`); a check panics on a broken promise.
+//! [`conformance_tests!`](crate::conformance_tests) writes one test per check.
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    clippy::too_many_lines
+)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use callstream_core::audio::{AudioTrack, StreamStatus};
+use callstream_core::id::KeyId;
+use callstream_core::{
+    Call, CallId, CallStatus, Channel, Conversation, ConversationId, ConversationMode, Direction,
+    Envelope, KeyKind, Payload, Phone, Subject, Transport, TurnId, WorkspaceId, time,
+};
+use serde_json::json;
+
+use crate::{
+    AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod, DeliveryResult, DeliveryTarget,
+    KeyRecord, NewEvent, Store, StoreError, WebhookEndpoint,
+};
+
+/// `append_call_events` with nothing to publish.
+#[async_trait]
+trait AppendNoPublish {
+    async fn append_call_events_np(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        events: Vec<NewEvent>,
+    ) -> crate::Result<crate::Appended>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> AppendNoPublish for S {
+    async fn append_call_events_np(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        events: Vec<NewEvent>,
+    ) -> crate::Result<crate::Appended> {
+        self.append_call_events(workspace, call, events, &crate::NoPublish)
+            .await
+    }
+}
+
+/// A database for one check.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Opens the check's database (again: the same data each time).
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// One `#[tokio::test]` per check, each on a fresh backend from `$fresh().await`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:path) => {
+        $crate::conformance_tests!(@each $fresh;
+            seqs_are_gap_free_and_finals_are_kept_across_reopen,
+            another_workspace_sees_nothing,
+            terminal_must_be_last_and_concurrent_appends_never_share_a_seq,
+            keys_resolve_by_hash_and_filters_apply,
+            conversation_events_keep_message_history_and_mode,
+            audio_streams_are_one_active_per_url_end_once_and_survive_reopen,
+            callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webhooks,
+            webhooks_are_queued_with_the_events_and_survive_reopen,
+            reserved_seqs_are_never_reused_and_settling_returns_the_rest,
+            conversations_survive_reopen,
+            appends_publish_in_seq_order_and_a_failed_publish_records_nothing
+        );
+    };
+    (@each $fresh:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let backend = $fresh().await;
+                $crate::conformance::$check(&backend).await;
+            }
+        )*
+    };
+}
+
+fn new_call(ws: &WorkspaceId) -> Call {
+    Call {
+        id: CallId::new(),
+        workspace_id: ws.clone(),
+        phone: Phone::parse("+14155550123").unwrap(),
+        direction: Direction::Inbound,
+        transport: Transport::Sip,
+        external_id: Some("CA0123".into()),
+        status: CallStatus::InProgress,
+        live_conversation_token: Call::new_live_conversation_token(),
+        screening: None,
+        started_at: time::now(),
+        ended_at: None,
+        last_seq: 0,
+    }
+}
+
+fn ev(ty: &str, payload: serde_json::Value) -> NewEvent {
+    NewEvent::new(time::now(), Payload::parse(ty, payload).unwrap())
+}
+
+fn turn(id: &TurnId, text: &str, is_final: bool) -> NewEvent {
+    ev(
+        "call.transcription",
+        json!({"role": "user", "text": text, "is_final": is_final, "turn_id": id}),
+    )
+}
+
+pub async fn seqs_are_gap_free_and_finals_are_kept_across_reopen(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("acme").await.unwrap();
+    assert_eq!(store.ensure_workspace("acme").await.unwrap(), ws);
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let t1 = TurnId::new();
+    let a = store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![turn(&t1, "hel", false), turn(&t1, "hello", true)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let b = store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![ev("call.completed", json!({"reason": "hangup"}))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.envelopes[0].seq, 3);
+    assert_eq!(b.call.status, CallStatus::Completed);
+    assert!(b.call.ended_at.is_some());
+    drop(store);
+
+    let store = backend.open().await;
+    let got = store.call(&ws.id, &call.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.last_seq), (CallStatus::Completed, 3));
+    let turns = store.transcript(&ws.id, &call.id).await.unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!((turns[0].text.as_str(), turns[0].seq), ("hello", 2));
+    let more = store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![ev("call.dtmf", json!({"digits": "1"}))],
+        )
+        .await;
+    assert!(
+        matches!(more, Err(StoreError::CallEnded(CallStatus::Completed))),
+        "{more:?}"
+    );
+}
+
+pub async fn another_workspace_sees_nothing(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let a = store.ensure_workspace("a").await.unwrap();
+    let b = store.ensure_workspace("b").await.unwrap();
+    let call = new_call(&a.id);
+    store.create_call(&call).await.unwrap();
+    assert!(store.call(&b.id, &call.id).await.unwrap().is_none());
+    assert!(
+        store
+            .calls(
+                &b.id,
+                &CallFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.transcript(&b.id, &call.id).await.unwrap().is_empty());
+    let r = store
+        .append_call_events_np(
+            &b.id,
+            &call.id,
+            vec![ev("call.dtmf", json!({"digits": "1"}))],
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)));
+    // Nothing was reserved on the real call by the refused append.
+    assert_eq!(
+        store.call(&a.id, &call.id).await.unwrap().unwrap().last_seq,
+        0
+    );
+}
+
+pub async fn terminal_must_be_last_and_concurrent_appends_never_share_a_seq(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let bad = store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![
+                ev("call.completed", json!({})),
+                ev("call.dtmf", json!({"digits": "1"})),
+            ],
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::Invalid(_))));
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, ws, id) = (store.clone(), ws.id.clone(), call.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for _ in 0..10 {
+                let a = store
+                    .append_call_events_np(&ws, &id, vec![ev("call.dtmf", json!({"digits": "1"}))])
+                    .await
+                    .unwrap();
+                seqs.push(a.envelopes[0].seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=80).collect::<Vec<u64>>());
+}
+
+pub async fn keys_resolve_by_hash_and_filters_apply(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let key = KeyRecord {
+        id: KeyId::new(),
+        workspace_id: ws.id.clone(),
+        kind: KeyKind::Runtime,
+        key_hash: [7; 32],
+        hint: "rk_live_ab".into(),
+        created_at: time::now(),
+        revoked: false,
+    };
+    store.insert_key(&key).await.unwrap();
+    assert_eq!(store.key_by_hash(&[7; 32]).await.unwrap(), Some(key));
+    assert_eq!(store.key_by_hash(&[8; 32]).await.unwrap(), None);
+
+    let live = new_call(&ws.id);
+    let done = new_call(&ws.id);
+    store.create_call(&live).await.unwrap();
+    store.create_call(&done).await.unwrap();
+    store
+        .append_call_events_np(
+            &ws.id,
+            &done.id,
+            vec![ev("call.failed", json!({"reason": "busy"}))],
+        )
+        .await
+        .unwrap();
+    let active = store
+        .calls(
+            &ws.id,
+            &CallFilter {
+                status: Some(CallStatus::InProgress),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        active.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [live.id]
+    );
+    let future = store
+        .calls(
+            &ws.id,
+            &CallFilter {
+                since: Some(time::now() + chrono::Duration::hours(1)),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(future.is_empty());
+}
+
+pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let other = store.ensure_workspace("b").await.unwrap();
+    let c = Conversation {
+        id: ConversationId::new(),
+        workspace_id: ws.id.clone(),
+        channel: Channel::Sms,
+        participants: vec!["+14155550123".into()],
+        mode: ConversationMode::Ai,
+        created_at: time::now(),
+        last_seq: 0,
+    };
+    store.create_conversation(&c).await.unwrap();
+    let msg = |ty: &str, status: &str, text: Option<&str>| {
+        let mut p = json!({"message_id": "m1", "direction": "inbound", "status": status});
+        if let Some(t) = text {
+            p["text"] = json!(t);
+        }
+        ev(ty, p)
+    };
+    let a = store
+        .append_conversation_events(
+            &ws.id,
+            &c.id,
+            vec![
+                msg("message.received", "received", Some("hi")),
+                msg("message.read", "read", None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let history = store.messages(&ws.id, &c.id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        (history[0].text.as_deref(), history[0].status.as_str()),
+        (Some("hi"), "read")
+    );
+
+    let handoff = ev(
+        "conversation.mode_changed",
+        json!({"from_mode": "ai", "to_mode": "human", "actor_user_id": "usr_1"}),
+    );
+    let b = store
+        .append_conversation_events(&ws.id, &c.id, vec![handoff.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.conversation.mode, b.conversation.last_seq),
+        (ConversationMode::Human, 3)
+    );
+    // A stale from_mode is refused and takes no seq.
+    assert!(matches!(
+        store
+            .append_conversation_events(&ws.id, &c.id, vec![handoff])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store
+            .conversation(&ws.id, &c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        3
+    );
+    // Another workspace sees nothing and can append nothing.
+    assert!(matches!(
+        store
+            .append_conversation_events(&other.id, &c.id, vec![msg("message.read", "read", None)])
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.messages(&other.id, &c.id).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .append_conversation_events(
+                &ws.id,
+                &c.id,
+                vec![ev("call.dtmf", json!({"digits": "1"}))]
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+fn audio_stream(ws: &WorkspaceId, call: &CallId, url: &str) -> AudioStreamRecord {
+    AudioStreamRecord {
+        stream_id: callstream_core::audio::new_stream_id(),
+        workspace_id: ws.clone(),
+        call_id: call.clone(),
+        service_url: url.into(),
+        audio_track: AudioTrack::Inbound,
+        bidirectional: true,
+        content_type: "audio/x-l16;rate=8000".into(),
+        l16_big_endian: false,
+        stream_timeout_secs: 86400,
+        status_callback_url: Some("http://127.0.0.1:9/status".into()),
+        status_callback_method: CallbackMethod::Get,
+        extra_headers: "a=1".into(),
+        status: StreamStatus::Connecting,
+        created_at: time::now(),
+        start_time: None,
+        end_time: None,
+        end_reason: None,
+    }
+}
+
+pub async fn audio_streams_are_one_active_per_url_end_once_and_survive_reopen(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let other = store.ensure_workspace("b").await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let first = audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/a");
+    store.create_audio_stream(&first).await.unwrap();
+    let again = audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/a");
+    let refused = store.create_audio_stream(&again).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Invalid(m) if m.starts_with("service_url:")),
+        "{refused:?}"
+    );
+    let second = audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/b");
+    store.create_audio_stream(&second).await.unwrap();
+    // Another workspace can neither create on the call nor read the streams.
+    assert!(matches!(
+        store
+            .create_audio_stream(&audio_stream(&other.id, &call.id, "ws://x/"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store
+            .audio_stream(&other.id, &first.stream_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .audio_streams(&other.id, &call.id, 10, 0)
+            .await
+            .unwrap(),
+        (vec![], 0)
+    );
+
+    let at = time::now();
+    assert!(
+        store
+            .set_audio_stream_status(&first.stream_id, StreamStatus::InProgress, at, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_audio_stream_status(&first.stream_id, StreamStatus::Dropped, at, Some("gone"))
+            .await
+            .unwrap()
+    );
+    // Ended once: a second ending is not reported.
+    assert!(
+        !store
+            .set_audio_stream_status(&first.stream_id, StreamStatus::Stopped, at, Some("x"))
+            .await
+            .unwrap()
+    );
+    // The URL is free again once its stream ended.
+    store.create_audio_stream(&again).await.unwrap();
+
+    drop(store);
+    let store = backend.open().await;
+    let read = store
+        .audio_stream(&ws.id, &first.stream_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.status, StreamStatus::Dropped);
+    assert_eq!(read.end_reason.as_deref(), Some("gone"));
+    assert_eq!(
+        read.start_time.map(|t| time::format(&t)),
+        Some(time::format(&at))
+    );
+    assert_eq!(read.extra_headers, "a=1");
+    assert_eq!(read.status_callback_method, CallbackMethod::Get);
+    let (page, total) = store.audio_streams(&ws.id, &call.id, 2, 1).await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(page.len(), 2);
+    let mut active: Vec<String> = store
+        .active_audio_streams()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.stream_id)
+        .collect();
+    active.sort();
+    let mut expect = [second.stream_id.clone(), again.stream_id.clone()];
+    expect.sort();
+    assert_eq!(active, expect);
+
+    // An ended call takes no new stream.
+    store
+        .append_call_events_np(&ws.id, &call.id, vec![ev("call.completed", json!({}))])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_audio_stream(&audio_stream(&ws.id, &call.id, "ws://127.0.0.1:9/c"))
+            .await,
+        Err(StoreError::CallEnded(_))
+    ));
+}
+
+pub async fn callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webhooks(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let secret = store
+        .signing_secret(&ws.id, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .await
+        .unwrap();
+    // The first secret stays.
+    assert_eq!(
+        store.signing_secret(&ws.id, "whsec_other").await.unwrap(),
+        secret
+    );
+    let message = CallbackMessage {
+        id: "msg_1".into(),
+        workspace_id: ws.id.clone(),
+        url: "http://127.0.0.1:9/status".into(),
+        method: CallbackMethod::Post,
+        body: "Event=StartStream&StreamID=x".into(),
+        kind: "StartStream".into(),
+        created_at: time::now(),
+    };
+    store.queue_callback(&message).await.unwrap();
+    // Queuing the same message twice keeps one.
+    store.queue_callback(&message).await.unwrap();
+    let now = time::now();
+    let lease = now + chrono::Duration::seconds(60);
+    let due = store.due_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let d = &due[0];
+    assert_eq!(d.target, DeliveryTarget::Callback(CallbackMethod::Post));
+    assert_eq!(
+        (d.event_id.as_str(), d.secret.as_str()),
+        ("msg_1", secret.as_str())
+    );
+    assert_eq!(d.payload, b"Event=StartStream&StreamID=x");
+    // Claimed: not due again until the lease ends.
+    assert!(
+        store
+            .due_deliveries(now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retry = now + chrono::Duration::seconds(5);
+    store
+        .record_delivery(
+            d,
+            now,
+            &DeliveryResult::RetryAt {
+                at: retry,
+                status: Some(500),
+                error: "HTTP 500".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let again = store.due_deliveries(retry, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    store
+        .record_delivery(&again[0], retry, &DeliveryResult::Delivered { status: 204 })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deliveries(retry + chrono::Duration::hours(1), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let endpoint = WebhookEndpoint {
+        id: "whe_1".into(),
+        workspace_id: ws.id.clone(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+        event_types: Some(vec!["call.dtmf".into()]),
+        created_at: time::now(),
+        disabled_at: None,
+        disabled_reason: None,
+    };
+    store.create_webhook_endpoint(&endpoint).await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let appended = store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![
+                ev("call.dtmf", json!({"digits": "1"})),
+                ev("call.metrics", json!({})),
+            ],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let store = backend.open().await;
+    let now = time::now();
+    let lease = now + chrono::Duration::seconds(60);
+    let due = store.due_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "only the wanted type is queued");
+    assert_eq!(
+        due[0].payload,
+        appended.envelopes[0].to_json(),
+        "the payload is the canonical envelope"
+    );
+    assert!(
+        store
+            .due_deliveries(now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a claimed delivery is leased"
+    );
+    let retry = now + chrono::Duration::seconds(5);
+    let result = DeliveryResult::RetryAt {
+        at: retry,
+        status: Some(500),
+        error: "HTTP 500".into(),
+    };
+    store.record_delivery(&due[0], now, &result).await.unwrap();
+    let again = store
+        .due_deliveries(retry, retry + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.len(), again[0].attempts, again[0].first_attempt_at),
+        (1, 1, Some(now))
+    );
+    store
+        .record_delivery(&again[0], retry, &DeliveryResult::Delivered { status: 204 })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        [("delivered".to_owned(), 1)]
+    );
+}
+
+pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let (_, end) = store
+        .reserve_call_seqs(&ws.id, &call.id, 100)
+        .await
+        .unwrap();
+    assert_eq!(end, 100);
+    // A "crash": the next process reserves after the whole first block.
+    drop(store);
+    let store = backend.open().await;
+    let (_, end) = store
+        .reserve_call_seqs(&ws.id, &call.id, 100)
+        .await
+        .unwrap();
+    assert_eq!(end, 200);
+    // Used up to 150: settling gives back 151..=200.
+    store.settle_call_seqs(&call.id, 200, 150).await.unwrap();
+    assert_eq!(
+        store
+            .call(&ws.id, &call.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        150
+    );
+    // Settling is refused if someone reserved after us.
+    store.reserve_call_seqs(&ws.id, &call.id, 10).await.unwrap();
+    store.settle_call_seqs(&call.id, 150, 140).await.unwrap();
+    assert_eq!(
+        store
+            .call(&ws.id, &call.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        160
+    );
+    // The end is recorded with its seq; then reserving is refused.
+    let end_event = Envelope::new(
+        ws.id.clone(),
+        Subject::Call(call.id.clone()),
+        161,
+        time::now(),
+        Payload::parse("call.completed", json!({})).unwrap(),
+    )
+    .unwrap();
+    let ended = store
+        .record_call_events(&ws.id, &call.id, &[end_event])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((ended.status, ended.last_seq), (CallStatus::Completed, 161));
+    assert!(matches!(
+        store.reserve_call_seqs(&ws.id, &call.id, 1).await,
+        Err(StoreError::CallEnded(_))
+    ));
+    let other = store.ensure_workspace("b").await.unwrap();
+    assert!(matches!(
+        store.reserve_call_seqs(&other.id, &call.id, 1).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn conversations_survive_reopen(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let c = Conversation {
+        id: ConversationId::new(),
+        workspace_id: ws.id.clone(),
+        channel: Channel::Whatsapp,
+        participants: vec!["+14155550123".into()],
+        mode: ConversationMode::Ai,
+        created_at: time::now(),
+        last_seq: 0,
+    };
+    store.create_conversation(&c).await.unwrap();
+    drop(store);
+    let store = backend.open().await;
+    assert_eq!(store.conversation(&ws.id, &c.id).await.unwrap(), Some(c));
+}
+
+/// Records what `append_call_events` publishes, in the order it was handed over; fails when
+/// asked to.
+struct Recorder {
+    seen: std::sync::Mutex<Vec<u64>>,
+    fail: bool,
+}
+
+#[async_trait]
+impl crate::PublishInOrder for Recorder {
+    async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), String> {
+        if self.fail {
+            return Err("the bus is down".into());
+        }
+        // Take a moment, so that a store that did not hold the call's authority across the
+        // publish would let another batch in between.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(envelopes.iter().map(|e| e.seq));
+        Ok(())
+    }
+}
+
+/// Concurrent appends to one call publish their batches one after another in seq order (what
+/// lets several nodes ingest for one call); a publish that fails undoes the append.
+pub async fn appends_publish_in_seq_order_and_a_failed_publish_records_nothing(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let recorder = Arc::new(Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: false,
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, ws, id, recorder) = (
+            store.clone(),
+            ws.id.clone(),
+            call.id.clone(),
+            recorder.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                store
+                    .append_call_events(
+                        &ws,
+                        &id,
+                        vec![
+                            ev("call.dtmf", json!({"digits": "1"})),
+                            ev("call.dtmf", json!({"digits": "2"})),
+                        ],
+                        recorder.as_ref(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        *recorder.seen.lock().unwrap(),
+        (1..=40).collect::<Vec<u64>>()
+    );
+
+    let failing = Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: true,
+    };
+    let t = TurnId::new();
+    let refused = store
+        .append_call_events(&ws.id, &call.id, vec![turn(&t, "lost", true)], &failing)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Publish(_))),
+        "{refused:?}"
+    );
+    assert!(store.transcript(&ws.id, &call.id).await.unwrap().is_empty());
+    let after = store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![ev("call.dtmf", json!({"digits": "3"}))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.envelopes[0].seq, 41, "the failed append took no seq");
+}
