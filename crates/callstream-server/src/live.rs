@@ -222,7 +222,7 @@ impl LiveCalls {
             let guard = slot.state.lock().await;
             if let Some(seq) = guard.as_ref()
                 && let Err(err) = store
-                    .settle_call_seqs(&id, seq.reserved_end, seq.next - 1)
+                    .settle_call_seqs(&seq.call.workspace_id, &id, seq.reserved_end, seq.next - 1)
                     .await
             {
                 tracing::warn!(error = %err, call_id = %id, "could not give back reserved seqs");

@@ -455,20 +455,20 @@ pub async fn audio_streams_are_one_active_per_url_end_once_and_survive_reopen(
     let at = time::now();
     assert!(
         store
-            .set_audio_stream_status(&first.stream_id, StreamStatus::InProgress, at, None)
+            .set_audio_stream_status(&ws.id, &first.stream_id, StreamStatus::InProgress, at, None)
             .await
             .unwrap()
     );
     assert!(
         store
-            .set_audio_stream_status(&first.stream_id, StreamStatus::Dropped, at, Some("gone"))
+            .set_audio_stream_status(&ws.id, &first.stream_id, StreamStatus::Dropped, at, Some("gone"))
             .await
             .unwrap()
     );
     // Ended once: a second ending is not reported.
     assert!(
         !store
-            .set_audio_stream_status(&first.stream_id, StreamStatus::Stopped, at, Some("x"))
+            .set_audio_stream_status(&ws.id, &first.stream_id, StreamStatus::Stopped, at, Some("x"))
             .await
             .unwrap()
     );
@@ -682,7 +682,7 @@ pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backen
         .unwrap();
     assert_eq!(end, 200);
     // Used up to 150: settling gives back 151..=200.
-    store.settle_call_seqs(&call.id, 200, 150).await.unwrap();
+    store.settle_call_seqs(&ws.id, &call.id, 200, 150).await.unwrap();
     assert_eq!(
         store
             .call(&ws.id, &call.id)
@@ -694,7 +694,7 @@ pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backen
     );
     // Settling is refused if someone reserved after us.
     store.reserve_call_seqs(&ws.id, &call.id, 10).await.unwrap();
-    store.settle_call_seqs(&call.id, 150, 140).await.unwrap();
+    store.settle_call_seqs(&ws.id, &call.id, 150, 140).await.unwrap();
     assert_eq!(
         store
             .call(&ws.id, &call.id)

@@ -279,6 +279,7 @@ impl CallbackMethod {
 /// One queued delivery. `Debug` leaves the secret and payload out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Delivery {
+    pub workspace_id: WorkspaceId,
     pub target: DeliveryTarget,
     /// The message's id, sent as `webhook-id`: the event id for a webhook, `msg_…` for a
     /// callback.
@@ -492,7 +493,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives back the unused end of a reservation: sets the call's last seq to `used` if it is
     /// still `reserved_end` (nobody reserved after us).
-    async fn settle_call_seqs(&self, call: &CallId, reserved_end: u64, used: u64) -> Result<()>;
+    async fn settle_call_seqs(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        reserved_end: u64,
+        used: u64,
+    ) -> Result<()>;
 
     /// Whether the workspace has any enabled webhook endpoint (so events need outbox rows).
     async fn has_webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<bool>;
@@ -601,6 +608,7 @@ pub trait Store: Send + Sync + 'static {
     /// ended, so that exactly one ending is reported.
     async fn set_audio_stream_status(
         &self,
+        workspace: &WorkspaceId,
         stream_id: &str,
         status: StreamStatus,
         at: DateTime<Utc>,

@@ -614,7 +614,13 @@ impl Store for SqliteStore {
         Ok(ended)
     }
 
-    async fn settle_call_seqs(&self, call: &CallId, reserved_end: u64, used: u64) -> Result<()> {
+    async fn settle_call_seqs(
+        &self,
+        _workspace: &WorkspaceId,
+        call: &CallId,
+        reserved_end: u64,
+        used: u64,
+    ) -> Result<()> {
         sqlx::query("UPDATE calls SET last_seq = $1 WHERE id = $2 AND last_seq = $3 AND status = 'in_progress'")
             .bind(i64::try_from(used).unwrap_or(i64::MAX))
             .bind(call.as_str())
@@ -899,7 +905,7 @@ impl Store for SqliteStore {
             "UPDATE webhook_outbox SET next_attempt_at = $1 \
              WHERE rowid IN (SELECT rowid FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
                              ORDER BY next_attempt_at LIMIT $3) \
-             RETURNING endpoint_id, event_id, payload, attempts, first_attempt_at",
+             RETURNING endpoint_id, event_id, workspace_id, payload, attempts, first_attempt_at",
         )
         .bind(time::format(&lease_until))
         .bind(time::format(&now))
@@ -914,6 +920,8 @@ impl Store for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await?;
             deliveries.push(Delivery {
+                workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+                    .map_err(|e| corrupt("workspace id", e))?,
                 target: DeliveryTarget::Endpoint(endpoint_id),
                 event_id: row.try_get("event_id")?,
                 url: endpoint.try_get("url")?,
@@ -947,6 +955,8 @@ impl Store for SqliteStore {
                 let method: String = row.try_get("method")?;
                 let body: String = row.try_get("body")?;
                 deliveries.push(Delivery {
+                    workspace_id: WorkspaceId::parse(&workspace)
+                        .map_err(|e| corrupt("workspace id", e))?,
                     target: DeliveryTarget::Callback(
                         CallbackMethod::parse(&method)
                             .ok_or_else(|| corrupt("callback method", &method))?,
@@ -1167,6 +1177,7 @@ impl Store for SqliteStore {
 
     async fn set_audio_stream_status(
         &self,
+        _workspace: &WorkspaceId,
         stream_id: &str,
         status: StreamStatus,
         at: DateTime<Utc>,

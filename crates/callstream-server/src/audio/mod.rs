@@ -142,7 +142,13 @@ pub async fn finish(
 ) -> bool {
     let ended = match state
         .store()
-        .set_audio_stream_status(&rec.stream_id, status, time::now(), Some(reason))
+        .set_audio_stream_status(
+            &rec.workspace_id,
+            &rec.stream_id,
+            status,
+            time::now(),
+            Some(reason),
+        )
         .await
     {
         Ok(ended) => ended,

@@ -190,6 +190,7 @@ impl Session {
         match state
             .store()
             .set_audio_stream_status(
+                &self.rec.workspace_id,
                 &self.rec.stream_id,
                 callstream_core::audio::StreamStatus::InProgress,
                 now,
