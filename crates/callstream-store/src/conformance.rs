@@ -73,7 +73,8 @@ macro_rules! conformance_tests {
             webhooks_are_queued_with_the_events_and_survive_reopen,
             reserved_seqs_are_never_reused_and_settling_returns_the_rest,
             conversations_survive_reopen,
-            appends_publish_in_seq_order_and_a_failed_publish_records_nothing
+            appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
+            concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back
         );
     };
     (@each $fresh:path; $($check:ident),* $(,)?) => {
@@ -461,14 +462,26 @@ pub async fn audio_streams_are_one_active_per_url_end_once_and_survive_reopen(
     );
     assert!(
         store
-            .set_audio_stream_status(&ws.id, &first.stream_id, StreamStatus::Dropped, at, Some("gone"))
+            .set_audio_stream_status(
+                &ws.id,
+                &first.stream_id,
+                StreamStatus::Dropped,
+                at,
+                Some("gone")
+            )
             .await
             .unwrap()
     );
     // Ended once: a second ending is not reported.
     assert!(
         !store
-            .set_audio_stream_status(&ws.id, &first.stream_id, StreamStatus::Stopped, at, Some("x"))
+            .set_audio_stream_status(
+                &ws.id,
+                &first.stream_id,
+                StreamStatus::Stopped,
+                at,
+                Some("x")
+            )
             .await
             .unwrap()
     );
@@ -682,7 +695,10 @@ pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backen
         .unwrap();
     assert_eq!(end, 200);
     // Used up to 150: settling gives back 151..=200.
-    store.settle_call_seqs(&ws.id, &call.id, 200, 150).await.unwrap();
+    store
+        .settle_call_seqs(&ws.id, &call.id, 200, 150)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .call(&ws.id, &call.id)
@@ -694,7 +710,10 @@ pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backen
     );
     // Settling is refused if someone reserved after us.
     store.reserve_call_seqs(&ws.id, &call.id, 10).await.unwrap();
-    store.settle_call_seqs(&ws.id, &call.id, 150, 140).await.unwrap();
+    store
+        .settle_call_seqs(&ws.id, &call.id, 150, 140)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .call(&ws.id, &call.id)
@@ -840,4 +859,78 @@ pub async fn appends_publish_in_seq_order_and_a_failed_publish_records_nothing(
         .await
         .unwrap();
     assert_eq!(after.envelopes[0].seq, 41, "the failed append took no seq");
+}
+
+/// Several workers (nodes) draining the outbox at once never take the same delivery, and a
+/// delivery claimed by a worker that died (never recorded) is due again once its lease ends.
+pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let endpoint = WebhookEndpoint {
+        id: "whe_claims".into(),
+        workspace_id: ws.id.clone(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+        event_types: None,
+        created_at: time::now(),
+        disabled_at: None,
+        disabled_reason: None,
+    };
+    store.create_webhook_endpoint(&endpoint).await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let events: Vec<NewEvent> = (0..40)
+        .map(|_| ev("call.dtmf", json!({"digits": "1"})))
+        .collect();
+    store
+        .append_call_events_np(&ws.id, &call.id, events)
+        .await
+        .unwrap();
+    let now = time::now();
+    let lease = now + chrono::Duration::seconds(30);
+    // Four workers, each claiming five at a time until nothing is due.
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let store = backend.open().await;
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let due = store.due_deliveries(now, lease, 5).await.unwrap();
+                if due.is_empty() {
+                    return mine;
+                }
+                mine.extend(due.into_iter().map(|d| d.event_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        all.len(),
+        40,
+        "every delivery claimed once: {} claims",
+        all.len()
+    );
+    assert_eq!(unique.len(), 40, "no delivery claimed twice");
+    // Nobody recorded anything: after the lease they are all due again, once.
+    assert!(
+        store
+            .due_deliveries(now, lease, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = lease + chrono::Duration::seconds(1);
+    let again = store
+        .due_deliveries(later, later + chrono::Duration::seconds(30), 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 40);
 }

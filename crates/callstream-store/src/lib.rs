@@ -11,7 +11,10 @@
 
 #[doc(hidden)]
 pub mod conformance;
+mod postgres;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use async_trait::async_trait;
 use callstream_core::audio::{AudioTrack, StreamStatus};
@@ -24,6 +27,7 @@ use callstream_core::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

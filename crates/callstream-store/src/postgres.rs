@@ -1,0 +1,1609 @@
+//! The scale-out store: PostgreSQL, shared by every gateway node, with row-level security per
+//! workspace.
+//!
+//! The gateway connects as `callstream_app`, a role that owns nothing and cannot bypass RLS.
+//! Every operation on a workspace's data runs in a transaction that first sets
+//! `app.workspace_id` (`set_config(…, true)`: for that transaction only, so a pooled connection
+//! never carries it to the next user); the policies (`migrations/postgres`) then let it see and
+//! write that workspace's rows and nothing else. The few questions that must be answered before
+//! a workspace is known (a key by its hash) or across workspaces (the outboxes' due rows, the
+//! streams to resume at start-up) are `SECURITY DEFINER` functions owned by the owner role, each
+//! answering exactly that.
+//!
+//! Migrations run separately, as the owner role ([`PgStore::migrate`], `callstream migrate`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use callstream_core::audio::{AudioTrack, StreamStatus};
+use callstream_core::event::Role;
+use callstream_core::id::KeyId;
+use callstream_core::{
+    Call, CallId, CallStatus, Channel, Conversation, ConversationId, ConversationMode, Direction,
+    Envelope, KeyKind, Payload, Phone, Screening, Subject, Transport, Workspace, WorkspaceId, time,
+};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use crate::{
+    Appended, AppendedConversation, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
+    ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, KeyRecord, MessageRecord,
+    NewEvent, PublishInOrder, Result, SessionRecord, Store, StoreError, StreamTokenRecord,
+    TranscriptTurn, WebhookEndpoint, check_call_batch,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects as the gateway's role. The schema must exist ([`PgStore::migrate`]).
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.application_name("callstream"))
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Runs the pending migrations, connected as the owner role.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or a migration fails.
+    pub async fn migrate(owner_url: &str) -> Result<()> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(owner_url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// A transaction scoped to `workspace`: row-level security shows and accepts its rows only.
+    async fn scoped(&self, workspace: &WorkspaceId) -> Result<Transaction<'_, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
+            .bind(workspace.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {value}"))
+}
+
+fn seq_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn workspace_id(row: &PgRow, column: &str) -> Result<WorkspaceId> {
+    WorkspaceId::parse(row.try_get::<&str, _>(column)?).map_err(|e| corrupt("workspace id", e))
+}
+
+fn hash32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| corrupt(what, "not 32 bytes"))
+}
+
+fn workspace_row(row: &PgRow) -> Result<Workspace> {
+    Ok(Workspace {
+        id: workspace_id(row, "id")?,
+        name: row.try_get("name")?,
+        auth_id: row.try_get("auth_id")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_row(row: &PgRow) -> Result<KeyRecord> {
+    let kind: &str = row.try_get("kind")?;
+    Ok(KeyRecord {
+        id: KeyId::parse(row.try_get::<&str, _>("id")?).map_err(|e| corrupt("key id", e))?,
+        workspace_id: workspace_id(row, "workspace_id")?,
+        kind: KeyKind::parse(kind).ok_or_else(|| corrupt("key kind", kind))?,
+        key_hash: hash32(row.try_get("key_hash")?, "key hash")?,
+        hint: row.try_get("hint")?,
+        created_at: row.try_get("created_at")?,
+        revoked: row
+            .try_get::<Option<DateTime<Utc>>, _>("revoked_at")?
+            .is_some(),
+    })
+}
+
+/// The calls columns `call_row` reads (a macro: sqlx takes only static SQL).
+macro_rules! call_columns {
+    () => {
+        "id, workspace_id, phone, direction, transport, external_id, status, \
+         live_conversation_token, started_at, ended_at, last_seq, screening_ended_at, screening_msg"
+    };
+}
+
+fn call_row(row: &PgRow) -> Result<Call> {
+    let direction: &str = row.try_get("direction")?;
+    let transport: &str = row.try_get("transport")?;
+    let status: &str = row.try_get("status")?;
+    Ok(Call {
+        id: CallId::parse(row.try_get::<&str, _>("id")?).map_err(|e| corrupt("call id", e))?,
+        workspace_id: workspace_id(row, "workspace_id")?,
+        phone: Phone::parse(row.try_get::<&str, _>("phone")?).map_err(|e| corrupt("phone", e))?,
+        direction: Direction::parse(direction).ok_or_else(|| corrupt("direction", direction))?,
+        transport: Transport::parse(transport).ok_or_else(|| corrupt("transport", transport))?,
+        external_id: row.try_get("external_id")?,
+        status: CallStatus::parse(status).ok_or_else(|| corrupt("status", status))?,
+        live_conversation_token: row.try_get("live_conversation_token")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        last_seq: seq_of(row.try_get("last_seq")?),
+        screening: match (
+            row.try_get::<Option<DateTime<Utc>>, _>("screening_ended_at")?,
+            row.try_get::<Option<String>, _>("screening_msg")?,
+        ) {
+            (Some(ended_at), Some(msg)) => Some(Screening { ended_at, msg }),
+            _ => None,
+        },
+    })
+}
+
+fn turn_row(row: &PgRow) -> Result<TranscriptTurn> {
+    let role: &str = row.try_get("role")?;
+    Ok(TranscriptTurn {
+        turn_id: callstream_core::TurnId::parse(row.try_get::<&str, _>("turn_id")?)
+            .map_err(|e| corrupt("turn id", e))?,
+        seq: seq_of(row.try_get("seq")?),
+        role: match role {
+            "user" => Role::User,
+            "agent" => Role::Agent,
+            other => return Err(corrupt("role", other)),
+        },
+        text: row.try_get("text")?,
+        confidence: row.try_get("confidence")?,
+        segment_start: row.try_get("segment_start")?,
+        segment_end: row.try_get("segment_end")?,
+        ts: row.try_get("ts")?,
+    })
+}
+
+/// The conversations columns `conversation_row` reads.
+macro_rules! conversation_columns {
+    () => {
+        "id, workspace_id, channel, participants, mode, created_at, last_seq"
+    };
+}
+
+fn conversation_row(row: &PgRow) -> Result<Conversation> {
+    let channel: &str = row.try_get("channel")?;
+    let mode: &str = row.try_get("mode")?;
+    let participants: &str = row.try_get("participants")?;
+    Ok(Conversation {
+        id: ConversationId::parse(row.try_get::<&str, _>("id")?)
+            .map_err(|e| corrupt("conversation id", e))?,
+        workspace_id: workspace_id(row, "workspace_id")?,
+        channel: Channel::parse(channel).ok_or_else(|| corrupt("channel", channel))?,
+        participants: serde_json::from_str(participants).map_err(|e| corrupt("participants", e))?,
+        mode: ConversationMode::parse(mode).ok_or_else(|| corrupt("mode", mode))?,
+        created_at: row.try_get("created_at")?,
+        last_seq: seq_of(row.try_get("last_seq")?),
+    })
+}
+
+fn audio_stream_row(row: &PgRow) -> Result<AudioStreamRecord> {
+    let track: &str = row.try_get("audio_track")?;
+    let status: &str = row.try_get("status")?;
+    let method: &str = row.try_get("status_callback_method")?;
+    Ok(AudioStreamRecord {
+        stream_id: row.try_get("id")?,
+        workspace_id: workspace_id(row, "workspace_id")?,
+        call_id: CallId::parse(row.try_get::<&str, _>("call_id")?)
+            .map_err(|e| corrupt("call id", e))?,
+        service_url: row.try_get("service_url")?,
+        audio_track: AudioTrack::parse(track).ok_or_else(|| corrupt("audio track", track))?,
+        bidirectional: row.try_get("bidirectional")?,
+        content_type: row.try_get("content_type")?,
+        l16_big_endian: row.try_get("l16_big_endian")?,
+        stream_timeout_secs: seq_of(row.try_get("stream_timeout_secs")?),
+        status_callback_url: row.try_get("status_callback_url")?,
+        status_callback_method: CallbackMethod::parse(method)
+            .ok_or_else(|| corrupt("callback method", method))?,
+        extra_headers: row.try_get("extra_headers")?,
+        status: StreamStatus::parse(status).ok_or_else(|| corrupt("stream status", status))?,
+        created_at: row.try_get("created_at")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        end_reason: row.try_get("end_reason")?,
+    })
+}
+
+/// The status of a call that an append could not reserve seqs on: ended, or not there.
+async fn why_not(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    call: &CallId,
+) -> Result<StoreError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace.as_str())
+            .bind(call.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(match status.as_deref().and_then(CallStatus::parse) {
+        Some(status) => StoreError::CallEnded(status),
+        None => StoreError::NotFound,
+    })
+}
+
+/// Records what a batch of a call's events changes: final turns, the end of screening; returns
+/// the call's end if the batch ended it.
+async fn record_effects(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    envelopes: &[Envelope],
+) -> Result<Option<(CallStatus, DateTime<Utc>, u64)>> {
+    let mut end = None;
+    for env in envelopes {
+        match &env.payload {
+            Payload::Transcription(t) => {
+                if let Some(turn) = TranscriptTurn::from_event(env.seq, env.timestamp, t) {
+                    insert_turn(tx, workspace, call, &turn).await?;
+                }
+            }
+            Payload::Completed(_) => end = Some((CallStatus::Completed, env.timestamp, env.seq)),
+            Payload::Failed(_) => end = Some((CallStatus::Failed, env.timestamp, env.seq)),
+            Payload::ScreeningEnded(screening) => {
+                sqlx::query(
+                    "UPDATE calls SET screening_ended_at = $1, screening_msg = $2 \
+                     WHERE workspace_id = $3 AND id = $4 AND screening_ended_at IS NULL",
+                )
+                .bind(env.timestamp)
+                .bind(&screening.msg)
+                .bind(workspace.as_str())
+                .bind(call.as_str())
+                .execute(&mut **tx)
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    enqueue_webhooks(tx, workspace, envelopes).await?;
+    Ok(end)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ensure_workspace(&self, name: &str) -> Result<Workspace> {
+        let candidate = Workspace {
+            id: WorkspaceId::new(),
+            name: name.to_owned(),
+            auth_id: Workspace::new_auth_id(),
+            created_at: time::now(),
+        };
+        let row = sqlx::query(
+            "SELECT id, name, auth_id, created_at FROM cs_ensure_workspace($1, $2, $3, $4)",
+        )
+        .bind(candidate.id.as_str())
+        .bind(&candidate.name)
+        .bind(&candidate.auth_id)
+        .bind(candidate.created_at)
+        .fetch_one(&self.pool)
+        .await?;
+        workspace_row(&row)
+    }
+
+    async fn workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>> {
+        let mut tx = self.scoped(id).await?;
+        let row = sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(workspace_row).transpose()
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
+        let mut tx = self.scoped(&key.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace_id, kind, key_hash, hint, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key.id.as_str())
+        .bind(key.workspace_id.as_str())
+        .bind(key.kind.as_str())
+        .bind(&key.key_hash[..])
+        .bind(&key.hint)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at \
+             FROM cs_key_by_hash($1)",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn insert_stream_token(&self, t: &StreamTokenRecord) -> Result<()> {
+        let mut tx = self.scoped(&t.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO stream_tokens (token_hash, workspace_id, call_id, key_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.token_hash[..])
+        .bind(t.workspace_id.as_str())
+        .bind(t.call_id.as_str())
+        .bind(t.key_id.as_str())
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        // Expired tokens are useless; clear the workspace's out as new ones arrive.
+        sqlx::query("DELETE FROM stream_tokens WHERE workspace_id = $1 AND expires_at < $2")
+            .bind(t.workspace_id.as_str())
+            .bind(time::now() - chrono::Duration::days(1))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stream_token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<StreamTokenRecord>> {
+        let row = sqlx::query(
+            "SELECT token_hash, workspace_id, call_id, key_id, created_at, expires_at \
+             FROM cs_stream_token_by_hash($1)",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(StreamTokenRecord {
+            token_hash: hash32(row.try_get("token_hash")?, "token hash")?,
+            workspace_id: workspace_id(&row, "workspace_id")?,
+            call_id: CallId::parse(row.try_get::<&str, _>("call_id")?)
+                .map_err(|e| corrupt("call id", e))?,
+            key_id: KeyId::parse(row.try_get::<&str, _>("key_id")?)
+                .map_err(|e| corrupt("key id", e))?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+        }))
+    }
+
+    async fn insert_session(&self, t: &SessionRecord) -> Result<()> {
+        let mut tx = self.scoped(&t.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, workspace_id, key_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&t.token_hash[..])
+        .bind(t.workspace_id.as_str())
+        .bind(t.key_id.as_str())
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sessions WHERE workspace_id = $1 AND expires_at < $2")
+            .bind(t.workspace_id.as_str())
+            .bind(time::now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_by_hash(&self, hash: &[u8; 32]) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT token_hash, workspace_id, key_id, created_at, expires_at \
+             FROM cs_session_by_hash($1)",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(SessionRecord {
+            token_hash: hash32(row.try_get("token_hash")?, "session hash")?,
+            workspace_id: workspace_id(&row, "workspace_id")?,
+            key_id: KeyId::parse(row.try_get::<&str, _>("key_id")?)
+                .map_err(|e| corrupt("key id", e))?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+        }))
+    }
+
+    async fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
+        sqlx::query("SELECT cs_delete_session($1)")
+            .bind(&hash[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_call(&self, call: &Call) -> Result<()> {
+        let mut tx = self.scoped(&call.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO calls (id, workspace_id, phone, direction, transport, external_id, status, \
+             live_conversation_token, started_at, ended_at, last_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0)",
+        )
+        .bind(call.id.as_str())
+        .bind(call.workspace_id.as_str())
+        .bind(call.phone.as_str())
+        .bind(call.direction.as_str())
+        .bind(call.transport.as_str())
+        .bind(call.external_id.as_deref())
+        .bind(call.status.as_str())
+        .bind(&call.live_conversation_token)
+        .bind(call.started_at)
+        .bind(call.ended_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn call(&self, workspace: &WorkspaceId, id: &CallId) -> Result<Option<Call>> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE workspace_id = $1 AND id = $2"
+        ))
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(call_row).transpose()
+    }
+
+    async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(concat!("SELECT ", call_columns!(), " FROM calls WHERE workspace_id = $1 \
+             AND ($2::TEXT IS NULL OR status = $2) AND ($3::TIMESTAMPTZ IS NULL OR started_at >= $3) \
+             ORDER BY started_at DESC, id LIMIT $4"))
+        .bind(workspace.as_str())
+        .bind(filter.status.map(CallStatus::as_str))
+        .bind(filter.since)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(call_row).collect()
+    }
+
+    async fn call_by_live_token(
+        &self,
+        workspace: &WorkspaceId,
+        token: &str,
+    ) -> Result<Option<Call>> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE workspace_id = $1 AND live_conversation_token = $2"
+        ))
+        .bind(workspace.as_str())
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(call_row).transpose()
+    }
+
+    async fn call_by_external_id(
+        &self,
+        workspace: &WorkspaceId,
+        external_id: &str,
+    ) -> Result<Option<Call>> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE workspace_id = $1 AND external_id = $2 \
+             ORDER BY started_at DESC LIMIT 1"
+        ))
+        .bind(workspace.as_str())
+        .bind(external_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(call_row).transpose()
+    }
+
+    async fn append_call_events(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
+    ) -> Result<Appended> {
+        check_call_batch(&events)?;
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.scoped(workspace).await?;
+        // The UPDATE is the seq authority: it locks the call's row until this transaction ends,
+        // so another node's append to the same call waits here, and so does its publish.
+        let reserved: Option<i64> = sqlx::query_scalar(
+            "UPDATE calls SET last_seq = last_seq + $1 \
+             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(last) = reserved else {
+            return Err(why_not(&mut tx, workspace, call_id).await?);
+        };
+        let first = seq_of(last) + 1 - events.len() as u64;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let env = event
+                .into_envelope(workspace, Subject::Call(call_id.clone()), first + i as u64)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            envelopes.push(env);
+        }
+        if let Some((status, at, _)) =
+            record_effects(&mut tx, workspace, call_id, &envelopes).await?
+        {
+            sqlx::query(
+                "UPDATE calls SET status = $1, ended_at = $2 WHERE workspace_id = $3 AND id = $4",
+            )
+            .bind(status.as_str())
+            .bind(at)
+            .bind(workspace.as_str())
+            .bind(call_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE workspace_id = $1 AND id = $2"
+        ))
+        .bind(workspace.as_str())
+        .bind(call_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let call = call_row(&row)?;
+        publish
+            .publish(&envelopes)
+            .await
+            .map_err(StoreError::Publish)?;
+        tx.commit().await?;
+        Ok(Appended { envelopes, call })
+    }
+
+    async fn reserve_call_seqs(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        block: u64,
+    ) -> Result<(Call, u64)> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE calls SET last_seq = last_seq + $1 \
+             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING ",
+            call_columns!()
+        ))
+        .bind(signed(block))
+        .bind(workspace.as_str())
+        .bind(call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(why_not(&mut tx, workspace, call_id).await?);
+        };
+        let call = call_row(&row)?;
+        tx.commit().await?;
+        let end = call.last_seq;
+        Ok((call, end))
+    }
+
+    async fn record_call_events(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        envelopes: &[Envelope],
+    ) -> Result<Option<Call>> {
+        let mut tx = self.scoped(workspace).await?;
+        let mut ended = None;
+        if let Some((status, at, seq)) =
+            record_effects(&mut tx, workspace, call_id, envelopes).await?
+        {
+            let row = sqlx::query(concat!(
+                "UPDATE calls SET status = $1, ended_at = $2, last_seq = $3 \
+                 WHERE workspace_id = $4 AND id = $5 RETURNING ",
+                call_columns!()
+            ))
+            .bind(status.as_str())
+            .bind(at)
+            .bind(signed(seq))
+            .bind(workspace.as_str())
+            .bind(call_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            ended = Some(call_row(&row)?);
+        }
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    async fn settle_call_seqs(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        reserved_end: u64,
+        used: u64,
+    ) -> Result<()> {
+        let mut tx = self.scoped(workspace).await?;
+        sqlx::query(
+            "UPDATE calls SET last_seq = $1 WHERE workspace_id = $2 AND id = $3 AND last_seq = $4",
+        )
+        .bind(signed(used))
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .bind(signed(reserved_end))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn has_webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<bool> {
+        let mut tx = self.scoped(workspace).await?;
+        let found = sqlx::query(
+            "SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL LIMIT 1",
+        )
+        .bind(workspace.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(found.is_some())
+    }
+
+    async fn transcript(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Result<Vec<TranscriptTurn>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(
+            "SELECT turn_id, seq, role, text, confidence, segment_start, segment_end, ts \
+             FROM transcript_turns WHERE workspace_id = $1 AND call_id = $2 ORDER BY seq",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(turn_row).collect()
+    }
+
+    async fn create_conversation(&self, c: &Conversation) -> Result<()> {
+        let participants = serde_json::to_string(&c.participants)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.scoped(&c.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO conversations (id, workspace_id, channel, participants, mode, created_at, last_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0)",
+        )
+        .bind(c.id.as_str())
+        .bind(c.workspace_id.as_str())
+        .bind(c.channel.as_str())
+        .bind(participants)
+        .bind(c.mode.as_str())
+        .bind(c.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn conversation(
+        &self,
+        workspace: &WorkspaceId,
+        id: &ConversationId,
+    ) -> Result<Option<Conversation>> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversations WHERE workspace_id = $1 AND id = $2"
+        ))
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(conversation_row).transpose()
+    }
+
+    async fn conversations(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<Conversation>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversations WHERE workspace_id = $1 \
+             AND ($2::TEXT IS NULL OR mode = $2) AND ($3::TEXT IS NULL OR channel = $3) \
+             ORDER BY created_at DESC, id LIMIT $4"
+        ))
+        .bind(workspace.as_str())
+        .bind(filter.mode.map(ConversationMode::as_str))
+        .bind(filter.channel.map(Channel::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(conversation_row).collect()
+    }
+
+    async fn append_conversation_events(
+        &self,
+        workspace: &WorkspaceId,
+        conversation_id: &ConversationId,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendedConversation> {
+        for (i, e) in events.iter().enumerate() {
+            let ty = e.payload.event_type();
+            if ty.subject_kind() != callstream_core::event::SubjectKind::Conversation {
+                return Err(StoreError::Invalid(format!(
+                    "events[{i}].event_type: {ty} is not a conversation event"
+                )));
+            }
+        }
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.scoped(workspace).await?;
+        let reserved = sqlx::query(
+            "UPDATE conversations SET last_seq = last_seq + $1 WHERE workspace_id = $2 AND id = $3 \
+             RETURNING last_seq, mode",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(conversation_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let last = seq_of(reserved.try_get(0)?);
+        let mode_text: String = reserved.try_get(1)?;
+        let mut mode =
+            ConversationMode::parse(&mode_text).ok_or_else(|| corrupt("mode", &mode_text))?;
+        let first = last + 1 - events.len() as u64;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as u64;
+            match &event.payload {
+                Payload::MessageReceived(m)
+                | Payload::MessageDelivered(m)
+                | Payload::MessageRead(m) => {
+                    upsert_message(&mut tx, workspace, conversation_id, seq, event.timestamp, m)
+                        .await?;
+                }
+                Payload::ModeChanged(change) => {
+                    if change.from_mode != mode {
+                        return Err(StoreError::Invalid(format!(
+                            "events[{i}].payload.from_mode: the conversation is in {mode} mode, not {}",
+                            change.from_mode
+                        )));
+                    }
+                    mode = change.to_mode;
+                }
+                _ => {}
+            }
+            let env = event
+                .into_envelope(
+                    workspace,
+                    Subject::Conversation(conversation_id.clone()),
+                    seq,
+                )
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            envelopes.push(env);
+        }
+        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE conversations SET mode = $1 WHERE workspace_id = $2 AND id = $3 \
+             RETURNING ",
+            conversation_columns!()
+        ))
+        .bind(mode.as_str())
+        .bind(workspace.as_str())
+        .bind(conversation_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let conversation = conversation_row(&row)?;
+        tx.commit().await?;
+        Ok(AppendedConversation {
+            envelopes,
+            conversation,
+        })
+    }
+
+    async fn messages(
+        &self,
+        workspace: &WorkspaceId,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MessageRecord>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(
+            "SELECT message_id, direction, text, status, payload, created_at, updated_at \
+             FROM messages WHERE workspace_id = $1 AND conversation_id = $2 ORDER BY first_seq",
+        )
+        .bind(workspace.as_str())
+        .bind(conversation.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let payload: &str = row.try_get("payload")?;
+                Ok(MessageRecord {
+                    message_id: row.try_get("message_id")?,
+                    direction: row.try_get("direction")?,
+                    text: row.try_get("text")?,
+                    status: row.try_get("status")?,
+                    payload: serde_json::from_str(payload)
+                        .map_err(|e| corrupt("message payload", e))?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<()> {
+        let types = e
+            .event_types
+            .as_ref()
+            .map(|t| serde_json::to_string(t).unwrap_or_default());
+        let mut tx = self.scoped(&e.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&e.id)
+        .bind(e.workspace_id.as_str())
+        .bind(&e.url)
+        .bind(&e.secret)
+        .bind(types)
+        .bind(e.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<Vec<WebhookEndpoint>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, url, secret, event_types, created_at, disabled_at, disabled_reason \
+             FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let types: Option<String> = row.try_get("event_types")?;
+                Ok(WebhookEndpoint {
+                    id: row.try_get("id")?,
+                    workspace_id: workspace_id(row, "workspace_id")?,
+                    url: row.try_get("url")?,
+                    secret: row.try_get("secret")?,
+                    event_types: types
+                        .map(|t| serde_json::from_str(&t))
+                        .transpose()
+                        .map_err(|e| corrupt("event types", e))?,
+                    created_at: row.try_get("created_at")?,
+                    disabled_at: row.try_get("disabled_at")?,
+                    disabled_reason: row.try_get("disabled_reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
+        let mut tx = self.scoped(workspace).await?;
+        sqlx::query("DELETE FROM webhook_outbox WHERE workspace_id = $1 AND endpoint_id = $2")
+            .bind(workspace.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted =
+            sqlx::query("DELETE FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let rows = sqlx::query(
+            "SELECT kind, workspace_id, endpoint_id, message_id, url, secret, method, payload, \
+             attempts, first_attempt_at FROM cs_claim_deliveries($1, $2, $3)",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: &str = row.try_get("kind")?;
+                let target = if kind == "webhook" {
+                    DeliveryTarget::Endpoint(row.try_get("endpoint_id")?)
+                } else {
+                    let method: &str = row.try_get("method")?;
+                    DeliveryTarget::Callback(
+                        CallbackMethod::parse(method)
+                            .ok_or_else(|| corrupt("callback method", method))?,
+                    )
+                };
+                Ok(Delivery {
+                    workspace_id: workspace_id(row, "workspace_id")?,
+                    target,
+                    event_id: row.try_get("message_id")?,
+                    url: row.try_get("url")?,
+                    // A workspace without a signing secret cannot sign: the worker gives the
+                    // attempt up with that reason rather than send it unsigned.
+                    secret: row
+                        .try_get::<Option<String>, _>("secret")?
+                        .unwrap_or_default(),
+                    payload: row.try_get("payload")?,
+                    attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    first_attempt_at: row.try_get("first_attempt_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        d: &Delivery,
+        at: DateTime<Utc>,
+        result: &DeliveryResult,
+    ) -> Result<()> {
+        let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
+            match result {
+                DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
+                DeliveryResult::RetryAt {
+                    at: next,
+                    status,
+                    error,
+                } => ("pending", *next, *status, Some(error)),
+                DeliveryResult::Abandon { status, error } => {
+                    ("abandoned", at, *status, Some(error))
+                }
+                DeliveryResult::DisableEndpoint { status } => {
+                    ("abandoned", at, Some(*status), Some("410 Gone"))
+                }
+            };
+        let mut tx = self.scoped(&d.workspace_id).await?;
+        let first = d.first_attempt_at.unwrap_or(at);
+        let endpoint_id = match &d.target {
+            DeliveryTarget::Endpoint(id) => id,
+            DeliveryTarget::Callback(_) => {
+                sqlx::query(
+                    "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+                     first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+                     WHERE workspace_id = $6 AND id = $7",
+                )
+                .bind(status)
+                .bind(next)
+                .bind(first)
+                .bind(last_status.map(i32::from))
+                .bind(error)
+                .bind(d.workspace_id.as_str())
+                .bind(&d.event_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+        };
+        sqlx::query(
+            "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+             first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+             WHERE workspace_id = $6 AND endpoint_id = $7 AND event_id = $8",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(first)
+        .bind(last_status.map(i32::from))
+        .bind(error)
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(&d.event_id)
+        .execute(&mut *tx)
+        .await?;
+        if let DeliveryResult::DisableEndpoint { .. } = result {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 \
+                 WHERE workspace_id = $3 AND id = $4",
+            )
+            .bind(at)
+            .bind("the endpoint answered 410 Gone")
+            .bind(d.workspace_id.as_str())
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' \
+                 WHERE workspace_id = $1 AND endpoint_id = $2 AND status = 'pending'",
+            )
+            .bind(d.workspace_id.as_str())
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_audio_stream(&self, st: &AudioStreamRecord) -> Result<()> {
+        let mut tx = self.scoped(&st.workspace_id).await?;
+        // The call's row, locked: two nodes creating streams on one call take turns, so the
+        // one-active-stream-per-URL rule holds across them.
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM calls WHERE workspace_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(st.workspace_id.as_str())
+        .bind(st.call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let status = status.ok_or(StoreError::NotFound)?;
+        let status = CallStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+        if !status.is_active() {
+            return Err(StoreError::CallEnded(status));
+        }
+        let duplicate: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 AND service_url = $3 \
+             AND status IN ('connecting', 'in-progress') LIMIT 1",
+        )
+        .bind(st.workspace_id.as_str())
+        .bind(st.call_id.as_str())
+        .bind(&st.service_url)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(existing) = duplicate {
+            return Err(StoreError::Invalid(format!(
+                "service_url: stream {existing} to this URL is already active on this call"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO audio_streams (id, workspace_id, call_id, service_url, audio_track, bidirectional, \
+             content_type, l16_big_endian, stream_timeout_secs, status_callback_url, status_callback_method, \
+             extra_headers, status, created_at, start_time, end_time, end_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&st.stream_id)
+        .bind(st.workspace_id.as_str())
+        .bind(st.call_id.as_str())
+        .bind(&st.service_url)
+        .bind(st.audio_track.as_str())
+        .bind(st.bidirectional)
+        .bind(&st.content_type)
+        .bind(st.l16_big_endian)
+        .bind(signed(st.stream_timeout_secs))
+        .bind(st.status_callback_url.as_deref())
+        .bind(st.status_callback_method.as_str())
+        .bind(&st.extra_headers)
+        .bind(st.status.as_str())
+        .bind(st.created_at)
+        .bind(st.start_time)
+        .bind(st.end_time)
+        .bind(st.end_reason.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audio_stream(
+        &self,
+        workspace: &WorkspaceId,
+        stream_id: &str,
+    ) -> Result<Option<AudioStreamRecord>> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query("SELECT * FROM audio_streams WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace.as_str())
+            .bind(stream_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(audio_stream_row).transpose()
+    }
+
+    async fn audio_streams(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<AudioStreamRecord>, u64)> {
+        let mut tx = self.scoped(workspace).await?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audio_streams WHERE workspace_id = $1 AND call_id = $2",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 \
+             ORDER BY created_at, id LIMIT $3 OFFSET $4",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .bind(i64::from(limit))
+        .bind(signed(offset))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let streams = rows
+            .iter()
+            .map(audio_stream_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((streams, seq_of(total)))
+    }
+
+    async fn active_call_audio_streams(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+    ) -> Result<Vec<AudioStreamRecord>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 \
+             AND status IN ('connecting', 'in-progress') ORDER BY created_at, id",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(audio_stream_row).collect()
+    }
+
+    async fn active_audio_streams(&self) -> Result<Vec<AudioStreamRecord>> {
+        let rows = sqlx::query("SELECT * FROM cs_active_audio_streams()")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audio_stream_row).collect()
+    }
+
+    async fn set_audio_stream_status(
+        &self,
+        workspace: &WorkspaceId,
+        stream_id: &str,
+        status: StreamStatus,
+        at: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let mut tx = self.scoped(workspace).await?;
+        let done = if status.is_active() {
+            sqlx::query(
+                "UPDATE audio_streams SET status = $1, \
+                 start_time = CASE WHEN $1 = 'in-progress' THEN COALESCE(start_time, $2) ELSE start_time END \
+                 WHERE workspace_id = $3 AND id = $4 AND status IN ('connecting', 'in-progress')",
+            )
+            .bind(status.as_str())
+            .bind(at)
+            .bind(workspace.as_str())
+            .bind(stream_id)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE audio_streams SET status = $1, end_time = $2, end_reason = $3 \
+                 WHERE workspace_id = $4 AND id = $5 AND status IN ('connecting', 'in-progress')",
+            )
+            .bind(status.as_str())
+            .bind(at)
+            .bind(reason)
+            .bind(workspace.as_str())
+            .bind(stream_id)
+            .execute(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn queue_callback(&self, m: &CallbackMessage) -> Result<()> {
+        let mut tx = self.scoped(&m.workspace_id).await?;
+        sqlx::query(
+            "INSERT INTO callback_outbox (id, workspace_id, url, method, body, kind, status, \
+             created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&m.id)
+        .bind(m.workspace_id.as_str())
+        .bind(&m.url)
+        .bind(m.method.as_str())
+        .bind(&m.body)
+        .bind(&m.kind)
+        .bind(m.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signing_secret(&self, workspace: &WorkspaceId, candidate: &str) -> Result<String> {
+        let mut tx = self.scoped(workspace).await?;
+        sqlx::query(
+            "UPDATE workspaces SET signing_secret = $1 WHERE id = $2 AND signing_secret IS NULL",
+        )
+        .bind(candidate)
+        .bind(workspace.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let secret: Option<Option<String>> =
+            sqlx::query_scalar("SELECT signing_secret FROM workspaces WHERE id = $1")
+                .bind(workspace.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        secret.flatten().ok_or(StoreError::NotFound)
+    }
+
+    async fn outbox_counts(&self) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query("SELECT status, n FROM cs_outbox_counts()")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, seq_of(r.try_get("n")?))))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
+/// caller's transaction.
+async fn enqueue_webhooks(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    envelopes: &[Envelope],
+) -> Result<()> {
+    let endpoints = sqlx::query(
+        "SELECT id, event_types FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL",
+    )
+    .bind(workspace.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let mut wanted = Vec::with_capacity(endpoints.len());
+    for row in &endpoints {
+        let id: String = row.try_get("id")?;
+        let types: Option<String> = row.try_get("event_types")?;
+        let types: Option<Vec<String>> = types
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| corrupt("event types", e))?;
+        wanted.push((id, types));
+    }
+    for env in envelopes {
+        let ty = env.event_type().as_str();
+        let payload = env.to_json();
+        for (endpoint, types) in &wanted {
+            if types.as_ref().is_some_and(|t| !t.iter().any(|x| x == ty)) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(endpoint)
+            .bind(env.event_id.as_str())
+            .bind(workspace.as_str())
+            .bind(ty)
+            .bind(&payload)
+            .bind(env.timestamp.min(time::now()))
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn upsert_message(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    conversation: &ConversationId,
+    seq: u64,
+    at: DateTime<Utc>,
+    m: &callstream_core::event::Message,
+) -> Result<()> {
+    let raw = m.as_map();
+    let text = raw.get("text").and_then(serde_json::Value::as_str);
+    let field = |k: &str| {
+        raw.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let payload = serde_json::to_string(raw).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    // The first event of a message creates its row; later ones (delivered, read) update its
+    // status, keeping the text the message was first recorded with unless they carry one.
+    sqlx::query(
+        "INSERT INTO messages (workspace_id, conversation_id, message_id, first_seq, last_seq, direction, text, \
+         status, payload, created_at, updated_at) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $9) \
+         ON CONFLICT (conversation_id, message_id) DO UPDATE SET last_seq = excluded.last_seq, \
+         status = excluded.status, payload = excluded.payload, updated_at = excluded.updated_at, \
+         text = COALESCE(excluded.text, messages.text)",
+    )
+    .bind(workspace.as_str())
+    .bind(conversation.as_str())
+    .bind(m.message_id())
+    .bind(signed(seq))
+    .bind(field("direction"))
+    .bind(text)
+    .bind(field("status"))
+    .bind(payload)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_turn(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    turn: &TranscriptTurn,
+) -> Result<()> {
+    // A second final for the same turn (a correction) replaces the first.
+    sqlx::query(
+        "INSERT INTO transcript_turns \
+         (workspace_id, call_id, turn_id, seq, role, text, confidence, segment_start, segment_end, ts) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (call_id, turn_id) DO UPDATE SET seq = excluded.seq, role = excluded.role, \
+         text = excluded.text, confidence = excluded.confidence, segment_start = excluded.segment_start, \
+         segment_end = excluded.segment_end, ts = excluded.ts",
+    )
+    .bind(workspace.as_str())
+    .bind(call.as_str())
+    .bind(turn.turn_id.as_str())
+    .bind(signed(turn.seq))
+    .bind(match turn.role {
+        Role::User => "user",
+        Role::Agent => "agent",
+    })
+    .bind(&turn.text)
+    .bind(turn.confidence)
+    .bind(turn.segment_start)
+    .bind(turn.segment_end)
+    .bind(turn.ts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::Backend;
+    use crate::testing::PgTestDb;
+    use std::sync::Arc;
+
+    /// A test database; `open` connects anew as the gateway's role.
+    struct Db(Option<PgTestDb>);
+
+    #[async_trait]
+    impl Backend for Db {
+        async fn open(&self) -> Arc<dyn Store> {
+            match &self.0 {
+                Some(db) => Arc::new(db.store().await),
+                None => unreachable!("checks are not run without a database"),
+            }
+        }
+    }
+
+    async fn fresh() -> Db {
+        Db(PgTestDb::create("PostgreSQL store conformance").await)
+    }
+
+    macro_rules! pg_conformance {
+        ($($check:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let db = fresh().await;
+                    if db.0.is_none() {
+                        return;
+                    }
+                    crate::conformance::$check(&db).await;
+                }
+            )*
+        };
+    }
+
+    pg_conformance!(
+        seqs_are_gap_free_and_finals_are_kept_across_reopen,
+        another_workspace_sees_nothing,
+        terminal_must_be_last_and_concurrent_appends_never_share_a_seq,
+        keys_resolve_by_hash_and_filters_apply,
+        conversation_events_keep_message_history_and_mode,
+        audio_streams_are_one_active_per_url_end_once_and_survive_reopen,
+        callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webhooks,
+        webhooks_are_queued_with_the_events_and_survive_reopen,
+        reserved_seqs_are_never_reused_and_settling_returns_the_rest,
+        conversations_survive_reopen,
+        appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
+        concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back,
+    );
+
+    /// Connects to the test database as the gateway's role, with a pool of one connection.
+    async fn one_connection(db: &PgTestDb) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.app_url())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn row_level_security_shows_a_workspace_only_its_own_rows() {
+        let Some(db) = PgTestDb::create("PostgreSQL row-level security").await else {
+            return;
+        };
+        let store = db.store().await;
+        let a = store.ensure_workspace("a").await.unwrap();
+        let b = store.ensure_workspace("b").await.unwrap();
+        for ws in [&a, &b] {
+            let call = Call {
+                id: CallId::new(),
+                workspace_id: ws.id.clone(),
+                phone: Phone::parse("+14155550123").unwrap(),
+                direction: Direction::Inbound,
+                transport: Transport::Sip,
+                external_id: None,
+                status: CallStatus::InProgress,
+                live_conversation_token: Call::new_live_conversation_token(),
+                screening: None,
+                started_at: time::now(),
+                ended_at: None,
+                last_seq: 0,
+            };
+            store.create_call(&call).await.unwrap();
+        }
+        let pool = one_connection(&db).await;
+
+        // Without the setting: nothing is visible, and an insert is refused by the policy.
+        let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM calls")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(visible, 0);
+        let refused = sqlx::query(
+            "INSERT INTO conversations (id, workspace_id, channel, participants, mode, created_at) \
+             VALUES ('conv_x', $1, 'sms', '[]', 'ai', now())",
+        )
+        .bind(a.id.as_str())
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        assert!(
+            refused.to_string().contains("row-level security"),
+            "{refused}"
+        );
+
+        // Scoped to A: A's call only, and B's rows cannot be written either.
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
+            .bind(a.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let seen: Vec<String> = sqlx::query_scalar("SELECT workspace_id FROM calls")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(seen, [a.id.as_str().to_owned()]);
+        let touched = sqlx::query("UPDATE calls SET status = 'failed' WHERE workspace_id = $1")
+            .bind(b.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(touched.rows_affected(), 0, "B's rows are invisible to A");
+        tx.commit().await.unwrap();
+
+        // The same pooled connection, after A's transaction, sees nothing again.
+        let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM calls")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            visible, 0,
+            "the workspace setting leaked to the next use of the connection"
+        );
+        let setting: Option<String> =
+            sqlx::query_scalar("SELECT nullif(current_setting('app.workspace_id', true), '')")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(setting, None);
+    }
+
+    #[tokio::test]
+    async fn the_gateway_role_is_plain_and_every_tenant_table_forces_row_level_security() {
+        let Some(db) = PgTestDb::create("PostgreSQL roles and policies").await else {
+            return;
+        };
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.admin_db_url())
+            .await
+            .unwrap();
+        let (superuser, bypass): (bool, bool) = sqlx::query_as(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'callstream_app'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert!(!superuser && !bypass, "callstream_app must be a plain role");
+        let owns: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+             WHERE r.rolname = 'callstream_app'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert_eq!(owns, 0, "callstream_app owns nothing");
+        let tables: Vec<(String, bool, bool)> = sqlx::query_as(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' \
+             AND (EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'workspace_id' AND NOT a.attisdropped) \
+                  OR c.relname = 'workspaces')",
+        )
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        assert!(tables.len() >= 12, "{tables:?}");
+        for (table, enabled, forced) in tables {
+            assert!(
+                enabled && forced,
+                "{table}: row-level security must be enabled and forced"
+            );
+        }
+    }
+}
