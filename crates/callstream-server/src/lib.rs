@@ -101,21 +101,27 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
             post(routes::audio_streams::create)
                 .get(routes::audio_streams::list)
-                .delete(routes::audio_streams::delete_all),
+                .delete(routes::audio_streams::delete_all)
+                .fallback(routes::audio_streams::method_not_allowed),
         )
         .route(
             "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream",
             post(routes::audio_streams::create)
                 .get(routes::audio_streams::list)
-                .delete(routes::audio_streams::delete_all),
+                .delete(routes::audio_streams::delete_all)
+                .fallback(routes::audio_streams::method_not_allowed),
         )
         .route(
             "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}/",
-            get(routes::audio_streams::get).delete(routes::audio_streams::delete),
+            get(routes::audio_streams::get)
+                .delete(routes::audio_streams::delete)
+                .fallback(routes::audio_streams::method_not_allowed),
         )
         .route(
             "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}",
-            get(routes::audio_streams::get).delete(routes::audio_streams::delete),
+            get(routes::audio_streams::get)
+                .delete(routes::audio_streams::delete)
+                .fallback(routes::audio_streams::method_not_allowed),
         )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))

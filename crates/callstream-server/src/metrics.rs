@@ -90,6 +90,8 @@ pub struct AudioMetrics {
     pub service_messages_refused: Counter,
     /// Streams that ended, by how (`stopped`, `dropped`).
     pub ended: Family<OutcomeLabels, Counter>,
+    /// Frames a listener's bus queue could not take (a stream still connecting, or too slow).
+    pub listener_dropped: Counter,
 }
 
 pub struct Metrics {
@@ -193,7 +195,13 @@ impl Metrics {
             reconnects: Counter::default(),
             service_messages_refused: Counter::default(),
             ended: Family::default(),
+            listener_dropped: Counter::default(),
         };
+        registry.register(
+            "audio_listener_frames_dropped",
+            "Audio frames a listener's bus queue could not take (a stream still connecting, or too slow)",
+            audio.listener_dropped.clone(),
+        );
         registry.register(
             "audio_streams_active",
             "Audio streams connecting or connected",

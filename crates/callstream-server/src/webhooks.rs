@@ -90,6 +90,19 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
     }
 }
 
+/// A GET callback's URL and its query string: the URL's own query (if any) and the form
+/// fields after it; a fragment is dropped (it is never sent).
+fn get_callback_url(url: &str, fields: &[u8]) -> (String, String) {
+    let fields = String::from_utf8_lossy(fields);
+    let url = url.split('#').next().unwrap_or(url);
+    let (base, query) = match url.split_once('?') {
+        Some((base, own)) if !own.is_empty() => (base, format!("{own}&{fields}")),
+        Some((base, _)) => (base, fields.into_owned()),
+        None => (url, fields.into_owned()),
+    };
+    (format!("{base}?{query}"), query)
+}
+
 /// One attempt and what to do next.
 async fn attempt(
     http: &reqwest::Client,
@@ -112,23 +125,27 @@ async fn attempt(
             error: format!("target refused: {err}"),
         };
     }
-    let headers =
-        callstream_webhooks::headers(&secret, &[], &d.event_id, now.timestamp(), &d.payload);
-    let mut request = match d.target {
-        DeliveryTarget::Endpoint(_) => http
+    // What is signed is exactly what is sent: the body, or for a GET callback the whole query
+    // string after `?` (the URL's own parameters, then the callback's fields).
+    let get_url = match d.target {
+        DeliveryTarget::Callback(CallbackMethod::Get) => Some(get_callback_url(&d.url, &d.payload)),
+        _ => None,
+    };
+    let signed: &[u8] = match &get_url {
+        Some((_, query)) => query.as_bytes(),
+        None => &d.payload,
+    };
+    let headers = callstream_webhooks::headers(&secret, &[], &d.event_id, now.timestamp(), signed);
+    let mut request = match (&d.target, get_url) {
+        (_, Some((url, _))) => http.get(url),
+        (DeliveryTarget::Endpoint(_), None) => http
             .post(&d.url)
             .header("content-type", "application/json")
             .body(d.payload.clone()),
-        DeliveryTarget::Callback(CallbackMethod::Post) => http
+        (DeliveryTarget::Callback(_), None) => http
             .post(&d.url)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(d.payload.clone()),
-        DeliveryTarget::Callback(CallbackMethod::Get) => {
-            // The signed form fields become the query, exactly as signed.
-            let fields = String::from_utf8_lossy(&d.payload);
-            let separator = if d.url.contains('?') { '&' } else { '?' };
-            http.get(format!("{}{separator}{fields}", d.url))
-        }
     };
     for (name, value) in headers.pairs() {
         request = request.header(name, value);
@@ -170,5 +187,25 @@ async fn attempt(
         },
         NextStep::RetryAt(at) => DeliveryResult::RetryAt { at, status, error },
         NextStep::GiveUp => DeliveryResult::Abandon { status, error },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn get_callbacks_append_their_fields_to_the_urls_own_query() {
+        for (url, expect_url, expect_query) in [
+            ("http://h/cb", "http://h/cb?Event=X", "Event=X"),
+            ("http://h/cb?", "http://h/cb?Event=X", "Event=X"),
+            ("http://h/cb?x=1", "http://h/cb?x=1&Event=X", "x=1&Event=X"),
+            (
+                "http://h/cb?x=1#top",
+                "http://h/cb?x=1&Event=X",
+                "x=1&Event=X",
+            ),
+        ] {
+            let (url, query) = super::get_callback_url(url, b"Event=X");
+            assert_eq!((url.as_str(), query.as_str()), (expect_url, expect_query));
+        }
     }
 }

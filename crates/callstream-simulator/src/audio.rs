@@ -295,6 +295,9 @@ pub async fn play_call(
     let mut inbound = [0i16; FRAME];
     let mut outbound = [0i16; FRAME];
     let start = Instant::now();
+    // Capture times on the same 20 ms grid as the frames (the wall clock read at each wake-up
+    // would jitter with the wake-up).
+    let start_ms = u64::try_from(callstream_core::time::now().timestamp_millis()).unwrap_or(0);
     for k in 0u32.. {
         let due = start + Duration::from_millis(20) * k;
         tokio::select! {
@@ -325,7 +328,7 @@ pub async fn play_call(
             }
         }
         agent.fill(speaking(&spans, Speaker::Agent, t), &mut outbound);
-        let now_ms = u64::try_from(callstream_core::time::now().timestamp_millis()).unwrap_or(0);
+        let now_ms = start_ms + 20 * u64::from(k);
         let inbound_frame = AudioFrame {
             call: call.clone(),
             track: Track::Inbound,

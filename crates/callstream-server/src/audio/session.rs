@@ -142,9 +142,11 @@ impl Session {
             Ok(events) => events,
             Err(e) => return End::Dropped(format!("the call's events are unavailable: {e}")),
         };
+        // Frames that queue here while the stream still connects are not the service's loss:
+        // they are counted apart from `to_service` drops.
         let options = SubscribeOptions {
             queue_capacity: AUDIO_QUEUE,
-            dropped: self.dropped("to_service"),
+            dropped: state.metrics().audio.listener_dropped.clone(),
         };
         let mut audio = match state.bus().subscribe_audio(workspace, call, options).await {
             Ok(audio) => audio,
@@ -168,8 +170,10 @@ impl Session {
                     () = state.shutdown().cancelled() => return End::ShuttingDown,
                     () = self.deleted.cancelled() => return End::Deleted,
                     () = tokio::time::sleep_until(deadline) => return End::Stopped("stream_timeout reached".into()),
-                    event = events.next() => if event.is_none() {
-                        return End::Stopped("the call ended".into());
+                    event = events.next() => if event.is_none()
+                        && let Err(end) = self.call_ended_or_resubscribe(&mut events).await
+                    {
+                        return end;
                     },
                     frame = audio.next() => match frame {
                         Some(frame) => { first = Some(frame); break; }
@@ -225,6 +229,24 @@ impl Session {
         Instant::now() + left
     }
 
+    /// After the call's event subscription ended: the call ended (`Err` to end the stream), or
+    /// the subscription was interrupted and is made again.
+    async fn call_ended_or_resubscribe(&self, events: &mut Subscription) -> Result<(), End> {
+        if events.end() == callstream_bus::End::Finished {
+            return Err(End::Stopped("the call ended".into()));
+        }
+        let topic = Topic::call(&self.rec.workspace_id, &self.rec.call_id);
+        match self.state.subscribe(&topic, Resume::Live, &LABELS).await {
+            Ok(again) => {
+                *events = again;
+                Ok(())
+            }
+            Err(e) => Err(End::Dropped(format!(
+                "the call's events are unavailable: {e}"
+            ))),
+        }
+    }
+
     fn stall(&self) -> Duration {
         Duration::from_secs(self.state.config().audio_service_stall_secs)
     }
@@ -237,15 +259,19 @@ impl Session {
         let mut last = String::new();
         for attempt in 0..attempts {
             if attempt > 0 {
-                let pause = Duration::from_secs(u64::from(attempt));
-                tokio::select! {
-                    biased;
-                    () = self.state.shutdown().cancelled() => return Err(End::ShuttingDown),
-                    () = self.deleted.cancelled() => return Err(End::Deleted),
-                    event = events.next() => if event.is_none() {
-                        return Err(End::Stopped("the call ended".into()));
-                    },
-                    () = tokio::time::sleep(pause) => {}
+                // The whole pause, however busy the call is meanwhile: its events are watched
+                // only for its end.
+                let retry_at = Instant::now() + Duration::from_secs(u64::from(attempt));
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = self.state.shutdown().cancelled() => return Err(End::ShuttingDown),
+                        () = self.deleted.cancelled() => return Err(End::Deleted),
+                        event = events.next() => if event.is_none() {
+                            self.call_ended_or_resubscribe(events).await?;
+                        },
+                        () = tokio::time::sleep_until(retry_at) => break,
+                    }
                 }
             }
             let try_once = self.connect_once();
@@ -334,6 +360,9 @@ impl Session {
     ) -> End {
         let state = &self.state;
         let config = state.config();
+        let _open = crate::metrics::OpenStream::new(
+            state.metrics().open_streams.get_or_create(&LABELS).clone(),
+        );
         let mut link = Link::new(socket);
         let mut live = Live::new(self, config.audio_playout_max_secs);
         let stall = self.stall();
@@ -415,14 +444,15 @@ impl Session {
                             }
                         }
                     }
-                    None if events.end() == callstream_bus::End::Finished => {
-                        break (End::Stopped("the call ended".into()), Some((CloseCode::Normal, "the call ended")));
-                    }
                     None => {
-                        // The call's events were interrupted (not its end): listen again.
-                        match state.subscribe(&Topic::call(&self.rec.workspace_id, &self.rec.call_id), Resume::Live, &LABELS).await {
-                            Ok(again) => events = again,
-                            Err(e) => break (End::Dropped(format!("the call's events are unavailable: {e}")), Some((CloseCode::Error, "the call's events are unavailable"))),
+                        // The call ended, or its events were interrupted and are listened to
+                        // again.
+                        if let Err(end) = self.call_ended_or_resubscribe(&mut events).await {
+                            let close = match end {
+                                End::Stopped(_) => (CloseCode::Normal, "the call ended"),
+                                _ => (CloseCode::Error, "the call's events are unavailable"),
+                            };
+                            break (end, Some(close));
                         }
                     }
                 },
@@ -434,9 +464,15 @@ impl Session {
                         tracing::debug!(stream_id = %self.rec.stream_id, "audio stream: binary message ignored (the protocol is JSON text)");
                     }
                     Io::Read(Message::Close(frame)) => {
-                        let how = frame.map_or_else(|| "without a code".to_owned(), |f| format!("with {} {}", u16::from(f.code), f.reason));
-                        break (End::Dropped(format!("the service closed the connection {how}")), Some((CloseCode::Normal, "closed by the service")));
+                        let how = frame.map_or_else(
+                            || "without a code".to_owned(),
+                            |f| format!("with {} {}", u16::from(f.code), f.reason).trim_end().to_owned(),
+                        );
+                        // tungstenite has queued the answering close frame: flush it out.
+                        link.answer_close().await;
+                        break (End::Dropped(format!("the service closed the connection {how}")), None);
                     }
+                    Io::TooBig(reason) => break (End::Dropped(reason), Some((CloseCode::Size, "message too big"))),
                     Io::Read(_) => {}
                     Io::Failed(reason) => break (End::Dropped(reason), None),
                 },
@@ -455,6 +491,8 @@ enum Io {
     /// A full socket can take writes again.
     Writable,
     Read(Message),
+    /// The service sent a message over the limit (closed with 1009).
+    TooBig(String),
     /// The connection failed or closed without a close frame.
     Failed(String),
 }
@@ -567,6 +605,12 @@ impl Link {
             }
             match Pin::new(&mut self.socket).poll_next(cx) {
                 Poll::Ready(Some(Ok(m))) => Poll::Ready(Io::Read(m)),
+                Poll::Ready(Some(Err(e @ tungstenite::Error::Capacity(_)))) => {
+                    Poll::Ready(Io::TooBig(format!(
+                        "the service sent a message over audio_max_service_message_bytes: {}",
+                        describe_ws_error(&e)
+                    )))
+                }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Io::Failed(format!(
                     "the connection to the service failed: {}",
                     describe_ws_error(&e)
@@ -577,6 +621,11 @@ impl Link {
                 Poll::Pending => Poll::Pending,
             }
         })
+    }
+
+    /// After the service's close frame: sends the answer tungstenite queued for it.
+    async fn answer_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.socket.flush()).await;
     }
 
     /// Sends a close frame after what is queued and waits a moment for it to go out.
@@ -686,6 +735,8 @@ struct Live {
     last_handout: Option<Instant>,
     scratch: Vec<u8>,
     sent_to_service: prometheus_client::metrics::counter::Counter,
+    /// The surface-wide count of frames sent (`frames_sent_total{surface="audio_stream_ws"}`).
+    surface_sent: prometheus_client::metrics::counter::Counter,
     dropped_to_service: prometheus_client::metrics::counter::Counter,
     sent_to_call: prometheus_client::metrics::counter::Counter,
     dropped_to_call: prometheus_client::metrics::counter::Counter,
@@ -722,6 +773,12 @@ impl Live {
             last_handout: None,
             scratch: Vec::new(),
             sent_to_service: session.sent("to_service"),
+            surface_sent: session
+                .state
+                .metrics()
+                .frames_sent
+                .get_or_create(&LABELS)
+                .clone(),
             dropped_to_service: session.dropped("to_service"),
             sent_to_call: session.sent("to_call"),
             dropped_to_call: session.dropped("to_call"),
@@ -781,11 +838,7 @@ impl Live {
         // queued while the stream connected, or before a gap) is late already and would keep
         // every frame after it as late.
         if realign {
-            let stale = track.framer.buffered_len() / track.framer.frame_len().max(1);
             track.framer.clear();
-            for _ in 0..stale {
-                self.dropped_to_service.inc();
-            }
         }
         if track.framer.buffered_len() == 0 {
             track.base_ms = frame.timestamp_ms;
@@ -853,6 +906,7 @@ impl Live {
             sent += 1;
             if link.media(message) {
                 self.sent_to_service.inc();
+                self.surface_sent.inc();
             } else {
                 self.dropped_to_service.inc();
             }

@@ -125,7 +125,7 @@ impl FromRequestParts<AppState> for Account {
             .ok_or_else(|| ApiError::unauthorized("invalid X-Auth-Token"))?;
         if workspace.auth_id != auth_id {
             return Err(ApiError::unauthorized(
-                "X-Auth-ID is not the auth_id of this key's account",
+                "the account id (X-Auth-ID, or the Basic user) is not the auth_id of this key's account",
             )
             .into());
         }
@@ -178,9 +178,18 @@ fn fields(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Stream
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
     match content_type.as_str() {
-        "application/x-www-form-urlencoded" => Ok(form_urlencoded::parse(body)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect()),
+        "application/x-www-form-urlencoded" => {
+            let mut fields = Map::new();
+            for (k, v) in form_urlencoded::parse(body) {
+                if fields
+                    .insert(k.clone().into_owned(), Value::String(v.into_owned()))
+                    .is_some()
+                {
+                    return Err(bad(format!("{k}: given more than once")));
+                }
+            }
+            Ok(fields)
+        }
         "application/json" | "" => match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err(bad("body: expected a JSON object")),
@@ -280,21 +289,31 @@ fn extra_headers(v: &Value) -> Result<String, StreamError> {
 fn content_type(v: &Value) -> Result<MediaFormat, StreamError> {
     let text = string(v, "content_type")?;
     let allowed = "audio/x-l16;rate=8000, audio/x-l16;rate=16000 or audio/x-mulaw;rate=8000";
-    let format = MediaFormat::parse(&text)
-        .map_err(|e| bad(format!("content_type: {e}; expected {allowed}")))?;
-    if [
-        MediaFormat::L16_8K,
-        MediaFormat::L16_16K,
-        MediaFormat::MULAW_8K,
-    ]
-    .contains(&format)
-    {
+    match MediaFormat::parse(&text) {
         Ok(format)
-    } else {
-        Err(bad(format!(
-            "content_type: {text:?} is not offered; expected {allowed}"
-        )))
+            if [
+                MediaFormat::L16_8K,
+                MediaFormat::L16_16K,
+                MediaFormat::MULAW_8K,
+            ]
+            .contains(&format) =>
+        {
+            Ok(format)
+        }
+        _ => Err(bad(format!(
+            "content_type: {:?} is not offered; expected {allowed}",
+            text.chars().take(64).collect::<String>()
+        ))),
     }
+}
+
+/// Any other method on the Stream paths: `405`, in this resource's error shape.
+pub async fn method_not_allowed() -> StreamError {
+    StreamError(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the Stream resource takes GET, POST and DELETE",
+    ))
 }
 
 /// `POST …/Stream/`.
@@ -330,6 +349,7 @@ pub async fn create(
             }
             "content_type" => format = content_type(value)?,
             "stream_timeout" => stream_timeout = seconds(value, key)?,
+            "status_callback_url" if value.is_null() => callback_url = None,
             "status_callback_url" => {
                 let text = string(value, key)?;
                 if !text.is_empty() {

@@ -579,7 +579,8 @@ async fn played_audio_reaches_the_call_in_real_time_and_a_checkpoint_waits_for_i
         .start_stream(
             &id,
             json!({"service_url": service.url, "bidirectional": true,
-                   "status_callback_url": callbacks.url, "status_callback_method": "GET"}),
+                   "status_callback_url": format!("{}?tenant=a%20b", callbacks.url),
+                   "status_callback_method": "GET"}),
         )
         .await;
     let mut conn = service.next_conn().await;
@@ -645,6 +646,29 @@ async fn played_audio_reaches_the_call_in_real_time_and_a_checkpoint_waits_for_i
     assert_eq!(cb.field("Name").as_deref(), Some("greeting"));
     assert_eq!(cb.field("StreamID").as_deref(), Some(stream_id.as_str()));
     assert_eq!(cb.field("CallUUID").as_deref(), Some(id.as_str()));
+    // The URL's own parameters come first and stay, and the signature covers the whole query
+    // exactly as it arrived.
+    let query = cb.query.clone().unwrap();
+    assert!(query.starts_with("tenant=a%20b&"), "{query}");
+    let (_, workspace) = ts.get("/v1/workspace", &ts.acme.api).await;
+    let secret: callstream_webhooks::Secret = workspace["callback_signing_secret"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = cb
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    callstream_webhooks::verify(
+        &[secret],
+        headers,
+        query.as_bytes(),
+        callstream_core::time::now(),
+        callstream_webhooks::DEFAULT_TOLERANCE,
+    )
+    .expect("a valid signature over the query string");
     callbacks.wait_for("StartStream").await;
 }
 
@@ -924,6 +948,113 @@ async fn an_unreachable_service_is_tried_three_times_then_reported_dropped() {
         3.0
     );
     assert!(!callbacks.events().contains(&"StartStream".to_owned()));
+}
+
+#[tokio::test]
+async fn a_busy_call_does_not_cut_the_pauses_between_connect_attempts_short() {
+    let ts = TestServer::start_with(fast).await;
+    let callbacks = Callbacks::start().await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/audio", closed.local_addr().unwrap());
+    drop(closed);
+    let id = ts.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    ts.start_stream(
+        &id,
+        json!({"service_url": url, "status_callback_url": callbacks.url}),
+    )
+    .await;
+    // The call keeps talking while the gateway retries: an event every 50 ms (bounded).
+    let talking = {
+        let ts_url = ts.url(&format!("/v1/calls/{id}/events"));
+        let http = ts.http.clone();
+        let key = ts.acme.runtime.clone();
+        tokio::spawn(async move {
+            for n in 0..200 {
+                let event =
+                    crate::support::transcription("user", "hello", false, &format!("trn_{n}"));
+                let r = http
+                    .post(&ts_url)
+                    .bearer_auth(&key)
+                    .json(&event)
+                    .send()
+                    .await;
+                assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(202));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    callbacks.wait_for("DroppedStream").await;
+    assert!(!talking.is_finished(), "the call stopped talking early");
+    talking.abort();
+    // Three attempts, with pauses of 1 s and 2 s between them: the call's events did not wake
+    // the session into trying again early.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900),
+        "gave up after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_service_that_closes_is_answered_and_one_that_sends_too_much_gets_1009() {
+    let ts = TestServer::start_with(|c| c.audio_max_service_message_bytes = 64 * 1024).await;
+    let mut service = Service::start().await;
+    let id = ts.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The service says goodbye: the gateway answers its close, and the stream is dropped with
+    // the service's reason.
+    let closing = ts
+        .start_stream(&id, json!({"service_url": service.url}))
+        .await;
+    let mut conn = service.next_conn().await;
+    conn.next_event("start").await;
+    conn.send_raw(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 4000.into(),
+            reason: "bye".into(),
+        },
+    )));
+    assert_eq!(conn.closed().await, Some(4000), "the close is answered");
+    let view = ts.wait_stream_status(&id, &closing, "dropped").await;
+    assert_eq!(
+        view["end_reason"],
+        "the service closed the connection with 4000 bye"
+    );
+
+    // A message over the limit: closed with 1009, and the stream is dropped saying why.
+    let flooding = ts
+        .start_stream(
+            &id,
+            json!({"service_url": service.url, "bidirectional": true}),
+        )
+        .await;
+    let mut conn = service.next_conn().await;
+    conn.next_event("start").await;
+    conn.send(
+        &json!({"event": "playAudio", "media": {"contentType": "audio/x-mulaw",
+        "sampleRate": "8000", "payload": B64.encode(vec![0xffu8; 128 * 1024])}}),
+    );
+    assert_eq!(conn.closed().await, Some(1009));
+    let view = ts.wait_stream_status(&id, &flooding, "dropped").await;
+    assert!(
+        view["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("audio_max_service_message_bytes"),
+        "{view}"
+    );
+
+    // The call is unharmed: a third stream works.
+    ts.start_stream(&id, json!({"service_url": service.url}))
+        .await;
+    service.next_conn().await.next_event("start").await;
 }
 
 #[tokio::test]
