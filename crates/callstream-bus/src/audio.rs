@@ -94,6 +94,16 @@ impl AudioTopics {
         });
     }
 
+    /// Live listeners of one call's audio on this node.
+    pub(crate) fn listeners_of(&self, topic: &Topic) -> usize {
+        self.topics.get(topic).map_or(0, |listeners| {
+            lock(&listeners)
+                .iter()
+                .filter(|l| !l.tx.is_closed())
+                .count()
+        })
+    }
+
     pub(crate) fn listeners(&self) -> usize {
         self.topics.iter().map(|t| lock(t.value()).len()).sum()
     }

@@ -124,6 +124,11 @@ impl RuntimeLink {
         }
     }
 
+    /// The workspace this runtime serves.
+    pub fn workspace(&self) -> &WorkspaceId {
+        &self.workspace
+    }
+
     /// Audio already queued for this runtime, without waiting.
     pub fn try_next_audio(&mut self) -> Option<Bytes> {
         self.audio.try_recv().ok()
@@ -217,6 +222,19 @@ const AUDIO_INBOX: usize = 4096;
 impl InProcessCommands {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether a runtime connected here claimed `call`.
+    pub fn serves(&self, call: &CallId) -> bool {
+        self.links.owners.contains_key(call)
+    }
+
+    /// Whether a runtime of `workspace` is connected here.
+    pub fn has_runtime(&self, workspace: &WorkspaceId) -> bool {
+        self.links
+            .by_workspace
+            .get(workspace)
+            .is_some_and(|links| !links.is_empty())
     }
 }
 

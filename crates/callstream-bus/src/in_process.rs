@@ -118,6 +118,19 @@ impl InProcessBus {
             .clone()
     }
 
+    /// What this bus holds of a topic: the oldest seq its history still has (`None` when it
+    /// holds none) and the last seq published. `None` for a topic it does not know. A
+    /// networked backend that keeps this bus as its local fan-out asks it whether a resume can
+    /// be served from memory.
+    pub fn bounds(&self, topic: &Topic) -> Option<(Option<u64>, u64)> {
+        let state = self.topics.get(topic)?.clone();
+        let inner = state.lock();
+        if inner.removed {
+            return None;
+        }
+        Some((inner.history.front().map(|e| e.seq()), inner.last_seq))
+    }
+
     /// Forgets topics whose retention has passed. Runs from [`Bus::maintain`].
     pub fn sweep(&self, now: Instant) {
         self.topics.retain(|_, state| {

@@ -28,7 +28,11 @@ pub mod commands;
 pub mod conformance;
 mod event;
 mod in_process;
+pub mod nats;
+pub mod nats_commands;
 mod subscription;
+#[doc(hidden)]
+pub mod testing;
 mod topic;
 
 use std::sync::Arc;
@@ -46,6 +50,8 @@ pub use commands::{
 };
 pub use event::{Event, FORMAT_SLOTS, FormatSlot};
 pub use in_process::{InProcessBus, InProcessConfig};
+pub use nats::{NatsBus, NatsConfig};
+pub use nats_commands::NatsCommands;
 pub use topic::Topic;
 
 /// A concurrent map for the maps ingest reads on every event (topics, live calls, who serves a
@@ -120,6 +126,30 @@ pub trait Bus: Send + Sync + 'static {
     /// # Errors
     /// [`BusError::Unavailable`] when the backend cannot take it.
     async fn publish(&self, event: Arc<Event>) -> Result<PublishReport, BusError>;
+
+    /// Publishes events of one topic, in seq order, as one step: a backend on a network sends
+    /// them together (one message, stored or refused as a whole). Nothing is published when
+    /// it fails.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the backend cannot take them.
+    async fn publish_batch(&self, events: &[Arc<Event>]) -> Result<PublishReport, BusError> {
+        let mut report = PublishReport::default();
+        for event in events {
+            let one = self.publish(event.clone()).await?;
+            report.queued += one.queued;
+            report.dropped += one.dropped;
+        }
+        Ok(report)
+    }
+
+    /// Whether the backend is reachable now (for readiness checks).
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when it is not.
+    async fn check(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 
     /// Subscribes to one topic.
     ///

@@ -113,6 +113,16 @@ impl Subscription {
         self.backlog.front().map(|e| e.seq())
     }
 
+    /// Puts `earlier` (events older than anything this subscription holds, in seq order) in
+    /// front of the backlog and replaces the gap: for a backend that serves the newest history
+    /// from memory and fills in what came before from storage.
+    pub fn prepend(&mut self, earlier: Vec<Arc<Event>>, gap: Option<Gap>) {
+        for event in earlier.into_iter().rev() {
+            self.backlog.push_front(event);
+        }
+        self.gap = gap;
+    }
+
     /// Set when the resume point was older than the history.
     pub fn gap(&self) -> Option<Gap> {
         self.gap

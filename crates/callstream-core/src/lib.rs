@@ -13,6 +13,8 @@ pub mod id;
 pub mod incoming;
 pub mod json;
 pub mod model;
+#[doc(hidden)]
+pub mod testing;
 pub mod time;
 
 pub use command::{Command, CommandError};

@@ -16,6 +16,22 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the embedded SQLite database (`callstream.db`).
     pub data_dir: PathBuf,
+    /// PostgreSQL URL of the store several nodes share
+    /// (`postgres://callstream_app:…@host/callstream`), connected as the gateway's role: one
+    /// that owns nothing and has no `BYPASSRLS` (docs/operations.md). Unset: the embedded
+    /// SQLite database in `data_dir`.
+    pub database_url: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    pub database_max_connections: u32,
+    /// NATS URL(s) of the bus several nodes share (`nats://host:4222`, comma-separated for a
+    /// cluster); needs `database_url`. Unset: the in-process bus.
+    pub nats_url: Option<String>,
+    /// The JetStream stream that keeps events for resume.
+    pub nats_stream: String,
+    /// Seconds events stay resumable on NATS.
+    pub nats_max_age_secs: u64,
+    /// Replicas of the event stream (1 on one NATS server, 3 on a cluster of three).
+    pub nats_replicas: usize,
     /// Frames that may wait for one stream before newer frames are dropped for it.
     pub stream_queue_capacity: usize,
     /// Events kept per call and per conversation for resume (`Last-Event-ID`).
@@ -110,6 +126,12 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./callstream-data"),
+            database_url: None,
+            database_max_connections: 16,
+            nats_url: None,
+            nats_stream: "CALLSTREAM_EVENTS".to_owned(),
+            nats_max_age_secs: 24 * 3600,
+            nats_replicas: 1,
             stream_queue_capacity: 64,
             history_capacity: 128,
             history_retention_secs: 300,
@@ -183,6 +205,9 @@ pub const COMMAND_LINE_VARIABLES: &[&str] = &[
     "WORKSPACE",
     "KEY_RUNTIME",
     "KEY_JSON",
+    "OWNER_DATABASE_URL",
+    "TEST_POSTGRES",
+    "NATS_SERVER",
 ];
 
 fn numbers_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
@@ -332,6 +357,12 @@ impl Config {
                 self.audio_max_service_message_bytes as u64,
             ),
             ("audio_streams_per_call", self.audio_streams_per_call as u64),
+            (
+                "database_max_connections",
+                u64::from(self.database_max_connections),
+            ),
+            ("nats_max_age_secs", self.nats_max_age_secs),
+            ("nats_replicas", self.nats_replicas as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -342,6 +373,25 @@ impl Config {
             }
         }
         self.retry_schedule()?;
+        if self.nats_url.is_some() && self.database_url.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: "nats_url".into(),
+                message: "needs database_url: nodes that share a bus must share one store \
+                          (PostgreSQL)"
+                    .into(),
+            });
+        }
+        if self.nats_stream.is_empty()
+            || !self
+                .nats_stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::Invalid {
+                origin: "nats_stream".into(),
+                message: "letters, digits, `_` and `-` only".into(),
+            });
+        }
         if self.socket_send_buffer_bytes != 0
             && !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&self.socket_send_buffer_bytes)
         {
@@ -379,6 +429,11 @@ impl Config {
         crate::targets::Policy {
             allow_private: self.allow_private_webhook_targets,
         }
+    }
+
+    /// Whether several nodes may run on this configuration (NATS and PostgreSQL).
+    pub fn clustered(&self) -> bool {
+        self.nats_url.is_some()
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -69,6 +69,22 @@ impl ApiError {
                 format!("the call has already ended ({status})"),
             ),
             StoreError::Invalid(message) => Self::invalid_event(message),
+            StoreError::Publish(reason) => {
+                tracing::warn!(error = %reason, "events not published; nothing was recorded");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "bus_unavailable",
+                    "the event bus is unreachable; nothing was recorded, retry",
+                )
+            }
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "the database is unreachable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database is unreachable; nothing was recorded, retry",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::internal()

@@ -10,7 +10,7 @@ use callstream_core::{
     Call, CallId, Conversation, ConversationId, Envelope, EventType, Payload, Transport,
     WorkspaceId, time,
 };
-use callstream_store::{NewEvent, StoreError};
+use callstream_store::{NewEvent, PublishInOrder, StoreError};
 use callstream_surfaces::runtime::Batch;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -72,23 +72,44 @@ pub async fn append_call_events_in_place(
     call: &CallId,
     events: Vec<NewEvent>,
 ) -> Result<Published<Call>, ApiError> {
-    let (events, subject) = state
-        .live()
-        .append(state.store(), workspace, call, events, |envelopes| {
-            publish(state, envelopes)
-        })
-        .await?;
-    if !subject.status.is_active() {
+    let published = if state.config().clustered() {
+        // Several nodes may ingest for this call: the store numbers every batch and holds the
+        // call until the bus has it, so every node's subscribers see one gap-free order.
+        let publisher = BusPublisher::new(state);
+        let appended = state
+            .store()
+            .append_call_events(workspace, call, events, &publisher)
+            .await
+            .map_err(|e| ApiError::from_store(e, "call"))?;
+        state.live().remember(&appended.call);
+        Published {
+            events: publisher.into_events(),
+            subject: appended.call,
+        }
+    } else {
+        let (events, subject) = state
+            .live()
+            .append(state.store(), workspace, call, events, |envelopes| {
+                publish(state, envelopes)
+            })
+            .await?;
+        Published { events, subject }
+    };
+    // The batch may have queued webhooks (the worker looks at most every 20 ms however often
+    // it is told).
+    state.outbox_written();
+    if !published.subject.status.is_active() {
         state.commands().forget(call).await;
     }
-    Ok(Published { events, subject })
+    Ok(published)
 }
 
-/// Appends `events` to the conversation (the store assigns seqs) and publishes them in order.
+/// Appends `events` to the conversation (the store assigns seqs and publishes them in order
+/// while it holds the conversation's seq authority).
 ///
 /// # Errors
 /// 404 for an unknown conversation, 409 `mode_conflict` for a stale handoff, 400 for a batch the
-/// store refuses.
+/// store refuses, 503 when the bus or the database is unreachable (nothing was recorded).
 pub async fn append_conversation_events(
     state: &AppState,
     workspace: &WorkspaceId,
@@ -98,39 +119,69 @@ pub async fn append_conversation_events(
     let (state, workspace, conversation) = (state.clone(), workspace.clone(), conversation.clone());
     // As for calls: commit and publish together, whatever happens to the request.
     let task = tokio::spawn(async move {
-        ordered(&state, conversation.as_str(), async {
-            let appended = state
-                .store()
-                .append_conversation_events(&workspace, &conversation, events)
-                .await
-                .map_err(|e| match e {
-                    StoreError::Invalid(m) if m.contains("from_mode") => {
-                        ApiError::new(StatusCode::CONFLICT, "mode_conflict", m)
-                    }
-                    other => ApiError::from_store(other, "conversation"),
-                })?;
-            let events = publish(&state, appended.envelopes).await;
-            Ok(Published {
-                events,
-                subject: appended.conversation,
-            })
+        let publisher = BusPublisher::new(&state);
+        let appended = state
+            .store()
+            .append_conversation_events(&workspace, &conversation, events, &publisher)
+            .await
+            .map_err(|e| match e {
+                StoreError::Invalid(m) if m.contains("from_mode") => {
+                    ApiError::new(StatusCode::CONFLICT, "mode_conflict", m)
+                }
+                other => ApiError::from_store(other, "conversation"),
+            })?;
+        state.outbox_written();
+        Ok(Published {
+            events: publisher.into_events(),
+            subject: appended.conversation,
         })
-        .await
     });
     task.await.map_err(|_| ApiError::internal())?
 }
 
-/// Runs `work` under the subject's ingest lock, so the bus sees its events in seq order, and
-/// drops the lock's entry afterwards when nobody else waits for it.
-async fn ordered<T>(state: &AppState, subject: &str, work: impl Future<Output = T>) -> T {
-    let lock = state.ingest_lock(subject);
-    let result = {
-        let _ordered = lock.lock().await;
-        work.await
-    };
-    drop(lock);
-    state.release_ingest_lock(subject);
-    result
+/// Publishes a batch to the bus while the store holds its subject's seq authority (the store
+/// commits only once the bus took it), and keeps the events for the caller.
+pub(crate) struct BusPublisher<'a> {
+    state: &'a AppState,
+    events: std::sync::Mutex<Vec<Arc<Event>>>,
+}
+
+impl<'a> BusPublisher<'a> {
+    pub(crate) fn new(state: &'a AppState) -> Self {
+        Self {
+            state,
+            events: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn into_events(self) -> Vec<Arc<Event>> {
+        self.events
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl PublishInOrder for BusPublisher<'_> {
+    async fn publish(&self, envelopes: &[Envelope]) -> Result<(), String> {
+        let events: Vec<Arc<Event>> = envelopes
+            .iter()
+            .map(|envelope| Event::new(envelope.clone()))
+            .collect();
+        self.state
+            .bus()
+            .publish_batch(&events)
+            .await
+            .map_err(|e| e.to_string())?;
+        for event in &events {
+            self.state.metrics().ingested(event.envelope().event_type());
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(events);
+        Ok(())
+    }
 }
 
 /// Publishes the envelopes in order and returns them as the bus's events. The envelopes move

@@ -36,8 +36,11 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use callstream_bus::{Bus, CommandRouter, InProcessBus, InProcessCommands, InProcessConfig};
-use callstream_store::{SqliteStore, Store, StoreError};
+use callstream_bus::{
+    Bus, CommandRouter, InProcessBus, InProcessCommands, InProcessConfig, NatsBus, NatsCommands,
+    NatsConfig,
+};
+use callstream_store::{PgStore, SqliteStore, Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -237,6 +240,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("webhooks: {0}")]
     Webhooks(String),
+    #[error("opening the bus: {0}")]
+    Bus(String),
     #[error("listening on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -244,27 +249,66 @@ pub enum StartError {
     },
 }
 
-/// Opens the store and bus the configuration names. One place chooses backends.
+/// Opens the store and bus the configuration names. One place chooses backends: PostgreSQL
+/// when `database_url` is set (else SQLite in `data_dir`), NATS when `nats_url` is set (else
+/// the in-process bus and command router).
 ///
 /// # Errors
-/// When the data directory or database cannot be opened.
+/// When the data directory, the database or NATS cannot be opened.
 pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path()).await?);
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new(InProcessConfig {
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => Arc::new(PgStore::connect(url, config.database_max_connections).await?),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            Arc::new(SqliteStore::open(&config.database_path()).await?)
+        }
+    };
+    let local = InProcessConfig {
         history_capacity: config.history_capacity,
         ended_retention: Duration::from_secs(config.history_retention_secs),
         ..InProcessConfig::default()
-    }));
-    let commands: Arc<dyn CommandRouter> = Arc::new(InProcessCommands::new());
+    };
+    let Some(nats_url) = &config.nats_url else {
+        return Ok(Backends {
+            store,
+            bus: Arc::new(InProcessBus::new(local)),
+            commands: Arc::new(InProcessCommands::new()),
+            nats: None,
+        });
+    };
+    let node = node_name();
+    let bus = NatsBus::connect(NatsConfig {
+        url: nats_url.clone(),
+        stream: config.nats_stream.clone(),
+        max_age: Duration::from_secs(config.nats_max_age_secs),
+        replicas: config.nats_replicas,
+        local,
+        name: node.clone(),
+        ..NatsConfig::default()
+    })
+    .await
+    .map_err(|e| StartError::Bus(e.to_string()))?;
+    let client = bus.client().clone();
+    let commands = NatsCommands::start(client.clone(), node)
+        .await
+        .map_err(|e| StartError::Bus(e.to_string()))?;
     Ok(Backends {
         store,
-        bus,
-        commands,
+        bus: Arc::new(bus),
+        commands: Arc::new(commands),
+        nats: Some(client),
     })
+}
+
+/// This process's name on NATS: host and process id.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!("callstream-{host}-{}", std::process::id())
 }
 
 /// The backends one server runs on.
@@ -272,6 +316,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub commands: Arc<dyn CommandRouter>,
+    /// The NATS connection when the bus is NATS (for wake-ups between nodes).
+    pub nats: Option<async_nats::Client>,
 }
 
 /// A running server.
@@ -323,6 +369,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     )
     .map_err(|e| StartError::Webhooks(e.to_string()))?;
     tokio::spawn(webhooks::run(state.clone(), http, schedule));
+    tokio::spawn(webhooks::listen_for_wakes(state.clone()));
 
     // Build the router's services once: each connection then clones an `Arc` (axum's own
     // `serve(listener, router)` rebuilt the whole router per accepted connection, which massif

@@ -99,6 +99,26 @@ impl LiveCalls {
         })
     }
 
+    /// Remembers a call's workspace and transport (for [`LiveCalls::known`]) while it is live,
+    /// for a node that does not number its events itself (in a cluster the store does).
+    pub fn remember(&self, call: &Call) {
+        if !call.status.is_active() {
+            self.slots.remove(&call.id);
+            return;
+        }
+        if self
+            .slots
+            .get(&call.id)
+            .is_some_and(|s| s.known.get().is_some())
+        {
+            return;
+        }
+        let _ = self
+            .slot(&call.id)
+            .known
+            .set((call.workspace_id.clone(), call.transport));
+    }
+
     /// Forgets cached webhook presence for a workspace (its endpoints changed).
     pub fn webhooks_changed(&self, workspace: &WorkspaceId) {
         self.webhooks.remove(workspace);

@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::metrics::{Metrics, SurfaceLabels};
 
+/// The subject on which nodes wake each other's webhook workers.
+pub const OUTBOX_WAKE_SUBJECT: &str = "cs.outbox.wake";
+
 /// Cheap to clone: one `Arc` around everything.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -28,13 +31,13 @@ struct Inner {
     audio_streams: crate::audio::AudioStreams,
     /// Cancelled when the server begins to shut down: streams watch it and close.
     shutdown: CancellationToken,
-    /// One async lock per conversation with an ingest in flight (calls are ordered by their
-    /// sequencer in `live`). The store assigns seqs, but the bus
-    /// must also see one call's events in seq order, so "append to the store, then publish" runs
-    /// under the call's lock. Calls are independent: there is no lock across calls. Entries go
-    /// as soon as no ingest for the call is in flight, so the map holds only calls being ingested
-    /// right now.
-    ingest_order: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Wakes this node's webhook worker when the outbox got rows.
+    outbox: tokio::sync::Notify,
+    /// The NATS connection of a cluster: the outbox wake-up reaches every node.
+    nats: Option<async_nats::Client>,
+    /// When this node last told the cluster about new outbox rows (ms since the epoch): at most
+    /// one wake-up per 20 ms leaves it.
+    last_wake_ms: std::sync::atomic::AtomicI64,
 }
 
 impl AppState {
@@ -49,7 +52,9 @@ impl AppState {
             audio_streams: crate::audio::AudioStreams::default(),
             transcript_sockets: DashMap::new(),
             shutdown,
-            ingest_order: DashMap::new(),
+            outbox: tokio::sync::Notify::new(),
+            nats: backends.nats,
+            last_wake_ms: std::sync::atomic::AtomicI64::new(0),
         }))
     }
 
@@ -121,21 +126,52 @@ impl AppState {
         &self.0.shutdown
     }
 
-    /// The ingest lock of one call or conversation (by its id).
-    pub(crate) fn ingest_lock(&self, subject: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.0
-            .ingest_order
-            .entry(subject.to_owned())
-            .or_default()
-            .clone()
+    /// The NATS connection when this node is part of a cluster.
+    pub fn nats(&self) -> Option<&async_nats::Client> {
+        self.0.nats.as_ref()
     }
 
-    /// Drops the call's lock once nobody holds or waits for it. Safe against a racing
-    /// `ingest_lock`: both run under the map shard's lock, so a clone taken there is counted.
-    pub(crate) fn release_ingest_lock(&self, subject: &str) {
-        self.0
-            .ingest_order
-            .remove_if(subject, |_, lock| Arc::strong_count(lock) == 1);
+    /// Resolves when the outbox may have new rows (or at once if it was said meanwhile).
+    pub async fn outbox_wake(&self) {
+        self.0.outbox.notified().await;
+    }
+
+    /// Wakes the webhook worker of this node, now, without telling other nodes.
+    pub fn wake_outbox_here(&self) {
+        self.0.outbox.notify_one();
+    }
+
+    /// Says that the outbox got rows: this node's worker wakes at once, and in a cluster every
+    /// node's does (through NATS, at most one message per 20 ms from each node; polling
+    /// remains the fallback).
+    pub fn outbox_written(&self) {
+        self.wake_outbox_here();
+        let Some(nats) = &self.0.nats else {
+            return;
+        };
+        let now = callstream_core::time::now().timestamp_millis();
+        let last = self
+            .0
+            .last_wake_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < 20
+            || self
+                .0
+                .last_wake_ms
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let nats = nats.clone();
+        tokio::spawn(async move {
+            let _ = nats.publish(OUTBOX_WAKE_SUBJECT, bytes::Bytes::new()).await;
+        });
     }
 }
 

@@ -26,6 +26,8 @@ use crate::state::AppState;
 
 /// How long a claimed delivery is reserved for its attempt.
 const LEASE: Duration = Duration::from_secs(120);
+/// The shortest time between two looks at the outbox when writes wake the worker.
+const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(20);
 /// Rows claimed per poll.
 const BATCH: u32 = 64;
 
@@ -43,17 +45,50 @@ pub fn client(
         .build()
 }
 
-/// Runs until shutdown: polls the outbox and delivers, at most `webhook_concurrency` at once.
+/// In a cluster: wakes this node's worker whenever another node wrote to the outbox.
+pub async fn listen_for_wakes(state: AppState) {
+    let Some(nats) = state.nats().cloned() else {
+        return;
+    };
+    loop {
+        match nats.subscribe(crate::state::OUTBOX_WAKE_SUBJECT).await {
+            Ok(mut wakes) => loop {
+                tokio::select! {
+                    () = state.shutdown().cancelled() => return,
+                    wake = futures::StreamExt::next(&mut wakes) => match wake {
+                        Some(_) => state.wake_outbox_here(),
+                        None => break,
+                    },
+                }
+            },
+            Err(err) => tracing::warn!(error = %err, "outbox wake-ups unavailable; polling"),
+        }
+        tokio::select! {
+            () = state.shutdown().cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Runs until shutdown: polls the outbox (and wakes when told it got rows) and delivers, at
+/// most `webhook_concurrency` at once.
 pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySchedule>) {
     let config = state.config();
     let permits = Arc::new(Semaphore::new(config.webhook_concurrency));
     let mut every = tokio::time::interval(Duration::from_millis(config.webhook_poll_ms));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_look = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = state.shutdown().cancelled() => return,
             _ = every.tick() => {}
+            () = state.outbox_wake() => {
+                // Woken by a write: look now, but at most once per 20 ms however many writes
+                // there are (they coalesce into one wake-up meanwhile).
+                tokio::time::sleep_until(last_look + MIN_LOOK_INTERVAL).await;
+            }
         }
+        last_look = tokio::time::Instant::now();
         let now = time::now();
         let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
         let due = match state.store().due_deliveries(now, lease_until, BATCH).await {

@@ -74,6 +74,7 @@ macro_rules! conformance_tests {
             reserved_seqs_are_never_reused_and_settling_returns_the_rest,
             conversations_survive_reopen,
             appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
+            conversation_appends_publish_in_seq_order,
             concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back
         );
     };
@@ -329,6 +330,7 @@ pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Bac
                 msg("message.received", "received", Some("hi")),
                 msg("message.read", "read", None),
             ],
+            &crate::NoPublish,
         )
         .await
         .unwrap();
@@ -348,7 +350,7 @@ pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Bac
         json!({"from_mode": "ai", "to_mode": "human", "actor_user_id": "usr_1"}),
     );
     let b = store
-        .append_conversation_events(&ws.id, &c.id, vec![handoff.clone()])
+        .append_conversation_events(&ws.id, &c.id, vec![handoff.clone()], &crate::NoPublish)
         .await
         .unwrap();
     assert_eq!(
@@ -358,7 +360,7 @@ pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Bac
     // A stale from_mode is refused and takes no seq.
     assert!(matches!(
         store
-            .append_conversation_events(&ws.id, &c.id, vec![handoff])
+            .append_conversation_events(&ws.id, &c.id, vec![handoff], &crate::NoPublish)
             .await,
         Err(StoreError::Invalid(_))
     ));
@@ -374,7 +376,12 @@ pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Bac
     // Another workspace sees nothing and can append nothing.
     assert!(matches!(
         store
-            .append_conversation_events(&other.id, &c.id, vec![msg("message.read", "read", None)])
+            .append_conversation_events(
+                &other.id,
+                &c.id,
+                vec![msg("message.read", "read", None)],
+                &crate::NoPublish,
+            )
             .await,
         Err(StoreError::NotFound)
     ));
@@ -384,7 +391,8 @@ pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Bac
             .append_conversation_events(
                 &ws.id,
                 &c.id,
-                vec![ev("call.dtmf", json!({"digits": "1"}))]
+                vec![ev("call.dtmf", json!({"digits": "1"}))],
+                &crate::NoPublish,
             )
             .await,
         Err(StoreError::Invalid(_))
@@ -933,4 +941,75 @@ pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_bac
         .await
         .unwrap();
     assert_eq!(again.len(), 40);
+}
+
+/// Concurrent appends to one conversation publish in seq order before they commit, as call
+/// appends do; a failed publish records nothing and takes no seq.
+pub async fn conversation_appends_publish_in_seq_order(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let c = Conversation {
+        id: ConversationId::new(),
+        workspace_id: ws.id.clone(),
+        channel: Channel::Sms,
+        participants: vec!["+14155550123".into()],
+        mode: ConversationMode::Ai,
+        created_at: time::now(),
+        last_seq: 0,
+    };
+    store.create_conversation(&c).await.unwrap();
+    let recorder = Arc::new(Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: false,
+    });
+    let mut tasks = Vec::new();
+    for worker in 0..3 {
+        let (store, ws, id, recorder) =
+            (store.clone(), ws.id.clone(), c.id.clone(), recorder.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..4 {
+                let message = json!({"message_id": format!("m{worker}_{n}"),
+                                     "direction": "inbound", "status": "received", "text": "hi"});
+                store
+                    .append_conversation_events(
+                        &ws,
+                        &id,
+                        vec![ev("message.received", message)],
+                        recorder.as_ref(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        *recorder.seen.lock().unwrap(),
+        (1..=12).collect::<Vec<u64>>()
+    );
+    let failing = Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: true,
+    };
+    let lost =
+        json!({"message_id": "lost", "direction": "inbound", "status": "received", "text": "x"});
+    assert!(matches!(
+        store
+            .append_conversation_events(&ws.id, &c.id, vec![ev("message.received", lost)], &failing)
+            .await,
+        Err(StoreError::Publish(_))
+    ));
+    let history = store.messages(&ws.id, &c.id).await.unwrap();
+    assert_eq!(history.len(), 12, "the failed append recorded no message");
+    assert_eq!(
+        store
+            .conversation(&ws.id, &c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        12
+    );
 }

@@ -53,6 +53,23 @@ pub enum StoreError {
     Publish(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (down, or every pooled connection busy past
+    /// the timeout): retryable, nothing was recorded.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 /// Publishes a batch of a call's events the moment they are numbered, while the store still
 /// holds the call's seq authority ([`Store::append_call_events`]): no other batch of the same
 /// call is numbered or published until it returns, whichever node ingests, so every subscriber
@@ -540,6 +557,7 @@ pub trait Store: Send + Sync + 'static {
         workspace: &WorkspaceId,
         conversation: &ConversationId,
         events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation>;
 
     /// The conversation's messages, oldest first.

@@ -53,6 +53,22 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.application_name("callstream"))
             .await?;
+        // Row-level security is what keeps workspaces apart here: a role that bypasses it
+        // would serve every tenant's rows to every request.
+        let (superuser, bypass): (bool, bool) = sqlx::query_as(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if superuser || bypass {
+            pool.close().await;
+            return Err(StoreError::Invalid(
+                "the database role is a superuser or has BYPASSRLS, so row-level security \
+                 would not keep workspaces apart: connect as the gateway's own role \
+                 (callstream_app, docs/operations.md)"
+                    .into(),
+            ));
+        }
         Ok(Self { pool })
     }
 
@@ -766,6 +782,7 @@ impl Store for PgStore {
         workspace: &WorkspaceId,
         conversation_id: &ConversationId,
         events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation> {
         for (i, e) in events.iter().enumerate() {
             let ty = e.payload.event_type();
@@ -835,6 +852,10 @@ impl Store for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let conversation = conversation_row(&row)?;
+        publish
+            .publish(&envelopes)
+            .await
+            .map_err(StoreError::Publish)?;
         tx.commit().await?;
         Ok(AppendedConversation {
             envelopes,

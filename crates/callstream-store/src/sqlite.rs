@@ -713,6 +713,7 @@ impl Store for SqliteStore {
         workspace: &WorkspaceId,
         conversation_id: &ConversationId,
         events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation> {
         for (i, e) in events.iter().enumerate() {
             let ty = e.payload.event_type();
@@ -782,6 +783,10 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let conversation = conversation_row(&row)?;
+        publish
+            .publish(&envelopes)
+            .await
+            .map_err(StoreError::Publish)?;
         tx.commit().await?;
         Ok(AppendedConversation {
             envelopes,

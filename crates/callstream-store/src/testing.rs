@@ -21,10 +21,7 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// Whether missing services must fail tests instead of skipping them.
-pub fn services_required() -> bool {
-    std::env::var("CALLSTREAM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
+pub use callstream_core::testing::services_required;
 
 /// A database created for one test.
 pub struct PgTestDb {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use callstream_core::KeyKind;
 use callstream_server::{Config, auth};
 use callstream_simulator::{RunOptions, Runtime};
-use callstream_store::{SqliteStore, Store};
+use callstream_store::{PgStore, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,13 @@ enum Command {
     /// Manage API and runtime keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create or update the PostgreSQL schema, connected as the owner role (docs/operations.md).
+    Migrate {
+        /// PostgreSQL URL of the owner role, e.g.
+        /// `postgres://callstream_owner@127.0.0.1/callstream`.
+        #[arg(long, env = "CALLSTREAM_OWNER_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Args)]
@@ -102,6 +109,9 @@ enum KeysCommand {
         /// The gateway's data directory.
         #[arg(long, env = "CALLSTREAM_DATA_DIR", default_value = "./callstream-data")]
         data_dir: PathBuf,
+        /// The cluster's PostgreSQL (the gateway's role), instead of the data directory.
+        #[arg(long, env = "CALLSTREAM_DATABASE_URL")]
+        database_url: Option<String>,
         /// Workspace name.
         #[arg(long, env = "CALLSTREAM_WORKSPACE")]
         workspace: String,
@@ -172,6 +182,7 @@ async fn main() -> Result<()> {
         }
         Command::Keys(KeysCommand::Create {
             data_dir,
+            database_url,
             workspace,
             runtime,
             json,
@@ -181,7 +192,23 @@ async fn main() -> Result<()> {
             } else {
                 KeyKind::Api
             };
-            keys_create(&data_dir, &workspace, kind, json).await
+            let store: Box<dyn Store> = match database_url {
+                Some(url) => Box::new(
+                    PgStore::connect(&url, 1)
+                        .await
+                        .context("connecting to PostgreSQL")?,
+                ),
+                None => Box::new(open_store(&data_dir).await?),
+            };
+            keys_create(store.as_ref(), &workspace, kind, json).await
+        }
+        Command::Migrate { database_url } => {
+            init_logs();
+            PgStore::migrate(&database_url)
+                .await
+                .context("migrating the PostgreSQL schema")?;
+            println!("the PostgreSQL schema is up to date");
+            Ok(())
         }
     }
 }
@@ -237,9 +264,8 @@ async fn create_key(
     Ok((ws, key.secret))
 }
 
-async fn keys_create(data_dir: &Path, workspace: &str, kind: KeyKind, json: bool) -> Result<()> {
-    let store = open_store(data_dir).await?;
-    let (ws, secret) = create_key(&store, workspace, kind).await?;
+async fn keys_create(store: &dyn Store, workspace: &str, kind: KeyKind, json: bool) -> Result<()> {
+    let (ws, secret) = create_key(store, workspace, kind).await?;
     if json {
         println!(
             "{}",

@@ -57,8 +57,11 @@ pub fn send(
         if let Err(err) = ensure_signing_secret(&state, &message.workspace_id).await {
             tracing::warn!(error = %err.message, "no signing secret for a status callback");
         }
-        if let Err(err) = state.store().queue_callback(&message).await {
-            tracing::warn!(error = %err, kind = %message.kind, "could not queue a status callback");
+        match state.store().queue_callback(&message).await {
+            Ok(()) => state.outbox_written(),
+            Err(err) => {
+                tracing::warn!(error = %err, kind = %message.kind, "could not queue a status callback");
+            }
         }
     });
 }

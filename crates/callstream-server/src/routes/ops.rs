@@ -13,7 +13,7 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the store answers and the server is not shutting down.
+/// `GET /readyz`: the store and the bus answer and the server is not shutting down.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown().is_cancelled() {
         return (
@@ -22,17 +22,23 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    match state.store().ping().await {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness check: store unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "store_unavailable" })),
-            )
-                .into_response()
-        }
+    if let Err(err) = state.store().ping().await {
+        tracing::warn!(error = %err, "readiness check: store unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "store_unavailable" })),
+        )
+            .into_response();
     }
+    if let Err(err) = state.bus().check().await {
+        tracing::warn!(error = %err, "readiness check: bus unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "bus_unavailable" })),
+        )
+            .into_response();
+    }
+    Json(json!({ "status": "ready" })).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

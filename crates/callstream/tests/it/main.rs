@@ -4,6 +4,10 @@
 // Helpers here unwrap freely: in a test, a panic is how a broken expectation is reported.
 #![allow(clippy::unwrap_used)]
 
+/// This suite runs on the embedded backends (SQLite, the in-process bus); `it_cluster` runs the
+/// same tests on NATS and PostgreSQL.
+pub const CLUSTER: bool = false;
+
 mod audio_node;
 mod audio_streams;
 mod auth;

@@ -726,16 +726,22 @@ async fn a_finished_call_closes_1000_after_what_since_asks_for_even_after_a_rest
     assert_eq!(ws_json(&mut resumed).await["event_type"], "call.completed");
     assert_eq!(ws_next(&mut resumed).await, WsEvent::Close(1000));
 
-    // After a restart the history is gone: the gap is said, and the socket still closes.
+    // After a restart, embedded, the history is gone: the gap is said, and the socket still
+    // closes. On NATS the history outlives the process: the same events, then the close.
     let ts = ts.restart().await;
     let token = format!("token={}", ts.acme.api);
     let mut late = call_socket(&ts, &id, &format!("{token}&since=1")).await;
-    let gap = ws_json(&mut late).await;
-    assert_eq!(
-        (gap["type"].as_str(), gap["error_code"].as_str()),
-        (Some("error"), Some("resume_gap")),
-        "{gap}"
-    );
+    if ts.cluster.is_some() {
+        assert_eq!(ws_json(&mut late).await["seq"], 2);
+        assert_eq!(ws_json(&mut late).await["event_type"], "call.completed");
+    } else {
+        let gap = ws_json(&mut late).await;
+        assert_eq!(
+            (gap["type"].as_str(), gap["error_code"].as_str()),
+            (Some("error"), Some("resume_gap")),
+            "{gap}"
+        );
+    }
     assert_eq!(ws_next(&mut late).await, WsEvent::Close(1000));
 }
 
@@ -754,6 +760,15 @@ async fn a_resume_gap_on_a_live_call_is_said_then_live_events_follow() {
     .await;
     let ts = ts.restart().await;
     let mut ws = call_socket(&ts, &id, &format!("token={}&since=1", ts.acme.api)).await;
+    if ts.cluster.is_some() {
+        // On NATS the history outlived the restart, and the store numbers every event (no
+        // reserved block was lost with the process): no gap at all.
+        assert_eq!(ws_json(&mut ws).await["seq"], 2);
+        ts.ingest(&id, transcription("user", "c", true, "trn_3"))
+            .await;
+        assert_eq!(ws_json(&mut ws).await["seq"], 3);
+        return;
+    }
     let gap = ws_json(&mut ws).await;
     assert_eq!(gap["error_code"], "resume_gap");
     assert!(

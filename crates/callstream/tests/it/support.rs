@@ -1,5 +1,6 @@
-//! Test support: a real server on 127.0.0.1 port 0 with a real SQLite file, real HTTP clients,
-//! an SSE reader, and a capture of every log line the process writes.
+//! Test support: a real server on 127.0.0.1 port 0 with a real SQLite file (or, in the cluster
+//! suite, a NATS server and a PostgreSQL database of each test's own), real HTTP clients, an SSE
+//! reader, and a capture of every log line the process writes.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -49,8 +50,40 @@ pub struct Tenant {
     pub runtime: String,
 }
 
+/// The outside services of a test on the cluster backends: its own NATS server and its own
+/// PostgreSQL database.
+pub struct Cluster {
+    /// Stopped and started by the cluster suite's fault tests.
+    #[allow(dead_code)]
+    pub nats: Mutex<callstream_bus::testing::NatsTestServer>,
+    pub db: callstream_store::testing::PgTestDb,
+    pub nats_url: String,
+}
+
+impl Cluster {
+    /// Both services, or `None` (after one line) where the machine has neither and services are
+    /// not required.
+    pub async fn start(label: &str) -> Option<Arc<Self>> {
+        let nats = callstream_bus::testing::NatsTestServer::start(label)?;
+        let db = callstream_store::testing::PgTestDb::create(label).await?;
+        Some(Arc::new(Self {
+            nats_url: nats.url.clone(),
+            nats: Mutex::new(nats),
+            db,
+        }))
+    }
+
+    /// Points `config` at these services.
+    pub fn configure(&self, config: &mut Config) {
+        config.database_url = Some(self.db.app_url());
+        config.nats_url = Some(self.nats_url.clone());
+    }
+}
+
 pub struct TestServer {
     pub server: Option<Server>,
+    /// The NATS server and database when the suite runs on the cluster backends.
+    pub cluster: Option<Arc<Cluster>>,
     /// What the server was started with (a restart uses it again).
     pub config: Config,
     pub base: String,
@@ -76,14 +109,42 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// A server with `tune` applied to its configuration; in the cluster suite (`it_cluster`),
+    /// on a NATS server and a PostgreSQL database of its own.
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut c = config(dir.path());
+        let cluster = if crate::CLUSTER {
+            Cluster::start("the cluster suite").await
+        } else {
+            None
+        };
+        if let Some(cluster) = &cluster {
+            cluster.configure(&mut c);
+        }
         tune(&mut c);
         let server = callstream_server::start(c.clone()).await.unwrap();
         let acme = tenant(&server, "acme").await;
         let other = tenant(&server, "other").await;
-        Self::wrap(server, c, dir, acme, other)
+        let mut ts = Self::wrap(server, c, dir, acme, other);
+        ts.cluster = cluster;
+        ts
+    }
+
+    /// Another node on the same store and bus (the cluster suite), or on the same data
+    /// directory (embedded: then only one may run at a time).
+    #[allow(dead_code)]
+    pub async fn another_node(&self) -> Self {
+        let server = callstream_server::start(self.config.clone()).await.unwrap();
+        let mut ts = Self::wrap(
+            server,
+            self.config.clone(),
+            self.dir.clone(),
+            self.acme.clone(),
+            self.other.clone(),
+        );
+        ts.cluster = self.cluster.clone();
+        ts
     }
 
     /// Starts another server on the same data directory (after a restart).
@@ -92,13 +153,15 @@ impl TestServer {
         old.shutdown();
         old.wait().await.unwrap();
         let server = callstream_server::start(self.config.clone()).await.unwrap();
-        Self::wrap(
+        let mut ts = Self::wrap(
             server,
             self.config.clone(),
             self.dir.clone(),
             self.acme.clone(),
             self.other.clone(),
-        )
+        );
+        ts.cluster = self.cluster.take();
+        ts
     }
 
     fn wrap(
@@ -118,6 +181,7 @@ impl TestServer {
             .unwrap();
         Self {
             server: Some(server),
+            cluster: None,
             config,
             base,
             acme,
@@ -339,10 +403,7 @@ pub async fn transcript_stream(
     SseReader::open(req).await
 }
 
-/// Whether the tests that need outside services must run (CI) rather than skip.
-pub fn services_required() -> bool {
-    std::env::var("CALLSTREAM_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
+pub use callstream_core::testing::services_required;
 
 /// A client that opens a call's transcript stream on a raw socket with a tiny receive buffer
 /// and then never reads.
@@ -509,6 +570,16 @@ pub async fn flood_until_closed(ws: Ws, message: impl Fn(usize) -> WsMessage) ->
 /// read of a call fails as a store error.
 pub async fn break_the_calls_table(ts: &TestServer) {
     use sqlx::Connection;
+    if let Some(cluster) = &ts.cluster {
+        let mut db = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
+            .await
+            .unwrap();
+        sqlx::query("ALTER TABLE calls RENAME TO calls_gone")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        return;
+    }
     let path = ts.dir.path().join("callstream.db");
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
