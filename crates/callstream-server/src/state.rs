@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use callstream_bus::{Bus, BusError, CommandRouter, Resume, SubscribeOptions, Subscription, Topic};
+use callstream_core::{CallId, WorkspaceId};
 use callstream_store::Store;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -101,21 +102,72 @@ impl AppState {
     }
 
     /// Takes one of a call's `max` live transcript socket places, or `None` when all are taken;
-    /// the place is given back when the returned guard drops.
-    pub fn take_transcript_place(&self, call: &str, max: usize) -> Option<TranscriptPlace> {
-        let mut count = self
-            .0
-            .transcript_sockets
-            .entry(call.to_owned())
-            .or_insert(0);
-        if *count >= max {
-            return None;
+    /// the place is given back when the returned guard drops. Embedded, this node counts them;
+    /// in a cluster the store does, for every node at once, under leases this node renews
+    /// while the socket lives (a node that dies gives its places back within [`PLACE_LEASE`]).
+    ///
+    /// # Errors
+    /// When the store cannot be asked (a cluster's database is down).
+    pub async fn take_transcript_place(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        max: usize,
+    ) -> Result<Option<TranscriptPlace>, callstream_store::StoreError> {
+        if !self.0.config.clustered() {
+            let mut count = self
+                .0
+                .transcript_sockets
+                .entry(call.as_str().to_owned())
+                .or_insert(0);
+            if *count >= max {
+                return Ok(None);
+            }
+            *count += 1;
+            return Ok(Some(TranscriptPlace {
+                state: self.clone(),
+                held: Held::Here(call.as_str().to_owned()),
+            }));
         }
-        *count += 1;
-        Some(TranscriptPlace {
+        let holder = crate::auth::random_secret("place_");
+        let now = callstream_core::time::now();
+        let lease = chrono::Duration::from_std(PLACE_LEASE).unwrap_or_default();
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        if !self
+            .store()
+            .take_place(
+                workspace,
+                call,
+                "live_transcript",
+                max,
+                &holder,
+                now + lease,
+                now,
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        let renew = {
+            let (state, workspace, holder) = (self.clone(), workspace.clone(), holder.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PLACE_LEASE / 3).await;
+                    let until = callstream_core::time::now() + lease;
+                    if let Err(err) = state.store().renew_place(&workspace, &holder, until).await {
+                        tracing::warn!(error = %err, "could not renew a connection place");
+                    }
+                }
+            })
+        };
+        Ok(Some(TranscriptPlace {
             state: self.clone(),
-            call: call.to_owned(),
-        })
+            held: Held::Leased {
+                workspace: workspace.clone(),
+                holder,
+                renew,
+            },
+        }))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -175,18 +227,50 @@ impl AppState {
     }
 }
 
+/// How long a place on a call's connections is held in a cluster without being renewed.
+pub const PLACE_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One open live transcript socket's place in its call's limit.
 pub struct TranscriptPlace {
     state: AppState,
-    call: String,
+    held: Held,
+}
+
+enum Held {
+    /// Counted by this node (embedded), by call id.
+    Here(String),
+    /// A lease in the cluster's store, renewed by a task of this node.
+    Leased {
+        workspace: WorkspaceId,
+        holder: String,
+        renew: tokio::task::JoinHandle<()>,
+    },
 }
 
 impl Drop for TranscriptPlace {
     fn drop(&mut self) {
-        let sockets = &self.state.0.transcript_sockets;
-        if let Some(mut count) = sockets.get_mut(&self.call) {
-            *count = count.saturating_sub(1);
+        match &self.held {
+            Held::Here(call) => {
+                let sockets = &self.state.0.transcript_sockets;
+                if let Some(mut count) = sockets.get_mut(call) {
+                    *count = count.saturating_sub(1);
+                }
+                sockets.remove_if(call, |_, count| *count == 0);
+            }
+            Held::Leased {
+                workspace,
+                holder,
+                renew,
+            } => {
+                renew.abort();
+                let (state, workspace, holder) =
+                    (self.state.clone(), workspace.clone(), holder.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = state.store().release_place(&workspace, &holder).await {
+                        tracing::warn!(error = %err, "could not give a connection place back; its lease will lapse");
+                    }
+                });
+            }
         }
-        sockets.remove_if(&self.call, |_, count| *count == 0);
     }
 }

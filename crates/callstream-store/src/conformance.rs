@@ -58,11 +58,19 @@ pub trait Backend: Send + Sync {
     async fn open(&self) -> Arc<dyn Store>;
 }
 
-/// One `#[tokio::test]` per check, each on a fresh backend from `$fresh().await`.
+/// One `#[tokio::test]` per check, each on a fresh backend from `$fresh().await`; with
+/// `optional`, `$fresh().await` is an `Option` and a check whose backend is `None` (a service
+/// this machine lacks, said in one line) returns at once. Every backend runs this one list.
 #[macro_export]
 macro_rules! conformance_tests {
     ($fresh:path) => {
-        $crate::conformance_tests!(@each $fresh;
+        $crate::conformance_tests!(@list $fresh; always);
+    };
+    (optional $fresh:path) => {
+        $crate::conformance_tests!(@list $fresh; optional);
+    };
+    (@list $fresh:path; $how:ident) => {
+        $crate::conformance_tests!(@each $fresh; $how;
             seqs_are_gap_free_and_finals_are_kept_across_reopen,
             another_workspace_sees_nothing,
             terminal_must_be_last_and_concurrent_appends_never_share_a_seq,
@@ -75,14 +83,26 @@ macro_rules! conformance_tests {
             conversations_survive_reopen,
             appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
             conversation_appends_publish_in_seq_order,
+            connection_places_are_limited_per_call_and_come_back,
             concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back
         );
     };
-    (@each $fresh:path; $($check:ident),* $(,)?) => {
+    (@each $fresh:path; always; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $check() {
                 let backend = $fresh().await;
+                $crate::conformance::$check(&backend).await;
+            }
+        )*
+    };
+    (@each $fresh:path; optional; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let Some(backend) = $fresh().await else {
+                    return;
+                };
                 $crate::conformance::$check(&backend).await;
             }
         )*
@@ -1012,4 +1032,95 @@ pub async fn conversation_appends_publish_in_seq_order(backend: &dyn Backend) {
             .last_seq,
         12
     );
+}
+
+/// At most `max` places per call and kind, whoever takes them at once; another call, another
+/// kind and another workspace count apart; a released or expired place can be taken again, and
+/// an expired holder cannot renew.
+pub async fn connection_places_are_limited_per_call_and_come_back(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let now = time::now();
+    let until = now + chrono::Duration::seconds(30);
+    // Twelve takers at once (as on several nodes) for ten places.
+    let mut takers = Vec::new();
+    for n in 0..12 {
+        let store = backend.open().await;
+        let (ws, call) = (ws.id.clone(), call.id.clone());
+        takers.push(tokio::spawn(async move {
+            store
+                .take_place(
+                    &ws,
+                    &call,
+                    "live_transcript",
+                    10,
+                    &format!("h{n}"),
+                    until,
+                    now,
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut taken = 0;
+    for t in takers {
+        taken += usize::from(t.await.unwrap());
+    }
+    assert_eq!(taken, 10, "ten places, whoever asked at once");
+    let take = |holder: &'static str, kind: &'static str, at| {
+        let (store, ws, call) = (store.clone(), ws.id.clone(), call.id.clone());
+        async move {
+            store
+                .take_place(
+                    &ws,
+                    &call,
+                    kind,
+                    10,
+                    holder,
+                    at + chrono::Duration::seconds(30),
+                    at,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!take("late", "live_transcript", now).await);
+    assert!(take("other-kind", "other", now).await, "kinds count apart");
+    // A place given back can be taken.
+    let holders: Vec<String> = (0..12).map(|n| format!("h{n}")).collect();
+    for h in &holders {
+        store.release_place(&ws.id, h).await.unwrap();
+    }
+    assert!(take("after-release", "live_transcript", now).await);
+    // Another workspace can neither see nor free these places.
+    let other = store.ensure_workspace("b").await.unwrap();
+    store
+        .release_place(&other.id, "after-release")
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew_place(&other.id, "after-release", until)
+            .await
+            .unwrap(),
+        "another workspace renewed a place it does not hold"
+    );
+    assert!(
+        store
+            .renew_place(&ws.id, "after-release", until)
+            .await
+            .unwrap()
+    );
+    // Fill up, then let the leases lapse: the places come back, and a lapsed holder cannot
+    // renew once another took its place.
+    for n in 0..9 {
+        let holder: &'static str = Box::leak(format!("f{n}").into_boxed_str());
+        assert!(take(holder, "live_transcript", now).await);
+    }
+    assert!(!take("full", "live_transcript", now).await);
+    let later = until + chrono::Duration::seconds(1);
+    assert!(take("after-expiry", "live_transcript", later).await);
+    assert!(!store.renew_place(&ws.id, "f0", later).await.unwrap());
 }

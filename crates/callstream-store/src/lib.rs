@@ -647,6 +647,35 @@ pub trait Store: Send + Sync + 'static {
     /// Counts of outbox rows by status (`pending`, `delivered`, `abandoned`), for metrics.
     async fn outbox_counts(&self) -> Result<Vec<(String, u64)>>;
 
+    /// Takes one of `max` places on `call`'s connections of `kind` for `holder` (a connection's
+    /// unique id) until `until`, unless `max` unexpired places are held already (`false`). The
+    /// holder renews its lease while it lives ([`Store::renew_place`]) and gives the place back
+    /// when it ends ([`Store::release_place`]); a holder that vanished gives it back when its
+    /// lease runs out. Concurrent takers of one call's places never exceed `max` together.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_place(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        kind: &str,
+        max: u32,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Extends `holder`'s lease to `until`; `false` when it no longer holds a place (it
+    /// expired and may have been taken).
+    async fn renew_place(
+        &self,
+        workspace: &WorkspaceId,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Gives `holder`'s place back.
+    async fn release_place(&self, workspace: &WorkspaceId, holder: &str) -> Result<()>;
+
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;
 }

@@ -1258,6 +1258,81 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn take_place(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        kind: &str,
+        max: u32,
+        holder: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        // One writer at a time: the count and the insert cannot interleave with another's.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "DELETE FROM connection_places \
+             WHERE workspace_id = $1 AND call_id = $2 AND kind = $3 AND expires_at <= $4",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .bind(kind)
+        .bind(time::format(&now))
+        .execute(&mut *tx)
+        .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM connection_places \
+             WHERE workspace_id = $1 AND call_id = $2 AND kind = $3",
+        )
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .bind(kind)
+        .fetch_one(&mut *tx)
+        .await?;
+        if held >= i64::from(max) {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO connection_places (holder, workspace_id, call_id, kind, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(holder)
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .bind(kind)
+        .bind(time::format(&until))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn renew_place(
+        &self,
+        workspace: &WorkspaceId,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE connection_places SET expires_at = $1 WHERE workspace_id = $2 AND holder = $3",
+        )
+        .bind(time::format(&until))
+        .bind(workspace.as_str())
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_place(&self, workspace: &WorkspaceId, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM connection_places WHERE workspace_id = $1 AND holder = $2")
+            .bind(workspace.as_str())
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -17,6 +17,8 @@ pub const CLUSTER: bool = true;
 mod audio_streams;
 #[path = "it/auth.rs"]
 mod auth;
+#[path = "it/cluster.rs"]
+mod cluster;
 #[path = "it/conversations.rs"]
 mod conversations;
 #[path = "it/http.rs"]

@@ -233,6 +233,14 @@ pub fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// [`close`] with a reason made at run time (at most 123 bytes fit a close frame).
+pub fn close_with(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
 impl Session {
     async fn run(self, mut socket: WebSocket, mut subscription: Subscription) {
         let metrics = self.state.metrics();

@@ -121,16 +121,32 @@ async fn run(
         }
     };
     let config = state.config();
-    let Some(_place) =
-        state.take_transcript_place(call.id.as_str(), config.live_transcript_max_connections)
-    else {
-        let _ = socket
-            .send(close(
-                close_code::POLICY,
-                "too many connections to this call's transcript (at most 10)",
-            ))
-            .await;
-        return;
+    let max = config.live_transcript_max_connections;
+    let _place = match state
+        .take_transcript_place(&call.workspace_id, &call.id, max)
+        .await
+    {
+        Ok(Some(place)) => place,
+        Ok(None) => {
+            let reason = format!("too many connections to this call's transcript (at most {max})");
+            let _ = socket
+                .send(crate::routes::call_socket::close_with(
+                    close_code::POLICY,
+                    reason,
+                ))
+                .await;
+            return;
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot count the call's transcript connections");
+            let _ = socket
+                .send(close(
+                    close_code::ERROR,
+                    "the server cannot take connections now; retry",
+                ))
+                .await;
+            return;
+        }
     };
     let metrics = state.metrics();
     let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());

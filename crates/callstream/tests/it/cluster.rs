@@ -1,0 +1,388 @@
+//! Several gateway nodes on one NATS server and one PostgreSQL database (the cluster suite
+//! only): what a client connected to one node sees of what happens at another.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    SseReader, TestServer, Ws, WsEvent, completed, obedient_runtime, transcript_stream,
+    transcription, ws_connect, ws_json, ws_next, ws_send,
+};
+
+async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
+    ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
+        .await
+        .unwrap()
+}
+
+/// Skips (one line) when the suite runs without the cluster backends.
+fn clustered(ts: &TestServer, test: &str) -> bool {
+    if ts.cluster.is_none() {
+        eprintln!("SKIP {test}: needs the cluster backends");
+        return false;
+    }
+    true
+}
+
+#[tokio::test]
+async fn an_event_ingested_at_one_node_reaches_every_surface_at_the_others_in_order() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "an_event_ingested_at_one_node") {
+        return;
+    }
+    let (b, c) = (a.another_node().await, a.another_node().await);
+    let sid = "CA00000000000000000000000000000001";
+    let (status, call) = a
+        .post(
+            "/v1/calls",
+            &a.acme.runtime,
+            &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip", "external_id": sid}),
+        )
+        .await;
+    assert_eq!(status, 201, "{call}");
+    let id = call["id"].as_str().unwrap().to_owned();
+
+    let mut sse_at_b = transcript_stream(&b, &id, &b.acme.api, None).await;
+    let mut ws_at_c = call_socket(&c, &id, &format!("token={}", c.acme.api)).await;
+    let mut live_at_b = ws_connect(
+        &b.ws_url(&format!("/live-transcript/{sid}?token={}", b.acme.api)),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ws_json(&mut live_at_b).await["type"],
+        "connection_established"
+    );
+
+    let texts = ["one", "two", "three", "four", "five"];
+    for (n, text) in texts.iter().enumerate() {
+        a.ingest(&id, transcription("user", text, true, &format!("trn_{n}")))
+            .await;
+    }
+    // Seq 1 is the call's `call.started`.
+    for (n, text) in texts.iter().enumerate() {
+        let seq = n as u64 + 2;
+        let frame = sse_at_b.next_data().await.unwrap();
+        assert_eq!(frame.id, Some(seq.to_string()));
+        assert_eq!(frame.json()["text"], *text);
+        let event = ws_json(&mut ws_at_c).await;
+        assert_eq!(
+            (event["seq"].as_u64(), event["payload"]["text"].as_str()),
+            (Some(seq), Some(*text))
+        );
+        assert_eq!(ws_json(&mut live_at_b).await["content"], *text);
+    }
+
+    // A conversation too: created at A, watched at B, ingested at C.
+    let (status, conv) = a
+        .post(
+            "/v1/conversations",
+            &a.acme.runtime,
+            &json!({"channel": "sms", "participants": ["+14155550123"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{conv}");
+    let conv_id = conv["id"].as_str().unwrap().to_owned();
+    let mut conv_at_b = SseReader::open(
+        b.http
+            .get(b.url(&format!("/v1/conversations/{conv_id}/stream")))
+            .bearer_auth(&b.acme.api),
+    )
+    .await;
+    let (status, body) = c
+        .post(
+            &format!("/v1/conversations/{conv_id}/events"),
+            &c.acme.runtime,
+            &json!({"event_type": "message.received", "payload": {"message_id": "m1", "direction": "inbound", "status": "received", "text": "hello"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let message = conv_at_b.next_data().await.unwrap();
+    assert_eq!(message.json()["payload"]["text"], "hello", "{:?}", message);
+}
+
+#[tokio::test]
+async fn one_call_ingested_through_two_nodes_at_once_is_one_gap_free_sequence() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "one_call_ingested_through_two_nodes") {
+        return;
+    }
+    let (b, c) = (a.another_node().await, a.another_node().await);
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut watcher = call_socket(&c, &id, &format!("token={}", c.acme.api)).await;
+    let ingest = |ts: &TestServer, node: &'static str| {
+        let (http, url, key) = (
+            ts.http.clone(),
+            ts.url(&format!("/v1/calls/{id}/events")),
+            ts.acme.runtime.clone(),
+        );
+        async move {
+            for n in 0..40 {
+                let batch = json!([
+                    transcription(
+                        "user",
+                        &format!("{node}-{n}-a"),
+                        false,
+                        &format!("trn_{node}{n}")
+                    ),
+                    transcription(
+                        "user",
+                        &format!("{node}-{n}-b"),
+                        true,
+                        &format!("trn_{node}{n}")
+                    ),
+                ]);
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&batch)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        }
+    };
+    tokio::join!(ingest(&a, "a"), ingest(&b, "b"));
+    let mut seqs = Vec::new();
+    let mut texts = HashSet::new();
+    for _ in 0..160 {
+        let event = ws_json(&mut watcher).await;
+        seqs.push(event["seq"].as_u64().unwrap());
+        assert!(
+            texts.insert(event["payload"]["text"].as_str().unwrap().to_owned()),
+            "delivered twice: {event}"
+        );
+    }
+    // After the call's `call.started` (seq 1): one contiguous order.
+    assert_eq!(
+        seqs,
+        (2..=161).collect::<Vec<u64>>(),
+        "one contiguous order"
+    );
+    // Each batch stayed together: a node's "-a" is always right before its "-b".
+    let mut resumed = call_socket(&a, &id, &format!("token={}&since=1", a.acme.api)).await;
+    let mut previous: Option<Value> = None;
+    for _ in 0..160 {
+        let event = ws_json(&mut resumed).await;
+        let text = event["payload"]["text"].as_str().unwrap().to_owned();
+        if let Some(stem) = text.strip_suffix("-b") {
+            let before = previous.as_ref().unwrap()["payload"]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(before, format!("{stem}-a"));
+        }
+        previous = Some(event);
+    }
+    // The store agrees: its transcript has all 80 finals.
+    let (status, transcript) = c
+        .get(&format!("/v1/calls/{id}/transcript"), &c.acme.api)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        transcript["turns"].as_array().unwrap().len(),
+        80,
+        "{transcript}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_loses_its_node_resumes_at_another_and_misses_nothing() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_client_that_loses_its_node") {
+        return;
+    }
+    let b = a.another_node().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut at_a = transcript_stream(&a, &id, &a.acme.api, None).await;
+    let mut ws_at_a = call_socket(&a, &id, &format!("token={}", a.acme.api)).await;
+    for n in 1..=3 {
+        b.ingest(
+            &id,
+            transcription("user", &format!("t{n}"), true, &format!("trn_{n}")),
+        )
+        .await;
+    }
+    let mut last_id = 0u64;
+    for _ in 1..=3 {
+        last_id = at_a.next_data().await.unwrap().id.unwrap().parse().unwrap();
+    }
+    let last_seq = loop {
+        let event = ws_json(&mut ws_at_a).await;
+        if event["payload"]["text"] == "t3" {
+            break event["seq"].as_u64().unwrap();
+        }
+    };
+    // Node A goes away; the call goes on at B.
+    a.server().shutdown();
+    for n in 4..=9 {
+        b.ingest(
+            &id,
+            transcription("agent", &format!("t{n}"), true, &format!("trn_{n}")),
+        )
+        .await;
+    }
+    let mut resumed = transcript_stream(&b, &id, &b.acme.api, Some(last_id)).await;
+    for n in 4..=9 {
+        let frame = resumed.next_data().await.unwrap();
+        assert_eq!(frame.json()["text"], format!("t{n}"));
+    }
+    let mut ws = call_socket(&b, &id, &format!("token={}&since={last_seq}", b.acme.api)).await;
+    for n in 4..=9u64 {
+        let event = ws_json(&mut ws).await;
+        assert_eq!(event["seq"], last_seq + n - 3);
+        assert_eq!(event["payload"]["text"], format!("t{n}"));
+    }
+    b.ingest(&id, completed()).await;
+    assert_eq!(ws_json(&mut ws).await["event_type"], "call.completed");
+    assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1000));
+}
+
+#[tokio::test]
+async fn a_command_at_one_node_reaches_the_runtime_at_another_and_the_answer_comes_back() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_command_at_one_node") {
+        return;
+    }
+    let b = a.another_node().await;
+    // The runtime is connected to A, and has ingested for the call there (claimed it).
+    let _runtime = obedient_runtime(&a).await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.ingest(&id, transcription("user", "hi", true, "trn_1"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, body) = b
+        .post(
+            &format!("/v1/calls/{id}/commands"),
+            &b.acme.api,
+            &json!({"command": "send_dtmf", "digits": "7"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Over the call socket at B: the ack, and the event the runtime ingested (at A).
+    let mut ws = call_socket(&b, &id, &format!("token={}", b.acme.api)).await;
+    ws_send(
+        &mut ws,
+        &json!({"type": "send_dtmf", "id": "k1", "digits": "5"}),
+    )
+    .await;
+    let mut frames = [ws_json(&mut ws).await, ws_json(&mut ws).await];
+    frames.sort_by_key(|f| f["type"].is_null());
+    assert_eq!(frames[0], json!({"type": "ack", "id": "k1"}));
+    assert_eq!(frames[1]["payload"]["digits"], "5");
+}
+
+#[tokio::test]
+async fn seed_003s_ten_connections_per_call_hold_across_the_cluster() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "seed_003s_ten_connections") {
+        return;
+    }
+    let (b, c) = (a.another_node().await, a.another_node().await);
+    let sid = "CA00000000000000000000000000000002";
+    let (status, _) = a
+        .post(
+            "/v1/calls",
+            &a.acme.runtime,
+            &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip", "external_id": sid}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let open = |ts: &TestServer| {
+        let url = ts.ws_url(&format!("/live-transcript/{sid}?token={}", ts.acme.api));
+        async move {
+            let mut ws = ws_connect(&url, None).await.unwrap();
+            let first = ws_next(&mut ws).await;
+            (ws, first)
+        }
+    };
+    let mut held = Vec::new();
+    for n in 0..10 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        let (ws, first) = open(node).await;
+        let WsEvent::Json(hello) = first else {
+            panic!("connection {n} was refused: {first:?}");
+        };
+        assert_eq!(hello["type"], "connection_established");
+        held.push(ws);
+    }
+    // The eleventh, at a third node, is refused.
+    let (_, refused) = open(&c).await;
+    assert_eq!(refused, WsEvent::Close(1008));
+    // One closes (at A); a place is free again, at C.
+    let mut first = held.remove(0);
+    futures::SinkExt::close(&mut first).await.unwrap();
+    drop(first);
+    let mut accepted = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let (ws, WsEvent::Json(_)) = open(&c).await {
+            accepted = Some(ws);
+            break;
+        }
+    }
+    assert!(accepted.is_some(), "the freed place was never given back");
+}
+
+#[tokio::test]
+async fn a_session_cookie_and_a_stream_token_minted_at_one_node_work_at_another() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_session_cookie_and_a_stream_token") {
+        return;
+    }
+    let b = a.another_node().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, token) = a
+        .post("/v1/stream-tokens", &a.acme.api, &json!({"call_id": id}))
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let token = token["token"].as_str().unwrap().to_owned();
+    let mut ws = call_socket(&b, &id, &format!("token={token}")).await;
+    a.ingest(&id, transcription("user", "hi", true, "trn_1"))
+        .await;
+    assert_eq!(ws_json(&mut ws).await["payload"]["text"], "hi");
+
+    let r = a
+        .http
+        .post(a.url("/v1/session"))
+        .bearer_auth(&a.acme.api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut s = SseReader::open(
+        b.http
+            .get(b.url(&format!("/v1/speech-events/stream?callId={id}")))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.next_data().await.unwrap().json()["event_type"],
+        "sse_init"
+    );
+}
