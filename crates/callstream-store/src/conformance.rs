@@ -820,7 +820,8 @@ impl crate::PublishInOrder for Recorder {
 }
 
 /// Concurrent appends to one call publish their batches one after another in seq order (what
-/// lets several nodes ingest for one call); a publish that fails undoes the append.
+/// lets several nodes ingest for one call); a publish that fails undoes the append, but its seqs
+/// are never handed out again (part of it may have reached subscribers).
 pub async fn appends_publish_in_seq_order_and_a_failed_publish_records_nothing(
     backend: &dyn Backend,
 ) {
@@ -886,7 +887,11 @@ pub async fn appends_publish_in_seq_order_and_a_failed_publish_records_nothing(
         )
         .await
         .unwrap();
-    assert_eq!(after.envelopes[0].seq, 41, "the failed append took no seq");
+    // The failed batch's seq is never handed out again (its publish may have landed late).
+    assert_eq!(
+        after.envelopes[0].seq, 42,
+        "the failed append's seq is burnt"
+    );
 }
 
 /// Several workers (nodes) draining the outbox at once never take the same delivery, and a
@@ -964,7 +969,7 @@ pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_bac
 }
 
 /// Concurrent appends to one conversation publish in seq order before they commit, as call
-/// appends do; a failed publish records nothing and takes no seq.
+/// appends do; a failed publish records nothing, and its seqs are never handed out again.
 pub async fn conversation_appends_publish_in_seq_order(backend: &dyn Backend) {
     let store = backend.open().await;
     let ws = store.ensure_workspace("a").await.unwrap();
@@ -1023,6 +1028,7 @@ pub async fn conversation_appends_publish_in_seq_order(backend: &dyn Backend) {
     ));
     let history = store.messages(&ws.id, &c.id).await.unwrap();
     assert_eq!(history.len(), 12, "the failed append recorded no message");
+    // Its seq is burnt, never handed out again.
     assert_eq!(
         store
             .conversation(&ws.id, &c.id)
@@ -1030,7 +1036,7 @@ pub async fn conversation_appends_publish_in_seq_order(backend: &dyn Backend) {
             .unwrap()
             .unwrap()
             .last_seq,
-        12
+        13
     );
 }
 

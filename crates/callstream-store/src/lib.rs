@@ -53,20 +53,36 @@ pub enum StoreError {
     Publish(String),
 }
 
+/// The seq of the last envelope of a batch (0 for none).
+pub(crate) fn last_seq_of(envelopes: &[Envelope]) -> u64 {
+    envelopes.last().map_or(0, |e| e.seq)
+}
+
 impl StoreError {
     /// Whether the database could not be reached (down, or every pooled connection busy past
     /// the timeout): retryable, nothing was recorded.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Self::Database(
                 sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // PostgreSQL's own words for "not now": a connection exception (class 08), an
+            // operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+            // connect now), too many connections (53300), or a database that does not accept
+            // connections (55000, as it says at connect time).
+            Self::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || matches!(
+                        code.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "53300" | "55000"
+                    )
+            }),
+            _ => false,
+        }
     }
 }
 

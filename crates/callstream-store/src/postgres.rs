@@ -30,7 +30,7 @@ use crate::{
     Appended, AppendedConversation, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
     ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, KeyRecord, MessageRecord,
     NewEvent, PublishInOrder, Result, SessionRecord, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, WebhookEndpoint, check_call_batch,
+    TranscriptTurn, WebhookEndpoint, check_call_batch, last_seq_of,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -601,10 +601,19 @@ impl Store for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let call = call_row(&row)?;
-        publish
-            .publish(&envelopes)
-            .await
-            .map_err(StoreError::Publish)?;
+        if let Err(reason) = publish.publish(&envelopes).await {
+            tx.rollback().await?;
+            // Part of the batch may still reach subscribers (a publish that timed out can land
+            // later): its seqs are never handed out again.
+            self.burn_seqs(
+                "calls",
+                workspace,
+                call_id.as_str(),
+                last_seq_of(&envelopes),
+            )
+            .await?;
+            return Err(StoreError::Publish(reason));
+        }
         tx.commit().await?;
         Ok(Appended { envelopes, call })
     }
@@ -852,10 +861,17 @@ impl Store for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let conversation = conversation_row(&row)?;
-        publish
-            .publish(&envelopes)
-            .await
-            .map_err(StoreError::Publish)?;
+        if let Err(reason) = publish.publish(&envelopes).await {
+            tx.rollback().await?;
+            self.burn_seqs(
+                "conversations",
+                workspace,
+                conversation_id.as_str(),
+                last_seq_of(&envelopes),
+            )
+            .await?;
+            return Err(StoreError::Publish(reason));
+        }
         tx.commit().await?;
         Ok(AppendedConversation {
             envelopes,
@@ -1520,6 +1536,30 @@ async fn insert_turn(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+impl PgStore {
+    /// Moves the subject's last seq to at least `last`, so that seqs of a batch whose publish
+    /// failed are never reused. `table` is `calls` or `conversations` (ours, not input).
+    async fn burn_seqs(
+        &self,
+        table: &'static str,
+        workspace: &WorkspaceId,
+        id: &str,
+        last: u64,
+    ) -> Result<()> {
+        let mut tx = self.scoped(workspace).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET last_seq = GREATEST(last_seq, $1) WHERE workspace_id = $2 AND id = $3"
+        )))
+        .bind(signed(last))
+        .bind(workspace.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::{
     Appended, AppendedConversation, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
     ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, KeyRecord, MessageRecord,
     NewEvent, PublishInOrder, Result, SessionRecord, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, WebhookEndpoint, check_call_batch,
+    TranscriptTurn, WebhookEndpoint, check_call_batch, last_seq_of,
 };
 use callstream_core::audio::{AudioTrack, StreamStatus};
 
@@ -520,10 +520,19 @@ impl Store for SqliteStore {
             .await?;
         let call = call_row(&row)?;
         // Published while the write lock is held: the next batch of this call waits for it.
-        publish
-            .publish(&envelopes)
-            .await
-            .map_err(StoreError::Publish)?;
+        if let Err(reason) = publish.publish(&envelopes).await {
+            tx.rollback().await?;
+            // Part of the batch may still reach subscribers (a publish that timed out can land
+            // later): its seqs are never handed out again.
+            self.burn_seqs(
+                "calls",
+                workspace,
+                call_id.as_str(),
+                last_seq_of(&envelopes),
+            )
+            .await?;
+            return Err(StoreError::Publish(reason));
+        }
         tx.commit().await?;
         Ok(Appended { envelopes, call })
     }
@@ -783,10 +792,17 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let conversation = conversation_row(&row)?;
-        publish
-            .publish(&envelopes)
-            .await
-            .map_err(StoreError::Publish)?;
+        if let Err(reason) = publish.publish(&envelopes).await {
+            tx.rollback().await?;
+            self.burn_seqs(
+                "conversations",
+                workspace,
+                conversation_id.as_str(),
+                last_seq_of(&envelopes),
+            )
+            .await?;
+            return Err(StoreError::Publish(reason));
+        }
         tx.commit().await?;
         Ok(AppendedConversation {
             envelopes,
@@ -1452,6 +1468,28 @@ async fn insert_turn(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// Moves the subject's last seq to at least `last`, so that seqs of a batch whose publish
+    /// failed are never reused. `table` is `calls` or `conversations` (ours, not input).
+    async fn burn_seqs(
+        &self,
+        table: &'static str,
+        workspace: &WorkspaceId,
+        id: &str,
+        last: u64,
+    ) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET last_seq = max(last_seq, $1) WHERE workspace_id = $2 AND id = $3"
+        )))
+        .bind(i64::try_from(last).unwrap_or(i64::MAX))
+        .bind(workspace.as_str())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -461,7 +461,60 @@ pub async fn ws_connect(url: &str, bearer: Option<&str>) -> Result<Ws, u16> {
 
 impl TestServer {
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.server().addr())
+        format!("ws://{}{path}", self.base.trim_start_matches("http://"))
+    }
+
+    /// Another node of this cluster as a process of its own (the real binary, with this node's
+    /// `cluster_lease_secs`), for faults a process in this one cannot suffer (`kill -9`). Its
+    /// handle kills it when dropped.
+    #[allow(dead_code)]
+    pub async fn process_node(&self) -> (Self, tokio::process::Child) {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .expect("a process node needs the cluster backends");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callstream"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("CALLSTREAM_DATA_DIR", self.dir.path())
+            .env("CALLSTREAM_DATABASE_URL", cluster.db.app_url())
+            .env("CALLSTREAM_NATS_URL", &cluster.nats_url)
+            .env("CALLSTREAM_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true")
+            .env(
+                "CALLSTREAM_CLUSTER_LEASE_SECS",
+                self.config.cluster_lease_secs.to_string(),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                let node = Self {
+                    server: None,
+                    cluster: self.cluster.clone(),
+                    config: self.config.clone(),
+                    base,
+                    acme: self.acme.clone(),
+                    other: self.other.clone(),
+                    http,
+                    dir: self.dir.clone(),
+                };
+                return (node, child);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the node process did not become ready within 10 s");
     }
 }
 
