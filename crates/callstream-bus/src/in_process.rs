@@ -233,6 +233,7 @@ impl Bus for InProcessBus {
             topics: self.topics.len(),
             subscribers: 0,
             audio_listeners: self.audio.listeners(),
+            nats: None,
         };
         for state in &self.topics {
             stats.subscribers += state.lock().subscribers.len();

@@ -113,6 +113,25 @@ pub struct BusStats {
     pub subscribers: usize,
     /// Open audio subscriptions (listeners to calls' audio).
     pub audio_listeners: usize,
+    /// A NATS bus's counters since the node started (none on the in-process bus).
+    pub nats: Option<NatsCounters>,
+}
+
+/// What a NATS bus counted since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatsCounters {
+    /// Times the connection came back after it was lost.
+    pub reconnects: u64,
+    /// Times the connection was lost.
+    pub disconnects: u64,
+    /// Resumes served from JetStream (the node's memory did not reach back far enough).
+    pub replays: u64,
+    /// Events read back from JetStream for resumes.
+    pub replayed_events: u64,
+    /// Messages on the event subjects that were not envelopes (ignored).
+    pub malformed: u64,
+    /// Audio frames dropped because the queue to NATS was full.
+    pub audio_dropped: u64,
 }
 
 /// Publish/subscribe of event envelopes.

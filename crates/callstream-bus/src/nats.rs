@@ -257,11 +257,22 @@ impl NatsBus {
         }
     }
 
-    /// The first message of `subject` at stream sequence `from` or later: its stream sequence,
-    /// and the first and last seq it carries.
+    /// The first message of `subject` at stream sequence `from` or later that carries events:
+    /// its stream sequence, and the first and last seq it carries. Messages that are not
+    /// envelopes (something else wrote to the subject) are passed over: a seq of 0 would send
+    /// the resume's binary search past the events it looks for.
     async fn probe(&self, subject: &str, from: u64) -> Result<Option<(u64, u64, u64)>, BusError> {
-        let got = self.direct_batch(subject, from, 1).await?;
-        Ok(got.first().map(|m| (m.stream_seq, m.first, m.last)))
+        let mut from = from;
+        loop {
+            let got = self.direct_batch(subject, from, 8).await?;
+            if let Some(m) = got.iter().find(|m| m.first > 0) {
+                return Ok(Some((m.stream_seq, m.first, m.last)));
+            }
+            match got.last() {
+                Some(m) if got.len() == 8 => from = m.stream_seq + 1,
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// Up to `batch` messages of `subject` from stream sequence `from` on.
@@ -589,6 +600,11 @@ impl Bus for NatsBus {
         let Some(first) = events.first() else {
             return Ok(PublishReport::default());
         };
+        // Refused at once while the connection is down: a publish buffered for the reconnect
+        // could land after the caller gave up on it.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(BusError::Unavailable("NATS is not connected".into()));
+        }
         let topic = Topic::of(first.envelope());
         // What this node already published is not published again (a retry after a timeout).
         let done = self.published.get(&topic).map_or(0, |s| *s);
@@ -719,6 +735,15 @@ impl Bus for NatsBus {
     fn stats(&self) -> BusStats {
         let mut stats = self.local.stats();
         stats.audio_listeners = self.audio.listeners();
+        let n = &self.stats;
+        stats.nats = Some(crate::NatsCounters {
+            reconnects: n.reconnects.load(Ordering::Relaxed),
+            disconnects: n.disconnects.load(Ordering::Relaxed),
+            replays: n.replays.load(Ordering::Relaxed),
+            replayed_events: n.replayed_events.load(Ordering::Relaxed),
+            malformed: n.malformed.load(Ordering::Relaxed),
+            audio_dropped: n.audio_dropped.load(Ordering::Relaxed),
+        });
         stats
     }
 }

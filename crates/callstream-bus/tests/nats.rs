@@ -179,6 +179,90 @@ async fn a_resume_reaches_past_a_nodes_memory_into_jetstream() {
     );
 }
 
+/// A runtime that speaks NATS publishes envelopes straight onto a call's subject, as
+/// `docs/operations.md` describes: it is the seq authority for that call, and JetStream's
+/// expected-last-subject-sequence refuses a second publisher that raced it. Nodes deliver its
+/// events live and resume them from JetStream like their own; a message on the subject that is
+/// no envelope is counted and harms nothing.
+#[tokio::test]
+async fn a_runtime_that_speaks_nats_publishes_straight_onto_the_subjects() {
+    let Some(server) = NatsTestServer::start("a_runtime_that_speaks_nats") else {
+        return;
+    };
+    let a = node(&server, 2).await;
+    let (ws, call) = (WorkspaceId::new(), CallId::new());
+    let topic = Topic::call(&ws, &call);
+    let mut live = a
+        .subscribe(&topic, Resume::Live, options(64))
+        .await
+        .unwrap();
+
+    let runtime = async_nats::connect(&server.url).await.unwrap();
+    let js = async_nats::jetstream::new(runtime);
+    let mut last_subject_seq = 0u64;
+    for s in 1..=5 {
+        let e = event(&ws, &call, s, false);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", e.envelope().event_id.as_str());
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            last_subject_seq.to_string().as_str(),
+        );
+        let ack = js
+            .publish_with_headers(
+                topic.as_str().to_owned(),
+                headers,
+                e.envelope().to_json().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        last_subject_seq = ack.sequence;
+        if s == 3 {
+            // Not an envelope: stored (the stream cannot tell), ignored by every node.
+            let ack = js
+                .publish(topic.as_str().to_owned(), "not an envelope".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            last_subject_seq = ack.sequence;
+        }
+    }
+    // A second publisher that read the subject before the last message is refused whole.
+    let mut stale = async_nats::HeaderMap::new();
+    stale.insert("Nats-Expected-Last-Subject-Sequence", "1");
+    let raced = js
+        .publish_with_headers(
+            topic.as_str().to_owned(),
+            stale,
+            event(&ws, &call, 6, false).envelope().to_json().into(),
+        )
+        .await
+        .unwrap()
+        .await;
+    assert!(raced.is_err(), "a publisher that raced was stored");
+
+    assert_eq!(seqs(&mut live, 5).await, [1, 2, 3, 4, 5]);
+    assert!(
+        a.stats_counters()
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    // Past the node's memory (2 events), a resume reads them back from JetStream.
+    let mut resumed = a
+        .subscribe(&topic, Resume::After(1), options(64))
+        .await
+        .unwrap();
+    assert_eq!(resumed.gap(), None);
+    assert_eq!(seqs(&mut resumed, 4).await, [2, 3, 4, 5]);
+    // The node's own publishes go on from there.
+    a.publish(event(&ws, &call, 6, false)).await.unwrap();
+    assert_eq!(seqs(&mut live, 1).await, [6]);
+}
+
 #[tokio::test]
 async fn a_restarted_server_leaves_no_gap_for_a_live_subscriber() {
     let Some(mut server) = NatsTestServer::start("a_restarted_server_leaves_no_gap") else {

@@ -32,6 +32,10 @@ pub struct Config {
     pub nats_max_age_secs: u64,
     /// Replicas of the event stream (1 on one NATS server, 3 on a cluster of three).
     pub nats_replicas: usize,
+    /// Seconds a node's claim on shared work (a live transcript socket's place in its call's
+    /// limit, an audio stream it runs) lasts unless renewed: a node that dies gives them back
+    /// this long after its last renewal. Renewed every third of it. Clustered only.
+    pub cluster_lease_secs: u64,
     /// Frames that may wait for one stream before newer frames are dropped for it.
     pub stream_queue_capacity: usize,
     /// Events kept per call and per conversation for resume (`Last-Event-ID`).
@@ -132,6 +136,7 @@ impl Default for Config {
             nats_stream: "CALLSTREAM_EVENTS".to_owned(),
             nats_max_age_secs: 24 * 3600,
             nats_replicas: 1,
+            cluster_lease_secs: 30,
             stream_queue_capacity: 64,
             history_capacity: 128,
             history_retention_secs: 300,
@@ -363,6 +368,7 @@ impl Config {
             ),
             ("nats_max_age_secs", self.nats_max_age_secs),
             ("nats_replicas", self.nats_replicas as u64),
+            ("cluster_lease_secs", self.cluster_lease_secs),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -434,6 +440,11 @@ impl Config {
     /// Whether several nodes may run on this configuration (NATS and PostgreSQL).
     pub fn clustered(&self) -> bool {
         self.nats_url.is_some()
+    }
+
+    /// How long a cluster claim lasts unless renewed (`cluster_lease_secs`).
+    pub fn cluster_lease(&self) -> Duration {
+        Duration::from_secs(self.cluster_lease_secs)
     }
 
     pub fn database_path(&self) -> PathBuf {

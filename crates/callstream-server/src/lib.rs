@@ -383,10 +383,17 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let task = tokio::spawn(http::serve(listener, router, shutdown.clone()));
     // Audio streams that were active when the last process stopped reconnect once their
     // calls' audio flows again.
-    let resume_state = state.clone();
-    tokio::spawn(async move {
-        resume_state.audio_streams().resume_all(&resume_state).await;
-    });
+    // In a cluster, the nodes share them: each runs those it claimed, and takes over those
+    // whose node stopped or died.
+    if state.config().clustered() {
+        tokio::spawn(audio::adopt(state.clone()));
+        tokio::spawn(audio::listen_for_stops(state.clone()));
+    } else {
+        let resume_state = state.clone();
+        tokio::spawn(async move {
+            resume_state.audio_streams().resume_all(&resume_state).await;
+        });
+    }
     tracing::info!(%addr, "callstream listening");
     Ok(Server { addr, state, task })
 }

@@ -86,6 +86,8 @@ pub struct AudioMetrics {
     pub connect_failures: Counter,
     /// Streams connected again after a gateway restart.
     pub reconnects: Counter,
+    /// Streams this node took over from a node that stopped or died (cluster).
+    pub adopted: Counter,
     /// Messages from services that were ignored as malformed.
     pub service_messages_refused: Counter,
     /// Streams that ended, by how (`stopped`, `dropped`).
@@ -107,6 +109,9 @@ pub struct Metrics {
     bus_topics: Gauge,
     bus_subscribers: Gauge,
     audio_listeners: Gauge,
+    /// The NATS bus's counters, brought up to its own at each scrape (under the lock, so two
+    /// scrapes at once cannot both add the same difference).
+    nats: std::sync::Mutex<[Counter; 6]>,
     /// Audio frames runtimes sent: inbound, outbound (taken from the family once: a frame
     /// arrives every 20 ms per track of every call).
     audio_received: [Counter; 2],
@@ -154,6 +159,17 @@ impl Metrics {
             "Subscriptions open on the bus",
             bus_subscribers.clone(),
         );
+        let nats: [Counter; 6] = Default::default();
+        for (counter, (name, help)) in nats.iter().zip([
+            ("nats_reconnects", "Times the NATS connection came back after it was lost"),
+            ("nats_disconnects", "Times the NATS connection was lost"),
+            ("nats_replays", "Resumes served from JetStream (beyond this node's memory, or after a NATS reconnect)"),
+            ("nats_replayed_events", "Events read back from JetStream for resumes"),
+            ("nats_malformed", "Messages on the event subjects that were not envelopes (ignored)"),
+            ("nats_audio_dropped", "Audio frames dropped because the queue to NATS was full"),
+        ]) {
+            registry.register(name, help, counter.clone());
+        }
         let commands = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "commands",
@@ -193,6 +209,7 @@ impl Metrics {
             playout_queued_ms: Gauge::default(),
             connect_failures: Counter::default(),
             reconnects: Counter::default(),
+            adopted: Counter::default(),
             service_messages_refused: Counter::default(),
             ended: Family::default(),
             listener_dropped: Counter::default(),
@@ -231,6 +248,11 @@ impl Metrics {
             "audio_stream_reconnects",
             "Audio streams connected again after a gateway restart",
             audio.reconnects.clone(),
+        );
+        registry.register(
+            "audio_streams_adopted",
+            "Audio streams this node took over from a node that stopped or died",
+            audio.adopted.clone(),
         );
         registry.register(
             "audio_stream_service_messages_refused",
@@ -293,6 +315,7 @@ impl Metrics {
             bus_topics,
             bus_subscribers,
             audio_listeners,
+            nats: std::sync::Mutex::new(nats),
             audio_received,
             audio_frames_refused,
             audio,
@@ -335,6 +358,21 @@ impl Metrics {
             .set(i64::try_from(bus.subscribers).unwrap_or(i64::MAX));
         self.audio_listeners
             .set(i64::try_from(bus.audio_listeners).unwrap_or(i64::MAX));
+        if let Some(n) = bus.nats
+            && let Ok(counters) = self.nats.lock()
+        {
+            let now = [
+                n.reconnects,
+                n.disconnects,
+                n.replays,
+                n.replayed_events,
+                n.malformed,
+                n.audio_dropped,
+            ];
+            for (counter, now) in counters.iter().zip(now) {
+                counter.inc_by(now.saturating_sub(counter.get()));
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -104,7 +104,8 @@ impl AppState {
     /// Takes one of a call's `max` live transcript socket places, or `None` when all are taken;
     /// the place is given back when the returned guard drops. Embedded, this node counts them;
     /// in a cluster the store does, for every node at once, under leases this node renews
-    /// while the socket lives (a node that dies gives its places back within [`PLACE_LEASE`]).
+    /// while the socket lives (a node that dies gives its places back within
+    /// `cluster_lease_secs`).
     ///
     /// # Errors
     /// When the store cannot be asked (a cluster's database is down).
@@ -129,21 +130,42 @@ impl AppState {
                 held: Held::Here(call.as_str().to_owned()),
             }));
         }
+        let Some(lease) = self
+            .take_lease(workspace, call, "live_transcript", max, None)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(TranscriptPlace {
+            state: self.clone(),
+            held: Held::Leased(lease),
+        }))
+    }
+
+    /// In a cluster, takes one of `max` places of `kind` on `call` in the store for a new
+    /// holder, or `None` when all are taken. This node renews the lease every third of
+    /// `cluster_lease_secs` until the returned [`Lease`] drops, which gives the place back.
+    /// Should a renewal find the place gone (this node could not renew in time and another
+    /// took it), `lost` is cancelled.
+    ///
+    /// # Errors
+    /// When the store cannot be asked.
+    pub async fn take_lease(
+        &self,
+        workspace: &WorkspaceId,
+        call: &CallId,
+        kind: &str,
+        max: usize,
+        lost: Option<CancellationToken>,
+    ) -> Result<Option<Lease>, callstream_store::StoreError> {
         let holder = crate::auth::random_secret("place_");
+        let period = self.0.config.cluster_lease();
+        let lease = chrono::Duration::from_std(period).unwrap_or_default();
         let now = callstream_core::time::now();
-        let lease = chrono::Duration::from_std(PLACE_LEASE).unwrap_or_default();
         let max = u32::try_from(max).unwrap_or(u32::MAX);
         if !self
             .store()
-            .take_place(
-                workspace,
-                call,
-                "live_transcript",
-                max,
-                &holder,
-                now + lease,
-                now,
-            )
+            .take_place(workspace, call, kind, max, &holder, now + lease, now)
             .await?
         {
             return Ok(None);
@@ -152,21 +174,27 @@ impl AppState {
             let (state, workspace, holder) = (self.clone(), workspace.clone(), holder.clone());
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(PLACE_LEASE / 3).await;
+                    tokio::time::sleep(period / 3).await;
                     let until = callstream_core::time::now() + lease;
-                    if let Err(err) = state.store().renew_place(&workspace, &holder, until).await {
-                        tracing::warn!(error = %err, "could not renew a connection place");
+                    match state.store().renew_place(&workspace, &holder, until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("a lease ran out before it was renewed");
+                            if let Some(lost) = &lost {
+                                lost.cancel();
+                            }
+                            return;
+                        }
+                        Err(err) => tracing::warn!(error = %err, "could not renew a lease"),
                     }
                 }
             })
         };
-        Ok(Some(TranscriptPlace {
+        Ok(Some(Lease {
             state: self.clone(),
-            held: Held::Leased {
-                workspace: workspace.clone(),
-                holder,
-                renew,
-            },
+            workspace: workspace.clone(),
+            holder,
+            renew,
         }))
     }
 
@@ -227,9 +255,6 @@ impl AppState {
     }
 }
 
-/// How long a place on a call's connections is held in a cluster without being renewed.
-pub const PLACE_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// One open live transcript socket's place in its call's limit.
 pub struct TranscriptPlace {
     state: AppState,
@@ -239,38 +264,43 @@ pub struct TranscriptPlace {
 enum Held {
     /// Counted by this node (embedded), by call id.
     Here(String),
-    /// A lease in the cluster's store, renewed by a task of this node.
-    Leased {
-        workspace: WorkspaceId,
-        holder: String,
-        renew: tokio::task::JoinHandle<()>,
-    },
+    /// A lease in the cluster's store.
+    Leased(#[allow(dead_code, reason = "held for its Drop")] Lease),
 }
 
 impl Drop for TranscriptPlace {
     fn drop(&mut self) {
-        match &self.held {
-            Held::Here(call) => {
-                let sockets = &self.state.0.transcript_sockets;
-                if let Some(mut count) = sockets.get_mut(call) {
-                    *count = count.saturating_sub(1);
-                }
-                sockets.remove_if(call, |_, count| *count == 0);
+        if let Held::Here(call) = &self.held {
+            let sockets = &self.state.0.transcript_sockets;
+            if let Some(mut count) = sockets.get_mut(call) {
+                *count = count.saturating_sub(1);
             }
-            Held::Leased {
-                workspace,
-                holder,
-                renew,
-            } => {
-                renew.abort();
-                let (state, workspace, holder) =
-                    (self.state.clone(), workspace.clone(), holder.clone());
-                tokio::spawn(async move {
-                    if let Err(err) = state.store().release_place(&workspace, &holder).await {
-                        tracing::warn!(error = %err, "could not give a connection place back; its lease will lapse");
-                    }
-                });
-            }
+            sockets.remove_if(call, |_, count| *count == 0);
         }
+    }
+}
+
+/// A place held in the cluster's store ([`AppState::take_lease`]), renewed by a task of this
+/// node; dropping it gives the place back.
+pub struct Lease {
+    state: AppState,
+    workspace: WorkspaceId,
+    holder: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (state, workspace, holder) = (
+            self.state.clone(),
+            self.workspace.clone(),
+            std::mem::take(&mut self.holder),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = state.store().release_place(&workspace, &holder).await {
+                tracing::warn!(error = %err, "could not give a lease back; it will lapse");
+            }
+        });
     }
 }

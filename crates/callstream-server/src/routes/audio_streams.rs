@@ -452,9 +452,14 @@ pub async fn create(
             other => StreamError::from(other),
         })?;
     let stream_id = rec.stream_id.clone();
-    state
+    if let Err(err) = state
         .audio_streams()
-        .start(&state, rec, account.auth_id, false);
+        .start_new(&state, rec, account.auth_id)
+        .await
+    {
+        // Recorded and active: a node of the cluster adopts it once the store answers.
+        tracing::warn!(error = %err, stream_id = %stream_id, "could not claim a new audio stream");
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -623,7 +628,7 @@ pub async fn delete_all(
 async fn stop(state: &AppState, stream: &AudioStreamRecord) -> bool {
     let ended = crate::audio::finish(state, stream, StreamStatus::Stopped, "deleted").await;
     if ended {
-        state.audio_streams().stop(&stream.stream_id);
+        crate::audio::stop_anywhere(state, &stream.stream_id);
     }
     ended
 }

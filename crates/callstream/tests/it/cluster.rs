@@ -386,3 +386,90 @@ async fn a_session_cookie_and_a_stream_token_minted_at_one_node_work_at_another(
         "sse_init"
     );
 }
+
+#[tokio::test]
+async fn an_audio_stream_runs_at_one_node_only_and_a_delete_at_another_stops_it_at_once() {
+    use crate::audio_streams::Service;
+    let a = TestServer::start().await;
+    if !clustered(&a, "an_audio_stream_runs_at_one_node_only") {
+        return;
+    }
+    let b = a.another_node().await;
+    let mut service = Service::start().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stream_id = a
+        .start_stream(&id, json!({"service_url": service.url}))
+        .await;
+    let mut conn = service.next_conn().await;
+    conn.next_event("start").await;
+    // A third node starts now, and its first look at the active streams finds this one held.
+    let _c = a.another_node().await;
+    assert!(
+        !service.connected_within(Duration::from_secs(1)).await,
+        "another node ran the stream too"
+    );
+    // Deleted at B: A, which runs it, hears of it at once (not at its next sweep, 10 s away).
+    let path = format!("{}{stream_id}/", b.streams_path(&b.auth_id().await, &id));
+    let (status, body) = b.stream_api(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 204, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+    assert_eq!(
+        closed.ok().flatten(),
+        Some(1000),
+        "A did not stop the stream"
+    );
+    let view = a.stream_view(&id, &stream_id).await;
+    assert_eq!(
+        (view["status"].as_str(), view["end_reason"].as_str()),
+        (Some("stopped"), Some("deleted"))
+    );
+}
+
+#[tokio::test]
+async fn a_dead_nodes_audio_stream_is_taken_over_by_another_when_its_lease_runs_out() {
+    use crate::audio_streams::{Runtime, Service};
+    let b = TestServer::start_with(|c| c.cluster_lease_secs = 3).await;
+    if !clustered(&b, "a_dead_nodes_audio_stream_is_taken_over") {
+        return;
+    }
+    let (a, mut process) = b.process_node().await;
+    let mut service = Service::start().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let runtime_at_a = Runtime::open(&a).await;
+    let stream_id = a
+        .start_stream(&id, json!({"service_url": service.url}))
+        .await;
+    let mut conn = service.next_conn().await;
+    conn.next_event("start").await;
+    let _voice = runtime_at_a.speak(&id, vec![0; 8000 * 30]);
+    conn.next_event("media").await;
+    // B looks every second; A renews its lease in time, so B leaves the stream alone.
+    assert!(
+        !service.connected_within(Duration::from_millis(2500)).await,
+        "B ran the stream too while A was alive"
+    );
+
+    process.start_kill().unwrap();
+    process.wait().await.unwrap();
+    // The call goes on through B: its audio wakes the stream B takes over once A's lease ends.
+    let runtime_at_b = Runtime::open(&b).await;
+    let _voice = runtime_at_b.speak(&id, vec![0; 8000 * 30]);
+    let mut again = service.next_conn().await;
+    let (_, start) = again.next_event("start").await;
+    assert_eq!(start["start"]["streamId"], json!(stream_id));
+    again.next_event("media").await;
+    assert_eq!(
+        b.metric("callstream_audio_streams_adopted_total").await,
+        1.0
+    );
+    assert_eq!(
+        b.stream_view(&id, &stream_id).await["status"],
+        "in-progress"
+    );
+}
