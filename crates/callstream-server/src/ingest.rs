@@ -104,6 +104,54 @@ pub async fn append_call_events_in_place(
     Ok(published)
 }
 
+/// Appends several calls' batches of one workspace in one store transaction (a cluster's
+/// group commit: the runtime socket gathers the messages waiting on it, so a busy runtime pays
+/// one transaction for many calls instead of one each). One result per batch, in order, each
+/// what [`append_call_events_in_place`] would answer for it alone. The calls must be distinct.
+pub async fn append_calls_events_grouped(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    batches: Vec<(CallId, Vec<NewEvent>)>,
+) -> Vec<Result<Published<Call>, ApiError>> {
+    let publishers: Vec<BusPublisher<'_>> =
+        batches.iter().map(|_| BusPublisher::new(state)).collect();
+    let results = {
+        let refs: Vec<&dyn PublishInOrder> = publishers
+            .iter()
+            .map(|p| p as &dyn PublishInOrder)
+            .collect();
+        state
+            .store()
+            .append_calls_events(workspace, batches, &refs)
+            .await
+    };
+    let results = match results {
+        Ok(results) => results,
+        Err(e) => {
+            let err = ApiError::from_store(e, "call");
+            return publishers.iter().map(|_| Err(err.clone())).collect();
+        }
+    };
+    let mut out = Vec::with_capacity(results.len());
+    for (result, publisher) in results.into_iter().zip(publishers) {
+        match result {
+            Ok(appended) => {
+                state.live().remember(&appended.call);
+                if !appended.call.status.is_active() {
+                    state.commands().forget(&appended.call.id).await;
+                }
+                out.push(Ok(Published {
+                    events: publisher.into_events(),
+                    subject: appended.call,
+                }));
+            }
+            Err(e) => out.push(Err(ApiError::from_store(e, "call"))),
+        }
+    }
+    state.outbox_written();
+    out
+}
+
 /// Appends `events` to the conversation (the store assigns seqs and publishes them in order
 /// while it holds the conversation's seq authority).
 ///

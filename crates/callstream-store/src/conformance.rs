@@ -84,6 +84,7 @@ macro_rules! conformance_tests {
             appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
             conversation_appends_publish_in_seq_order,
             connection_places_are_limited_per_call_and_come_back,
+            group_appends_number_each_call_and_refuse_alone,
             concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back
         );
     };
@@ -109,7 +110,7 @@ macro_rules! conformance_tests {
     };
 }
 
-fn new_call(ws: &WorkspaceId) -> Call {
+pub fn new_call(ws: &WorkspaceId) -> Call {
     Call {
         id: CallId::new(),
         workspace_id: ws.clone(),
@@ -130,7 +131,7 @@ fn ev(ty: &str, payload: serde_json::Value) -> NewEvent {
     NewEvent::new(time::now(), Payload::parse(ty, payload).unwrap())
 }
 
-fn turn(id: &TurnId, text: &str, is_final: bool) -> NewEvent {
+pub fn turn(id: &TurnId, text: &str, is_final: bool) -> NewEvent {
     ev(
         "call.transcription",
         json!({"role": "user", "text": text, "is_final": is_final, "turn_id": id}),
@@ -891,6 +892,178 @@ pub async fn appends_publish_in_seq_order_and_a_failed_publish_records_nothing(
     assert_eq!(
         after.envelopes[0].seq, 42,
         "the failed append's seq is burnt"
+    );
+}
+
+/// A group append numbers each call after its own seqs and publishes each call's batch through
+/// its own publisher; a call that would be refused alone is refused alone; two groups over the
+/// same calls at once (two nodes) never share a seq and never deadlock; a failed publish undoes
+/// the whole group and burns its seqs.
+pub async fn group_appends_number_each_call_and_refuse_alone(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let (a, b, ended) = (new_call(&ws.id), new_call(&ws.id), new_call(&ws.id));
+    for call in [&a, &b, &ended] {
+        store.create_call(call).await.unwrap();
+    }
+    store
+        .append_call_events_np(&ws.id, &a.id, vec![ev("call.dtmf", json!({"digits": "1"}))])
+        .await
+        .unwrap();
+    store
+        .append_call_events_np(
+            &ws.id,
+            &ended.id,
+            vec![ev("call.completed", json!({"reason": "hangup"}))],
+        )
+        .await
+        .unwrap();
+    let recorders: Vec<Recorder> = (0..5)
+        .map(|_| Recorder {
+            seen: std::sync::Mutex::new(Vec::new()),
+            fail: false,
+        })
+        .collect();
+    let publish: Vec<&dyn crate::PublishInOrder> = recorders
+        .iter()
+        .map(|r| r as &dyn crate::PublishInOrder)
+        .collect();
+    let t = TurnId::new();
+    let results = store
+        .append_calls_events(
+            &ws.id,
+            vec![
+                (
+                    a.id.clone(),
+                    vec![turn(&t, "hel", false), turn(&t, "hello", true)],
+                ),
+                (b.id.clone(), vec![ev("call.dtmf", json!({"digits": "2"}))]),
+                (
+                    ended.id.clone(),
+                    vec![ev("call.dtmf", json!({"digits": "3"}))],
+                ),
+                (CallId::new(), vec![ev("call.dtmf", json!({"digits": "4"}))]),
+                (b.id.clone(), vec![ev("call.dtmf", json!({"digits": "5"}))]),
+            ],
+            &publish,
+        )
+        .await
+        .unwrap();
+    let seqs = |r: &crate::Result<crate::Appended>| {
+        r.as_ref()
+            .map(|a| a.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>())
+            .ok()
+    };
+    assert_eq!(seqs(&results[0]), Some(vec![2, 3]));
+    assert_eq!(seqs(&results[1]), Some(vec![1]));
+    assert!(
+        matches!(results[2], Err(StoreError::CallEnded(_))),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Err(StoreError::NotFound)),
+        "{:?}",
+        results[3]
+    );
+    assert!(
+        matches!(results[4], Err(StoreError::Invalid(_))),
+        "a call twice: {:?}",
+        results[4]
+    );
+    assert_eq!(*recorders[0].seen.lock().unwrap(), [2, 3]);
+    assert_eq!(*recorders[1].seen.lock().unwrap(), [1]);
+    assert!(recorders[2].seen.lock().unwrap().is_empty());
+    assert_eq!(store.transcript(&ws.id, &a.id).await.unwrap().len(), 1);
+
+    // Two groups over the same calls, in opposite orders, many times at once.
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let (store, ws, a, b) = (store.clone(), ws.id.clone(), a.id.clone(), b.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                let order = if k % 2 == 0 {
+                    vec![a.clone(), b.clone()]
+                } else {
+                    vec![b.clone(), a.clone()]
+                };
+                let batches = order
+                    .iter()
+                    .map(|c| (c.clone(), vec![ev("call.dtmf", json!({"digits": "6"}))]))
+                    .collect();
+                let results = store
+                    .append_calls_events(&ws, batches, &[&crate::NoPublish, &crate::NoPublish])
+                    .await
+                    .unwrap();
+                for (call, result) in order.iter().zip(results) {
+                    got.push((call.clone(), result.unwrap().envelopes[0].seq));
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    for (call, before) in [(&a.id, 3u64), (&b.id, 1u64)] {
+        let mut mine: Vec<u64> = all
+            .iter()
+            .filter(|(c, _)| c == call)
+            .map(|(_, s)| *s)
+            .collect();
+        mine.sort_unstable();
+        assert_eq!(
+            mine,
+            (before + 1..=before + 20).collect::<Vec<_>>(),
+            "no seq shared or skipped"
+        );
+    }
+
+    // A failed publish fails its batch: nothing of it is recorded and its seqs are never handed
+    // out again. (A backend that appends the group in one transaction fails the whole group;
+    // one that appends call by call, only that call's batch.)
+    let failing = Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: true,
+    };
+    let fine = Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: false,
+    };
+    let t2 = TurnId::new();
+    let results = store
+        .append_calls_events(
+            &ws.id,
+            vec![
+                (a.id.clone(), vec![turn(&t2, "lost", true)]),
+                (b.id.clone(), vec![ev("call.dtmf", json!({"digits": "7"}))]),
+            ],
+            &[&failing, &fine],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[0], Err(StoreError::Publish(_))),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Ok(_) | Err(StoreError::Publish(_))),
+        "{results:?}"
+    );
+    assert_eq!(
+        store.transcript(&ws.id, &a.id).await.unwrap().len(),
+        1,
+        "nothing of the failed batch recorded"
+    );
+    let after = store
+        .append_call_events_np(&ws.id, &a.id, vec![ev("call.dtmf", json!({"digits": "8"}))])
+        .await
+        .unwrap();
+    assert_eq!(
+        after.envelopes[0].seq, 25,
+        "the failed batch's seq is burnt"
     );
 }
 

@@ -505,6 +505,42 @@ pub trait Store: Send + Sync + 'static {
         publish: &dyn PublishInOrder,
     ) -> Result<Appended>;
 
+    /// [`Store::append_call_events`] for several calls of one workspace at once, in one
+    /// transaction (a group commit): each call's batch is numbered after its own `last_seq` and
+    /// handed to its own publisher (`publish[i]` for `batches[i]`) before the commit. One result
+    /// per batch, in order: a batch that would be refused on its own (an unknown or ended call,
+    /// a malformed batch) is refused alone, the others go on. The calls must be distinct. The
+    /// default appends them one by one.
+    ///
+    /// A failed publish fails its batch (nothing of it recorded, its seqs never handed out
+    /// again); PostgreSQL, which appends the group in one transaction, then fails every batch
+    /// of the group alike.
+    ///
+    /// # Errors
+    /// When the store cannot be asked.
+    async fn append_calls_events(
+        &self,
+        workspace: &WorkspaceId,
+        batches: Vec<(CallId, Vec<NewEvent>)>,
+        publish: &[&dyn PublishInOrder],
+    ) -> Result<Vec<Result<Appended>>> {
+        let mut out = Vec::with_capacity(batches.len());
+        let mut seen = std::collections::HashSet::new();
+        for ((call, events), publish) in batches.into_iter().zip(publish) {
+            if !seen.insert(call.clone()) {
+                out.push(Err(StoreError::Invalid(
+                    "a call appears twice in one group".into(),
+                )));
+                continue;
+            }
+            out.push(
+                self.append_call_events(workspace, &call, events, *publish)
+                    .await,
+            );
+        }
+        Ok(out)
+    }
+
     /// Reserves the next `block` seqs of an in-progress call (hi/lo allocation): the store stays
     /// the one authority, and a node may then number that many events without asking again.
     /// Returns the call and the last reserved seq; the block is `end - block + 1 ..= end`.

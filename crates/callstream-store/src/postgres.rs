@@ -97,6 +97,9 @@ impl PgStore {
     }
 }
 
+/// A group commit's batches, by call id: each with its place among the caller's batches.
+type Group = std::collections::BTreeMap<String, (usize, Vec<NewEvent>)>;
+
 fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {value}"))
 }
@@ -262,9 +265,39 @@ async fn why_not(
     })
 }
 
+/// Marks a call ended by a terminal event.
+async fn end_call(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    status: CallStatus,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query("UPDATE calls SET status = $1, ended_at = $2 WHERE workspace_id = $3 AND id = $4")
+        .bind(status.as_str())
+        .bind(at)
+        .bind(workspace.as_str())
+        .bind(call.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Records what a batch of a call's events changes: final turns, the end of screening; returns
 /// the call's end if the batch ended it.
 async fn record_effects(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    envelopes: &[Envelope],
+) -> Result<Option<(CallStatus, DateTime<Utc>, u64)>> {
+    let end = record_call_effects(tx, workspace, call, envelopes).await?;
+    enqueue_webhooks(tx, workspace, envelopes).await?;
+    Ok(end)
+}
+
+/// [`record_effects`] without the webhook rows (a group commit queues them once for all).
+async fn record_call_effects(
     tx: &mut Transaction<'_, Postgres>,
     workspace: &WorkspaceId,
     call: &CallId,
@@ -295,7 +328,6 @@ async fn record_effects(
             _ => {}
         }
     }
-    enqueue_webhooks(tx, workspace, envelopes).await?;
     Ok(end)
 }
 
@@ -581,15 +613,7 @@ impl Store for PgStore {
         if let Some((status, at, _)) =
             record_effects(&mut tx, workspace, call_id, &envelopes).await?
         {
-            sqlx::query(
-                "UPDATE calls SET status = $1, ended_at = $2 WHERE workspace_id = $3 AND id = $4",
-            )
-            .bind(status.as_str())
-            .bind(at)
-            .bind(workspace.as_str())
-            .bind(call_id.as_str())
-            .execute(&mut *tx)
-            .await?;
+            end_call(&mut tx, workspace, call_id, status, at).await?;
         }
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -616,6 +640,47 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(Appended { envelopes, call })
+    }
+
+    async fn append_calls_events(
+        &self,
+        workspace: &WorkspaceId,
+        batches: Vec<(CallId, Vec<NewEvent>)>,
+        publish: &[&dyn PublishInOrder],
+    ) -> Result<Vec<Result<Appended>>> {
+        if publish.len() != batches.len() {
+            return Err(StoreError::Invalid("one publisher per batch".into()));
+        }
+        let mut out: Vec<Option<Result<Appended>>> = Vec::with_capacity(batches.len());
+        // What each call takes, by call id (sorted: every group locks its calls in one order,
+        // so two nodes' groups never deadlock), with its place in `batches`.
+        let mut wanted = Group::new();
+        for (i, (call, events)) in batches.into_iter().enumerate() {
+            if let Err(e) = check_call_batch(&events) {
+                out.push(Some(Err(e)));
+            } else if wanted.contains_key(call.as_str()) {
+                out.push(Some(Err(StoreError::Invalid(
+                    "a call appears twice in one group".into(),
+                ))));
+            } else {
+                out.push(None);
+                wanted.insert(call.as_str().to_owned(), (i, events));
+            }
+        }
+        // Calls another transaction holds (another group, another node's ingest) are not waited
+        // for inside this group, which would hold every other call of it meanwhile: they go in a
+        // second group of their own, after this one.
+        let busy = self
+            .append_group(workspace, wanted, publish, &mut out, false)
+            .await?;
+        if !busy.is_empty() {
+            self.append_group(workspace, busy, publish, &mut out, true)
+                .await?;
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::NotFound)))
+            .collect())
     }
 
     async fn reserve_call_seqs(
@@ -1541,6 +1606,145 @@ async fn insert_turn(
 impl PgStore {
     /// Moves the subject's last seq to at least `last`, so that seqs of a batch whose publish
     /// failed are never reused. `table` is `calls` or `conversations` (ours, not input).
+    /// One group commit of [`Store::append_calls_events`]: fills `out` for the calls it
+    /// appends or refuses, and returns the calls it left alone because another transaction held
+    /// them (none when `wait`, which waits for them instead).
+    async fn append_group(
+        &self,
+        workspace: &WorkspaceId,
+        mut wanted: Group,
+        publish: &[&dyn PublishInOrder],
+        out: &mut [Option<Result<Appended>>],
+        wait: bool,
+    ) -> Result<Group> {
+        if wanted.is_empty() {
+            return Ok(Group::new());
+        }
+        let mut tx = self.scoped(workspace).await?;
+        let ids: Vec<String> = wanted.keys().cloned().collect();
+        // The seq authority, as in `append_call_events`: each call's row stays locked until the
+        // group is published and committed.
+        let locked: Vec<String> = sqlx::query_scalar(if wait {
+            "SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
+             AND status = 'in_progress' ORDER BY id FOR UPDATE"
+        } else {
+            "SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
+             AND status = 'in_progress' ORDER BY id FOR UPDATE SKIP LOCKED"
+        })
+        .bind(workspace.as_str())
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut busy = Group::new();
+        if !wait && locked.len() < ids.len() {
+            // In progress but not locked here: held by another transaction.
+            let live: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
+                 AND status = 'in_progress'",
+            )
+            .bind(workspace.as_str())
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in live {
+                if !locked.contains(&id)
+                    && let Some(batch) = wanted.remove(&id)
+                {
+                    busy.insert(id, batch);
+                }
+            }
+        }
+        let counts: Vec<i64> = locked
+            .iter()
+            .map(|id| wanted.get(id).map_or(0, |(_, e)| e.len() as i64))
+            .collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE calls SET last_seq = calls.last_seq + v.n \
+             FROM unnest($2::text[], $3::bigint[]) AS v(id, n) \
+             WHERE calls.workspace_id = $1 AND calls.id = v.id RETURNING calls.id, calls.last_seq",
+        )
+        .bind(workspace.as_str())
+        .bind(&locked)
+        .bind(&counts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let lasts: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+        // Number each call's events; unknown and ended calls are refused alone.
+        let mut numbered: Vec<(usize, CallId, Vec<Envelope>)> = Vec::new();
+        let mut all = Vec::new();
+        for (id, (i, events)) in wanted {
+            let call_id = CallId::parse(&id).map_err(|e| corrupt("call id", e))?;
+            let Some(last) = lasts.get(&id) else {
+                out[i] = Some(Err(why_not(&mut tx, workspace, &call_id).await?));
+                continue;
+            };
+            let first = seq_of(*last) + 1 - events.len() as u64;
+            let mut envelopes = Vec::with_capacity(events.len());
+            for (k, event) in events.into_iter().enumerate() {
+                match event.into_envelope(
+                    workspace,
+                    Subject::Call(call_id.clone()),
+                    first + k as u64,
+                ) {
+                    Ok(env) => envelopes.push(env),
+                    Err(e) => {
+                        // Checked before any seq was taken; a refusal here is a payload that
+                        // belongs elsewhere, and the group cannot leave a hole in this call.
+                        tx.rollback().await?;
+                        return Err(StoreError::Invalid(e.to_string()));
+                    }
+                }
+            }
+            if let Some((status, at, _)) =
+                record_call_effects(&mut tx, workspace, &call_id, &envelopes).await?
+            {
+                end_call(&mut tx, workspace, &call_id, status, at).await?;
+            }
+            all.extend(envelopes.iter().cloned());
+            numbered.push((i, call_id, envelopes));
+        }
+        enqueue_webhooks(&mut tx, workspace, &all).await?;
+        let numbered_ids: Vec<&str> = numbered.iter().map(|(_, c, _)| c.as_str()).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            call_columns!(),
+            " FROM calls WHERE workspace_id = $1 AND id = ANY($2)"
+        ))
+        .bind(workspace.as_str())
+        .bind(&numbered_ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut calls = std::collections::HashMap::new();
+        for row in &rows {
+            let call = call_row(row)?;
+            calls.insert(call.id.as_str().to_owned(), call);
+        }
+        // Every call's batch to its own subject, at once; each waits for its acknowledgement.
+        let published = futures::future::join_all(
+            numbered
+                .iter()
+                .map(|(i, _, envelopes)| publish[*i].publish(envelopes)),
+        )
+        .await;
+        if let Some(Err(reason)) = published.into_iter().find(Result::is_err) {
+            tx.rollback().await?;
+            for (i, call_id, envelopes) in &numbered {
+                self.burn_seqs("calls", workspace, call_id.as_str(), last_seq_of(envelopes))
+                    .await?;
+                out[*i] = Some(Err(StoreError::Publish(reason.clone())));
+            }
+            return Ok(busy);
+        }
+        tx.commit().await?;
+        for (i, call_id, envelopes) in numbered {
+            let call = calls
+                .remove(call_id.as_str())
+                .ok_or_else(|| corrupt("call", call_id.as_str()))?;
+            out[i] = Some(Ok(Appended { envelopes, call }));
+        }
+        Ok(busy)
+    }
+
     async fn burn_seqs(
         &self,
         table: &'static str,

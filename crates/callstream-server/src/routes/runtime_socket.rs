@@ -27,6 +27,7 @@ use crate::routes::call_socket::{
 };
 use crate::routes::load_conversation;
 use crate::state::AppState;
+use callstream_store::NewEvent;
 
 const LABELS: SurfaceLabels = SurfaceLabels {
     surface: Surface::runtime_ws,
@@ -75,6 +76,9 @@ pub async fn socket(
 /// Answers gathered into one write at most, before the loop looks at shutdown and commands.
 const GATHER: usize = 64;
 
+/// Messages read together on a cluster, whose call events are appended in one transaction.
+const GROUP: usize = 64;
+
 /// Audio frames to play gathered into one write at most.
 const AUDIO_GATHER: usize = 256;
 /// Calls a connection remembers having checked (their audio needs no store lookup); past this
@@ -105,6 +109,7 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
     };
     let mut calls = AudioCalls::default();
     let shutdown = state.shutdown().clone();
+    let grouped = state.config().clustered();
     // Pings keep NAT and proxies from dropping an idle runtime.
     let mut ping = ping_timer(&state);
     loop {
@@ -135,10 +140,36 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
                     continue;
                 }
             },
-            incoming = socket.recv() => match answer(&state, &workspace, &link, &mut calls, acks, incoming).await {
-                Answer::Send(message) => message,
-                Answer::Nothing => continue,
-                Answer::Close(last) => return finish(&mut socket, last).await,
+            incoming = socket.recv() => {
+                if grouped {
+                    // In a cluster every batch costs a database transaction: the messages
+                    // already waiting are read together and their calls' events appended in one.
+                    let mut reads = vec![incoming];
+                    while reads.len() < GROUP {
+                        let Some(more) = socket.recv().now_or_never() else { break };
+                        reads.push(more);
+                    }
+                    for answer in answer_group(&state, &workspace, &link, &mut calls, acks, reads).await {
+                        match answer {
+                            Answer::Send(message) => {
+                                if socket.feed(message).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Answer::Nothing => {}
+                            Answer::Close(last) => return finish(&mut socket, last).await,
+                        }
+                    }
+                    if socket.flush().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                match answer(&state, &workspace, &link, &mut calls, acks, incoming).await {
+                    Answer::Send(message) => message,
+                    Answer::Nothing => continue,
+                    Answer::Close(last) => return finish(&mut socket, last).await,
+                }
             },
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
@@ -196,7 +227,27 @@ async fn answer(
     acks: Acks,
     incoming: Option<Result<Message, axum::Error>>,
 ) -> Answer {
-    match Incoming::from_read(incoming) {
+    answer_incoming(
+        state,
+        workspace,
+        link,
+        calls,
+        acks,
+        Incoming::from_read(incoming),
+    )
+    .await
+}
+
+/// [`answer`] for what was read.
+async fn answer_incoming(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    link: &RuntimeLink,
+    calls: &mut AudioCalls,
+    acks: Acks,
+    incoming: Incoming,
+) -> Answer {
+    match incoming {
         Incoming::Closed | Incoming::Broken => Answer::Close(None),
         Incoming::TooBig => Answer::Close(Some(close(close_code::SIZE, "message too big"))),
         Incoming::Binary(bytes) => match audio(state, workspace, link, calls, &bytes).await {
@@ -211,6 +262,150 @@ async fn answer(
             }
         }
     }
+}
+
+/// A call's events from one message, read and checked, waiting for the group commit.
+struct Waiting {
+    /// Where its answer goes among the group's answers.
+    slot: usize,
+    message: EventsMessage,
+    call: CallId,
+    events: Vec<NewEvent>,
+}
+
+/// The answers to several reads, in order (a cluster's group commit): every message is
+/// answered as it would be alone, but the call events among them are appended together, each
+/// call's in the order its messages came.
+async fn answer_group(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    link: &RuntimeLink,
+    calls: &mut AudioCalls,
+    acks: Acks,
+    reads: Vec<Option<Result<Message, axum::Error>>>,
+) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = Vec::with_capacity(reads.len());
+    let mut waiting = Vec::new();
+    for read in reads {
+        let text = match Incoming::from_read(read) {
+            Incoming::Text(text) => text,
+            other => {
+                let answer = answer_incoming(state, workspace, link, calls, acks, other).await;
+                let closing = matches!(answer, Answer::Close(_));
+                answers.push(Some(answer));
+                if closing {
+                    break;
+                }
+                continue;
+            }
+        };
+        match runtime::parse(text.as_str()) {
+            Ok(RuntimeMessage::Events(mut m)) if m.call_id.is_some() => {
+                match read_call_events(state, workspace, &mut m).await {
+                    Ok((call, events)) => {
+                        waiting.push(Waiting {
+                            slot: answers.len(),
+                            message: m,
+                            call,
+                            events,
+                        });
+                        answers.push(None);
+                    }
+                    Err(err) => answers.push(Some(Answer::Send(self::text(runtime::error_frame(
+                        m.reference.as_deref(),
+                        err.code,
+                        &err.message,
+                    ))))),
+                }
+            }
+            _ => {
+                let answer = match handle(state, workspace, link, acks, text.as_str()).await {
+                    Some(frame) => Answer::Send(self::text(frame)),
+                    None => Answer::Nothing,
+                };
+                answers.push(Some(answer));
+            }
+        }
+    }
+    // Rounds: each call's messages join into one batch, up to and including one that ends the
+    // call (what follows it for that call waits for the next round, and is refused there as
+    // it would be alone).
+    while !waiting.is_empty() {
+        let mut batches: Vec<(CallId, Vec<NewEvent>)> = Vec::new();
+        let mut members: Vec<Vec<(usize, EventsMessage, usize)>> = Vec::new();
+        let mut sealed: Vec<bool> = Vec::new();
+        let mut later = Vec::new();
+        for w in waiting {
+            let ends = w.events.last().is_some_and(|e| e.payload.is_terminal());
+            match batches.iter().position(|(c, _)| *c == w.call) {
+                Some(i) if !sealed[i] => {
+                    members[i].push((w.slot, w.message, w.events.len()));
+                    batches[i].1.extend(w.events);
+                    sealed[i] = ends;
+                }
+                Some(_) => later.push(w),
+                None => {
+                    members.push(vec![(w.slot, w.message, w.events.len())]);
+                    batches.push((w.call, w.events));
+                    sealed.push(ends);
+                }
+            }
+        }
+        let calls_in_round: Vec<CallId> = batches.iter().map(|(c, _)| c.clone()).collect();
+        let results = ingest::append_calls_events_grouped(state, workspace, batches).await;
+        for ((result, members), call) in results.into_iter().zip(members).zip(calls_in_round) {
+            match result {
+                Ok(published) => {
+                    if published.subject.status.is_active() {
+                        state.commands().claim(link, &call);
+                    }
+                    let seqs = published.seqs();
+                    let mut at = 0;
+                    for (slot, message, n) in members {
+                        let mine = seqs.get(at..at + n).unwrap_or_default();
+                        at += n;
+                        answers[slot] = Some(if acks == Acks::Errors {
+                            Answer::Nothing
+                        } else {
+                            Answer::Send(self::text(runtime::accepted_frame(&message, mine)))
+                        });
+                    }
+                }
+                Err(err) => {
+                    for (slot, message, _) in members {
+                        answers[slot] = Some(Answer::Send(self::text(runtime::error_frame(
+                            message.reference.as_deref(),
+                            err.code,
+                            &err.message,
+                        ))));
+                    }
+                }
+            }
+        }
+        waiting = later;
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or(Answer::Nothing))
+        .collect()
+}
+
+/// A call events message's call and events, checked as ingest checks them.
+async fn read_call_events(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    m: &mut EventsMessage,
+) -> Result<(CallId, Vec<NewEvent>), ApiError> {
+    let call_id = m.call_id.as_deref().unwrap_or_default();
+    let id = CallId::parse(call_id).map_err(|_| ApiError::not_found("call"))?;
+    let transport = ingest::call_transport(state, workspace, &id).await?;
+    let batch = std::mem::take(&mut m.events);
+    let events = ingest::events_of(
+        batch,
+        ingest::Target::Call(transport),
+        state.config().max_events_per_request,
+    )?;
+    Ok((id, events))
 }
 
 /// One binary message: a frame of a call's audio, for the bus. Nothing is answered unless it is

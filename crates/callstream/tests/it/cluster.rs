@@ -7,24 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    SseReader, TestServer, Ws, WsEvent, completed, obedient_runtime, transcript_stream,
-    transcription, ws_connect, ws_json, ws_next, ws_send,
+    SseReader, TestServer, Ws, WsEvent, call_socket, clustered, completed, obedient_runtime,
+    transcript_stream, transcription, ws_connect, ws_json, ws_next, ws_send,
 };
-
-async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
-    ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
-        .await
-        .unwrap()
-}
-
-/// Skips (one line) when the suite runs without the cluster backends.
-fn clustered(ts: &TestServer, test: &str) -> bool {
-    if ts.cluster.is_none() {
-        eprintln!("SKIP {test}: needs the cluster backends");
-        return false;
-    }
-    true
-}
 
 #[tokio::test]
 async fn an_event_ingested_at_one_node_reaches_every_surface_at_the_others_in_order() {

@@ -6,22 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    TestServer, Ws, obedient_runtime, transcript_stream, transcription, ws_connect, ws_json,
+    TestServer, Ws, call_socket, clustered, obedient_runtime, transcript_stream, transcription,
+    ws_connect, ws_json,
 };
-
-async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
-    ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
-        .await
-        .unwrap()
-}
-
-fn clustered(ts: &TestServer, test: &str) -> bool {
-    if ts.cluster.is_none() {
-        eprintln!("SKIP {test}: needs the cluster backends");
-        return false;
-    }
-    true
-}
 
 /// Ingests `event` at `ts` the way a runtime does: again after a refusal (bounded), until it is
 /// accepted. Returns how many refusals it took, with their error codes.

@@ -8,15 +8,9 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TestServer, Ws, WsEvent, WsMessage, completed, flood_until_closed, obedient_runtime,
-    transcription, ws_connect, ws_json, ws_next, ws_send,
+    TestServer, WsEvent, WsMessage, call_socket, completed, flood_until_closed, obedient_runtime,
+    transcript_stream, transcription, ws_connect, ws_json, ws_next, ws_send,
 };
-
-async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
-    ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn frames_are_canonical_envelopes_and_the_call_end_closes_1000() {
@@ -559,6 +553,89 @@ async fn a_burst_of_runtime_messages_gets_one_answer_each_in_order() {
         (answer["type"].as_str(), answer["ref"].as_str()),
         (Some("accepted"), Some("after"))
     );
+}
+
+#[tokio::test]
+async fn a_burst_for_many_calls_keeps_each_calls_order_and_refuses_what_follows_an_end() {
+    // On a cluster the messages waiting on a runtime socket are appended together, several
+    // calls in one transaction; every answer must still be the one the message would get alone.
+    let ts = TestServer::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(
+            ts.create_call("sip").await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut sse = transcript_stream(&ts, &ids[0], &ts.acme.api, None).await;
+    let mut rt = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    // 10 rounds over the 12 calls; call 5 ends in round 3, and is sent more after that.
+    let mut sent = Vec::new();
+    for round in 0..10 {
+        for (c, id) in ids.iter().enumerate() {
+            let events = if c == 5 && round == 3 {
+                json!([transcription("user", "bye", true, "trn_end"), completed()])
+            } else {
+                transcription("user", &format!("r{round}"), true, &format!("trn_{round}"))
+            };
+            let reference = format!("c{c}r{round}");
+            rt.feed(WsMessage::Text(
+                json!({"type": "events", "ref": reference, "call_id": id, "events": events})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .unwrap();
+            sent.push((c, round, reference));
+        }
+    }
+    rt.flush().await.unwrap();
+    let mut next_seq = vec![2u64; ids.len()]; // call.started holds seq 1
+    for (c, round, reference) in &sent {
+        let answer = ws_json(&mut rt).await;
+        assert_eq!(
+            answer["ref"],
+            json!(reference),
+            "answers in message order: {answer}"
+        );
+        if *c == 5 && *round > 3 {
+            assert_eq!(
+                (answer["type"].as_str(), answer["error_code"].as_str()),
+                (Some("error"), Some("call_ended")),
+                "{answer}"
+            );
+            continue;
+        }
+        assert_eq!(answer["type"], "accepted", "{answer}");
+        let seqs: Vec<u64> = answer["seqs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = (next_seq[*c]..next_seq[*c] + seqs.len() as u64).collect();
+        assert_eq!(seqs, want, "call {c}'s seqs follow its messages: {answer}");
+        next_seq[*c] += seqs.len() as u64;
+    }
+    // Call 0's stream saw its ten turns in order; the stored transcripts hold every turn.
+    for round in 0..10 {
+        let frame = sse.next_data().await.unwrap();
+        assert_eq!(frame.json()["text"], format!("r{round}"));
+    }
+    let (_, ended) = ts
+        .get(&format!("/v1/calls/{}/transcript", ids[5]), &ts.acme.api)
+        .await;
+    let texts: Vec<&str> = ended["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["r0", "r1", "r2", "bye"]);
 }
 
 #[tokio::test]

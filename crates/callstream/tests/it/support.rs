@@ -642,3 +642,22 @@ pub async fn break_the_calls_table(ts: &TestServer) {
         .await
         .unwrap();
 }
+
+/// A call socket (`/v1/calls/{id}/stream?{query}`) at `ts`.
+#[allow(dead_code)]
+pub async fn call_socket(ts: &TestServer, id: &str, query: &str) -> Ws {
+    ws_connect(&ts.ws_url(&format!("/v1/calls/{id}/stream?{query}")), None)
+        .await
+        .unwrap()
+}
+
+/// Whether the suite runs on the cluster backends; says in one line that `test` is skipped
+/// when it does not.
+#[allow(dead_code)]
+pub fn clustered(ts: &TestServer, test: &str) -> bool {
+    if ts.cluster.is_none() {
+        eprintln!("SKIP {test}: needs the cluster backends");
+        return false;
+    }
+    true
+}
