@@ -9,6 +9,8 @@
 #   PIN=1 SCENARIOS=custom EXTRA_ARGS="--channels 1 --per-channel 1000 --rate 100" bench/compare.sh
 #   ACKS=errors SCENARIOS=wide bench/compare.sh   # callstream's runtime answers refusals only
 #   JITTER_SECONDS=30 bench/compare.sh            # longer host-pause probe before and after
+#   GATEWAY_BIN=/tmp/old/release/callstream TARGETS=callstream bench/compare.sh
+#                                                 # another build of the gateway, same generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo build --release -q -p callstream -p callstream-bench
 BIN=target/release
+CS=${GATEWAY_BIN:-$BIN/callstream}
 ulimit -n "$(ulimit -Hn)"
 
 TMP=$(mktemp -d)
@@ -50,9 +53,9 @@ wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 
 # --- callstream: fresh data, keys from its own CLI ---
 CS_DATA=$TMP/callstream
-API=$($BIN/callstream keys create --data-dir "$CS_DATA" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
-RT=$($BIN/callstream keys create --data-dir "$CS_DATA" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
-RUST_LOG=warn $SRV $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$CS_DATA" 2> "$OUT/callstream.log" &
+API=$($CS keys create --data-dir "$CS_DATA" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+RT=$($CS keys create --data-dir "$CS_DATA" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+RUST_LOG=warn $SRV $CS serve --listen 127.0.0.1:8080 --data-dir "$CS_DATA" 2> "$OUT/callstream.log" &
 CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 
 # --- Nchan on nginx, two workers (one per core) ---

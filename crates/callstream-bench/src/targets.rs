@@ -51,6 +51,11 @@ pub struct Endpoints {
     /// `all` (an `accepted` per message, the default) or `errors` (refusals only).
     #[arg(long, value_enum, default_value_t = RuntimeAcks::All)]
     pub runtime_acks: RuntimeAcks,
+    /// callstream: up to this many of one call's events that are due together go in one
+    /// runtime message (a runtime that batches; pair it with a coarser `--publish-tick-ms`).
+    /// Above 1, each call's events keep to one publisher lane.
+    #[arg(long, default_value_t = 1)]
+    pub events_per_message: usize,
 }
 
 /// callstream's `?acks=` on the runtime socket.
@@ -152,6 +157,8 @@ pub fn subscription(
 /// Sends events. `publish` gets a batch of (channel, marker) pairs due now.
 pub struct Publisher {
     lanes: Vec<mpsc::Sender<Vec<(String, String)>>>,
+    /// Each channel's events on one lane (its hash), so that they can be batched.
+    by_channel: bool,
     pub errors: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -163,7 +170,13 @@ impl Publisher {
         }
         let mut split: Vec<Vec<(String, String)>> = vec![Vec::new(); self.lanes.len()];
         for (i, item) in batch.into_iter().enumerate() {
-            split[i % self.lanes.len()].push(item);
+            let lane = if self.by_channel {
+                use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+                BuildHasherDefault::<DefaultHasher>::default().hash_one(&item.0) as usize
+            } else {
+                i
+            };
+            split[lane % self.lanes.len()].push(item);
         }
         for (lane, items) in self.lanes.iter().zip(split) {
             if !items.is_empty() {
@@ -204,7 +217,12 @@ pub async fn publisher(kind: TargetKind, ep: &Endpoints, lanes: usize) -> Result
                 // delayed ACK, and every frame of that event came 40 ms late.
                 let (ws, _) =
                     tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-                tokio::spawn(callstream_lane(ws, rx, errors));
+                tokio::spawn(callstream_lane(
+                    ws,
+                    rx,
+                    errors,
+                    ep.events_per_message.max(1),
+                ));
             }
             TargetKind::Nchan => {
                 let publish = ep.publish.clone().unwrap_or_else(|| ep.base.clone());
@@ -237,6 +255,7 @@ pub async fn publisher(kind: TargetKind, ep: &Endpoints, lanes: usize) -> Result
     }
     Ok(Publisher {
         lanes: senders,
+        by_channel: kind == TargetKind::Callstream && ep.events_per_message > 1,
         errors,
     })
 }
@@ -248,6 +267,7 @@ async fn callstream_lane(
     ws: Ws,
     mut rx: mpsc::Receiver<Vec<(String, String)>>,
     errors: Arc<std::sync::atomic::AtomicU64>,
+    per_message: usize,
 ) {
     let (mut sink, mut stream) = ws.split();
     // Answers (accepted/error) are read so the socket never backs up; errors are counted.
@@ -262,21 +282,53 @@ async fn callstream_lane(
         }
     });
     while let Some(batch) = rx.recv().await {
-        for (call, marker) in batch {
-            // Written out rather than built as a serde_json::Value: the generator shares the
-            // machine with the server, and the Value and its re-serialisation per event were
-            // CPU taken from the server under test. Both strings need no escaping (an id, and
-            // the marker `~ts:<digits>~`).
-            let frame = format!(
-                r#"{{"type":"events","call_id":"{call}","events":{{"event_type":"call.transcription","payload":{{"role":"user","text":"{marker}","is_final":false,"turn_id":"trn_bench"}}}}}}"#
-            );
-            if sink.feed(Message::Text(frame.into())).await.is_err() {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return;
+        if per_message == 1 {
+            for (call, marker) in batch {
+                // Written out rather than built as a serde_json::Value: the generator shares the
+                // machine with the server, and the Value and its re-serialisation per event were
+                // CPU taken from the server under test. Both strings need no escaping (an id, and
+                // the marker `~ts:<digits>~`).
+                let frame = format!(
+                    r#"{{"type":"events","call_id":"{call}","events":{}}}"#,
+                    transcription(&marker)
+                );
+                if sink.feed(Message::Text(frame.into())).await.is_err() {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+        } else {
+            // Each call's due events, in order, up to `per_message` per message.
+            let mut calls: Vec<(String, Vec<String>)> = Vec::new();
+            for (call, marker) in batch {
+                match calls.iter_mut().find(|(c, _)| *c == call) {
+                    Some((_, markers)) => markers.push(marker),
+                    None => calls.push((call, vec![marker])),
+                }
+            }
+            for (call, markers) in calls {
+                for chunk in markers.chunks(per_message) {
+                    let events: Vec<String> = chunk.iter().map(|m| transcription(m)).collect();
+                    let frame = format!(
+                        r#"{{"type":"events","call_id":"{call}","events":[{}]}}"#,
+                        events.join(",")
+                    );
+                    if sink.feed(Message::Text(frame.into())).await.is_err() {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                }
             }
         }
         let _ = sink.flush().await;
     }
+}
+
+/// One partial transcript turn carrying `marker`, as the runtime protocol's event JSON.
+fn transcription(marker: &str) -> String {
+    format!(
+        r#"{{"event_type":"call.transcription","payload":{{"role":"user","text":"{marker}","is_final":false,"turn_id":"trn_bench"}}}}"#
+    )
 }
 
 async fn http_lane(
