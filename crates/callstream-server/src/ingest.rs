@@ -96,8 +96,11 @@ pub async fn append_call_events_in_place(
         Published { events, subject }
     };
     // The batch may have queued webhooks (the worker looks at most every 20 ms however often
-    // it is told).
-    state.outbox_written();
+    // it is told). One node knows when its workspace has no endpoint; a cluster's store decides
+    // per append, so there every append says so.
+    if state.config().clustered() || state.live().may_queue_webhooks(workspace) {
+        state.outbox_written();
+    }
     if !published.subject.status.is_active() {
         state.commands().forget(call).await;
     }

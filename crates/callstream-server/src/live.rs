@@ -119,6 +119,16 @@ impl LiveCalls {
             .set((call.workspace_id.clone(), call.transport));
     }
 
+    /// Whether an append for `workspace` may have queued webhooks: `false` only when the
+    /// workspace is known, within the cache's life, to have no endpoint (then the webhook worker
+    /// need not be woken; a wake per event was a look at the outbox 50 times a second, for
+    /// nothing, on every busy node).
+    pub fn may_queue_webhooks(&self, workspace: &WorkspaceId) -> bool {
+        self.webhooks
+            .get(workspace)
+            .is_none_or(|entry| entry.0 || entry.1.elapsed() >= WEBHOOK_CACHE)
+    }
+
     /// Forgets cached webhook presence for a workspace (its endpoints changed).
     pub fn webhooks_changed(&self, workspace: &WorkspaceId) {
         self.webhooks.remove(workspace);
@@ -248,5 +258,30 @@ impl LiveCalls {
                 tracing::warn!(error = %err, call_id = %id, "could not give back reserved seqs");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_workspace_known_to_have_no_endpoint_skips_the_webhook_wake_up() {
+        let live = LiveCalls::default();
+        let (none, some) = (WorkspaceId::new(), WorkspaceId::new());
+        // Not looked up yet: it may have endpoints.
+        assert!(live.may_queue_webhooks(&none));
+        live.webhooks.insert(none.clone(), (false, Instant::now()));
+        live.webhooks.insert(some.clone(), (true, Instant::now()));
+        assert!(!live.may_queue_webhooks(&none));
+        assert!(live.may_queue_webhooks(&some));
+        // Endpoints changed, or the cache is too old to trust: wake.
+        live.webhooks_changed(&none);
+        assert!(live.may_queue_webhooks(&none));
+        let stale = Instant::now()
+            .checked_sub(WEBHOOK_CACHE)
+            .unwrap_or_else(Instant::now);
+        live.webhooks.insert(none.clone(), (false, stale));
+        assert!(live.may_queue_webhooks(&none));
     }
 }
