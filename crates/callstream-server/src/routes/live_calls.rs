@@ -195,6 +195,29 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
             event = subscription.next() => match event {
                 Some(event) => {
                     let payload = &event.envelope().payload;
+                    if payload.is_terminal() {
+                        // Answer the requests still in flight first (the endCall that ended the
+                        // call is typically one): a client that closes on `event:callEnd`, as the
+                        // seed's lifecycle suggests, must have its ack by then. Bounded by the
+                        // command timeout, like the wait at the end of the stream.
+                        let waiting = config.ws_max_commands_in_flight - in_flight.available_permits();
+                        let deadline = Instant::now() + config.command_timeout();
+                        for _ in 0..waiting {
+                            match tokio::time::timeout_at(deadline, reply_rx.recv()).await {
+                                Ok(Some(reply)) => {
+                                    if socket.send(text(reply)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                        while let Ok(reply) = reply_rx.try_recv() {
+                            if socket.send(text(reply)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     ended |= payload.is_terminal();
                     if matches!(payload, Payload::ScreeningEnded(_)) {
                         if screening_said {
@@ -268,8 +291,10 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
                                         Ok(()) => lc::ack(&id),
                                         Err(err) => lc::error(&format!("{id}: {}", err.message)),
                                     };
-                                    drop(permit);
+                                    // The answer is queued before the permit is given back, so
+                                    // that a request still holding one always has its answer to come.
                                     let _ = replies.send(frame).await;
+                                    drop(permit);
                                 });
                                 continue;
                             }

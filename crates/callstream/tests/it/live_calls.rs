@@ -251,6 +251,12 @@ async fn join_and_end_go_through_the_runtime_and_are_acknowledged() {
         1,
         "{seen:?}"
     );
+    // The ack comes before event:callEnd: a client that closes on the call's end (what the
+    // seed's lifecycle suggests) still learns that its request was carried out.
+    let at = |want: &Value| seen.iter().position(|m| m == want);
+    let ack = at(&json!({"type": "ack", "ackId": "e1"}));
+    let end = seen.iter().position(|m| m["type"] == "event:callEnd");
+    assert!(ack < end, "the ack after event:callEnd: {seen:?}");
     let (_, got) = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
     assert_eq!(got["status"], "completed");
 }
