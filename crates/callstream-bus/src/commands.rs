@@ -256,8 +256,13 @@ impl CommandRouter for InProcessCommands {
             links: &self.links,
             id,
         };
-        if tx.try_send(request).is_err() {
-            return Err(CommandError::Disconnected);
+        if let Err(e) = tx.try_send(request) {
+            // A full inbox is a runtime that is there but behind (retry soon); a closed one is
+            // a runtime that left.
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => CommandError::Busy,
+                mpsc::error::TrySendError::Closed(_) => CommandError::Disconnected,
+            });
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(outcome)) => Ok(outcome),

@@ -14,6 +14,7 @@ use crate::state::AppState;
 /// # Errors
 /// 400 `invalid_command` (e.g. bad DTMF digits), 404 for an unknown or foreign call, 409
 /// `call_ended`, 503 `runtime_unavailable` when no runtime is connected (at once, no waiting),
+/// 503 `runtime_busy` (with `Retry-After: 1`) when the runtime's inbox is full,
 /// 504 `runtime_timeout` when it does not answer within `command_timeout_secs`, 422
 /// `command_refused` when the runtime refuses (its reason in the message).
 pub async fn execute(
@@ -51,9 +52,8 @@ pub async fn execute(
     state.metrics().command(match &outcome {
         Ok(CommandOutcome::Done) => "done",
         Ok(CommandOutcome::Refused { .. }) => "refused",
-        Err(CommandError::NoRuntime | CommandError::Disconnected | CommandError::Busy) => {
-            "no_runtime"
-        }
+        Err(CommandError::NoRuntime | CommandError::Disconnected) => "no_runtime",
+        Err(CommandError::Busy) => "busy",
         Err(CommandError::Timeout(_)) => "timeout",
     });
     match outcome {
@@ -66,13 +66,18 @@ pub async fn execute(
             "command_refused",
             format!("the call runtime refused the command ({error_code}): {message}"),
         )),
-        Err(e @ (CommandError::NoRuntime | CommandError::Disconnected | CommandError::Busy)) => {
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "runtime_unavailable",
-                e.to_string(),
-            ))
-        }
+        Err(e @ (CommandError::NoRuntime | CommandError::Disconnected)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "runtime_unavailable",
+            e.to_string(),
+        )),
+        // Connected but behind: a distinct, retryable answer.
+        Err(CommandError::Busy) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "runtime_busy",
+            "the call runtime is busy (its inbox of commands is full); retry in a moment",
+        )
+        .retry_after(1)),
         Err(e @ CommandError::Timeout(_)) => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "runtime_timeout",

@@ -280,7 +280,7 @@ impl Metrics {
         for outcome in ["delivered", "retry", "abandoned", "endpoint_disabled"] {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
         }
-        for outcome in ["done", "refused", "no_runtime", "timeout"] {
+        for outcome in ["done", "refused", "no_runtime", "busy", "timeout"] {
             let _ = commands.get_or_create(&OutcomeLabels { outcome });
         }
         // Every surface's series exist from the start, at zero, so dashboards and alerts see them

@@ -1043,3 +1043,92 @@ async fn stream_tokens_are_refused_where_they_do_not_belong() {
     );
     assert_eq!(s.next().await, None);
 }
+
+#[tokio::test]
+async fn a_runtime_whose_inbox_is_full_is_busy_not_gone() {
+    // A runtime that is connected but reads nothing: once its socket and its inbox are full,
+    // commands are refused at once as `runtime_busy` (retryable, with Retry-After), not as
+    // `runtime_unavailable`.
+    let ts = TestServer::start_with(|c| {
+        c.socket_send_buffer_bytes = 4096;
+        c.command_timeout_secs = 3;
+    })
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket
+        .connect(ts.base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            ts.ws_url("/v1/runtime"),
+        )
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", ts.acme.runtime).parse().unwrap(),
+    );
+    let (mut runtime, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    // It serves the call (it sent an event for it), then never reads again.
+    runtime
+        .send(WsMessage::Text(
+            json!({"type": "events", "call_id": id, "events": transcription("user", "hi", false, "trn_1")})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut asks = Vec::new();
+    for i in 0..600 {
+        let (http, url, key) = (
+            ts.http.clone(),
+            ts.url(&format!("/v1/calls/{id}/commands")),
+            ts.acme.api.clone(),
+        );
+        asks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"command": "send_dtmf", "digits": format!("{}", i % 10)}))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = r.json().await.unwrap();
+            (
+                status,
+                body["error_code"].as_str().unwrap_or_default().to_owned(),
+                retry,
+            )
+        }));
+    }
+    let mut busy = 0;
+    for ask in asks {
+        let (status, code, retry) = ask.await.unwrap();
+        assert_ne!(
+            code, "runtime_unavailable",
+            "a connected runtime reported as gone"
+        );
+        if code == "runtime_busy" {
+            assert_eq!((status, retry.as_deref()), (503, Some("1")));
+            busy += 1;
+        } else {
+            assert_eq!((status, code.as_str()), (504, "runtime_timeout"));
+        }
+    }
+    assert!(busy > 0, "the inbox never filled");
+    // The gateway is unharmed: another call's stream and the REST API still answer.
+    let (status, _) = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
+    assert_eq!(status, 200);
+    drop(runtime);
+}
