@@ -79,7 +79,14 @@ pub async fn socket(
         .on_upgrade(move |socket| run(state, decision, call_sid, socket)))
 }
 
-async fn decide(state: &AppState, call_sid: &str, token: Option<&str>) -> Result<Call, Refusal> {
+/// The call to stream and, for a stream token, when the socket must close.
+type Admitted = (Call, Option<chrono::DateTime<chrono::Utc>>);
+
+async fn decide(
+    state: &AppState,
+    call_sid: &str,
+    token: Option<&str>,
+) -> Result<Admitted, Refusal> {
     if !lt::valid_call_sid(call_sid) {
         return Err("invalid call SID: expected CA followed by 32 hexadecimal characters");
     }
@@ -104,17 +111,17 @@ async fn decide(state: &AppState, call_sid: &str, token: Option<&str>) -> Result
         .check_call(&call.id)
         .map_err(|_| "access denied: the token is for another call")?;
     state.live().overlay(&mut call);
-    Ok(call)
+    Ok((call, principal.expires_at))
 }
 
 async fn run(
     state: AppState,
-    decision: Result<Call, Refusal>,
+    decision: Result<Admitted, Refusal>,
     call_sid: String,
     mut socket: WebSocket,
 ) {
-    let call = match decision {
-        Ok(call) => call,
+    let (call, expires_at) = match decision {
+        Ok(admitted) => admitted,
         Err(reason) => {
             let _ = socket.send(close(close_code::POLICY, reason)).await;
             return;
@@ -200,11 +207,19 @@ async fn run(
     let mut ping = ping_timer(&state);
     let shutdown = state.shutdown().clone();
     let mut saw_end = false;
+    // A socket opened with a stream token closes when the token expires, as every other surface
+    // that takes one does (an API key has no expiry).
+    let expiry = tokio::time::sleep(crate::routes::call_socket::until(expires_at));
+    tokio::pin!(expiry);
     loop {
         let outgoing = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
                 let _ = socket.send(going_away()).await;
+                return;
+            }
+            () = &mut expiry => {
+                let _ = socket.send(close(close_code::POLICY, "the stream token has expired")).await;
                 return;
             }
             event = subscription.next() => match event {

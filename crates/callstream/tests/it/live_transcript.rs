@@ -287,3 +287,41 @@ async fn a_server_error_while_answering_closes_1011() {
     ws_send(&mut ws, &json!({"type": "get_status"})).await;
     assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1011));
 }
+
+#[tokio::test]
+async fn a_socket_opened_with_a_stream_token_closes_when_the_token_expires() {
+    let ts = TestServer::start().await;
+    let id = call_with_sid(&ts, SID).await;
+    let (status, minted) = ts
+        .post(
+            "/v1/stream-tokens",
+            &ts.acme.api,
+            &json!({"call_id": id, "ttl_secs": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap();
+    let mut keyed = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_json(&mut keyed).await["type"], "connection_established");
+    let mut ws = open(&ts, SID, token).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "connection_established");
+    // When the token expires, the socket closes with 1008 (whatever it was sent meanwhile).
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(8), async {
+        loop {
+            if let WsEvent::Close(code) = ws_next(&mut ws).await {
+                return code;
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed.ok(), Some(1008), "the socket outlived its token");
+    // A socket opened with an API key has no expiry: the one opened first is still served.
+    ts.ingest(&id, transcription("agent", "bye", true, "trn_2"))
+        .await;
+    loop {
+        let m = ws_json(&mut keyed).await;
+        if m["content"] == "bye" {
+            break;
+        }
+    }
+}
