@@ -203,3 +203,37 @@ async fn a_session_cookie_opens_the_stream_and_nothing_else() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403, "only API keys sign in");
 }
+
+#[tokio::test]
+async fn a_stream_opened_with_a_session_ends_when_the_session_expires() {
+    // Every surface that takes a short-lived credential closes what it opened at its expiry:
+    // here the browser session cookie on seed 002's stream.
+    let ts = TestServer::start_with(|c| c.session_ttl_secs = 2).await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let r = ts
+        .http
+        .post(ts.url("/v1/session"))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let mut s =
+        SseReader::open(stream(&ts, &format!("callId={id}")).header("cookie", &cookie)).await;
+    assert_eq!(s.status, 200);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(8), async {
+        let mut last = None;
+        while let Some(frame) = s.next().await {
+            last = Some(frame);
+        }
+        last
+    })
+    .await
+    .expect("the stream outlived its session");
+    let last = ended.expect("the stream ended without a frame");
+    assert_eq!(last.event.as_deref(), Some("error"), "{last:?}");
+    assert!(last.data.contains("token_expired"), "{last:?}");
+}
