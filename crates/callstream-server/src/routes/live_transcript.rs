@@ -42,6 +42,10 @@ const LABELS: SurfaceLabels = SurfaceLabels {
 /// Why a connection is refused with 1008.
 type Refusal = &'static str;
 
+/// The subprotocol a browser offers first, before its key (`new WebSocket(url, [PROTOCOL,
+/// key])`), and the only one the handshake ever selects.
+pub const PROTOCOL: &str = "callstream.live-transcript";
+
 pub async fn socket(
     State(state): State<AppState>,
     Path(call_sid): Path<String>,
@@ -70,10 +74,14 @@ pub async fn socket(
             .cloned()
     });
     let decision = decide(&state, &call_sid, token.as_deref()).await;
-    // A browser that offered subprotocols fails the handshake unless one is selected.
-    let upgrade = match offered.first() {
-        Some(first) => upgrade.protocols([first.clone()]),
-        None => upgrade,
+    // A browser that offered subprotocols fails the handshake unless one is selected, and what
+    // is selected goes back in a response header, where proxies log it: only the fixed name is
+    // ever selected, never a key or token. A client offering the key alone gets no protocol
+    // back (browsers then fail the handshake: they must offer the name first).
+    let upgrade = if offered.iter().any(|p| p == PROTOCOL) {
+        upgrade.protocols([PROTOCOL])
+    } else {
+        upgrade
     };
     Ok(configure(upgrade, &state, COMMAND_READS)
         .on_upgrade(move |socket| run(state, decision, call_sid, socket)))
