@@ -4,6 +4,19 @@ use serde_json::{Value, json};
 
 use crate::support::{SseReader, TestServer, completed, transcription};
 
+/// Signs acme in (`POST /v1/session`) and returns the `set-cookie` header.
+async fn sign_in(ts: &TestServer) -> String {
+    let r = ts
+        .http
+        .post(ts.url("/v1/session"))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    r.headers()["set-cookie"].to_str().unwrap().to_owned()
+}
+
 fn stream(ts: &TestServer, query: &str) -> reqwest::RequestBuilder {
     ts.http
         .get(ts.url(&format!("/v1/speech-events/stream?{query}")))
@@ -136,15 +149,7 @@ async fn a_session_cookie_opens_the_stream_and_nothing_else() {
     let ts = TestServer::start().await;
     let call = ts.create_call("sip").await;
     let id = call["id"].as_str().unwrap();
-    let r = ts
-        .http
-        .post(ts.url("/v1/session"))
-        .bearer_auth(&ts.acme.api)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let set_cookie = sign_in(&ts).await;
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
@@ -211,16 +216,8 @@ async fn a_stream_opened_with_a_session_ends_when_the_session_expires() {
     let ts = TestServer::start_with(|c| c.session_ttl_secs = 2).await;
     let call = ts.create_call("sip").await;
     let id = call["id"].as_str().unwrap();
-    let r = ts
-        .http
-        .post(ts.url("/v1/session"))
-        .bearer_auth(&ts.acme.api)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let set_cookie = sign_in(&ts).await;
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let mut s =
         SseReader::open(stream(&ts, &format!("callId={id}")).header("cookie", &cookie)).await;
     assert_eq!(s.status, 200);
