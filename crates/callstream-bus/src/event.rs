@@ -25,6 +25,9 @@ impl FormatSlot {
 #[derive(Debug)]
 pub struct Event {
     envelope: Envelope,
+    /// The canonical JSON: every history weighs events by it, so it is computed at most once,
+    /// when first asked for, and kept for the surfaces that send it.
+    json: OnceLock<Bytes>,
     encoded: [OnceLock<Option<Bytes>>; FORMAT_SLOTS],
 }
 
@@ -32,8 +35,26 @@ impl Event {
     pub fn new(envelope: Envelope) -> Arc<Self> {
         Arc::new(Self {
             envelope,
+            json: OnceLock::new(),
             encoded: Default::default(),
         })
+    }
+
+    /// The canonical JSON envelope (`Envelope::to_json`), as the native WebSocket, webhooks and
+    /// NATS carry it.
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(self.envelope.to_json()))
+            .clone()
+    }
+
+    /// What this event counts for in a history's byte bound: the size of its canonical JSON.
+    /// (Held in memory, an event costs about twice that, its decoded form and its JSON, plus
+    /// each surface encoding it was sent in.)
+    pub fn weight(&self) -> usize {
+        self.json
+            .get_or_init(|| Bytes::from(self.envelope.to_json()))
+            .len()
     }
 
     pub fn envelope(&self) -> &Envelope {

@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,12 @@ use crate::{Bus, BusError, BusStats, Event, Gap, PublishReport, Resume, Subscrib
 pub struct InProcessConfig {
     /// Events kept per topic for resume (`Last-Event-ID`, `since`).
     pub history_capacity: usize,
+    /// Bytes kept per topic (events weighed by [`Event::weight`]); the newest event is kept
+    /// whatever its size.
+    pub history_max_bytes_per_topic: usize,
+    /// Bytes kept over all topics: past it, a topic that publishes gives up its oldest events
+    /// first, and [`InProcessBus::sweep`] empties finished, then idle, topics.
+    pub history_max_bytes: usize,
     /// How long a topic's history is kept after its call ended, so late reconnects can resume.
     pub ended_retention: Duration,
     /// How long a topic with no subscribers and no publishes keeps its history.
@@ -28,6 +35,8 @@ impl Default for InProcessConfig {
     fn default() -> Self {
         Self {
             history_capacity: 128,
+            history_max_bytes_per_topic: 1024 * 1024,
+            history_max_bytes: 128 * 1024 * 1024,
             ended_retention: Duration::from_secs(300),
             idle_retention: Duration::from_secs(3600),
         }
@@ -43,6 +52,10 @@ pub struct InProcessBus {
     config: InProcessConfig,
     topics: crate::FastMap<Topic, Arc<TopicState>>,
     audio: crate::audio::AudioTopics,
+    /// The weight of every topic's history together.
+    held: AtomicUsize,
+    /// Events given up before their time to keep within a byte bound.
+    trimmed: AtomicU64,
 }
 
 struct TopicState {
@@ -51,6 +64,8 @@ struct TopicState {
 
 struct TopicInner {
     history: VecDeque<Arc<Event>>,
+    /// The weight of `history`.
+    history_bytes: usize,
     last_seq: u64,
     subscribers: Vec<Subscriber>,
     ended: bool,
@@ -83,6 +98,70 @@ impl InProcessBus {
             config,
             topics: crate::FastMap::default(),
             audio: crate::audio::AudioTopics::default(),
+            held: AtomicUsize::new(0),
+            trimmed: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes of history held over all topics, and events given up early to stay within the
+    /// byte bounds since the bus started.
+    pub fn history_usage(&self) -> (usize, u64) {
+        (
+            self.held.load(Ordering::Relaxed),
+            self.trimmed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Drops `inner`'s oldest event, keeping the byte counts true.
+    fn pop_oldest(&self, inner: &mut TopicInner) {
+        if let Some(old) = inner.history.pop_front() {
+            let weight = old.weight();
+            inner.history_bytes -= weight;
+            self.held.fetch_sub(weight, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps `inner`'s history within its bounds: the count, the topic's bytes and, while the
+    /// bus is over its total, everything but the newest event.
+    fn trim(&self, inner: &mut TopicInner) {
+        while inner.history.len() > self.config.history_capacity {
+            self.pop_oldest(inner);
+        }
+        while inner.history.len() > 1
+            && (inner.history_bytes > self.config.history_max_bytes_per_topic
+                || self.held.load(Ordering::Relaxed) > self.config.history_max_bytes)
+        {
+            self.pop_oldest(inner);
+            self.trimmed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Empties histories, finished topics first, then the longest untouched, until the bus is
+    /// within its total (each keeps its last seq, so a resume is told of the gap).
+    fn shed(&self) {
+        if self.held.load(Ordering::Relaxed) <= self.config.history_max_bytes {
+            return;
+        }
+        let mut holders: Vec<(bool, Instant, Arc<TopicState>)> = self
+            .topics
+            .iter()
+            .filter_map(|entry| {
+                let inner = entry.value().lock();
+                (!inner.history.is_empty())
+                    .then(|| (!inner.ended, inner.touched, entry.value().clone()))
+            })
+            .collect();
+        holders.sort_by_key(|(live, touched, _)| (*live, *touched));
+        for (_, _, state) in holders {
+            if self.held.load(Ordering::Relaxed) <= self.config.history_max_bytes {
+                break;
+            }
+            let mut inner = state.lock();
+            let n = inner.history.len() as u64;
+            self.held.fetch_sub(inner.history_bytes, Ordering::Relaxed);
+            inner.history.clear();
+            inner.history_bytes = 0;
+            self.trimmed.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -107,6 +186,7 @@ impl InProcessBus {
                 Arc::new(TopicState {
                     inner: Mutex::new(TopicInner {
                         history: VecDeque::new(),
+                        history_bytes: 0,
                         last_seq: 0,
                         subscribers: Vec::new(),
                         ended: false,
@@ -144,14 +224,22 @@ impl InProcessBus {
             };
             let expired = inner.subscribers.is_empty() && age >= keep_for;
             inner.removed = expired;
+            if expired {
+                self.held.fetch_sub(inner.history_bytes, Ordering::Relaxed);
+                inner.history_bytes = 0;
+                inner.history.clear();
+            }
             !expired
         });
+        self.shed();
     }
 }
 
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, event: Arc<Event>) -> Result<PublishReport, BusError> {
+        // Weighed (its JSON encoded, once) before the topic's lock is taken.
+        let weight = event.weight();
         let report = self.locked(&Topic::of(event.envelope()), |inner| {
             let mut report = PublishReport::default();
             if event.seq() <= inner.last_seq || inner.ended {
@@ -160,9 +248,9 @@ impl Bus for InProcessBus {
             inner.last_seq = event.seq();
             inner.touched = Instant::now();
             inner.history.push_back(event.clone());
-            while inner.history.len() > self.config.history_capacity {
-                inner.history.pop_front();
-            }
+            inner.history_bytes += weight;
+            self.held.fetch_add(weight, Ordering::Relaxed);
+            self.trim(inner);
             inner
                 .subscribers
                 .retain(|sub| match sub.tx.try_send(event.clone()) {
@@ -234,6 +322,8 @@ impl Bus for InProcessBus {
             subscribers: 0,
             audio_listeners: self.audio.listeners(),
             nats: None,
+            history_bytes: self.held.load(Ordering::Relaxed) as u64,
+            history_trimmed: self.trimmed.load(Ordering::Relaxed),
         };
         for state in &self.topics {
             stats.subscribers += state.lock().subscribers.len();
@@ -353,6 +443,88 @@ mod tests {
         assert_eq!(slow.next().await.unwrap().seq(), 2);
         assert_eq!(slow.dropped().get(), 3);
         assert_eq!(fast.dropped().get(), 0);
+    }
+
+    /// A transcript turn of about `bytes` bytes of JSON.
+    fn heavy(ws: &WorkspaceId, call: &CallId, seq: u64, bytes: usize) -> Arc<Event> {
+        let payload = Payload::parse(
+            "call.transcription",
+            json!({"role": "user", "text": "x".repeat(bytes), "is_final": true, "turn_id": "trn_1"}),
+        )
+        .unwrap();
+        Event::new(
+            Envelope::new(
+                ws.clone(),
+                Subject::Call(call.clone()),
+                seq,
+                time::now(),
+                payload,
+            )
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_in_bytes_per_topic_and_in_all() {
+        let bus = InProcessBus::new(InProcessConfig {
+            history_max_bytes_per_topic: 10_000,
+            history_max_bytes: 25_000,
+            ..Default::default()
+        });
+        let (ws, a) = call();
+        let weight = heavy(&ws, &a, 10, 1_000).weight();
+        for seq in 1..=30 {
+            bus.publish(heavy(&ws, &a, seq, 1_000)).await.unwrap();
+        }
+        // The topic keeps as many of its newest events as fit in its bound, and a resume from
+        // before them is told of the gap.
+        let (held, trimmed) = bus.history_usage();
+        assert!(held <= 10_000 && held + weight + 8 > 10_000, "held {held}");
+        let topic = Topic::call(&ws, &a);
+        let sub = bus
+            .subscribe(&topic, Resume::After(0), opts(64))
+            .await
+            .unwrap();
+        let first = trimmed + 1;
+        assert!(first > 20, "kept {} events of {weight} bytes", 31 - first);
+        assert_eq!(
+            sub.gap(),
+            Some(Gap {
+                requested_after: 0,
+                first_available: first
+            })
+        );
+        assert_eq!(sub.first_backlog_seq(), Some(first));
+        drop(sub);
+
+        // Two more topics: together past the bus's bound, each publisher gives up its oldest.
+        let (b, c) = (CallId::new(), CallId::new());
+        for seq in 1..=30 {
+            bus.publish(heavy(&ws, &b, seq, 1_000)).await.unwrap();
+            bus.publish(heavy(&ws, &c, seq, 1_000)).await.unwrap();
+        }
+        let (held, _) = bus.history_usage();
+        assert!(held <= 25_000 + weight, "held {held}");
+        assert_eq!(bus.stats().history_bytes, held as u64);
+
+        // An event larger than a topic's bound is still kept, alone: the newest always is.
+        bus.publish(heavy(&ws, &a, 31, 20_000)).await.unwrap();
+        let sub = bus
+            .subscribe(&topic, Resume::After(30), opts(64))
+            .await
+            .unwrap();
+        assert_eq!(sub.first_backlog_seq(), Some(31));
+
+        // The sweep sheds finished topics' histories first when the bus is over its bound.
+        bus.publish(event(&ws, &b, 31, true)).await.unwrap();
+        bus.sweep(Instant::now());
+        let (held, _) = bus.history_usage();
+        assert!(held <= 25_000, "held {held}");
+        assert_eq!(bus.bounds(&Topic::call(&ws, &b)), Some((None, 31)));
+        assert!(
+            bus.bounds(&topic).unwrap().0.is_some(),
+            "a live topic kept its history"
+        );
     }
 
     #[tokio::test]

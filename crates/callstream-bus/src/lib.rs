@@ -115,6 +115,10 @@ pub struct BusStats {
     pub audio_listeners: usize,
     /// A NATS bus's counters since the node started (none on the in-process bus).
     pub nats: Option<NatsCounters>,
+    /// Bytes of event history this node holds for resume (events weighed by their JSON).
+    pub history_bytes: u64,
+    /// Events given up from a history before their time, to keep within its byte bounds.
+    pub history_trimmed: u64,
 }
 
 /// What a NATS bus counted since the node started.

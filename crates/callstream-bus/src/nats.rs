@@ -483,7 +483,7 @@ pub fn decode_events(payload: &[u8]) -> Result<Vec<Envelope>, serde_json::Error>
 /// Encodes one topic's events as one message.
 fn encode_events(events: &[Arc<Event>]) -> Bytes {
     if let [one] = events {
-        return Bytes::from(one.envelope().to_json());
+        return one.json();
     }
     let envelopes: Vec<&Envelope> = events.iter().map(|e| e.envelope()).collect();
     Bytes::from(serde_json::to_vec(&envelopes).unwrap_or_default())

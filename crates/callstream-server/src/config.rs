@@ -42,6 +42,30 @@ pub struct Config {
     pub history_capacity: usize,
     /// Seconds a finished call's history stays available for resume.
     pub history_retention_secs: u64,
+    /// Bytes of history kept per call and per conversation (each event counted at its canonical
+    /// JSON size): the oldest events go first when either this or `history_capacity` is reached.
+    pub history_max_bytes_per_call: usize,
+    /// Bytes of history kept by this node over all calls and conversations: past it, each topic
+    /// that publishes gives up its oldest events, and the sweep empties finished then idle
+    /// topics. A resume that reaches back past what is left is told of the gap.
+    pub history_max_bytes: usize,
+    /// The largest event accepted at ingest, in bytes of its JSON as the runtime sends it
+    /// (refused with 413 `event_too_large`).
+    pub max_event_bytes: usize,
+    /// Connections this process holds open at most; more are closed as soon as they are
+    /// accepted. Keep it under the open-files limit, with room for the store and the bus.
+    pub max_connections: usize,
+    /// Connections one source address may hold open at most (0: no per-source limit, for a
+    /// gateway behind a proxy whose clients all come from one address).
+    pub max_connections_per_source: usize,
+    /// Seconds a client may take to send a request's head before the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a live call may go on without its runtime's socket (the runtime that created it
+    /// or last sent for it) before it is ended as `call.failed` with reason `runtime_lost`.
+    pub runtime_lost_grace_secs: u64,
+    /// Seconds a live call may go without any event before it is ended as `call.failed` with
+    /// reason `stale` (0: never).
+    pub call_stale_secs: u64,
     /// Seconds between SSE comment heartbeats.
     pub sse_heartbeat_secs: u64,
     /// Seconds a non-streaming request may take before it is answered with a timeout.
@@ -140,6 +164,14 @@ impl Default for Config {
             stream_queue_capacity: 64,
             history_capacity: 128,
             history_retention_secs: 300,
+            history_max_bytes_per_call: 1024 * 1024,
+            history_max_bytes: 128 * 1024 * 1024,
+            max_event_bytes: 64 * 1024,
+            max_connections: 16_384,
+            max_connections_per_source: 1_024,
+            header_read_timeout_secs: 5,
+            runtime_lost_grace_secs: 60,
+            call_stale_secs: 3600,
             sse_heartbeat_secs: 30,
             request_timeout_secs: 10,
             shutdown_timeout_secs: 10,
@@ -324,6 +356,15 @@ impl Config {
             ("request_timeout_secs", self.request_timeout_secs),
             ("write_stall_timeout_secs", self.write_stall_timeout_secs),
             ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_event_bytes", self.max_event_bytes as u64),
+            (
+                "history_max_bytes_per_call",
+                self.history_max_bytes_per_call as u64,
+            ),
+            ("history_max_bytes", self.history_max_bytes as u64),
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("runtime_lost_grace_secs", self.runtime_lost_grace_secs),
             ("max_events_per_request", self.max_events_per_request as u64),
             ("ws_ping_secs", self.ws_ping_secs),
             ("ws_max_message_bytes", self.ws_max_message_bytes as u64),
@@ -418,6 +459,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 origin: "stream_token_max_ttl_secs".into(),
                 message: "at most 604800 (7 days): stream tokens are meant to be short-lived"
+                    .into(),
+            });
+        }
+        if self.max_event_bytes > self.max_body_bytes {
+            return Err(ConfigError::Invalid {
+                origin: "max_event_bytes".into(),
+                message: "must not exceed max_body_bytes (an event arrives in a request body)"
                     .into(),
             });
         }

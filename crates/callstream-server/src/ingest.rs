@@ -402,9 +402,79 @@ fn accept_batch(
         .collect()
 }
 
+/// The refusal of an event larger than `limit` bytes: 413 `event_too_large`, naming the limit.
+fn too_large(at: &str, size: usize, limit: usize) -> ApiError {
+    let at = if at.is_empty() { "event" } else { at };
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "event_too_large",
+        format!(
+            "{at}: {size} bytes of JSON; an event may be at most {limit} bytes (max_event_bytes)"
+        ),
+    )
+}
+
+/// Refuses events larger than `limit` bytes of JSON as sent, in `events` (one event object or
+/// an array of them): every event is bounded, so that no envelope the gateway accepts is too
+/// large for the history, a webhook or a viewer's socket. Text no larger than the limit cannot
+/// hold a larger event, so the usual batch costs only a length comparison here. Text that is
+/// not JSON passes: the decoders refuse it with their own words.
+///
+/// # Errors
+/// 413 `event_too_large` for the first event over the limit.
+pub fn check_event_sizes(events: &str, limit: usize) -> Result<(), ApiError> {
+    if events.len() <= limit {
+        return Ok(());
+    }
+    match events.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(events) else {
+                return Ok(());
+            };
+            for (i, item) in items.iter().enumerate() {
+                let size = item.get().len();
+                if size > limit {
+                    return Err(too_large(&format!("events[{i}]"), size, limit));
+                }
+            }
+            Ok(())
+        }
+        _ => Err(too_large("", events.trim().len(), limit)),
+    }
+}
+
+/// [`check_event_sizes`] for a runtime socket message, whose `events` sit beside its `type`,
+/// `ref` and subject. The `ref` comes back with the refusal, for the answer to name it.
+///
+/// # Errors
+/// 413 `event_too_large`, with the message's `ref` if it has one.
+pub fn check_message_event_sizes(
+    message: &str,
+    limit: usize,
+) -> Result<(), (Option<String>, ApiError)> {
+    #[derive(Deserialize)]
+    struct Sized<'a> {
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+        #[serde(borrow)]
+        events: Option<&'a RawValue>,
+    }
+    if message.len() <= limit {
+        return Ok(());
+    }
+    let Ok(sized) = serde_json::from_str::<Sized<'_>>(message) else {
+        return Ok(());
+    };
+    match sized.events {
+        Some(events) => check_event_sizes(events.get(), limit).map_err(|e| (sized.reference, e)),
+        None => Ok(()),
+    }
+}
+
 /// Parses an ingest body: one event object, or an array of 1 to `max` events, in order. Every
 /// refusal names the field, prefixed by `events[i].` inside an array. The body arrives as JSON
 /// text (already checked to be JSON) and each event is decoded from it straight into its type.
+/// The caller bounds each event's size first ([`check_event_sizes`]).
 ///
 /// # Errors
 /// 400 `invalid_event`.

@@ -268,6 +268,8 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
     };
     let local = InProcessConfig {
         history_capacity: config.history_capacity,
+        history_max_bytes_per_topic: config.history_max_bytes_per_call,
+        history_max_bytes: config.history_max_bytes,
         ended_retention: Duration::from_secs(config.history_retention_secs),
         ..InProcessConfig::default()
     };

@@ -109,6 +109,9 @@ pub struct Metrics {
     bus_topics: Gauge,
     bus_subscribers: Gauge,
     audio_listeners: Gauge,
+    history_bytes: Gauge,
+    /// Brought up to the bus's own count at each scrape, as the NATS counters are.
+    history_trimmed: std::sync::Mutex<Counter>,
     /// The NATS bus's counters, brought up to its own at each scrape (under the lock, so two
     /// scrapes at once cannot both add the same difference).
     nats: std::sync::Mutex<[Counter; 6]>,
@@ -158,6 +161,18 @@ impl Metrics {
             "bus_subscribers",
             "Subscriptions open on the bus",
             bus_subscribers.clone(),
+        );
+        let history_bytes = Gauge::default();
+        registry.register(
+            "history_bytes",
+            "Bytes of event history held for resume (events weighed by their canonical JSON)",
+            history_bytes.clone(),
+        );
+        let history_trimmed = Counter::default();
+        registry.register(
+            "history_trimmed_events",
+            "Events given up from a history before their time, to keep within its byte bounds",
+            history_trimmed.clone(),
         );
         let nats: [Counter; 6] = Default::default();
         for (counter, (name, help)) in nats.iter().zip([
@@ -315,6 +330,8 @@ impl Metrics {
             bus_topics,
             bus_subscribers,
             audio_listeners,
+            history_bytes,
+            history_trimmed: std::sync::Mutex::new(history_trimmed),
             nats: std::sync::Mutex::new(nats),
             audio_received,
             audio_frames_refused,
@@ -358,6 +375,11 @@ impl Metrics {
             .set(i64::try_from(bus.subscribers).unwrap_or(i64::MAX));
         self.audio_listeners
             .set(i64::try_from(bus.audio_listeners).unwrap_or(i64::MAX));
+        self.history_bytes
+            .set(i64::try_from(bus.history_bytes).unwrap_or(i64::MAX));
+        if let Ok(trimmed) = self.history_trimmed.lock() {
+            trimmed.inc_by(bus.history_trimmed.saturating_sub(trimmed.get()));
+        }
         if let Some(n) = bus.nats
             && let Ok(counters) = self.nats.lock()
         {

@@ -23,8 +23,7 @@ pub mod slots {
 
     /// Seed 000, call transcript SSE frames.
     pub const NATIVE_TRANSCRIPT_SSE: FormatSlot = FormatSlot::new(0);
-    /// The canonical envelope JSON (native WebSocket, webhooks).
-    pub const ENVELOPE_JSON: FormatSlot = FormatSlot::new(1);
+    // Slot 1 was the canonical envelope JSON, which `Event::json` now keeps itself.
     /// Seed 000, conversation SSE frames.
     pub const NATIVE_CONVERSATION_SSE: FormatSlot = FormatSlot::new(2);
     /// Seed 002, STT/TTS event SSE frames.

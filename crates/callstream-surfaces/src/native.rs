@@ -55,9 +55,7 @@ pub fn transcript_sse(event: &Event) -> Option<Bytes> {
 
 /// The canonical envelope JSON for an event (native WebSocket frames and webhook bodies).
 pub fn envelope_json(event: &Event) -> Bytes {
-    event
-        .encoded(slots::ENVELOPE_JSON, |env| Some(Bytes::from(env.to_json())))
-        .unwrap_or_default()
+    event.json()
 }
 
 /// One conversation SSE frame's data, exactly the seed's fields: the payload nested verbatim.

@@ -29,6 +29,8 @@ mod http;
 mod ingest;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
+#[path = "it/limits.rs"]
+mod limits;
 #[path = "it/live_calls.rs"]
 mod live_calls;
 #[path = "it/live_transcript.rs"]

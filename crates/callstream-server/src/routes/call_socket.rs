@@ -47,17 +47,27 @@ pub const INGEST_READS: usize = 4096;
 
 /// The WebSocket settings every socket surface shares: small read buffers (`reads`;
 /// tungstenite's default is 128 KiB per connection), writes gathered up to 16 KiB between
-/// flushes (so frames queued for a client that fell behind go out in one write), and the
-/// message size cap.
+/// flushes (so frames queued for a client that fell behind go out in one write), and the cap
+/// on what a client may send.
+///
+/// What the server sends has no cap of its own: the sink accepts a frame only after it has
+/// flushed what it held beyond `WRITE_BUFFER` (its `poll_ready` waits for that), so it never
+/// holds more than `WRITE_BUFFER` plus one frame, and every frame is bounded by the event it
+/// carries (`max_event_bytes`, checked at ingest). A cap here (`max_write_buffer_size`) could
+/// only fail a frame the gateway had accepted, and tungstenite fails the whole socket then: a
+/// cap of 256 KiB once closed every viewer of a call on a 300 KB transcript turn.
 pub fn configure(upgrade: WebSocketUpgrade, state: &AppState, reads: usize) -> WebSocketUpgrade {
     let max = state.config().ws_max_message_bytes;
     upgrade
         .read_buffer_size(reads)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(max.max(64 * 1024) * 4)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(max)
         .max_frame_size(max)
 }
+
+/// Bytes a socket gathers before it writes them out.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The upgrade, or a JSON 400 for a plain HTTP request.
 pub fn require_upgrade(

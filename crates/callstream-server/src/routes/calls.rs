@@ -82,6 +82,7 @@ pub async fn ingest_events(
     IdPath(id): CallPath,
     JsonBody(body): JsonBody<Box<RawValue>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    ingest::check_event_sizes(body.get(), state.config().max_event_bytes)?;
     let transport = ingest::call_transport(&state, &who.workspace_id, &id).await?;
     let events = ingest::parse_batch(
         &body,

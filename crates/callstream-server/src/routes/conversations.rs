@@ -80,6 +80,7 @@ pub async fn ingest_events(
     IdPath(id): ConversationPath,
     JsonBody(body): JsonBody<Box<RawValue>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    ingest::check_event_sizes(body.get(), state.config().max_event_bytes)?;
     load_conversation(&state, &who.workspace_id, &id).await?;
     let events = ingest::parse_batch(
         &body,

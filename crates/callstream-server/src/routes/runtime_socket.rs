@@ -299,6 +299,16 @@ async fn answer_group(
                 continue;
             }
         };
+        if let Err((reference, err)) =
+            ingest::check_message_event_sizes(text.as_str(), state.config().max_event_bytes)
+        {
+            answers.push(Some(Answer::Send(self::text(runtime::error_frame(
+                reference.as_deref(),
+                err.code,
+                &err.message,
+            )))));
+            continue;
+        }
         match runtime::parse(text.as_str()) {
             Ok(RuntimeMessage::Events(mut m)) if m.call_id.is_some() => {
                 match read_call_events(state, workspace, &mut m).await {
@@ -463,6 +473,15 @@ async fn handle(
     acks: Acks,
     message: &str,
 ) -> Option<Bytes> {
+    if let Err((reference, err)) =
+        ingest::check_message_event_sizes(message, state.config().max_event_bytes)
+    {
+        return Some(runtime::error_frame(
+            reference.as_deref(),
+            err.code,
+            &err.message,
+        ));
+    }
     match runtime::parse(message) {
         Err(message) => Some(runtime::error_frame(None, "invalid_message", &message)),
         Ok(RuntimeMessage::CommandResult(result)) => {

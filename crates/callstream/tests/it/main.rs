@@ -17,6 +17,7 @@ mod conversations;
 mod http;
 mod ingest;
 mod lifecycle;
+mod limits;
 mod live_calls;
 mod live_transcript;
 mod simulator;
