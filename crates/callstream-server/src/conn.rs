@@ -8,11 +8,16 @@
 //! and hyper closes the connection. A reader that is merely slow keeps making progress (and
 //! loses frames to its bounded queue instead), so it is never cut off by this.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +29,8 @@ pub struct StallGuard<S> {
     limit: Duration,
     /// Started when a write first returns `Pending`; cleared by any write that completes.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// The connection's place under the connection limits, given back when it closes.
+    _slot: Option<Slot>,
 }
 
 impl<S> StallGuard<S> {
@@ -32,6 +39,7 @@ impl<S> StallGuard<S> {
             inner,
             limit,
             stalled: None,
+            _slot: None,
         }
     }
 
@@ -106,20 +114,137 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
     }
 }
 
+/// How many connections the process holds, in all and per source address. A connection over
+/// either limit is closed as soon as it is accepted, before anything is read from it: a client
+/// that opens connections faster than it uses them (or half-sends requests on each) then holds
+/// at most its own share, and the process never runs out of descriptors for its streams.
+pub struct ConnectionLimits {
+    total: usize,
+    /// 0: none.
+    per_source: usize,
+    state: Mutex<Held>,
+    open: Gauge,
+    refused_total: Counter,
+    refused_per_source: Counter,
+}
+
+#[derive(Default)]
+struct Held {
+    open: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The process holds `max_connections` already.
+    Total,
+    /// Its source address holds `max_connections_per_source` already.
+    PerSource,
+}
+
+impl ConnectionLimits {
+    /// `open` and the refusal counters are the metrics this updates.
+    pub fn new(
+        total: usize,
+        per_source: usize,
+        open: Gauge,
+        refused_total: Counter,
+        refused_per_source: Counter,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            total,
+            per_source,
+            state: Mutex::new(Held::default()),
+            open,
+            refused_total,
+            refused_per_source,
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        // Every update leaves the counts consistent, so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for a connection from `source`, or why there is none.
+    ///
+    /// # Errors
+    /// [`Refusal`] when either limit is reached (and counts it).
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
+        let mut held = self.held();
+        if held.open >= self.total {
+            self.refused_total.inc();
+            return Err(Refusal::Total);
+        }
+        let mine = held.by_source.get(&source).copied().unwrap_or(0);
+        if self.per_source != 0 && mine >= self.per_source {
+            self.refused_per_source.inc();
+            return Err(Refusal::PerSource);
+        }
+        held.open += 1;
+        held.by_source.insert(source, mine + 1);
+        self.open.set(i64::try_from(held.open).unwrap_or(i64::MAX));
+        Ok(Slot {
+            limits: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.held().open
+    }
+}
+
+/// One connection's place; dropping it gives the place back.
+pub struct Slot {
+    limits: Arc<ConnectionLimits>,
+    source: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.limits.held();
+        held.open = held.open.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut mine) =
+            held.by_source.entry(self.source)
+        {
+            *mine.get_mut() -= 1;
+            if *mine.get() == 0 {
+                mine.remove();
+            }
+        }
+        self.limits
+            .open
+            .set(i64::try_from(held.open).unwrap_or(i64::MAX));
+    }
+}
+
 /// The server's listener: TCP with `TCP_NODELAY` (small frames must not wait for Nagle), a
-/// bounded send buffer when configured, and a [`StallGuard`] on every connection.
+/// bounded send buffer when configured, the connection limits, and a [`StallGuard`] on every
+/// connection.
 pub struct GuardedListener {
     inner: TcpListener,
     limit: Duration,
     send_buffer: Option<usize>,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl GuardedListener {
-    pub fn new(inner: TcpListener, limit: Duration, send_buffer: Option<usize>) -> Self {
+    pub fn new(
+        inner: TcpListener,
+        limit: Duration,
+        send_buffer: Option<usize>,
+        limits: Arc<ConnectionLimits>,
+    ) -> Self {
         Self {
             inner,
             limit,
             send_buffer,
+            limits,
         }
     }
 }
@@ -131,7 +256,18 @@ impl axum::serve::Listener for GuardedListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         // axum's own accept loop for TCP retries transient errors (like running out of file
         // descriptors) after a pause, so it never returns an error.
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let (stream, addr, slot) = loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+            match self.limits.admit(addr.ip()) {
+                Ok(slot) => break (stream, addr, slot),
+                Err(refusal) => {
+                    // Closed unread: a reset rather than a lingering close, so that the
+                    // refused connection holds nothing here, not even a TIME_WAIT entry.
+                    let _ = stream.set_zero_linger();
+                    tracing::debug!(?refusal, "connection refused by the connection limits");
+                }
+            }
+        };
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
@@ -143,7 +279,9 @@ impl axum::serve::Listener for GuardedListener {
         {
             tracing::debug!(error = %err, "could not set SO_SNDBUF");
         }
-        (StallGuard::new(stream, self.limit), addr)
+        let mut guarded = StallGuard::new(stream, self.limit);
+        guarded._slot = Some(slot);
+        (guarded, addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -155,6 +293,28 @@ impl axum::serve::Listener for GuardedListener {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn connections_are_limited_per_source_and_in_all_and_closing_gives_places_back() {
+        let (open, total, per_source) = (Gauge::default(), Counter::default(), Counter::default());
+        let limits = ConnectionLimits::new(3, 2, open.clone(), total.clone(), per_source.clone());
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let first = limits.admit(a).unwrap();
+        let _second = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).err(), Some(Refusal::PerSource));
+        let _third = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).err(), Some(Refusal::Total));
+        assert_eq!((open.get(), total.get(), per_source.get()), (3, 1, 1));
+        drop(first);
+        assert_eq!((limits.open(), open.get()), (2, 2));
+        let _again = limits.admit(a).unwrap();
+        // No per-source limit: one address may take every place.
+        let limits = ConnectionLimits::new(2, 0, Gauge::default(), total, per_source);
+        let _x = limits.admit(a).unwrap();
+        let _y = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).err(), Some(Refusal::Total));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_without_progress_fails_after_the_limit_and_progress_resets_it() {

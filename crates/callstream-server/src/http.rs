@@ -28,15 +28,15 @@ use crate::stream_http::{self, First, Rewind};
 
 /// hyper's read buffer limit per connection (its smallest allowed value).
 const READ_BUFFER: usize = 8 * 1024;
-/// How long a client may take to send a request's head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts and serves connections until `shutdown`; then asks each open connection to finish
-/// gracefully and waits for them (the caller bounds that wait).
+/// gracefully and waits for them (the caller bounds that wait). A client has `head_timeout` to
+/// send each request's head (`header_read_timeout_secs`).
 pub async fn serve(
     mut listener: GuardedListener,
     router: Router,
     shutdown: CancellationToken,
+    head_timeout: Duration,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     loop {
@@ -54,7 +54,7 @@ pub async fn serve(
             let first = Box::pin(async {
                 tokio::select! {
                     () = stop.cancelled() => Opening::Done,
-                    first = stream_http::read_first(&mut io, HEADER_READ_TIMEOUT) => match first {
+                    first = stream_http::read_first(&mut io, head_timeout) => match first {
                         First::Gone => Opening::Done,
                         First::Other(prefix) => Opening::Hyper(prefix),
                         First::Stream(request) => {
@@ -71,7 +71,13 @@ pub async fn serve(
                 Opening::Done => {}
                 Opening::Stream(stream) => stream.run(&mut io).await,
                 Opening::Hyper(prefix) => {
-                    Box::pin(serve_hyper(Rewind::new(prefix, io), router, stop)).await;
+                    Box::pin(serve_hyper(
+                        Rewind::new(prefix, io),
+                        router,
+                        stop,
+                        head_timeout,
+                    ))
+                    .await;
                 }
             }
         });
@@ -89,14 +95,19 @@ enum Opening {
 }
 
 /// Serves a connection with hyper's HTTP/1 server, until it ends or the server shuts down.
-async fn serve_hyper(io: Rewind<StallGuard<TcpStream>>, router: Router, stop: CancellationToken) {
+async fn serve_hyper(
+    io: Rewind<StallGuard<TcpStream>>,
+    router: Router,
+    stop: CancellationToken,
+    head_timeout: Duration,
+) {
     let service =
         TowerToHyperService::new(router.map_request(|req: Request<Incoming>| req.map(Body::new)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .max_buf_size(READ_BUFFER)
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(head_timeout);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

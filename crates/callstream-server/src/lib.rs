@@ -377,12 +377,34 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     // `serve(listener, router)` rebuilt the whole router per accepted connection, which massif
     // showed as the largest share of an idle SSE stream's memory).
     let router = app(state.clone()).with_state(());
+    let metrics = state.metrics();
+    let limits = conn::ConnectionLimits::new(
+        state.config().max_connections,
+        state.config().max_connections_per_source,
+        metrics.connections_open.clone(),
+        metrics
+            .connections_refused
+            .get_or_create(&metrics::ReasonLabels { reason: "total" })
+            .clone(),
+        metrics
+            .connections_refused
+            .get_or_create(&metrics::ReasonLabels {
+                reason: "per_source",
+            })
+            .clone(),
+    );
     let listener = conn::GuardedListener::new(
         listener,
         state.config().write_stall_timeout(),
         state.config().socket_send_buffer(),
+        limits,
     );
-    let task = tokio::spawn(http::serve(listener, router, shutdown.clone()));
+    let task = tokio::spawn(http::serve(
+        listener,
+        router,
+        shutdown.clone(),
+        Duration::from_secs(state.config().header_read_timeout_secs),
+    ));
     // Audio streams that were active when the last process stopped reconnect once their
     // calls' audio flows again.
     // In a cluster, the nodes share them: each runs those it claimed, and takes over those

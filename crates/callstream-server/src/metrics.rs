@@ -51,6 +51,11 @@ pub struct SurfaceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -110,6 +115,9 @@ pub struct Metrics {
     bus_subscribers: Gauge,
     audio_listeners: Gauge,
     history_bytes: Gauge,
+    /// Connections held now, and those refused by the connection limits.
+    pub connections_open: Gauge,
+    pub connections_refused: Family<ReasonLabels, Counter>,
     /// Brought up to the bus's own count at each scrape, as the NATS counters are.
     history_trimmed: std::sync::Mutex<Counter>,
     /// The NATS bus's counters, brought up to its own at each scrape (under the lock, so two
@@ -174,6 +182,22 @@ impl Metrics {
             "Events given up from a history before their time, to keep within its byte bounds",
             history_trimmed.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "TCP connections the process holds now",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as accepted: the process (total) or their source address \
+             (per_source) held as many as allowed",
+            connections_refused.clone(),
+        );
+        for reason in ["total", "per_source"] {
+            let _ = connections_refused.get_or_create(&ReasonLabels { reason });
+        }
         let nats: [Counter; 6] = Default::default();
         for (counter, (name, help)) in nats.iter().zip([
             ("nats_reconnects", "Times the NATS connection came back after it was lost"),
@@ -331,6 +355,8 @@ impl Metrics {
             bus_subscribers,
             audio_listeners,
             history_bytes,
+            connections_open,
+            connections_refused,
             history_trimmed: std::sync::Mutex::new(history_trimmed),
             nats: std::sync::Mutex::new(nats),
             audio_received,

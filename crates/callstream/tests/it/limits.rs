@@ -230,3 +230,154 @@ async fn history_is_bounded_in_bytes_and_a_resume_past_it_is_told_of_the_gap() {
     let next = ws_json(&mut ws).await;
     assert!(next["seq"].as_u64().unwrap() > 17, "{next}");
 }
+
+/// Opens `n` connections from `source` to the server, each sending the start of a request head
+/// and never the rest (as a slow-loris client does). Connections the server refused may already
+/// be reset: they are kept all the same, as the attacker would keep them.
+async fn half_sent(
+    ts: &TestServer,
+    source: std::net::IpAddr,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let server = ts.server().addr();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+        let Ok(mut stream) = socket.connect(server).await else {
+            continue;
+        };
+        let _ = stream
+            .write_all(b"GET /v1/calls HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        held.push(stream);
+    }
+    held
+}
+
+/// The descriptors this process holds (the server runs in it, beside the test's clients).
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// A metric, or `None` while the server refuses this client too (it is at its total).
+async fn try_metric(ts: &TestServer, name_and_labels: &str) -> Option<f64> {
+    let text = ts
+        .http
+        .get(ts.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Waits (at most 15 s) until the metric satisfies `want`.
+async fn eventually(ts: &TestServer, name_and_labels: &str, want: impl Fn(f64) -> bool) -> bool {
+    for _ in 0..300 {
+        if try_metric(ts, name_and_labels).await.is_some_and(&want) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn thousands_of_half_sent_connections_stop_no_stream_and_exhaust_no_descriptors() {
+    if crate::CLUSTER {
+        eprintln!(
+            "SKIP connection limits in the cluster suite: the listener is the same on every backend"
+        );
+        return;
+    }
+    let ts = TestServer::start_with(|c| {
+        c.max_connections = 1_500;
+        c.max_connections_per_source = 400;
+        c.header_read_timeout_secs = 5;
+    })
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut healthy = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    // The runtime's socket, open before the flood, keeps sending through it.
+    let mut runtime = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    let before = open_descriptors();
+
+    // One source: 3,000 half-sent requests. The server keeps its 400 and closes the rest at once.
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let wave = half_sent(&ts, attacker, 3_000).await;
+    assert!(
+        eventually(
+            &ts,
+            "callstream_connections_refused_total{reason=\"per_source\"} ",
+            |n| n >= 2_600.0
+        )
+        .await,
+        "the connections past the source's 400 were refused"
+    );
+    assert!(
+        try_metric(&ts, "callstream_connections_open ")
+            .await
+            .unwrap()
+            <= 410.0
+    );
+    // The healthy stream flows, and a new viewer from another address gets in.
+    ts.ingest(
+        id,
+        json!([transcription("user", "during the flood", true, "trn_1")]),
+    )
+    .await;
+    assert_eq!(
+        ws_json(&mut healthy).await["payload"]["text"],
+        "during the flood"
+    );
+    let mut newcomer = call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+    // Those it kept are closed once the head timeout passes.
+    assert!(
+        eventually(&ts, "callstream_connections_open ", |n| n < 10.0).await,
+        "half-sent requests are closed after the head timeout"
+    );
+    drop(wave);
+
+    // Many sources, each under its own limit, together past the total: the process holds no
+    // more than its 1,500, and the streams it holds go on meanwhile.
+    let mut waves = Vec::new();
+    for host in 3..=12u8 {
+        waves.push(half_sent(&ts, std::net::IpAddr::from([127, 0, 0, host]), 300).await);
+    }
+    // Client sockets (3,000) and the server's share of them (at most 1,500): nothing else grew.
+    let during = open_descriptors();
+    assert!(
+        during < before + 3_000 + 1_500 + 50,
+        "descriptors went from {before} to {during}"
+    );
+    ws_send(
+        &mut runtime,
+        &json!({"type": "events", "call_id": id, "events": [transcription("user", "still here", true, "trn_2")]}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut runtime).await["type"], "accepted");
+    for ws in [&mut healthy, &mut newcomer] {
+        assert_eq!(ws_json(ws).await["payload"]["text"], "still here");
+    }
+    assert!(
+        eventually(
+            &ts,
+            "callstream_connections_refused_total{reason=\"total\"} ",
+            |n| n >= 1_000.0
+        )
+        .await,
+        "the connections past the total were refused"
+    );
+    drop(waves);
+    assert!(eventually(&ts, "callstream_connections_open ", |n| n < 10.0).await);
+}
