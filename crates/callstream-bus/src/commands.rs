@@ -84,6 +84,11 @@ pub trait CommandRouter: Send + Sync + 'static {
     /// Forgets who serves `call` (it ended).
     async fn forget(&self, call: &CallId);
 
+    /// Calls whose runtime left: the runtime link that served each (the last to send events or
+    /// audio for it) disconnected at least `for_at_least` ago, and no link has claimed the call
+    /// since. A call stays listed until it is claimed or forgotten.
+    fn lost(&self, for_at_least: Duration) -> Vec<(WorkspaceId, CallId)>;
+
     /// Hands an audio frame (its binary form) to the runtime serving `call`, to be played into
     /// the call at once. Never waits.
     ///
@@ -154,6 +159,8 @@ struct Links {
     next_id: AtomicU64,
     by_workspace: DashMap<WorkspaceId, Vec<Outbox>>,
     owners: crate::FastMap<CallId, u64>,
+    /// Calls whose owner disconnected, since when.
+    lost: crate::FastMap<CallId, (WorkspaceId, std::time::Instant)>,
     /// Commands waiting for an answer: the link they went to, and the waiter.
     pending: DashMap<String, (u64, oneshot::Sender<CommandOutcome>)>,
 }
@@ -165,7 +172,14 @@ impl Links {
         }
         self.by_workspace
             .remove_if(workspace, |_, links| links.is_empty());
-        self.owners.retain(|_, owner| *owner != id);
+        let now = std::time::Instant::now();
+        self.owners.retain(|call, owner| {
+            if *owner != id {
+                return true;
+            }
+            self.lost.insert(call.clone(), (workspace.clone(), now));
+            false
+        });
         // Its waiters learn at once that it is gone (their senders drop), instead of timing out.
         self.pending.retain(|_, (link, _)| *link != id);
     }
@@ -305,10 +319,21 @@ impl CommandRouter for InProcessCommands {
             return;
         }
         self.links.owners.insert(call.clone(), link.id);
+        self.links.lost.remove(call);
     }
 
     async fn forget(&self, call: &CallId) {
         self.links.owners.remove(call);
+        self.links.lost.remove(call);
+    }
+
+    fn lost(&self, for_at_least: Duration) -> Vec<(WorkspaceId, CallId)> {
+        self.links
+            .lost
+            .iter()
+            .filter(|entry| entry.value().1.elapsed() >= for_at_least)
+            .map(|entry| (entry.value().0.clone(), entry.key().clone()))
+            .collect()
     }
 
     fn play_audio(
@@ -354,7 +379,9 @@ mod tests {
         let router: Arc<dyn CommandRouter> = Arc::new(InProcessCommands::new());
         conformance::commands_reach_the_runtime_and_answers_come_back(router.clone()).await;
         conformance::silent_or_vanished_runtimes_fail_commands(router.clone()).await;
-        conformance::a_calls_commands_and_audio_go_to_the_runtime_that_claimed_it(router).await;
+        conformance::a_calls_commands_and_audio_go_to_the_runtime_that_claimed_it(router.clone())
+            .await;
+        conformance::a_runtime_that_leaves_loses_its_calls_until_they_are_claimed(router).await;
     }
 
     fn request(ws: &WorkspaceId, call: &CallId, id: &str) -> CommandRequest {

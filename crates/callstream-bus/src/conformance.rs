@@ -392,3 +392,53 @@ pub async fn a_calls_commands_and_audio_go_to_the_runtime_that_claimed_it(
         "the other runtime got the call's traffic"
     );
 }
+
+/// A call whose runtime disconnected is lost once the grace has passed, until a runtime claims
+/// it again (or it is forgotten); calls of runtimes still connected never are.
+pub async fn a_runtime_that_leaves_loses_its_calls_until_they_are_claimed(
+    router: Arc<dyn CommandRouter>,
+) {
+    // The router may be shared with other checks: only this workspace's calls count.
+    fn lost_of(
+        router: &dyn CommandRouter,
+        ws: &WorkspaceId,
+        d: Duration,
+    ) -> Vec<(WorkspaceId, CallId)> {
+        router
+            .lost(d)
+            .into_iter()
+            .filter(|(w, _)| w == ws)
+            .collect()
+    }
+    let ws = WorkspaceId::new();
+    let (kept, orphaned, reclaimed) = (CallId::new(), CallId::new(), CallId::new());
+    let staying = router.connect(&ws).await.unwrap();
+    let leaving = router.connect(&ws).await.unwrap();
+    router.claim(&staying, &kept);
+    router.claim(&leaving, &orphaned);
+    router.claim(&leaving, &reclaimed);
+    assert!(lost_of(&*router, &ws, Duration::ZERO).is_empty());
+    drop(leaving);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut lost = lost_of(&*router, &ws, Duration::ZERO);
+    lost.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    let mut want = vec![
+        (ws.clone(), orphaned.clone()),
+        (ws.clone(), reclaimed.clone()),
+    ];
+    want.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    assert_eq!(lost, want);
+    assert!(
+        lost_of(&*router, &ws, Duration::from_secs(3600)).is_empty(),
+        "not lost before the grace has passed"
+    );
+    // The runtime came back (a new link) and sent something for one of them.
+    let back = router.connect(&ws).await.unwrap();
+    router.claim(&back, &reclaimed);
+    assert_eq!(
+        lost_of(&*router, &ws, Duration::ZERO),
+        vec![(ws.clone(), orphaned.clone())]
+    );
+    router.forget(&orphaned).await;
+    assert!(lost_of(&*router, &ws, Duration::ZERO).is_empty());
+}

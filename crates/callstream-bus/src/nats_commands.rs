@@ -269,6 +269,12 @@ impl CommandRouter for NatsCommands {
         }
     }
 
+    fn lost(&self, for_at_least: Duration) -> Vec<(WorkspaceId, CallId)> {
+        // Only this node sees its runtimes leave; a claim by another node's runtime makes this
+        // node forget the call (`listen_for_claims`), so it is no longer lost here.
+        self.local.lost(for_at_least)
+    }
+
     fn play_audio(
         &self,
         workspace: &WorkspaceId,

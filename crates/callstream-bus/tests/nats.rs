@@ -347,7 +347,8 @@ async fn the_command_router_contract_holds_on_nats() {
     let router = router(&server, "node-a").await;
     conformance::commands_reach_the_runtime_and_answers_come_back(router.clone()).await;
     conformance::silent_or_vanished_runtimes_fail_commands(router.clone()).await;
-    conformance::a_calls_commands_and_audio_go_to_the_runtime_that_claimed_it(router).await;
+    conformance::a_calls_commands_and_audio_go_to_the_runtime_that_claimed_it(router.clone()).await;
+    conformance::a_runtime_that_leaves_loses_its_calls_until_they_are_claimed(router).await;
 }
 
 #[tokio::test]

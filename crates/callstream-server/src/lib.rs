@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod limit;
 pub mod live;
 pub mod metrics;
+pub mod reaper;
 pub mod routes;
 pub mod state;
 pub mod stream_http;
@@ -372,6 +373,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     .map_err(|e| StartError::Webhooks(e.to_string()))?;
     tokio::spawn(webhooks::run(state.clone(), http, schedule));
     tokio::spawn(webhooks::listen_for_wakes(state.clone()));
+    tokio::spawn(reaper::run(state.clone()));
 
     // Build the router's services once: each connection then clones an `Arc` (axum's own
     // `serve(listener, router)` rebuilt the whole router per accepted connection, which massif

@@ -13,7 +13,7 @@
 //! event capped ingest at about 4,000 events/s on this machine; that is why this exists.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use callstream_bus::FastMap;
@@ -38,6 +38,10 @@ struct Slot {
     known: std::sync::OnceLock<(WorkspaceId, Transport)>,
     /// The last seq published, readable without the lock (for read paths).
     last_published: AtomicU64,
+    /// When this node last appended for the call (Unix milliseconds; 0: never), and the last
+    /// such time written to the store ([`LiveCalls::activity`]).
+    last_event_ms: AtomicI64,
+    recorded_ms: AtomicI64,
 }
 
 struct Sequencer {
@@ -66,6 +70,8 @@ impl LiveCalls {
                     state: Mutex::new(None),
                     known: std::sync::OnceLock::new(),
                     last_published: AtomicU64::new(UNKNOWN),
+                    last_event_ms: AtomicI64::new(0),
+                    recorded_ms: AtomicI64::new(0),
                 })
             })
             .clone()
@@ -106,13 +112,15 @@ impl LiveCalls {
             self.slots.remove(&call.id);
             return;
         }
-        if self
-            .slots
-            .get(&call.id)
-            .is_some_and(|s| s.known.get().is_some())
+        if let Some(slot) = self.slots.get(&call.id)
+            && slot.known.get().is_some()
         {
+            slot.last_event_ms.store(now_ms(), Ordering::Relaxed);
             return;
         }
+        self.slot(&call.id)
+            .last_event_ms
+            .store(now_ms(), Ordering::Relaxed);
         let _ = self
             .slot(&call.id)
             .known
@@ -232,6 +240,7 @@ impl LiveCalls {
         let call = seq.call.clone();
         let published = publish(envelopes).await;
         slot.last_published.store(last, Ordering::Release);
+        slot.last_event_ms.store(now_ms(), Ordering::Relaxed);
         if !call.status.is_active() {
             // The call ended (its last seq is recorded): nothing more to number.
             *guard = None;
@@ -239,6 +248,27 @@ impl LiveCalls {
             self.slots.remove(call_id);
         }
         Ok((published, call))
+    }
+
+    /// The live calls this node appended for since the last time it was asked, with when it
+    /// last did: for the store's record of each call's last event (`Store::touch_calls`), which
+    /// finds the calls that went stale. Written every few seconds, not per event.
+    pub fn activity(&self) -> Vec<(WorkspaceId, CallId, chrono::DateTime<chrono::Utc>)> {
+        let mut touched = Vec::new();
+        for entry in self.slots.iter() {
+            let slot = entry.value();
+            let last = slot.last_event_ms.load(Ordering::Relaxed);
+            if last == 0 || slot.recorded_ms.swap(last, Ordering::Relaxed) == last {
+                continue;
+            }
+            if let (Some((workspace, _)), Some(at)) = (
+                slot.known.get(),
+                chrono::DateTime::from_timestamp_millis(last),
+            ) {
+                touched.push((workspace.clone(), entry.key().clone(), at));
+            }
+        }
+        touched
     }
 
     /// Gives every live call's unused seqs back to the store (at a clean shutdown).
@@ -259,6 +289,10 @@ impl LiveCalls {
             }
         }
     }
+}
+
+fn now_ms() -> i64 {
+    callstream_core::time::now().timestamp_millis()
 }
 
 #[cfg(test)]

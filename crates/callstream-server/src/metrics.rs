@@ -118,6 +118,8 @@ pub struct Metrics {
     /// Connections held now, and those refused by the connection limits.
     pub connections_open: Gauge,
     pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Calls the gateway ended because nobody else would (`runtime_lost`, `stale`).
+    calls_ended: Family<ReasonLabels, Counter>,
     /// Brought up to the bus's own count at each scrape, as the NATS counters are.
     history_trimmed: std::sync::Mutex<Counter>,
     /// The NATS bus's counters, brought up to its own at each scrape (under the lock, so two
@@ -197,6 +199,16 @@ impl Metrics {
         );
         for reason in ["total", "per_source"] {
             let _ = connections_refused.get_or_create(&ReasonLabels { reason });
+        }
+        let calls_ended = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "calls_ended_by_gateway",
+            "Live calls the gateway ended as call.failed: their runtime left (runtime_lost) or \
+             no event came for call_stale_secs (stale)",
+            calls_ended.clone(),
+        );
+        for reason in ["runtime_lost", "stale"] {
+            let _ = calls_ended.get_or_create(&ReasonLabels { reason });
         }
         let nats: [Counter; 6] = Default::default();
         for (counter, (name, help)) in nats.iter().zip([
@@ -357,6 +369,7 @@ impl Metrics {
             history_bytes,
             connections_open,
             connections_refused,
+            calls_ended,
             history_trimmed: std::sync::Mutex::new(history_trimmed),
             nats: std::sync::Mutex::new(nats),
             audio_received,
@@ -371,6 +384,12 @@ impl Metrics {
             callstream_core::audio::Track::Outbound => 1,
         };
         self.audio_received[i].inc();
+    }
+
+    pub fn call_ended_by_gateway(&self, reason: &'static str) {
+        self.calls_ended
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn webhook(&self, outcome: &'static str) {

@@ -85,7 +85,8 @@ macro_rules! conformance_tests {
             conversation_appends_publish_in_seq_order,
             connection_places_are_limited_per_call_and_come_back,
             group_appends_number_each_call_and_refuse_alone,
-            concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back
+            concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back,
+            idle_live_calls_of_every_workspace_are_found_and_touches_keep_them
         );
     };
     (@each $fresh:path; always; $($check:ident),* $(,)?) => {
@@ -1302,4 +1303,57 @@ pub async fn connection_places_are_limited_per_call_and_come_back(backend: &dyn 
     let later = until + chrono::Duration::seconds(1);
     assert!(take("after-expiry", "live_transcript", later).await);
     assert!(!store.renew_place(&ws.id, "f0", later).await.unwrap());
+}
+
+/// Calls with no recorded event since a time are found across workspaces, the longest idle
+/// first; a touch keeps a call from them, and an ended call is never among them.
+pub async fn idle_live_calls_of_every_workspace_are_found_and_touches_keep_them(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let a = store.ensure_workspace("a").await.unwrap();
+    let b = store.ensure_workspace("b").await.unwrap();
+    let hour_ago = time::now() - chrono::Duration::hours(1);
+    let mut calls = Vec::new();
+    for (ws, minutes) in [(&a, 50), (&b, 55), (&a, 40), (&b, 30)] {
+        let mut call = new_call(&ws.id);
+        call.started_at = hour_ago + chrono::Duration::minutes(minutes);
+        store.create_call(&call).await.unwrap();
+        calls.push(call);
+    }
+    // The first is touched recently; the last ends.
+    store
+        .touch_calls(&[(a.id.clone(), calls[0].id.clone(), time::now())])
+        .await
+        .unwrap();
+    store
+        .append_call_events_np(&b.id, &calls[3].id, vec![ev("call.completed", json!({}))])
+        .await
+        .unwrap();
+    let cutoff = hour_ago + chrono::Duration::minutes(58);
+    let stale = store.stale_calls(cutoff, 10).await.unwrap();
+    let want = vec![
+        (a.id.clone(), calls[2].id.clone()),
+        (b.id.clone(), calls[1].id.clone()),
+    ];
+    assert_eq!(
+        stale, want,
+        "idle calls of both workspaces, longest idle first"
+    );
+    assert_eq!(store.stale_calls(cutoff, 1).await.unwrap(), want[..1]);
+    // A touch of an ended call changes nothing; a touch of a stale one takes it out.
+    store
+        .touch_calls(&[
+            (b.id.clone(), calls[3].id.clone(), hour_ago),
+            (a.id.clone(), calls[2].id.clone(), time::now()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.stale_calls(cutoff, 10).await.unwrap(), want[1..]);
+    // A touch naming the wrong workspace touches nothing.
+    store
+        .touch_calls(&[(a.id.clone(), calls[1].id.clone(), time::now())])
+        .await
+        .unwrap();
+    assert_eq!(store.stale_calls(cutoff, 10).await.unwrap(), want[1..]);
 }

@@ -728,6 +728,18 @@ pub trait Store: Send + Sync + 'static {
     /// Gives `holder`'s place back.
     async fn release_place(&self, workspace: &WorkspaceId, holder: &str) -> Result<()>;
 
+    /// Records when live calls last had an event (each `(workspace, call, at)`); ended calls
+    /// are left alone. Nodes call it every few seconds with what they ingested since.
+    async fn touch_calls(&self, touched: &[(WorkspaceId, CallId, DateTime<Utc>)]) -> Result<()>;
+
+    /// Live calls of every workspace whose last recorded event (or start, if none was
+    /// recorded) is older than `before`: at most `limit`, the longest idle first.
+    async fn stale_calls(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(WorkspaceId, CallId)>>;
+
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;
 }

@@ -1474,6 +1474,55 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn touch_calls(&self, touched: &[(WorkspaceId, CallId, DateTime<Utc>)]) -> Result<()> {
+        // One transaction per workspace: each is scoped to its own rows.
+        let mut by_workspace: Vec<(&WorkspaceId, Vec<(&CallId, &DateTime<Utc>)>)> = Vec::new();
+        for (workspace, call, at) in touched {
+            match by_workspace.iter_mut().find(|(w, _)| *w == workspace) {
+                Some((_, calls)) => calls.push((call, at)),
+                None => by_workspace.push((workspace, vec![(call, at)])),
+            }
+        }
+        for (workspace, calls) in by_workspace {
+            let mut tx = self.scoped(workspace).await?;
+            let ids: Vec<&str> = calls.iter().map(|(c, _)| c.as_str()).collect();
+            let ats: Vec<DateTime<Utc>> = calls.iter().map(|(_, at)| **at).collect();
+            sqlx::query(
+                "UPDATE calls SET last_event_at = v.at \
+                 FROM UNNEST($1::text[], $2::timestamptz[]) AS v(id, at) \
+                 WHERE calls.workspace_id = $3 AND calls.id = v.id AND calls.status = 'in_progress'",
+            )
+            .bind(&ids)
+            .bind(&ats)
+            .bind(workspace.as_str())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn stale_calls(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(WorkspaceId, CallId)>> {
+        let rows = sqlx::query("SELECT workspace_id, id FROM cs_stale_calls($1, $2)")
+            .bind(before)
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    WorkspaceId::parse(row.try_get("workspace_id")?)
+                        .map_err(|e| corrupt("workspace id", e))?,
+                    CallId::parse(row.try_get("id")?).map_err(|e| corrupt("call id", e))?,
+                ))
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

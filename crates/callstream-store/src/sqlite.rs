@@ -1349,6 +1349,51 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn touch_calls(&self, touched: &[(WorkspaceId, CallId, DateTime<Utc>)]) -> Result<()> {
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (workspace, call, at) in touched {
+            sqlx::query(
+                "UPDATE calls SET last_event_at = $1 \
+                 WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress'",
+            )
+            .bind(time::format(at))
+            .bind(workspace.as_str())
+            .bind(call.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stale_calls(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(WorkspaceId, CallId)>> {
+        let rows = sqlx::query(
+            "SELECT workspace_id, id FROM calls WHERE status = 'in_progress' \
+             AND COALESCE(last_event_at, started_at) < $1 \
+             ORDER BY COALESCE(last_event_at, started_at) LIMIT $2",
+        )
+        .bind(time::format(&before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    WorkspaceId::parse(row.try_get("workspace_id")?)
+                        .map_err(|e| corrupt("workspace id", e))?,
+                    CallId::parse(row.try_get("id")?).map_err(|e| corrupt("call id", e))?,
+                ))
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -14,6 +14,7 @@ mod auth;
 mod browser;
 mod cli;
 mod conversations;
+mod ending;
 mod http;
 mod ingest;
 mod lifecycle;
