@@ -79,6 +79,9 @@ impl ApiError {
                 format!("the call has already ended ({status})"),
             ),
             StoreError::Invalid(message) => Self::invalid_event(message),
+            StoreError::Conflict(message) => {
+                Self::new(StatusCode::CONFLICT, "duplicate_external_id", message)
+            }
             StoreError::Publish(reason) => {
                 tracing::warn!(error = %reason, "events not published; nothing was recorded");
                 Self::new(

@@ -118,7 +118,8 @@ pub fn new_call(ws: &WorkspaceId) -> Call {
         phone: Phone::parse("+14155550123").unwrap(),
         direction: Direction::Inbound,
         transport: Transport::Sip,
-        external_id: Some("CA0123".into()),
+        // Unique: a workspace may have one live call per external id.
+        external_id: Some(format!("CA{}", CallId::new().as_str())),
         status: CallStatus::InProgress,
         live_conversation_token: Call::new_live_conversation_token(),
         screening: None,

@@ -41,6 +41,10 @@ pub enum StoreError {
     /// The request contradicts itself or the stored state.
     #[error("{0}")]
     Invalid(String),
+    /// Another live record already holds what this one asks for (a live call with the same
+    /// `external_id`): the message says which.
+    #[error("{0}")]
+    Conflict(String),
     /// A stored value could not be read back (a bug or a hand-edited database).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -51,6 +55,13 @@ pub enum StoreError {
     /// The events could not be published while they were being recorded, so nothing was.
     #[error("publishing the events failed: {0}")]
     Publish(String),
+}
+
+/// The refusal of a second live call with `external_id` in a workspace.
+pub(crate) fn external_id_in_use(external_id: &str, live: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "external_id {external_id:?} belongs to the live call {live}; a call's external_id may be reused once it has ended"
+    ))
 }
 
 /// The seq of the last envelope of a batch (0 for none).

@@ -487,6 +487,25 @@ impl Store for PgStore {
 
     async fn create_call(&self, call: &Call) -> Result<()> {
         let mut tx = self.scoped(&call.workspace_id).await?;
+        if let Some(external_id) = &call.external_id {
+            // Creations with one external id take turns (a lock for this transaction only), so
+            // two nodes cannot both find no live call with it and both start one.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("{}:{external_id}", call.workspace_id))
+                .execute(&mut *tx)
+                .await?;
+            let live: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM calls WHERE workspace_id = $1 AND external_id = $2 \
+                 AND status = 'in_progress' LIMIT 1",
+            )
+            .bind(call.workspace_id.as_str())
+            .bind(external_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(live) = live {
+                return Err(crate::external_id_in_use(external_id, &live));
+            }
+        }
         sqlx::query(
             "INSERT INTO calls (id, workspace_id, phone, direction, transport, external_id, status, \
              live_conversation_token, started_at, ended_at, last_seq) \

@@ -371,6 +371,21 @@ impl Store for SqliteStore {
     }
 
     async fn create_call(&self, call: &Call) -> Result<()> {
+        // The write lock first: no other call with this external id can start meanwhile.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(external_id) = &call.external_id {
+            let live: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM calls WHERE workspace_id = $1 AND external_id = $2 \
+                 AND status = 'in_progress' LIMIT 1",
+            )
+            .bind(call.workspace_id.as_str())
+            .bind(external_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(live) = live {
+                return Err(crate::external_id_in_use(external_id, &live));
+            }
+        }
         sqlx::query(
             "INSERT INTO calls (id, workspace_id, phone, direction, transport, external_id, status, \
              live_conversation_token, started_at, ended_at, last_seq) \
@@ -386,8 +401,9 @@ impl Store for SqliteStore {
         .bind(&call.live_conversation_token)
         .bind(time::format(&call.started_at))
         .bind(call.ended_at.as_ref().map(time::format))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -56,8 +56,16 @@ async fn a_call_whose_runtime_left_ends_as_runtime_lost_unless_a_runtime_claims_
     // The other ends after the grace, as any call.failed does, for every viewer.
     let failed = ws_json(&mut viewer).await;
     assert_eq!(
-        (failed["event_type"].as_str(), failed["payload"].clone(), failed["seq"].as_u64()),
-        (Some("call.failed"), json!({"reason": "runtime_lost"}), Some(3)),
+        (
+            failed["event_type"].as_str(),
+            failed["payload"].clone(),
+            failed["seq"].as_u64()
+        ),
+        (
+            Some("call.failed"),
+            json!({"reason": "runtime_lost"}),
+            Some(3)
+        ),
         "{failed}"
     );
     assert_eq!(ws_next(&mut viewer).await, WsEvent::Close(1000));
@@ -70,7 +78,10 @@ async fn a_call_whose_runtime_left_ends_as_runtime_lost_unless_a_runtime_claims_
             &transcription("user", "late", true, "trn_9"),
         )
         .await;
-    assert_eq!((code, refused["error_code"].as_str()), (409, Some("call_ended")));
+    assert_eq!(
+        (code, refused["error_code"].as_str()),
+        (409, Some("call_ended"))
+    );
     assert_eq!(
         ts.metric("callstream_calls_ended_by_gateway_total{reason=\"runtime_lost\"} ")
             .await,

@@ -344,3 +344,44 @@ async fn a_socket_opened_with_a_stream_token_closes_when_the_token_expires() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_second_live_call_with_the_same_sid_is_refused_409_and_takes_nothing_over() {
+    let ts = TestServer::start().await;
+    let first = call_with_sid(&ts, SID).await;
+    let mut viewer = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_json(&mut viewer).await["type"], "connection_established");
+
+    let body = json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip", "external_id": SID});
+    let (status, refused) = ts.post("/v1/calls", &ts.acme.runtime, &body).await;
+    assert_eq!(
+        (status, refused["error_code"].as_str()),
+        (409, Some("duplicate_external_id")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"].as_str().unwrap().contains(&first),
+        "{refused}"
+    );
+    // Another workspace's call may have the same SID: ids are per workspace.
+    let (status, _) = ts.post("/v1/calls", &ts.other.runtime, &body).await;
+    assert_eq!(status, 201);
+
+    // The viewer still watches the first call, and its end closes the socket as before.
+    ts.ingest(&first, transcription("user", "first call", true, "trn_1"))
+        .await;
+    assert_eq!(ws_json(&mut viewer).await["content"], "first call");
+    ts.ingest(&first, completed()).await;
+    assert_eq!(ws_json(&mut viewer).await["status"], "completed");
+    assert_eq!(ws_next(&mut viewer).await, WsEvent::Close(1000));
+
+    // Once it has ended, the SID may start a new call, which the socket then serves.
+    let second = call_with_sid(&ts, SID).await;
+    assert_ne!(second, first);
+    let mut viewer = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(
+        ws_json(&mut viewer).await["status"],
+        "in-progress",
+        "the new call, not the ended one"
+    );
+}
