@@ -12,8 +12,6 @@
 //! access problems and clients that keep flooding, 1011 for a server error. 1006 is never sent
 //! (it means the connection dropped without a close).
 
-use std::time::Duration;
-
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, State};
@@ -23,11 +21,10 @@ use bytes::Bytes;
 use callstream_bus::{Resume, Topic};
 use callstream_core::{Call, CallStatus, KeyKind, Payload};
 use callstream_surfaces::live_transcript::{self as lt, ClientMessage};
-use tokio::time::Instant;
 
 use crate::auth::{self, STREAM_TOKEN_PREFIX, query_token};
 use crate::error::ApiError;
-use crate::limit::TokenBucket;
+use crate::limit::{FloodGuard, Verdict};
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::call_socket::{
     COMMAND_READS, Incoming, binary_refused, close, configure, going_away, ping_timer,
@@ -210,8 +207,13 @@ async fn run(
         return;
     }
 
-    let mut bucket = TokenBucket::new(config.live_transcript_messages_per_sec);
-    let mut over_limit_since: Option<Instant> = None;
+    // The same flood rule as the other sockets: each message over the rate is refused, and a
+    // client over it in more than `ws_flood_close_secs` seconds in a row is closed with 1008.
+    let mut guard = FloodGuard::new(
+        config.live_transcript_messages_per_sec,
+        config.ws_flood_close_secs,
+    );
+    let limited = state.metrics().rate_limited.get_or_create(&LABELS).clone();
     let mut ping = ping_timer(&state);
     let shutdown = state.shutdown().clone();
     let mut saw_end = false;
@@ -276,10 +278,10 @@ async fn run(
                 }
                 Incoming::Control => continue,
                 Incoming::Text(message) => {
-                    if !bucket.take() {
-                        // Refused with an error; a client still over the limit after 10 s is closed.
-                        let since = *over_limit_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > Duration::from_secs(10) {
+                    let verdict = guard.check();
+                    if verdict != Verdict::Serve {
+                        limited.inc();
+                        if verdict == Verdict::Close {
                             let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
                             return;
                         }
@@ -288,7 +290,6 @@ async fn run(
                             config.live_transcript_messages_per_sec
                         )))
                     } else {
-                        over_limit_since = None;
                         match lt::parse(message.as_str()) {
                             Ok(ClientMessage::Ping) => text(lt::pong()),
                             Ok(ClientMessage::GetStatus) => match state.store().call(&call.workspace_id, &call.id).await {

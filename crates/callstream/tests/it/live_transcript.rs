@@ -385,3 +385,31 @@ async fn a_second_live_call_with_the_same_sid_is_refused_409_and_takes_nothing_o
         "the new call, not the ended one"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_flooding_is_closed_1008_and_counted() {
+    // At 100 messages a second against a limit of 20, the client is over it every second.
+    let ts = TestServer::start_with(|c| {
+        c.live_transcript_messages_per_sec = 20;
+        c.ws_flood_close_secs = 2;
+    })
+    .await;
+    let id = call_with_sid(&ts, SID).await;
+    let mut calm = open(&ts, SID, &ts.acme.api).await;
+    assert_eq!(ws_json(&mut calm).await["type"], "connection_established");
+    let flooder = open(&ts, SID, &ts.acme.api).await;
+    let code = crate::support::flood_until_closed(flooder, |_| {
+        WsMessage::Text(r#"{"type":"ping"}"#.into())
+    })
+    .await;
+    assert_eq!(code, Some(1008));
+    assert!(
+        ts.metric("callstream_client_messages_rate_limited_total{surface=\"live_transcript_ws\"} ")
+            .await
+            > 100.0
+    );
+    // The other viewer is untouched.
+    ts.ingest(&id, transcription("user", "still here", true, "trn_9"))
+        .await;
+    assert_eq!(ws_json(&mut calm).await["content"], "still here");
+}
