@@ -64,3 +64,63 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     })
 }
+
+/// Says `Connection: close` on the answer to a request whose body was not read to its end (a
+/// refusal sent before the body arrived: a bad key, a wrong route). hyper cannot reuse such a
+/// connection, since the rest of the body would be read as the next request, so it closes it
+/// after the answer; without the header, a client that reuses connections would send its next
+/// request into a socket about to close, and lose it.
+pub async fn close_if_body_unread(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = !axum::body::HttpBody::is_end_stream(request.body());
+    if !has_body {
+        return next.run(request).await;
+    }
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request = request.map(|body| {
+        axum::body::Body::new(Tracked {
+            inner: body,
+            read: read.clone(),
+        })
+    });
+    let mut response = next.run(request).await;
+    if !read.load(std::sync::atomic::Ordering::Acquire) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// A request body that records when it has been read to its end.
+struct Tracked {
+    inner: axum::body::Body,
+    read: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl axum::body::HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -170,6 +170,8 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
         .layer(middleware::from_fn(auth::refuse_query_tokens))
+        // Outside every refusal, so that each says `Connection: close` when it left a body unread.
+        .layer(middleware::from_fn(body::close_if_body_unread))
         .layer(middleware::from_fn(log_request))
         .layer(cors(state.config()))
         .with_state(state)

@@ -257,3 +257,49 @@ async fn a_client_that_leaves_frees_its_stream_at_once() {
         "streams still open after their clients left"
     );
 }
+
+/// A POST of `body` to `path` with `key`, its head first and its body 50 ms later, as a client
+/// streaming a body sends it.
+async fn post_slowly(tcp: &mut TcpStream, path: &str, key: &str, body: &str) {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = tcp.write_all(body.as_bytes()).await;
+}
+
+#[tokio::test]
+async fn a_refusal_sent_before_the_body_arrived_says_connection_close() {
+    let ts = TestServer::start().await;
+    let addr = ts.server().addr();
+    let body = r#"{"phone": "+14155550123", "direction": "inbound", "transport": "sip"}"#;
+
+    // A wrong key is refused before the body is read: the answer says the connection closes,
+    // and it does.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    post_slowly(&mut tcp, "/v1/calls", "rk_live_wrong", body).await;
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+
+    // An accepted request whose body was read keeps the connection for the next one.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    post_slowly(&mut tcp, "/v1/calls", &ts.acme.runtime, body).await;
+    let answer = read_until(&mut tcp, |s| s.contains("\"live_conversation_token\"")).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    post_slowly(&mut tcp, "/v1/calls", &ts.acme.runtime, body).await;
+    let again = read_until(&mut tcp, |s| s.contains("\"live_conversation_token\"")).await;
+    assert!(
+        again.starts_with("HTTP/1.1 201"),
+        "the reused connection answered: {again}"
+    );
+}
