@@ -16,6 +16,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the embedded SQLite database (`callstream.db`).
     pub data_dir: PathBuf,
+    /// The embedded store's durability: `full` (every commit on disk before it is answered,
+    /// so an accepted event keeps its webhooks through a power loss) or `normal` (a process
+    /// crash loses nothing; a power loss may lose the last commits).
+    pub sqlite_synchronous: callstream_store::Durability,
     /// PostgreSQL URL of the store several nodes share
     /// (`postgres://callstream_app:…@host/callstream`), connected as the gateway's role: one
     /// that owns nothing and has no `BYPASSRLS` (docs/operations.md). Unset: the embedded
@@ -154,6 +158,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./callstream-data"),
+            sqlite_synchronous: callstream_store::Durability::Full,
             database_url: None,
             database_max_connections: 16,
             nats_url: None,
@@ -614,6 +619,18 @@ mod tests {
         assert_eq!(c.history_capacity, Config::default().history_capacity);
         assert_eq!(c.webhook_retry_secs, [5, 300, 1800]);
         assert_eq!(c.retry_schedule().unwrap().retry_delays().len(), 3);
+    }
+
+    #[test]
+    fn sqlite_durability_is_full_unless_set_to_normal() {
+        use callstream_store::Durability;
+        assert_eq!(Config::default().sqlite_synchronous, Durability::Full);
+        let c = Config::load(None, env(&[("CALLSTREAM_SQLITE_SYNCHRONOUS", "normal")])).unwrap();
+        assert_eq!(c.sqlite_synchronous, Durability::Normal);
+        let err = Config::load(None, env(&[("CALLSTREAM_SQLITE_SYNCHRONOUS", "off")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("full") && err.contains("normal"), "{err}");
     }
 
     #[test]

@@ -266,7 +266,9 @@ pub async fn open_backends(config: &Config) -> Result<Backends, StartError> {
                 path: config.data_dir.clone(),
                 source,
             })?;
-            Arc::new(SqliteStore::open(&config.database_path()).await?)
+            Arc::new(
+                SqliteStore::open_with(&config.database_path(), config.sqlite_synchronous).await?,
+            )
         }
     };
     let local = InProcessConfig {

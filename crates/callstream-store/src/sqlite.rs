@@ -35,17 +35,43 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// How much a commit waits for the disk (SQLite's `synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every commit is on disk before it returns (an fsync of the log per commit): what was
+    /// accepted survives a power loss or an operating-system crash, not only a process crash.
+    #[default]
+    Full,
+    /// Commits reach the disk at checkpoints: a crash of the process loses nothing, but a power
+    /// loss or an operating-system crash may lose the last commits (never corrupting the file).
+    Normal,
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and runs pending migrations.
+    /// Opens (creating if needed) the database file, with every commit on disk before it
+    /// returns, and runs pending migrations.
     ///
     /// # Errors
     /// When the file cannot be opened or a migration fails.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Durability::Full).await
+    }
+
+    /// [`SqliteStore::open`] with the given durability.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or a migration fails.
+    pub async fn open_with(path: &Path, durability: Durability) -> Result<Self> {
+        let synchronous = match durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -1578,4 +1604,25 @@ mod tests {
     }
 
     crate::conformance_tests!(fresh);
+
+    #[tokio::test]
+    async fn commits_wait_for_the_disk_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, pragma) in [(Durability::Full, 2), (Durability::Normal, 1)] {
+            let store = SqliteStore::open_with(&dir.path().join("d.db"), durability)
+                .await
+                .unwrap();
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(level, pragma, "{durability:?}");
+        }
+        let store = SqliteStore::open(&dir.path().join("d.db")).await.unwrap();
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(level, 2, "full by default");
+    }
 }
