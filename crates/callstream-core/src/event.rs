@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::id::{CallId, ConversationId, EventId, TurnId, WorkspaceId};
@@ -96,7 +97,6 @@ pub enum Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CallStarted {
     pub phone: Phone,
     pub direction: Direction,
@@ -106,14 +106,12 @@ pub struct CallStarted {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ScreeningEnded {
     /// Human-readable description of how screening ended.
     pub msg: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Transcription {
     pub role: Role,
     pub text: String,
@@ -130,7 +128,6 @@ pub struct Transcription {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TtsCompleted {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,7 +138,6 @@ pub struct TtsCompleted {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TurnLatency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_id: Option<TurnId>,
@@ -156,7 +152,6 @@ pub struct TurnLatency {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CallMetrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mos: Option<f64>,
@@ -169,7 +164,6 @@ pub struct CallMetrics {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BargeIn {
     /// The agent turn the caller talked over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,13 +174,11 @@ pub struct BargeIn {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IdleSilence {
     pub duration_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct QualityDegraded {
     /// Which measure crossed its threshold: `mos`, `jitter_ms`, `packet_loss_pct`, `rtt_ms`.
     pub metric: String,
@@ -196,13 +188,11 @@ pub struct QualityDegraded {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Dtmf {
     pub digits: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Transferred {
     /// Where the call went: a user id, a phone number or a SIP URI.
     pub to: String,
@@ -211,7 +201,6 @@ pub struct Transferred {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Completed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -220,7 +209,6 @@ pub struct Completed {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Failed {
     pub reason: String,
 }
@@ -289,7 +277,6 @@ impl Serialize for Message {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModeChanged {
     pub from_mode: ConversationMode,
     pub to_mode: ConversationMode,
@@ -500,7 +487,21 @@ impl Payload {
             }
             Self::Dtmf(d) => crate::command::check_dtmf(&d.digits)
                 .map_err(|e| EventError::field("payload.digits", e.to_string())),
-            Self::Metrics(m) => in_range("payload.packet_loss_pct", m.packet_loss_pct, 0.0, 100.0),
+            Self::Metrics(m) => {
+                in_range("payload.mos", m.mos, 1.0, 5.0)?;
+                in_range("payload.jitter_ms", m.jitter_ms, 0.0, f64::MAX)?;
+                in_range("payload.packet_loss_pct", m.packet_loss_pct, 0.0, 100.0)?;
+                in_range("payload.rtt_ms", m.rtt_ms, 0.0, f64::MAX)
+            }
+            Self::Completed(c) => in_range("payload.duration_s", c.duration_s, 0.0, f64::MAX),
+            Self::BargeIn(b) => in_range("payload.offset", b.offset, 0.0, f64::MAX),
+            Self::QualityDegraded(q) => match q.metric.as_str() {
+                "mos" => in_range("payload.value", Some(q.value), 1.0, 5.0),
+                "packet_loss_pct" => in_range("payload.value", Some(q.value), 0.0, 100.0),
+                "jitter_ms" | "rtt_ms" => in_range("payload.value", Some(q.value), 0.0, f64::MAX),
+                // A measure of the runtime's own: any value.
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -513,8 +514,39 @@ impl Payload {
 
 // === envelope ===
 
+/// A payload's JSON exactly as it arrived: fields callstream does not know, how each number was
+/// written (a 30-digit integer stays one) and the order of the fields. Kept beside the decoded
+/// payload, so that every surface that carries the payload as it is (the envelope, webhooks,
+/// the conversation stream, the message history) carries it verbatim; the decoded form serves
+/// everything else. Shared, not copied, by the envelope's clones.
+#[derive(Debug, Clone)]
+pub struct RawPayload(std::sync::Arc<Box<RawValue>>);
+
+impl RawPayload {
+    pub fn new(raw: Box<RawValue>) -> Self {
+        Self(std::sync::Arc::new(raw))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Serialize for RawPayload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 /// One event, as it travels everywhere.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Envelope {
     pub event_id: EventId,
     pub workspace_id: WorkspaceId,
@@ -522,6 +554,34 @@ pub struct Envelope {
     pub seq: u64,
     pub timestamp: DateTime<Utc>,
     pub payload: Payload,
+    /// The payload as it arrived, when it came from outside (ingest, or another node); `None`
+    /// for events the gateway makes itself, whose JSON is their decoded form's.
+    pub payload_json: Option<RawPayload>,
+}
+
+/// An envelope's payload as the wire carries it ([`Envelope::wire_payload`]).
+pub struct WirePayload<'a>(&'a Envelope);
+
+impl Serialize for WirePayload<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0.payload_json {
+            Some(raw) => raw.serialize(s),
+            None => self.0.payload.serialize(s),
+        }
+    }
+}
+
+/// Envelopes are equal when their decoded contents are: the same event whether its payload was
+/// kept as it arrived or not.
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_id == other.event_id
+            && self.workspace_id == other.workspace_id
+            && self.subject == other.subject
+            && self.seq == other.seq
+            && self.timestamp == other.timestamp
+            && self.payload == other.payload
+    }
 }
 
 impl Envelope {
@@ -574,11 +634,26 @@ impl Envelope {
             seq,
             timestamp,
             payload,
+            payload_json: None,
         })
+    }
+
+    /// The payload's JSON as it arrived, carried instead of its decoded form's (see
+    /// [`RawPayload`]).
+    #[must_use]
+    pub fn with_payload_json(mut self, raw: Option<RawPayload>) -> Self {
+        self.payload_json = raw;
+        self
     }
 
     pub const fn event_type(&self) -> EventType {
         self.payload.event_type()
+    }
+
+    /// The payload as every surface that carries it whole writes it: as it arrived when it
+    /// came from outside, else its decoded form.
+    pub fn wire_payload(&self) -> WirePayload<'_> {
+        WirePayload(self)
     }
 
     /// The canonical JSON, as the native WebSocket and webhooks carry it.
@@ -600,7 +675,7 @@ impl Serialize for Envelope {
         }
         map.serialize_entry("seq", &self.seq)?;
         map.serialize_entry("timestamp", &time::format(&self.timestamp))?;
-        map.serialize_entry("payload", &self.payload)?;
+        map.serialize_entry("payload", &self.wire_payload())?;
         map.end()
     }
 }
@@ -617,7 +692,7 @@ struct WireEnvelope {
     seq: u64,
     #[serde(with = "time::millis")]
     timestamp: DateTime<Utc>,
-    payload: Value,
+    payload: Box<RawValue>,
 }
 
 impl<'de> Deserialize<'de> for Envelope {
@@ -633,11 +708,18 @@ impl<'de> Deserialize<'de> for Envelope {
                 ));
             }
         };
-        let payload = Payload::parse(&w.event_type, w.payload).map_err(D::Error::custom)?;
-        let mut env = Envelope::new(w.workspace_id, subject, w.seq, w.timestamp, payload)
-            .map_err(D::Error::custom)?;
-        env.event_id = w.event_id;
-        Ok(env)
+        let payload =
+            Payload::parse_json(&w.event_type, w.payload.get()).map_err(D::Error::custom)?;
+        let env = Envelope::with_id(
+            w.event_id,
+            w.workspace_id,
+            subject,
+            w.seq,
+            w.timestamp,
+            payload,
+        )
+        .map_err(D::Error::custom)?;
+        Ok(env.with_payload_json(Some(RawPayload::new(w.payload))))
     }
 }
 
@@ -689,9 +771,14 @@ mod tests {
                 "payload.segment_end: must be between 2 and",
             ),
             (
-                "call.transcription",
-                json!({"role": "user", "text": "hi", "is_final": true, "turn_id": "trn_1", "speaker": "x"}),
-                "payload.speaker: unknown field `speaker`",
+                "call.metrics",
+                json!({"mos": 7.5, "provider": "x"}),
+                "payload.mos: must be between 1 and 5, got 7.5",
+            ),
+            (
+                "call.quality_degraded",
+                json!({"metric": "packet_loss_pct", "value": 140.0}),
+                "payload.value: must be between 0 and 100, got 140",
             ),
             ("call.dtmf", json!({"digits": "12x"}), "payload.digits: "),
             (

@@ -13,17 +13,18 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::event::{EventType, Payload};
+use crate::event::{EventType, Payload, RawPayload};
 
-/// One event, its payload decoded and checked; the timestamp is still text, for ingest to
-/// parse (and refuse by name).
+/// One event, its payload decoded and checked and also kept as it arrived (to be carried
+/// verbatim); the timestamp is still text, for ingest to parse (and refuse by name).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncomingEvent {
     pub payload: Payload,
+    pub payload_json: RawPayload,
     pub timestamp: Option<String>,
 }
 
@@ -54,9 +55,8 @@ impl<'de> Visitor<'de> for EventVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IncomingEvent, A::Error> {
         let mut ty: Option<EventType> = None;
-        let mut payload: Option<Payload> = None;
-        // A payload that comes before its `event_type` waits as text.
-        let mut early: Option<Box<RawValue>> = None;
+        // The payload is taken as text (kept verbatim) and decoded once its type is known.
+        let mut payload: Option<Box<RawValue>> = None;
         let mut timestamp: Option<Option<String>> = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
@@ -72,13 +72,10 @@ impl<'de> Visitor<'de> for EventVisitor {
                     })?);
                 }
                 Field::Payload => {
-                    if payload.is_some() || early.is_some() {
+                    if payload.is_some() {
                         return Err(de::Error::duplicate_field("payload"));
                     }
-                    match ty {
-                        Some(ty) => payload = Some(map.next_value_seed(PayloadSeed(ty))?),
-                        None => early = Some(map.next_value()?),
-                    }
+                    payload = Some(map.next_value()?);
                 }
                 Field::Timestamp => {
                     if timestamp.is_some() {
@@ -89,28 +86,14 @@ impl<'de> Visitor<'de> for EventVisitor {
             }
         }
         let ty = ty.ok_or_else(|| de::Error::missing_field("event_type"))?;
-        let payload = match (payload, early) {
-            (Some(payload), _) => payload,
-            (None, Some(text)) => {
-                let mut d = serde_json::Deserializer::from_str(text.get());
-                Payload::deserialize_as(ty, &mut d).map_err(de::Error::custom)?
-            }
-            (None, None) => return Err(de::Error::missing_field("payload")),
-        };
+        let text = payload.ok_or_else(|| de::Error::missing_field("payload"))?;
+        let mut d = serde_json::Deserializer::from_str(text.get());
+        let payload = Payload::deserialize_as(ty, &mut d).map_err(de::Error::custom)?;
         Ok(IncomingEvent {
             payload,
+            payload_json: RawPayload::new(text),
             timestamp: timestamp.flatten(),
         })
-    }
-}
-
-struct PayloadSeed(EventType);
-
-impl<'de> DeserializeSeed<'de> for PayloadSeed {
-    type Value = Payload;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Payload, D::Error> {
-        Payload::deserialize_as(self.0, d)
     }
 }
 
@@ -209,7 +192,6 @@ mod tests {
             r#"{"event_type":"call.dtmf","event_type":"call.dtmf","payload":{"digits":"5"}}"#,
             r#"{"event_type":"call.dtmf","payload":{"digits":"5"},"payload":{"digits":"5"}}"#,
             r#"{"payload":{"digits":"5"},"payload":{"digits":"5"},"event_type":"call.dtmf"}"#,
-            r#"{"event_type":"call.dtmf","payload":{"digits":"5","x":1}}"#,
             // A check serde's types cannot express (confidence within 0..=1).
             r#"{"event_type":"call.transcription","payload":{"role":"user","text":"a","is_final":true,"turn_id":"trn_1","confidence":2}}"#,
             r#"{"payload":{"role":"user","text":"a","is_final":true,"turn_id":"trn_1","confidence":2},"event_type":"call.transcription"}"#,

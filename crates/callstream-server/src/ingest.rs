@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use callstream_bus::Event;
+use callstream_core::event::RawPayload;
 use callstream_core::incoming::IncomingBatch;
 use callstream_core::{
     Call, CallId, Conversation, ConversationId, Envelope, EventType, Payload, Transport,
@@ -307,13 +308,15 @@ fn parse_event(json: &str, at: &str, target: Target) -> Result<NewEvent, ApiErro
     })?;
     let payload = Payload::parse_json(&raw.event_type, raw.payload.get())
         .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;
-    accept(payload, raw.timestamp.as_deref(), at, target)
+    let json = RawPayload::new(raw.payload.to_owned());
+    accept(payload, json, raw.timestamp.as_deref(), at, target)
 }
 
 /// The checks every decoded event passes, whichever way it was decoded: the type belongs to
 /// the target (and barge-in to a phone call), and the timestamp, if any, is RFC 3339.
 fn accept(
     payload: Payload,
+    json: RawPayload,
     timestamp: Option<&str>,
     at: &str,
     target: Target,
@@ -349,11 +352,27 @@ fn accept(
     }
     let timestamp = match timestamp {
         Some(text) => {
-            time::parse(text).map_err(|e| ApiError::invalid_event(format!("{at}timestamp: {e}")))?
+            let at_time = time::parse(text)
+                .map_err(|e| ApiError::invalid_event(format!("{at}timestamp: {e}")))?;
+            check_timestamp(&at_time)
+                .map_err(|why| ApiError::invalid_event(format!("{at}timestamp: {why}")))?;
+            at_time
         }
         None => time::now(),
     };
-    Ok(NewEvent::new(timestamp, payload))
+    Ok(NewEvent::arrived(timestamp, payload, json))
+}
+
+/// Refuses a time no event can have happened at: before 1970, or more than a day ahead of the
+/// gateway's clock (a runtime's clock may be off by seconds, not by days).
+fn check_timestamp(at: &chrono::DateTime<chrono::Utc>) -> Result<(), &'static str> {
+    if at.timestamp() < 0 {
+        return Err("must not be before 1970");
+    }
+    if *at > time::now() + chrono::Duration::days(1) {
+        return Err("must not be more than a day ahead of the gateway's clock");
+    }
+    Ok(())
 }
 
 /// The events of a runtime message: checked as they are when decoded in one pass with it,
@@ -397,7 +416,13 @@ fn accept_batch(
             } else {
                 String::new()
             };
-            accept(e.payload, e.timestamp.as_deref(), &at, target)
+            accept(
+                e.payload,
+                e.payload_json,
+                e.timestamp.as_deref(),
+                &at,
+                target,
+            )
         })
         .collect()
 }

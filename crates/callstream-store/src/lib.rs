@@ -18,7 +18,7 @@ pub mod testing;
 
 use async_trait::async_trait;
 use callstream_core::audio::{AudioTrack, StreamStatus};
-use callstream_core::event::{Role, Transcription};
+use callstream_core::event::{RawPayload, Role, Transcription};
 use callstream_core::id::KeyId;
 use callstream_core::{
     Call, CallId, CallStatus, Conversation, ConversationId, Envelope, EventError, EventId, KeyKind,
@@ -160,6 +160,8 @@ pub struct NewEvent {
     pub event_id: EventId,
     pub timestamp: DateTime<Utc>,
     pub payload: Payload,
+    /// The payload as the runtime sent it, carried verbatim ([`RawPayload`]).
+    pub payload_json: Option<RawPayload>,
 }
 
 impl NewEvent {
@@ -168,6 +170,15 @@ impl NewEvent {
             event_id: EventId::new(),
             timestamp,
             payload,
+            payload_json: None,
+        }
+    }
+
+    /// An event from outside, whose payload's JSON is kept as it arrived.
+    pub fn arrived(timestamp: DateTime<Utc>, payload: Payload, json: RawPayload) -> Self {
+        Self {
+            payload_json: Some(json),
+            ..Self::new(timestamp, payload)
         }
     }
 
@@ -181,14 +192,15 @@ impl NewEvent {
         subject: Subject,
         seq: u64,
     ) -> Result<Envelope, EventError> {
-        Envelope::with_id(
+        Ok(Envelope::with_id(
             self.event_id,
             workspace.clone(),
             subject,
             seq,
             self.timestamp,
             self.payload,
-        )
+        )?
+        .with_payload_json(self.payload_json))
     }
 }
 
@@ -245,8 +257,8 @@ pub struct MessageRecord {
     pub text: Option<String>,
     /// `received`, `delivered`, `read`, … as the latest event said.
     pub status: String,
-    /// The latest `message.*` payload for it, exactly as ingested.
-    pub payload: serde_json::Value,
+    /// The latest `message.*` payload for it, exactly as ingested (its JSON text).
+    pub payload: RawPayload,
     #[serde(with = "callstream_core::time::millis")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "callstream_core::time::millis")]

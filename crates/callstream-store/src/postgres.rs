@@ -910,8 +910,16 @@ impl Store for PgStore {
                 Payload::MessageReceived(m)
                 | Payload::MessageDelivered(m)
                 | Payload::MessageRead(m) => {
-                    upsert_message(&mut tx, workspace, conversation_id, seq, event.timestamp, m)
-                        .await?;
+                    upsert_message(
+                        &mut tx,
+                        workspace,
+                        conversation_id,
+                        seq,
+                        event.timestamp,
+                        m,
+                        event.payload_json.as_ref(),
+                    )
+                    .await?;
                 }
                 Payload::ModeChanged(change) => {
                     if change.from_mode != mode {
@@ -986,8 +994,10 @@ impl Store for PgStore {
                     direction: row.try_get("direction")?,
                     text: row.try_get("text")?,
                     status: row.try_get("status")?,
-                    payload: serde_json::from_str(payload)
-                        .map_err(|e| corrupt("message payload", e))?,
+                    payload: callstream_core::event::RawPayload::new(
+                        serde_json::value::RawValue::from_string(payload.to_owned())
+                            .map_err(|e| corrupt("message payload", e))?,
+                    ),
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
                 })
@@ -1605,6 +1615,7 @@ async fn upsert_message(
     seq: u64,
     at: DateTime<Utc>,
     m: &callstream_core::event::Message,
+    json: Option<&callstream_core::event::RawPayload>,
 ) -> Result<()> {
     let raw = m.as_map();
     let text = raw.get("text").and_then(serde_json::Value::as_str);
@@ -1614,7 +1625,11 @@ async fn upsert_message(
             .unwrap_or_default()
             .to_owned()
     };
-    let payload = serde_json::to_string(raw).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    // As it arrived when it came from outside (numbers, fields and order as sent).
+    let payload = match json {
+        Some(json) => json.get().to_owned(),
+        None => serde_json::to_string(raw).map_err(|e| StoreError::Invalid(e.to_string()))?,
+    };
     // The first event of a message creates its row; later ones (delivered, read) update its
     // status, keeping the text the message was first recorded with unless they carry one.
     sqlx::query(

@@ -799,7 +799,15 @@ impl Store for SqliteStore {
                 Payload::MessageReceived(m)
                 | Payload::MessageDelivered(m)
                 | Payload::MessageRead(m) => {
-                    upsert_message(&mut tx, conversation_id, seq, event.timestamp, m).await?;
+                    upsert_message(
+                        &mut tx,
+                        conversation_id,
+                        seq,
+                        event.timestamp,
+                        m,
+                        event.payload_json.as_ref(),
+                    )
+                    .await?;
                 }
                 Payload::ModeChanged(change) => {
                     if change.from_mode != mode {
@@ -874,8 +882,10 @@ impl Store for SqliteStore {
                     direction: row.try_get("direction")?,
                     text: row.try_get("text")?,
                     status: row.try_get("status")?,
-                    payload: serde_json::from_str(payload)
-                        .map_err(|e| corrupt("message payload", e))?,
+                    payload: callstream_core::event::RawPayload::new(
+                        serde_json::value::RawValue::from_string(payload.to_owned())
+                            .map_err(|e| corrupt("message payload", e))?,
+                    ),
                     created_at: ts(row.try_get("created_at")?)?,
                     updated_at: ts(row.try_get("updated_at")?)?,
                 })
@@ -1496,6 +1506,7 @@ async fn upsert_message(
     seq: u64,
     at: DateTime<Utc>,
     m: &callstream_core::event::Message,
+    json: Option<&callstream_core::event::RawPayload>,
 ) -> Result<()> {
     let raw = m.as_map();
     let text = raw.get("text").and_then(serde_json::Value::as_str);
@@ -1505,7 +1516,11 @@ async fn upsert_message(
             .unwrap_or_default()
             .to_owned()
     };
-    let payload = serde_json::to_string(raw).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    // As it arrived when it came from outside (numbers, fields and order as sent).
+    let payload = match json {
+        Some(json) => json.get().to_owned(),
+        None => serde_json::to_string(raw).map_err(|e| StoreError::Invalid(e.to_string()))?,
+    };
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     // The first event of a message creates its row; later ones (delivered, read) update its
     // status, keeping the text the message was first recorded with unless they carry one.

@@ -64,7 +64,7 @@ struct ConversationFrame<'a> {
     event_type: &'static str,
     conversation_id: &'a str,
     timestamp: String,
-    payload: &'a Payload,
+    payload: callstream_core::event::WirePayload<'a>,
 }
 
 /// The conversation SSE frame for an event (`id:` is its seq), shared by all subscribers;
@@ -78,7 +78,7 @@ pub fn conversation_sse(event: &Event) -> Option<Bytes> {
             event_type: env.event_type().as_str(),
             conversation_id: id.as_str(),
             timestamp: time::format(&env.timestamp),
-            payload: &env.payload,
+            payload: env.wire_payload(),
         };
         Some(sse::json_frame(Some(env.seq), None, &frame))
     })

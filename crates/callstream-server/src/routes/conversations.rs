@@ -191,9 +191,18 @@ pub async fn get(
 ) -> Result<impl IntoResponse, ApiError> {
     let conversation = load_conversation(&state, &who.workspace_id, &id).await?;
     let messages = state.store().messages(&who.workspace_id, &id).await?;
-    let mut body = serde_json::to_value(&conversation).map_err(|_| ApiError::internal())?;
-    body["messages"] = json!(messages);
-    Ok(Json(body))
+    // Written straight from the records, not through a `serde_json::Value`, which would turn a
+    // payload's large numbers into floats: payloads go out exactly as they arrived.
+    #[derive(serde::Serialize)]
+    struct WithMessages {
+        #[serde(flatten)]
+        conversation: Conversation,
+        messages: Vec<callstream_store::MessageRecord>,
+    }
+    Ok(Json(WithMessages {
+        conversation,
+        messages,
+    }))
 }
 
 /// `GET /v1/conversations/{id}/stream` (API key, header only): seed 000's conversation SSE.

@@ -196,9 +196,27 @@ async fn malformed_events_are_refused_by_field() {
             json!({"event_type": "call.dtmf", "payload": 5}),
             "payload: invalid type: integer `5`",
         ),
+        // Fields the gateway knows, with impossible values.
         (
-            json!({"event_type": "call.dtmf", "payload": {"digits": "1", "tone": 2}}),
-            "payload.tone: unknown field `tone`",
+            json!({"event_type": "call.metrics", "payload": {"mos": -5}}),
+            "payload.mos: must be between 1 and 5, got -5",
+        ),
+        (
+            json!({"event_type": "call.completed", "payload": {"duration_s": -3}}),
+            "payload.duration_s: must be between 0 and",
+        ),
+        (
+            json!({"event_type": "call.dtmf", "payload": {"digits": "1"}, "timestamp": "0000-01-01T00:00:00Z"}),
+            "timestamp: must not be before 1970",
+        ),
+        (
+            json!({"event_type": "call.dtmf", "payload": {"digits": "1"}, "timestamp": "2999-01-01T00:00:00Z"}),
+            "timestamp: must not be more than a day ahead",
+        ),
+        // A known field of the wrong type, beside unknown ones.
+        (
+            json!({"event_type": "call.transcription", "payload": {"role": "user", "text": 3, "is_final": true, "turn_id": "trn_1", "words": []}}),
+            "payload.text: invalid type: integer `3`",
         ),
     ];
     for (body, expect) in cases {

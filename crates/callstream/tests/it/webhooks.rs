@@ -255,3 +255,130 @@ async fn endpoints_are_per_workspace_and_checked() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
 }
+
+#[tokio::test]
+async fn payloads_travel_verbatim_with_the_fields_the_gateway_does_not_know() {
+    let ts = fast_server().await;
+    let hook = receiver(vec![200]).await;
+    endpoint(&ts, json!({"url": hook.url})).await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut live = crate::support::call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+
+    // A runtime's own fields (word timings, language, a provider's 30-digit id), its spacing
+    // and field order: none of it is the gateway's to change.
+    let payload = r#"{"turn_id": "trn_1", "role": "user", "text": "hi", "is_final": true, "language": "en-GB", "words": [{"w": "hi", "start": 0.25}], "provider_id": 123456789012345678901234567890}"#;
+    let body = format!(r#"{{"event_type": "call.transcription", "payload": {payload}}}"#);
+    let sent = ts
+        .http
+        .post(ts.url(&format!("/v1/calls/{id}/events")))
+        .bearer_auth(&ts.acme.runtime)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    // The same over the runtime socket (decoded in one pass with its message).
+    let mut runtime = crate::support::ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    let payload2 = r#"{"digits":"7","duration_ms":120,"provider_id":98765432109876543210}"#;
+    let message = format!(
+        r#"{{"type":"events","call_id":"{id}","events":[{{"event_type":"call.dtmf","payload":{payload2}}}]}}"#
+    );
+    {
+        use futures::SinkExt;
+        runtime
+            .send(crate::support::WsMessage::Text(message.into()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        crate::support::ws_json(&mut runtime).await["type"],
+        "accepted"
+    );
+
+    for (seq, raw) in [(2, payload), (3, payload2)] {
+        let frame = next_text(&mut live).await;
+        assert!(frame.contains(&format!("\"seq\":{seq}")), "{frame}");
+        assert!(
+            frame.contains(&format!("\"payload\":{raw}")),
+            "the live frame: {frame}"
+        );
+    }
+    // The history a client resumes from, and the webhooks, carry them the same way.
+    let mut resumed =
+        crate::support::call_socket(&ts, id, &format!("token={}&since=1", ts.acme.api)).await;
+    for raw in [payload, payload2] {
+        let frame = next_text(&mut resumed).await;
+        assert!(
+            frame.contains(&format!("\"payload\":{raw}")),
+            "the resumed frame: {frame}"
+        );
+    }
+    let got = hook.wait_for(3).await;
+    for raw in [payload, payload2] {
+        assert!(
+            got.iter()
+                .any(|r| String::from_utf8_lossy(&r.body).contains(&format!("\"payload\":{raw}"))),
+            "a webhook carries {raw}"
+        );
+    }
+
+    // A conversation's message: its big number stays a number, digit for digit, in the stream
+    // and in the message history.
+    let (status, conversation) = ts
+        .post(
+            "/v1/conversations",
+            &ts.acme.runtime,
+            &json!({"channel": "whatsapp", "participants": ["+14155550123"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let cid = conversation["id"].as_str().unwrap();
+    let mut stream = crate::support::SseReader::open(
+        ts.http
+            .get(ts.url(&format!("/v1/conversations/{cid}/stream")))
+            .bearer_auth(&ts.acme.api),
+    )
+    .await;
+    let message_payload = r#"{"message_id":"m1","direction":"inbound","status":"received","text":"yo","wa_seq":123456789012345678901234567890}"#;
+    let sent = ts
+        .http
+        .post(ts.url(&format!("/v1/conversations/{cid}/events")))
+        .bearer_auth(&ts.acme.runtime)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"event_type":"message.received","payload":{message_payload}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let frame = stream.next_data().await.unwrap();
+    assert!(frame.data.contains(message_payload), "{}", frame.data);
+    let history = ts
+        .http
+        .get(ts.url(&format!("/v1/conversations/{cid}")))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(history.contains(message_payload), "{history}");
+}
+
+/// The next text frame of a socket, as sent.
+async fn next_text(ws: &mut crate::support::Ws) -> String {
+    use futures::StreamExt;
+    loop {
+        match ws.next().await {
+            Some(Ok(crate::support::WsMessage::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+}
