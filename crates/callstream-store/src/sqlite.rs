@@ -499,30 +499,7 @@ impl Store for SqliteStore {
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // The UPDATE is the seq authority: it reserves `count` numbers atomically, and only while
-        // the call is still in progress.
-        let reserved = sqlx::query(
-            "UPDATE calls SET last_seq = last_seq + $1 \
-             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
-        )
-        .bind(count)
-        .bind(workspace.as_str())
-        .bind(call_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(reserved) = reserved else {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
-                    .bind(workspace.as_str())
-                    .bind(call_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            return Err(match status.as_deref().and_then(CallStatus::parse) {
-                Some(status) => StoreError::CallEnded(status),
-                None => StoreError::NotFound,
-            });
-        };
-        let last = seq_of(reserved.try_get(0)?);
+        let last = reserve_call_seqs_in(&mut tx, workspace, call_id, count).await?;
         let first = last + 1 - events.len() as u64;
 
         let mut envelopes = Vec::with_capacity(events.len());
@@ -588,28 +565,7 @@ impl Store for SqliteStore {
         let block =
             i64::try_from(block).map_err(|_| StoreError::Invalid("block too large".into()))?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let reserved = sqlx::query(
-            "UPDATE calls SET last_seq = last_seq + $1 \
-             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
-        )
-        .bind(block)
-        .bind(workspace.as_str())
-        .bind(call_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(reserved) = reserved else {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
-                    .bind(workspace.as_str())
-                    .bind(call_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            return Err(match status.as_deref().and_then(CallStatus::parse) {
-                Some(status) => StoreError::CallEnded(status),
-                None => StoreError::NotFound,
-            });
-        };
-        let end = seq_of(reserved.try_get(0)?);
+        let end = reserve_call_seqs_in(&mut tx, workspace, call_id, block).await?;
         let row = sqlx::query(call_select!("WHERE id = $1"))
             .bind(call_id.as_str())
             .fetch_one(&mut *tx)
@@ -1449,6 +1405,45 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// Reserves `count` seqs of a call in the caller's transaction and returns the last of them.
+/// The UPDATE is the seq authority: it moves `last_seq` atomically, and only while the call is
+/// in progress.
+///
+/// # Errors
+/// [`StoreError::CallEnded`] once the call has ended, [`StoreError::NotFound`] for an unknown
+/// or foreign call.
+async fn reserve_call_seqs_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    count: i64,
+) -> Result<u64> {
+    let reserved = sqlx::query(
+        "UPDATE calls SET last_seq = last_seq + $1 \
+         WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
+    )
+    .bind(count)
+    .bind(workspace.as_str())
+    .bind(call.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    match reserved {
+        Some(row) => Ok(seq_of(row.try_get(0)?)),
+        None => {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
+                    .bind(workspace.as_str())
+                    .bind(call.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            Err(match status.as_deref().and_then(CallStatus::parse) {
+                Some(status) => StoreError::CallEnded(status),
+                None => StoreError::NotFound,
+            })
+        }
     }
 }
 

@@ -183,9 +183,38 @@ mod tests {
         );
     }
 
+    /// The canonical envelope, pinned: the bytes every call socket frame and webhook carries.
     #[test]
     fn envelope_json_is_the_canonical_envelope() {
-        let e = event("call.dtmf", json!({"digits": "5"}));
-        assert_eq!(envelope_json(&e), Bytes::from(e.envelope().to_json()));
+        let envelope = |payload_json: Option<&str>| {
+            let env = Envelope::with_id(
+                callstream_core::EventId::parse("evt_1").unwrap(),
+                WorkspaceId::parse("ws_1").unwrap(),
+                Subject::Call(CallId::parse("call_1").unwrap()),
+                5,
+                time::parse("2026-05-15T14:32:01.123Z").unwrap(),
+                Payload::parse("call.dtmf", json!({"digits": "5"})).unwrap(),
+            )
+            .unwrap()
+            .with_payload_json(payload_json.map(|raw| {
+                callstream_core::event::RawPayload::new(
+                    serde_json::value::RawValue::from_string(raw.to_owned()).unwrap(),
+                )
+            }));
+            Event::new(env)
+        };
+        assert_eq!(
+            envelope_json(&envelope(None)),
+            Bytes::from_static(
+                br#"{"event_id":"evt_1","event_type":"call.dtmf","workspace_id":"ws_1","call_id":"call_1","seq":5,"timestamp":"2026-05-15T14:32:01.123Z","payload":{"digits":"5"}}"#
+            )
+        );
+        // A payload from outside goes out as it came, unknown fields and spacing included.
+        assert_eq!(
+            envelope_json(&envelope(Some(r#"{ "digits": "5", "tone_ms": 80 }"#))),
+            Bytes::from_static(
+                br#"{"event_id":"evt_1","event_type":"call.dtmf","workspace_id":"ws_1","call_id":"call_1","seq":5,"timestamp":"2026-05-15T14:32:01.123Z","payload":{ "digits": "5", "tone_ms": 80 }}"#
+            )
+        );
     }
 }

@@ -19,24 +19,20 @@
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Resume, Topic};
+use callstream_bus::{Event, Resume, Topic};
 use callstream_core::{Call, Command, Payload, time};
 use callstream_surfaces::live_calls::{self as lc, Request};
-use futures::SinkExt;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::Instant;
 
 use crate::auth::{ApiKey, url_pairs};
 use crate::error::ApiError;
-use crate::limit::{FloodGuard, Verdict};
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_socket::{
-    COMMAND_READS, Incoming, close, configure, going_away, ping_timer, require_upgrade, text,
+use crate::routes::ws::{
+    COMMAND_READS, Limits, Reply, SocketSurface, close, configure, drive, require_upgrade, text,
 };
 use crate::state::AppState;
 
@@ -174,140 +170,114 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
             .await;
         return;
     }
-    let mut guard = FloodGuard::new(
-        config.ws_client_messages_per_sec,
-        config.ws_flood_close_secs,
-    );
-    let limited = metrics.rate_limited.get_or_create(&LABELS).clone();
-    let in_flight = Arc::new(Semaphore::new(config.ws_max_commands_in_flight));
-    let (replies, mut reply_rx) = mpsc::channel::<Bytes>(config.ws_max_commands_in_flight.max(1));
-    let mut ping = ping_timer(&state);
-    let shutdown = state.shutdown().clone();
-    let mut ended = false;
-    loop {
-        let outgoing = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                let _ = socket.send(going_away()).await;
-                return;
+    let limits = Limits {
+        messages_per_sec: config.ws_client_messages_per_sec,
+        expires_at: None,
+    };
+    let mut surface = LiveCall {
+        state: state.clone(),
+        call,
+        user,
+        screening_said,
+        ended: false,
+    };
+    drive(
+        &state,
+        &mut socket,
+        &mut subscription,
+        &mut surface,
+        &LABELS,
+        limits,
+    )
+    .await;
+}
+
+/// Seed 001's words for one call's socket.
+struct LiveCall {
+    state: AppState,
+    call: Call,
+    /// The user a join transfers the call to.
+    user: String,
+    /// Whether `event:end` (screening over) went out: it is said once.
+    screening_said: bool,
+    /// Whether `event:callEnd` went out.
+    ended: bool,
+}
+
+impl SocketSurface for LiveCall {
+    fn frame(&mut self, event: &Arc<Event>) -> Option<Bytes> {
+        let payload = &event.envelope().payload;
+        self.ended |= payload.is_terminal();
+        if matches!(payload, Payload::ScreeningEnded(_)) {
+            if self.screening_said {
+                return None;
             }
-            Some(reply) = reply_rx.recv() => text(reply),
-            event = subscription.next() => match event {
-                Some(event) => {
-                    let payload = &event.envelope().payload;
-                    if payload.is_terminal() {
-                        // Answer the requests still in flight first (the endCall that ended the
-                        // call is typically one): a client that closes on `event:callEnd`, as the
-                        // seed's lifecycle suggests, must have its ack by then. Bounded by the
-                        // command timeout, like the wait at the end of the stream.
-                        let waiting = config.ws_max_commands_in_flight - in_flight.available_permits();
-                        let deadline = Instant::now() + config.command_timeout();
-                        for _ in 0..waiting {
-                            match tokio::time::timeout_at(deadline, reply_rx.recv()).await {
-                                Ok(Some(reply)) => {
-                                    if socket.send(text(reply)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                _ => break,
-                            }
-                        }
-                        while let Ok(reply) = reply_rx.try_recv() {
-                            if socket.send(text(reply)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    ended |= payload.is_terminal();
-                    if matches!(payload, Payload::ScreeningEnded(_)) {
-                        if screening_said {
-                            continue;
-                        }
-                        screening_said = true;
-                    }
-                    match lc::frame(&event) {
-                        Some(frame) => {
-                            sent.inc();
-                            text(frame)
-                        }
-                        None => continue,
-                    }
-                }
-                None if subscription.end() != callstream_bus::End::Finished => {
-                    let _ = socket.send(crate::routes::call_socket::interrupted()).await;
-                    return;
-                }
-                None => {
-                    // The call ended: the answers to requests still in flight (an endCall is
-                    // typically one), the end if it was lost to a full queue, then the close.
-                    drop(replies);
-                    let deadline = Instant::now() + config.command_timeout();
-                    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, reply_rx.recv()).await {
-                        if socket.feed(text(reply)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if !ended {
-                        let _ = socket.feed(text(lc::call_end(&time::now()))).await;
-                    }
-                    let _ = socket.send(close(close_code::NORMAL, "the call has ended")).await;
-                    return;
-                }
-            },
-            incoming = socket.recv() => match Incoming::from_read(incoming) {
-                Incoming::Closed | Incoming::Broken => return,
-                Incoming::TooBig => {
-                    let _ = socket.send(close(close_code::SIZE, "message too big")).await;
-                    return;
-                }
-                Incoming::Control => continue,
-                message @ (Incoming::Binary(_) | Incoming::Text(_)) => {
-                    // Every message counts toward the limit, binary ones included. A client over it
-                    // for more than `ws_flood_close_secs` seconds in a row is closed with 1008.
-                    let verdict = guard.check();
-                    if verdict != Verdict::Serve {
-                        limited.inc();
-                        if verdict == Verdict::Close {
-                            let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
-                            return;
-                        }
-                        text(lc::error(&format!("rate limit: more than {} messages per second; this one was not carried out", config.ws_client_messages_per_sec)))
-                    } else if let Incoming::Text(message) = message {
-                        match lc::parse(message.as_str()) {
-                            Err(description) => text(lc::error(&description)),
-                            Ok(request) => {
-                                let (id, command) = match request {
-                                    Request::JoinCall { id } => (id, Command::JoinCall { user_id: user.clone() }),
-                                    Request::EndCall { id } => (id, Command::EndCall),
-                                };
-                                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                                    let _ = socket.send(text(lc::error("too many requests are waiting for the call runtime"))).await;
-                                    continue;
-                                };
-                                let (state, call_id, workspace, replies) =
-                                    (state.clone(), call.id.clone(), call.workspace_id.clone(), replies.clone());
-                                tokio::spawn(async move {
-                                    let frame = match crate::commands::execute(&state, &workspace, &call_id, command).await {
-                                        Ok(()) => lc::ack(&id),
-                                        Err(err) => lc::error(&format!("{id}: {}", err.message)),
-                                    };
-                                    // The answer is queued before the permit is given back, so
-                                    // that a request still holding one always has its answer to come.
-                                    let _ = replies.send(frame).await;
-                                    drop(permit);
-                                });
-                                continue;
-                            }
-                        }
-                    } else {
-                        text(lc::error("binary messages are not accepted; send JSON text"))
-                    }
-                }
-            },
-            _ = ping.tick() => Message::Ping(Bytes::new()),
+            self.screening_said = true;
+        }
+        lc::frame(event)
+    }
+
+    async fn text(&mut self, message: &str) -> Reply {
+        let request = match lc::parse(message) {
+            Ok(request) => request,
+            Err(description) => return Reply::Frame(lc::error(&description)),
         };
-        if socket.send(outgoing).await.is_err() {
-            return;
+        let (id, command) = match request {
+            Request::JoinCall { id } => (
+                id,
+                Command::JoinCall {
+                    user_id: self.user.clone(),
+                },
+            ),
+            Request::EndCall { id } => (id, Command::EndCall),
+        };
+        let (state, call_id, workspace) = (
+            self.state.clone(),
+            self.call.id.clone(),
+            self.call.workspace_id.clone(),
+        );
+        Reply::Command {
+            run: Box::pin(async move {
+                match crate::commands::execute(&state, &workspace, &call_id, command).await {
+                    Ok(()) => lc::ack(&id),
+                    Err(err) => lc::error(&format!("{id}: {}", err.message)),
+                }
+            }),
+            if_busy: lc::error("too many requests are waiting for the call runtime"),
+        }
+    }
+
+    /// Binary messages count toward the rate limit, and are answered with an error: the socket
+    /// stays open, as for any malformed message.
+    fn binary(&mut self) -> Reply {
+        Reply::Frame(lc::error(
+            "binary messages are not accepted; send JSON text",
+        ))
+    }
+
+    fn limits_binary(&self) -> bool {
+        true
+    }
+
+    fn rate_limited(&self, _message: Option<&str>) -> Bytes {
+        lc::error(&format!(
+            "rate limit: more than {} messages per second; this one was not carried out",
+            self.state.config().ws_client_messages_per_sec
+        ))
+    }
+
+    /// A client that closes on `event:callEnd`, as the seed's lifecycle suggests, must have its
+    /// ack by then.
+    fn answers_before_end(&self) -> bool {
+        true
+    }
+
+    async fn at_end(&mut self) -> Vec<Bytes> {
+        // The end, if it was lost to a full queue.
+        if self.ended {
+            Vec::new()
+        } else {
+            vec![lc::call_end(&time::now())]
         }
     }
 }

@@ -12,22 +12,23 @@
 //! access problems and clients that keep flooding, 1011 for a server error. 1006 is never sent
 //! (it means the connection dropped without a close).
 
+use std::sync::Arc;
+
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Resume, Topic};
+use callstream_bus::{Event, Resume, Topic};
 use callstream_core::{Call, CallStatus, KeyKind, Payload};
 use callstream_surfaces::live_transcript::{self as lt, ClientMessage};
 
 use crate::auth::{self, STREAM_TOKEN_PREFIX, query_token};
 use crate::error::ApiError;
-use crate::limit::{FloodGuard, Verdict};
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_socket::{
-    COMMAND_READS, Incoming, binary_refused, close, configure, going_away, ping_timer,
+use crate::routes::ws::{
+    COMMAND_READS, Limits, Reply, SocketSurface, close, close_with, configure, drive,
     require_upgrade, text,
 };
 use crate::state::AppState;
@@ -141,12 +142,7 @@ async fn run(
         Ok(Some(place)) => place,
         Ok(None) => {
             let reason = format!("too many connections to this call's transcript (at most {max})");
-            let _ = socket
-                .send(crate::routes::call_socket::close_with(
-                    close_code::POLICY,
-                    reason,
-                ))
-                .await;
+            let _ = socket.send(close_with(close_code::POLICY, reason)).await;
             return;
         }
         Err(err) => {
@@ -207,107 +203,98 @@ async fn run(
         return;
     }
 
-    // The same flood rule as the other sockets: each message over the rate is refused, and a
-    // client over it in more than `ws_flood_close_secs` seconds in a row is closed with 1008.
-    let mut guard = FloodGuard::new(
-        config.live_transcript_messages_per_sec,
-        config.ws_flood_close_secs,
-    );
-    let limited = state.metrics().rate_limited.get_or_create(&LABELS).clone();
-    let mut ping = ping_timer(&state);
-    let shutdown = state.shutdown().clone();
-    let mut saw_end = false;
-    // A socket opened with a stream token closes when the token expires, as every other surface
-    // that takes one does (an API key has no expiry).
-    let expiry = tokio::time::sleep(crate::routes::call_socket::until(expires_at));
-    tokio::pin!(expiry);
-    loop {
-        let outgoing = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                let _ = socket.send(going_away()).await;
-                return;
-            }
-            () = &mut expiry => {
-                let _ = socket.send(close(close_code::POLICY, "the stream token has expired")).await;
-                return;
-            }
-            event = subscription.next() => match event {
-                Some(event) => {
-                    let skip = matches!(&event.envelope().payload, Payload::Transcription(t) if t.is_final)
-                        && event.seq() <= history_seq;
-                    saw_end |= event.envelope().payload.is_terminal();
-                    match lt::frame(&event, &call_sid) {
-                        Some(frame) if !skip => {
-                            sent.inc();
-                            text(frame)
-                        }
-                        _ => continue,
-                    }
-                }
-                None if subscription.end() != callstream_bus::End::Finished => {
-                    let _ = socket.send(crate::routes::call_socket::interrupted()).await;
-                    return;
-                }
-                None => {
-                    // The call ended; its status went out with its last event unless that was
-                    // dropped for a full queue.
-                    if !saw_end
-                        && let Ok(Some(ended)) = state.store().call(&call.workspace_id, &call.id).await
-                        && ended.status != CallStatus::InProgress
-                    {
-                        let _ = socket.send(text(lt::status(&call_sid, ended.status))).await;
-                    }
-                    let _ = socket.send(close(close_code::NORMAL, "the call has ended")).await;
-                    return;
-                }
-            },
-            incoming = socket.recv() => match Incoming::from_read(incoming) {
-                Incoming::Closed => return,
-                Incoming::TooBig => {
-                    let _ = socket.send(close(close_code::UNSUPPORTED, "message too big")).await;
-                    return;
-                }
-                Incoming::Broken => {
-                    let _ = socket.send(close(close_code::PROTOCOL, "protocol error")).await;
-                    return;
-                }
-                Incoming::Binary(_) => {
-                    let _ = socket.send(binary_refused()).await;
-                    return;
-                }
-                Incoming::Control => continue,
-                Incoming::Text(message) => {
-                    let verdict = guard.check();
-                    if verdict != Verdict::Serve {
-                        limited.inc();
-                        if verdict == Verdict::Close {
-                            let _ = socket.send(close(close_code::POLICY, "too many messages")).await;
-                            return;
-                        }
-                        text(lt::error(&format!(
-                            "rate limit: at most {} messages per second",
-                            config.live_transcript_messages_per_sec
-                        )))
-                    } else {
-                        match lt::parse(message.as_str()) {
-                            Ok(ClientMessage::Ping) => text(lt::pong()),
-                            Ok(ClientMessage::GetStatus) => match state.store().call(&call.workspace_id, &call.id).await {
-                                Ok(Some(now)) => text(lt::status(&call_sid, now.status)),
-                                _ => {
-                                    let _ = socket.send(close(close_code::ERROR, "server error")).await;
-                                    return;
-                                }
-                            },
-                            Err(message) => text(lt::error(&message)),
-                        }
-                    }
-                }
-            },
-            _ = ping.tick() => Message::Ping(Bytes::new()),
-        };
-        if socket.send(outgoing).await.is_err() {
-            return;
+    let limits = Limits {
+        messages_per_sec: config.live_transcript_messages_per_sec,
+        expires_at,
+    };
+    let mut surface = LiveTranscript {
+        state: state.clone(),
+        call,
+        call_sid,
+        history_seq,
+        saw_end: false,
+    };
+    drive(
+        &state,
+        &mut socket,
+        &mut subscription,
+        &mut surface,
+        &LABELS,
+        limits,
+    )
+    .await;
+}
+
+/// Seed 003's words for one call's socket.
+struct LiveTranscript {
+    state: AppState,
+    call: Call,
+    call_sid: String,
+    /// The last final turn the opening history sent: live ones up to it are not sent again.
+    history_seq: u64,
+    /// Whether the call's end went out (as a status message).
+    saw_end: bool,
+}
+
+impl SocketSurface for LiveTranscript {
+    fn frame(&mut self, event: &Arc<Event>) -> Option<Bytes> {
+        let payload = &event.envelope().payload;
+        let repeat = matches!(payload, Payload::Transcription(t) if t.is_final)
+            && event.seq() <= self.history_seq;
+        self.saw_end |= payload.is_terminal();
+        if repeat {
+            return None;
         }
+        lt::frame(event, &self.call_sid)
+    }
+
+    async fn text(&mut self, message: &str) -> Reply {
+        match lt::parse(message) {
+            Ok(ClientMessage::Ping) => Reply::Frame(lt::pong()),
+            Ok(ClientMessage::GetStatus) => {
+                match self
+                    .state
+                    .store()
+                    .call(&self.call.workspace_id, &self.call.id)
+                    .await
+                {
+                    Ok(Some(now)) => Reply::Frame(lt::status(&self.call_sid, now.status)),
+                    _ => Reply::Close(close(close_code::ERROR, "server error")),
+                }
+            }
+            Err(message) => Reply::Frame(lt::error(&message)),
+        }
+    }
+
+    fn rate_limited(&self, _message: Option<&str>) -> Bytes {
+        lt::error(&format!(
+            "rate limit: at most {} messages per second",
+            self.state.config().live_transcript_messages_per_sec
+        ))
+    }
+
+    /// The seed's table has 1003 for oversized messages.
+    fn too_big(&self) -> Message {
+        close(close_code::UNSUPPORTED, "message too big")
+    }
+
+    fn broken(&self) -> Option<Message> {
+        Some(close(close_code::PROTOCOL, "protocol error"))
+    }
+
+    async fn at_end(&mut self) -> Vec<Bytes> {
+        // The call's status went out with its last event, unless that was dropped for a full
+        // queue.
+        if !self.saw_end
+            && let Ok(Some(ended)) = self
+                .state
+                .store()
+                .call(&self.call.workspace_id, &self.call.id)
+                .await
+            && ended.status != CallStatus::InProgress
+        {
+            return vec![lt::status(&self.call_sid, ended.status)];
+        }
+        Vec::new()
     }
 }

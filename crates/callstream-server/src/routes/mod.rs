@@ -17,6 +17,7 @@ pub mod stream_tokens;
 pub mod transcript_stream;
 pub mod webhooks;
 pub mod workspace;
+pub mod ws;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -25,6 +26,10 @@ use callstream_core::{Call, CallId, Conversation, ConversationId, WorkspaceId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Most frames joined into one write (a socket) or one chunk (an SSE stream) when a subscriber
+/// has fallen behind.
+pub(crate) const COALESCE_MAX_FRAMES: usize = 32;
 
 /// The `{id}` of a path, as an id of kind `K`. Anything that is not a well-formed id of that
 /// kind (bad percent-encoding, another kind of id, garbage) is "not found", exactly like an

@@ -22,10 +22,10 @@ use crate::auth::{RuntimeKey, url_pairs};
 use crate::error::ApiError;
 use crate::ingest;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
-use crate::routes::call_socket::{
+use crate::routes::load_conversation;
+use crate::routes::ws::{
     INGEST_READS, Incoming, close, configure, going_away, ping_timer, require_upgrade, text,
 };
-use crate::routes::load_conversation;
 use crate::state::AppState;
 use callstream_store::NewEvent;
 

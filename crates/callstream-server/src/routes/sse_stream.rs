@@ -21,7 +21,8 @@ use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::metrics::{OpenStream, SurfaceLabels};
-use crate::routes::call_socket::{first_ping, until};
+use crate::routes::COALESCE_MAX_FRAMES;
+use crate::routes::ws::{first_ping, until};
 use crate::state::AppState;
 
 /// What one event does to a stream.
@@ -194,8 +195,6 @@ impl<S: SseSurface> Stream for SseStream<S> {
     }
 }
 
-/// Most frames joined into one chunk when a subscriber has fallen behind.
-pub(crate) const COALESCE_MAX_FRAMES: usize = 32;
 /// Most bytes joined into one chunk.
 const COALESCE_MAX_BYTES: usize = 32 * 1024;
 

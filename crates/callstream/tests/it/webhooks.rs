@@ -131,10 +131,15 @@ async fn a_webhook_is_the_socket_frame_byte_for_byte_and_signed() {
         callstream_webhooks::DEFAULT_TOLERANCE,
     )
     .expect("the Standard Webhooks signature verifies with the endpoint's secret");
-    assert_eq!(
-        ts.metric("callstream_webhook_attempts_total{outcome=\"delivered\"}")
-            .await,
-        2.0
+    // The outcome is recorded after the receiver answered: wait for it, not for the request.
+    assert!(
+        crate::support::wait_for_metric(
+            &ts,
+            "callstream_webhook_attempts_total{outcome=\"delivered\"}",
+            |n| n == 2.0
+        )
+        .await,
+        "two deliveries recorded"
     );
 }
 
