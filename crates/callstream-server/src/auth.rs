@@ -50,8 +50,19 @@ pub fn random_secret(prefix: &str) -> String {
     secret
 }
 
-/// Mints a key of `kind` for `workspace`.
+/// Mints a key of `kind` for `workspace`, with no expiry and no admin scope.
 pub fn mint(workspace: &WorkspaceId, kind: KeyKind) -> NewKey {
+    mint_with(workspace, kind, false, None)
+}
+
+/// Mints a key of `kind` for `workspace`: an admin key when `admin` (an API key that may also
+/// manage the workspace's keys), expiring at `expires_at` if given.
+pub fn mint_with(
+    workspace: &WorkspaceId,
+    kind: KeyKind,
+    admin: bool,
+    expires_at: Option<DateTime<Utc>>,
+) -> NewKey {
     let secret = random_secret(kind.prefix());
     let record = KeyRecord {
         id: KeyId::new(),
@@ -60,7 +71,9 @@ pub fn mint(workspace: &WorkspaceId, kind: KeyKind) -> NewKey {
         key_hash: hash(&secret),
         hint: secret[..kind.prefix().len() + 4].to_owned(),
         created_at: time::now(),
-        revoked: false,
+        expires_at,
+        admin: admin && kind == KeyKind::Api,
+        revoked_at: None,
     };
     NewKey { secret, record }
 }
@@ -80,8 +93,11 @@ pub struct Principal {
     pub key_id: KeyId,
     /// Set for a stream token: the one call it may watch.
     pub call_scope: Option<CallId>,
-    /// Set for a stream token: when it stops working (streams opened with it end then).
+    /// When the credential stops working (a stream token's or session's end, or the key's own
+    /// expiry): streams opened with it end then.
     pub expires_at: Option<DateTime<Utc>>,
+    /// An admin key: it may manage the workspace's keys.
+    pub admin: bool,
 }
 
 impl Principal {
@@ -126,6 +142,7 @@ pub async fn authenticate_stream_token(
         key_id: token.key_id,
         call_scope: Some(token.call_id),
         expires_at: Some(token.expires_at),
+        admin: false,
     })
 }
 
@@ -140,15 +157,19 @@ pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<Principal, 
     }
     let presented = hash(secret);
     let record = store.key_by_hash(&presented).await?.ok_or_else(invalid)?;
-    if !bool::from(record.key_hash.ct_eq(&presented)) || record.revoked {
+    if !bool::from(record.key_hash.ct_eq(&presented)) || record.revoked_at.is_some() {
         return Err(invalid());
+    }
+    if !record.live_at(time::now()) {
+        return Err(ApiError::unauthorized("the API key has expired"));
     }
     Ok(Principal {
         workspace_id: record.workspace_id,
         kind: record.kind,
         key_id: record.id,
         call_scope: None,
-        expires_at: None,
+        expires_at: record.expires_at,
+        admin: record.admin,
     })
 }
 
@@ -343,6 +364,7 @@ pub async fn authenticate_session(store: &dyn Store, token: &str) -> Result<Prin
         key_id: session.key_id,
         call_scope: None,
         expires_at: Some(session.expires_at),
+        admin: false,
     })
 }
 

@@ -21,6 +21,7 @@ pub mod limit;
 pub mod live;
 pub mod metrics;
 pub mod reaper;
+pub mod revocations;
 pub mod routes;
 pub mod state;
 pub mod stream_http;
@@ -76,6 +77,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/calls/{id}/transcript", get(routes::calls::transcript))
         .route("/v1/calls/{id}/commands", post(routes::calls::command))
         .route("/v1/stream-tokens", post(routes::stream_tokens::create))
+        .route(
+            "/v1/keys",
+            get(routes::keys::list).post(routes::keys::create),
+        )
+        .route("/v1/keys/{id}", axum::routing::delete(routes::keys::revoke))
         .route(
             "/v1/conversations",
             post(routes::conversations::create).get(routes::conversations::list),
@@ -378,6 +384,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     tokio::spawn(webhooks::run(state.clone(), http, schedule));
     tokio::spawn(webhooks::listen_for_wakes(state.clone()));
     tokio::spawn(reaper::run(state.clone()));
+    tokio::spawn(revocations::run(state.clone()));
 
     // Build the router's services once: each connection then clones an `Arc` (axum's own
     // `serve(listener, router)` rebuilt the whole router per accepted connection, which massif

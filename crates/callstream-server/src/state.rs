@@ -32,6 +32,8 @@ struct Inner {
     audio_streams: crate::audio::AudioStreams,
     /// Cancelled when the server begins to shut down: streams watch it and close.
     shutdown: CancellationToken,
+    /// Keys streams were opened with: revoking one closes them.
+    revocations: crate::revocations::Revocations,
     /// Wakes this node's webhook worker when the outbox got rows.
     outbox: tokio::sync::Notify,
     /// The NATS connection of a cluster: the outbox wake-up reaches every node.
@@ -53,6 +55,7 @@ impl AppState {
             audio_streams: crate::audio::AudioStreams::default(),
             transcript_sockets: DashMap::new(),
             shutdown,
+            revocations: crate::revocations::Revocations::default(),
             outbox: tokio::sync::Notify::new(),
             nats: backends.nats,
             last_wake_ms: std::sync::atomic::AtomicI64::new(0),
@@ -204,6 +207,10 @@ impl AppState {
 
     pub fn shutdown(&self) -> &CancellationToken {
         &self.0.shutdown
+    }
+
+    pub fn revocations(&self) -> &crate::revocations::Revocations {
+        &self.0.revocations
     }
 
     /// The NATS connection when this node is part of a cluster.

@@ -277,11 +277,73 @@ pub async fn keys_resolve_by_hash_and_filters_apply(backend: &dyn Backend) {
         key_hash: [7; 32],
         hint: "rk_live_ab".into(),
         created_at: time::now(),
-        revoked: false,
+        expires_at: None,
+        admin: false,
+        revoked_at: None,
     };
     store.insert_key(&key).await.unwrap();
-    assert_eq!(store.key_by_hash(&[7; 32]).await.unwrap(), Some(key));
+    assert_eq!(
+        store.key_by_hash(&[7; 32]).await.unwrap(),
+        Some(key.clone())
+    );
     assert_eq!(store.key_by_hash(&[8; 32]).await.unwrap(), None);
+
+    // An admin key that expires in an hour; keys are listed newest first, per workspace.
+    let admin = KeyRecord {
+        id: KeyId::new(),
+        kind: KeyKind::Api,
+        key_hash: [9; 32],
+        hint: "pk_live_cd".into(),
+        created_at: time::now() + chrono::Duration::milliseconds(5),
+        expires_at: Some(time::now() + chrono::Duration::hours(1)),
+        admin: true,
+        ..key.clone()
+    };
+    store.insert_key(&admin).await.unwrap();
+    assert_eq!(
+        store.keys(&ws.id).await.unwrap(),
+        vec![admin.clone(), key.clone()]
+    );
+    assert!(admin.live_at(time::now()));
+    assert!(!admin.live_at(time::now() + chrono::Duration::hours(2)));
+    let other = store.ensure_workspace("a-other").await.unwrap();
+    assert!(store.keys(&other.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.workspace_by_name("a").await.unwrap().map(|w| w.id),
+        Some(ws.id.clone())
+    );
+    assert_eq!(store.workspace_by_name("nobody").await.unwrap(), None);
+
+    // Revoking: refused for another workspace's key; the first time stays.
+    let before = time::now() - chrono::Duration::seconds(1);
+    assert!(
+        !store
+            .revoke_key(&other.id, &key.id, time::now())
+            .await
+            .unwrap()
+    );
+    let at = time::now();
+    assert!(store.revoke_key(&ws.id, &key.id, at).await.unwrap());
+    assert!(
+        store
+            .revoke_key(&ws.id, &key.id, at + chrono::Duration::seconds(5))
+            .await
+            .unwrap()
+    );
+    let revoked = store.key_by_hash(&[7; 32]).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(at));
+    assert!(!revoked.live_at(time::now()));
+    assert_eq!(
+        store.keys_revoked_since(before).await.unwrap(),
+        vec![key.id.clone()]
+    );
+    assert!(
+        store
+            .keys_revoked_since(at + chrono::Duration::seconds(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let live = new_call(&ws.id);
     let done = new_call(&ws.id);

@@ -130,7 +130,20 @@ pub struct KeyRecord {
     /// The first characters of the secret (`pk_live_ab12…`), to tell keys apart in listings.
     pub hint: String,
     pub created_at: DateTime<Utc>,
-    pub revoked: bool,
+    /// When it stops working, if it does.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// An admin key may list, create and revoke its workspace's keys.
+    pub admin: bool,
+    /// When it was revoked; a revoked key is refused, and so is every token and session it
+    /// minted.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRecord {
+    /// Whether the key works at `now`: not revoked, not expired.
+    pub fn live_at(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
 }
 
 /// A stream token: a call-scoped, short-lived credential for browsers.
@@ -762,6 +775,24 @@ pub trait Store: Send + Sync + 'static {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<(WorkspaceId, CallId)>>;
+
+    /// A workspace's keys, newest first (hashes included; never shown to anyone).
+    async fn keys(&self, workspace: &WorkspaceId) -> Result<Vec<KeyRecord>>;
+
+    /// Revokes a key of `workspace` at `at`; `false` for an unknown or foreign key. Revoking
+    /// again keeps the first time.
+    async fn revoke_key(
+        &self,
+        workspace: &WorkspaceId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Keys of every workspace revoked at or after `since`.
+    async fn keys_revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyId>>;
+
+    /// The workspace with this name, if there is one.
+    async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>>;
 
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> Result<()>;

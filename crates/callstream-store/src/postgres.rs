@@ -138,9 +138,9 @@ fn key_row(row: &PgRow) -> Result<KeyRecord> {
         key_hash: hash32(row.try_get("key_hash")?, "key hash")?,
         hint: row.try_get("hint")?,
         created_at: row.try_get("created_at")?,
-        revoked: row
-            .try_get::<Option<DateTime<Utc>>, _>("revoked_at")?
-            .is_some(),
+        expires_at: row.try_get("expires_at")?,
+        admin: row.try_get("admin")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -365,8 +365,8 @@ impl Store for PgStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
         let mut tx = self.scoped(&key.workspace_id).await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, workspace_id, kind, key_hash, hint, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, workspace_id, kind, key_hash, hint, created_at, expires_at, admin) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(key.id.as_str())
         .bind(key.workspace_id.as_str())
@@ -374,6 +374,8 @@ impl Store for PgStore {
         .bind(&key.key_hash[..])
         .bind(&key.hint)
         .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.admin)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -382,7 +384,7 @@ impl Store for PgStore {
 
     async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>> {
         let row = sqlx::query(
-            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at \
+            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at, expires_at, admin \
              FROM cs_key_by_hash($1)",
         )
         .bind(&hash[..])
@@ -1550,6 +1552,57 @@ impl Store for PgStore {
                 ))
             })
             .collect()
+    }
+
+    async fn keys(&self, workspace: &WorkspaceId) -> Result<Vec<KeyRecord>> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at, expires_at, admin \
+             FROM api_keys WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn revoke_key(
+        &self,
+        workspace: &WorkspaceId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.scoped(workspace).await?;
+        let found = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
+             WHERE workspace_id = $2 AND id = $3",
+        )
+        .bind(at)
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(found.rows_affected() > 0)
+    }
+
+    async fn keys_revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyId>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM cs_keys_revoked_since($1)")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        ids.iter()
+            .map(|id| KeyId::parse(id).map_err(|e| corrupt("key id", e)))
+            .collect()
+    }
+
+    async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>> {
+        let row = sqlx::query("SELECT id, name, auth_id, created_at FROM cs_workspace_by_name($1)")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(workspace_row).transpose()
     }
 
     async fn ping(&self) -> Result<()> {

@@ -121,7 +121,9 @@ fn key_row(row: &SqliteRow) -> Result<KeyRecord> {
             .map_err(|_| corrupt("key hash", "not 32 bytes"))?,
         hint: row.try_get("hint")?,
         created_at: ts(row.try_get("created_at")?)?,
-        revoked: row.try_get::<Option<String>, _>("revoked_at")?.is_some(),
+        expires_at: ts_opt(row.try_get("expires_at")?)?,
+        admin: row.try_get::<i64, _>("admin")? != 0,
+        revoked_at: ts_opt(row.try_get("revoked_at")?)?,
     })
 }
 
@@ -278,8 +280,8 @@ impl Store for SqliteStore {
 
     async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, workspace_id, kind, key_hash, hint, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, workspace_id, kind, key_hash, hint, created_at, expires_at, admin) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(key.id.as_str())
         .bind(key.workspace_id.as_str())
@@ -287,6 +289,8 @@ impl Store for SqliteStore {
         .bind(&key.key_hash[..])
         .bind(&key.hint)
         .bind(time::format(&key.created_at))
+        .bind(key.expires_at.as_ref().map(time::format))
+        .bind(i64::from(key.admin))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -294,7 +298,7 @@ impl Store for SqliteStore {
 
     async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<KeyRecord>> {
         let row = sqlx::query(
-            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at \
+            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at, expires_at, admin \
              FROM api_keys WHERE key_hash = $1",
         )
         .bind(&hash[..])
@@ -1400,6 +1404,54 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn keys(&self, workspace: &WorkspaceId) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, kind, key_hash, hint, created_at, revoked_at, expires_at, admin \
+             FROM api_keys WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(workspace.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn revoke_key(
+        &self,
+        workspace: &WorkspaceId,
+        id: &KeyId,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let found = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) \
+             WHERE workspace_id = $2 AND id = $3",
+        )
+        .bind(time::format(&at))
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(found.rows_affected() > 0)
+    }
+
+    async fn keys_revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyId>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM api_keys WHERE revoked_at >= $1")
+            .bind(time::format(&since))
+            .fetch_all(&self.pool)
+            .await?;
+        ids.iter()
+            .map(|id| KeyId::parse(id).map_err(|e| corrupt("key id", e)))
+            .collect()
+    }
+
+    async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>> {
+        let row =
+            sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(workspace_row).transpose()
     }
 
     async fn ping(&self) -> Result<()> {

@@ -118,10 +118,63 @@ enum KeysCommand {
         /// Create a runtime key (`rk_live_…`, for ingest) instead of an API key (`pk_live_…`).
         #[arg(long, env = "CALLSTREAM_KEY_RUNTIME")]
         runtime: bool,
-        /// Print JSON `{"workspace_id","auth_id","key"}`.
+        /// An admin API key: it may also list, create and revoke the workspace's keys over
+        /// REST (`/v1/keys`).
+        #[arg(long, conflicts_with = "runtime")]
+        admin: bool,
+        /// When the key stops working (RFC 3339, e.g. `2027-01-31T00:00:00Z`).
+        #[arg(long, value_parser = expiry)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print JSON `{"workspace_id","auth_id","key","key_id"}`.
         #[arg(long, env = "CALLSTREAM_KEY_JSON")]
         json: bool,
     },
+    /// List a workspace's keys (never their secrets). Safe while the server runs.
+    List {
+        #[arg(long, env = "CALLSTREAM_DATA_DIR", default_value = "./callstream-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "CALLSTREAM_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Workspace name.
+        #[arg(long, env = "CALLSTREAM_WORKSPACE")]
+        workspace: String,
+        /// Print a JSON array.
+        #[arg(long, env = "CALLSTREAM_KEY_JSON")]
+        json: bool,
+    },
+    /// Revoke a key: it is refused at once, and every stream opened with it (or with a stream
+    /// token or session it minted) closes within a second, on every node. Safe while the
+    /// server runs.
+    Revoke {
+        #[arg(long, env = "CALLSTREAM_DATA_DIR", default_value = "./callstream-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "CALLSTREAM_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Workspace name.
+        #[arg(long, env = "CALLSTREAM_WORKSPACE")]
+        workspace: String,
+        /// The key's id (`key_…`, from `keys list`).
+        key_id: String,
+    },
+}
+
+fn expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let at = callstream_core::time::parse(text).map_err(|e| format!("{e}"))?;
+    if at <= callstream_core::time::now() {
+        return Err("already past".into());
+    }
+    Ok(at)
+}
+
+async fn key_store(data_dir: &Path, database_url: Option<String>) -> Result<Box<dyn Store>> {
+    Ok(match database_url {
+        Some(url) => Box::new(
+            PgStore::connect(&url, 1)
+                .await
+                .context("connecting to PostgreSQL")?,
+        ),
+        None => Box::new(open_store(data_dir).await?),
+    })
 }
 
 fn rate(text: &str) -> Result<f64, String> {
@@ -185,6 +238,8 @@ async fn main() -> Result<()> {
             database_url,
             workspace,
             runtime,
+            admin,
+            expires_at,
             json,
         }) => {
             let kind = if runtime {
@@ -192,15 +247,39 @@ async fn main() -> Result<()> {
             } else {
                 KeyKind::Api
             };
-            let store: Box<dyn Store> = match database_url {
-                Some(url) => Box::new(
-                    PgStore::connect(&url, 1)
-                        .await
-                        .context("connecting to PostgreSQL")?,
-                ),
-                None => Box::new(open_store(&data_dir).await?),
-            };
-            keys_create(store.as_ref(), &workspace, kind, json).await
+            let store = key_store(&data_dir, database_url).await?;
+            keys_create(store.as_ref(), &workspace, kind, admin, expires_at, json).await
+        }
+        Command::Keys(KeysCommand::List {
+            data_dir,
+            database_url,
+            workspace,
+            json,
+        }) => {
+            let store = key_store(&data_dir, database_url).await?;
+            keys_list(store.as_ref(), &workspace, json).await
+        }
+        Command::Keys(KeysCommand::Revoke {
+            data_dir,
+            database_url,
+            workspace,
+            key_id,
+        }) => {
+            let store = key_store(&data_dir, database_url).await?;
+            let ws = store
+                .workspace_by_name(&workspace)
+                .await?
+                .with_context(|| format!("no workspace named {workspace:?}"))?;
+            let id = callstream_core::id::KeyId::parse(&key_id)
+                .map_err(|_| anyhow::anyhow!("{key_id:?} is not a key id (key_…)"))?;
+            if !store
+                .revoke_key(&ws.id, &id, callstream_core::time::now())
+                .await?
+            {
+                bail!("no key {key_id} in workspace {workspace:?}");
+            }
+            println!("revoked {key_id}: it is refused from now on, and its streams close");
+            Ok(())
         }
         Command::Migrate { database_url } => {
             init_logs();
@@ -249,35 +328,99 @@ async fn open_store(data_dir: &Path) -> Result<SqliteStore> {
     Ok(SqliteStore::open(&data_dir.join("callstream.db")).await?)
 }
 
-/// Creates a workspace (if needed) and a key; returns `(workspace, secret)`.
+/// Creates a workspace (if needed) and a key; returns `(workspace, key id, secret)`.
 async fn create_key(
     store: &dyn Store,
     workspace: &str,
     kind: KeyKind,
-) -> Result<(callstream_core::Workspace, String)> {
+    admin: bool,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(
+    callstream_core::Workspace,
+    callstream_core::id::KeyId,
+    String,
+)> {
     if workspace.trim().is_empty() || workspace.len() > 100 {
         bail!("--workspace must be 1 to 100 characters");
     }
     let ws = store.ensure_workspace(workspace).await?;
-    let key = auth::mint(&ws.id, kind);
+    let key = auth::mint_with(&ws.id, kind, admin, expires_at);
     store.insert_key(&key.record).await?;
-    Ok((ws, key.secret))
+    Ok((ws, key.record.id, key.secret))
 }
 
-async fn keys_create(store: &dyn Store, workspace: &str, kind: KeyKind, json: bool) -> Result<()> {
-    let (ws, secret) = create_key(store, workspace, kind).await?;
+async fn keys_create(
+    store: &dyn Store,
+    workspace: &str,
+    kind: KeyKind,
+    admin: bool,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
+) -> Result<()> {
+    let (ws, key_id, secret) = create_key(store, workspace, kind, admin, expires_at).await?;
     if json {
         println!(
             "{}",
-            serde_json::json!({ "workspace_id": ws.id, "auth_id": ws.auth_id, "key": secret })
+            serde_json::json!({ "workspace_id": ws.id, "auth_id": ws.auth_id, "key": secret, "key_id": key_id })
         );
     } else {
         println!(
-            "workspace  {} ({})\nauth_id    {}\n{} key    {secret}\n\nThe key is shown once; only its hash is stored.",
+            "workspace  {} ({})\nauth_id    {}\n{} key    {secret}\nkey id     {key_id}\n\nThe key is shown once; only its hash is stored.",
             ws.name,
             ws.id,
             ws.auth_id,
             kind.as_str()
+        );
+    }
+    Ok(())
+}
+
+async fn keys_list(store: &dyn Store, workspace: &str, json: bool) -> Result<()> {
+    let ws = store
+        .workspace_by_name(workspace)
+        .await?
+        .with_context(|| format!("no workspace named {workspace:?}"))?;
+    let keys = store.keys(&ws.id).await?;
+    let now = callstream_core::time::now();
+    let state = |k: &callstream_store::KeyRecord| {
+        if k.revoked_at.is_some() {
+            "revoked"
+        } else if k.live_at(now) {
+            "active"
+        } else {
+            "expired"
+        }
+    };
+    let fmt =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| callstream_core::time::format(&t));
+    if json {
+        let list: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "key_id": k.id, "kind": k.kind.as_str(), "admin": k.admin, "hint": k.hint,
+                    "created_at": callstream_core::time::format(&k.created_at),
+                    "expires_at": fmt(k.expires_at), "revoked_at": fmt(k.revoked_at),
+                    "state": state(k),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    println!("workspace {} ({})", ws.name, ws.id);
+    for k in &keys {
+        println!(
+            "{}  {:<7} {}{}  {}…  created {}{}",
+            k.id,
+            k.kind.as_str(),
+            state(k),
+            if k.admin { " admin" } else { "" },
+            k.hint,
+            callstream_core::time::format(&k.created_at),
+            k.expires_at
+                .map(|t| format!("  expires {}", callstream_core::time::format(&t)))
+                .unwrap_or_default(),
         );
     }
     Ok(())
@@ -327,8 +470,8 @@ async fn demo(mut config: Config) -> Result<()> {
     config.allow_private_webhook_targets = true;
     let server = callstream_server::start(config).await?;
     let store = server.state().store();
-    let (workspace, api_key) = create_key(store, "demo", KeyKind::Api).await?;
-    let (_, runtime_key) = create_key(store, "demo", KeyKind::Runtime).await?;
+    let (workspace, _, api_key) = create_key(store, "demo", KeyKind::Api, false, None).await?;
+    let (_, _, runtime_key) = create_key(store, "demo", KeyKind::Runtime, false, None).await?;
     let base = format!("http://{}", server.addr());
     let runtime =
         Runtime::new(&base, &runtime_key)?.with_audio(callstream_simulator::audio::Source::Synth);

@@ -29,6 +29,8 @@ mod faults;
 mod http;
 #[path = "it/ingest.rs"]
 mod ingest;
+#[path = "it/keys.rs"]
+mod keys;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
 #[path = "it/limits.rs"]

@@ -72,6 +72,7 @@ pub async fn socket(
         call: id,
         may_command: who.kind == KeyKind::Api && who.call_scope.is_none(),
         expires_at: who.expires_at,
+        key: who.key_id.clone(),
         since,
         last_seq: call.last_seq,
         ended_at_connect: !call.status.is_active(),
@@ -81,6 +82,8 @@ pub async fn socket(
 }
 
 struct Session {
+    /// The key the socket was opened with, or that minted its stream token.
+    key: callstream_core::id::KeyId,
     state: AppState,
     workspace: WorkspaceId,
     call: CallId,
@@ -143,6 +146,7 @@ impl Session {
         let limits = Limits {
             messages_per_sec: self.state.config().ws_client_messages_per_sec,
             expires_at: self.expires_at,
+            key: self.key.clone(),
         };
         let state = self.state.clone();
         let mut surface = self;

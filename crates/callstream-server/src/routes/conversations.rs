@@ -253,9 +253,10 @@ pub async fn stream(
         &LABELS,
         prefix,
         Some(subscription),
-        None,
+        who.expires_at,
         ConversationFrames,
     )
+    .revocable(&state, &who.key_id)
     .into_response())
 }
 

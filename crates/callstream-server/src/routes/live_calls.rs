@@ -114,10 +114,16 @@ pub async fn socket(
     let upgrade = require_upgrade(upgrade)?;
     let user = user.unwrap_or_else(|| DEFAULT_USER.to_owned());
     Ok(configure(upgrade, &state, COMMAND_READS)
-        .on_upgrade(move |socket| run(state, call, user, socket)))
+        .on_upgrade(move |socket| run(state, call, user, who, socket)))
 }
 
-async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
+async fn run(
+    state: AppState,
+    call: Call,
+    user: String,
+    who: crate::auth::Principal,
+    mut socket: WebSocket,
+) {
     let metrics = state.metrics();
     let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
     let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
@@ -172,7 +178,8 @@ async fn run(state: AppState, call: Call, user: String, mut socket: WebSocket) {
     }
     let limits = Limits {
         messages_per_sec: config.ws_client_messages_per_sec,
-        expires_at: None,
+        expires_at: who.expires_at,
+        key: who.key_id,
     };
     let mut surface = LiveCall {
         state: state.clone(),

@@ -85,8 +85,12 @@ pub async fn socket(
         .on_upgrade(move |socket| run(state, decision, call_sid, socket)))
 }
 
-/// The call to stream and, for a stream token, when the socket must close.
-type Admitted = (Call, Option<chrono::DateTime<chrono::Utc>>);
+/// The call to stream, when the credential stops working, and the key behind it.
+type Admitted = (
+    Call,
+    Option<chrono::DateTime<chrono::Utc>>,
+    callstream_core::id::KeyId,
+);
 
 async fn decide(
     state: &AppState,
@@ -117,7 +121,7 @@ async fn decide(
         .check_call(&call.id)
         .map_err(|_| "access denied: the token is for another call")?;
     state.live().overlay(&mut call);
-    Ok((call, principal.expires_at))
+    Ok((call, principal.expires_at, principal.key_id))
 }
 
 async fn run(
@@ -126,7 +130,7 @@ async fn run(
     call_sid: String,
     mut socket: WebSocket,
 ) {
-    let (call, expires_at) = match decision {
+    let (call, expires_at, key) = match decision {
         Ok(admitted) => admitted,
         Err(reason) => {
             let _ = socket.send(close(close_code::POLICY, reason)).await;
@@ -206,6 +210,7 @@ async fn run(
     let limits = Limits {
         messages_per_sec: config.live_transcript_messages_per_sec,
         expires_at,
+        key,
     };
     let mut surface = LiveTranscript {
         state: state.clone(),

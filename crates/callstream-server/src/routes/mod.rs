@@ -6,6 +6,7 @@ pub mod call_socket;
 pub mod calls;
 pub mod conversations;
 pub mod demo;
+pub mod keys;
 pub mod live_calls;
 pub mod live_transcript;
 pub mod ops;

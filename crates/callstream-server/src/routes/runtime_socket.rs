@@ -69,8 +69,9 @@ pub async fn socket(
     let acks = acks(query.as_deref())?;
     let upgrade = require_upgrade(upgrade)?;
     let workspace = who.workspace_id;
+    let key = (who.key_id, who.expires_at);
     Ok(configure(upgrade, &state, INGEST_READS)
-        .on_upgrade(move |socket| run(state, workspace, acks, socket)))
+        .on_upgrade(move |socket| run(state, workspace, key, acks, socket)))
 }
 
 /// Answers gathered into one write at most, before the loop looks at shutdown and commands.
@@ -92,7 +93,16 @@ struct AudioCalls {
     checked: HashMap<CallId, bool>,
 }
 
-async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: WebSocket) {
+async fn run(
+    state: AppState,
+    workspace: WorkspaceId,
+    (key, expires_at): (
+        callstream_core::id::KeyId,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ),
+    acks: Acks,
+    mut socket: WebSocket,
+) {
     let _open = OpenStream::new(state.metrics().open_streams.get_or_create(&LABELS).clone());
     let mut link = match state.commands().connect(&workspace).await {
         Ok(link) => link,
@@ -112,11 +122,22 @@ async fn run(state: AppState, workspace: WorkspaceId, acks: Acks, mut socket: We
     let grouped = state.config().clustered();
     // Pings keep NAT and proxies from dropping an idle runtime.
     let mut ping = ping_timer(&state);
+    let revoked = state.revocations().watch(&key);
+    let expiry = tokio::time::sleep(crate::routes::ws::until(expires_at));
+    tokio::pin!(expiry);
     loop {
         let outgoing = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
                 let _ = socket.send(going_away()).await;
+                return;
+            }
+            () = revoked.cancelled() => {
+                let _ = socket.send(close(close_code::POLICY, "the runtime key was revoked")).await;
+                return;
+            }
+            () = &mut expiry => {
+                let _ = socket.send(close(close_code::POLICY, "the runtime key has expired")).await;
                 return;
             }
             Some(down) = link.next() => match down {

@@ -32,8 +32,13 @@ pub async fn create(
     let token = auth::random_secret(SESSION_PREFIX);
     let ttl = state.config().session_ttl_secs;
     let now = time::now();
-    let expires_at = now
-        + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2).min(365 * 86_400));
+    // A session never outlives the key that opened it.
+    let expires_at = (now
+        + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2).min(365 * 86_400)))
+    .min(
+        who.expires_at
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+    );
     state
         .store()
         .insert_session(&SessionRecord {

@@ -61,6 +61,9 @@ pub struct SseStream<S> {
     /// A stream token's expiry: the stream ends then with `event: error` `token_expired`. Only
     /// streams opened with a token have one (a timer is memory every idle stream would pay).
     expiry: Option<Pin<Box<Sleep>>>,
+    /// The revocation of the key the stream was opened with (or that minted its token or
+    /// session): the stream ends then with `event: error` `key_revoked`.
+    revoked: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The surface's last frame being worked out, once the subscription has ended.
     ending: Option<AtEnd>,
     sent: Counter,
@@ -95,6 +98,7 @@ impl<S: SseSurface> SseStream<S> {
             heartbeat,
             shutdown: Box::pin(state.shutdown().clone().cancelled_owned()),
             expiry: expires_at.map(|at| Box::pin(tokio::time::sleep(until(Some(at))))),
+            revoked: None,
             ending: None,
             sent: metrics.frames_sent.get_or_create(labels).clone(),
             busy: false,
@@ -102,6 +106,13 @@ impl<S: SseSurface> SseStream<S> {
             surface,
             _open: OpenStream::new(metrics.open_streams.get_or_create(labels).clone()),
         }
+    }
+
+    /// Ends the stream when `key` is revoked.
+    #[must_use]
+    pub fn revocable(mut self, state: &AppState, key: &callstream_core::id::KeyId) -> Self {
+        self.revoked = Some(Box::pin(state.revocations().watch(key).cancelled_owned()));
+        self
     }
 
     /// The `200 text/event-stream` response that streams this.
@@ -143,6 +154,14 @@ impl<S: SseSurface> Stream for SseStream<S> {
             return this.last(native::error_sse(
                 "going_away",
                 "the server is shutting down; reconnect with Last-Event-ID to resume",
+            ));
+        }
+        if let Some(revoked) = this.revoked.as_mut()
+            && revoked.as_mut().poll(cx).is_ready()
+        {
+            return this.last(native::error_sse(
+                "key_revoked",
+                "the API key this stream was opened with was revoked",
             ));
         }
         if let Some(expiry) = this.expiry.as_mut()

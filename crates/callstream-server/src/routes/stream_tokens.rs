@@ -45,7 +45,11 @@ pub async fn create(
     let call = load_call(&state, &who.workspace_id, &call_id).await?;
     let secret = auth::random_secret(STREAM_TOKEN_PREFIX);
     let now = time::now();
-    let expires_at = now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX));
+    // A token never outlives the key that minted it.
+    let expires_at = (now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX))).min(
+        who.expires_at
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+    );
     state
         .store()
         .insert_stream_token(&StreamTokenRecord {

@@ -107,6 +107,7 @@ pub async fn stream(
         who.expires_at,
         surface,
     )
+    .revocable(&state, &who.key_id)
     .into_response())
 }
 

@@ -241,11 +241,14 @@ pub trait SocketSurface: Send {
     }
 }
 
-/// What one socket may do: its message rate, and when its credential expires.
+/// What one socket may do: its message rate, and when its credential stops working.
 pub struct Limits {
     pub messages_per_sec: u32,
-    /// A stream token's expiry: the socket closes with 1008 then.
+    /// The credential's expiry (a stream token's, a session's, a key's): 1008 then.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The key the socket was opened with (or that minted its token or session): its
+    /// revocation closes the socket with 1008.
+    pub key: callstream_core::id::KeyId,
 }
 
 /// Runs a viewer socket until the call ends, the client leaves, the server shuts down or a rule
@@ -269,6 +272,7 @@ pub async fn drive<S: SocketSurface>(
     let shutdown = state.shutdown().clone();
     let expiry = tokio::time::sleep(until(limits.expires_at));
     tokio::pin!(expiry);
+    let revoked = state.revocations().watch(&limits.key);
 
     loop {
         let outgoing = tokio::select! {
@@ -279,6 +283,10 @@ pub async fn drive<S: SocketSurface>(
             }
             () = &mut expiry => {
                 let _ = socket.send(close(close_code::POLICY, "the stream token has expired")).await;
+                return;
+            }
+            () = revoked.cancelled() => {
+                let _ = socket.send(close(close_code::POLICY, "the key was revoked")).await;
                 return;
             }
             Some(reply) = reply_rx.recv() => text(reply),

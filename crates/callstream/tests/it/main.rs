@@ -17,6 +17,7 @@ mod conversations;
 mod ending;
 mod http;
 mod ingest;
+mod keys;
 mod lifecycle;
 mod limits;
 mod live_calls;

@@ -1,0 +1,133 @@
+//! `/v1/keys`: a workspace's keys, managed with an admin key (`callstream keys create --admin`).
+//!
+//! `GET /v1/keys` lists them (never a secret: an id, a hint of the first characters, the kind,
+//! the times, the state); `POST /v1/keys` creates one and shows its secret once; `DELETE
+//! /v1/keys/{id}` revokes one: it is refused at once, and every stream opened with it (or with a
+//! stream token or session it minted) closes within a second, on every node.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use callstream_core::id::KeyId;
+use callstream_core::{KeyKind, time};
+use callstream_store::KeyRecord;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{self, ApiKey, Principal};
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn admin_only(who: &Principal) -> Result<(), ApiError> {
+    if who.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "managing keys takes an admin key (callstream keys create --admin)",
+        ))
+    }
+}
+
+/// A key as listed: everything but its hash.
+fn listed(k: &KeyRecord) -> Value {
+    let now = time::now();
+    let state = if k.revoked_at.is_some() {
+        "revoked"
+    } else if k.live_at(now) {
+        "active"
+    } else {
+        "expired"
+    };
+    json!({
+        "key_id": k.id,
+        "kind": k.kind.as_str(),
+        "admin": k.admin,
+        "hint": k.hint,
+        "created_at": time::format(&k.created_at),
+        "expires_at": k.expires_at.as_ref().map(time::format),
+        "revoked_at": k.revoked_at.as_ref().map(time::format),
+        "state": state,
+    })
+}
+
+/// `GET /v1/keys` (admin key): the workspace's keys, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_only(&who)?;
+    let keys = state.store().keys(&who.workspace_id).await?;
+    Ok(Json(
+        json!({ "keys": keys.iter().map(listed).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// `api` or `runtime`.
+    kind: String,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// `POST /v1/keys` (admin key): a new key; its secret is in this answer only.
+pub async fn create(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_only(&who)?;
+    let kind = match body.kind.as_str() {
+        "api" => KeyKind::Api,
+        "runtime" => KeyKind::Runtime,
+        _ => return Err(ApiError::bad_request("body.kind: expected api or runtime")),
+    };
+    if body.admin && kind != KeyKind::Api {
+        return Err(ApiError::bad_request(
+            "body.admin: only an API key may be an admin key",
+        ));
+    }
+    let expires_at: Option<DateTime<Utc>> = match &body.expires_at {
+        None => None,
+        Some(text) => {
+            let at = time::parse(text)
+                .map_err(|e| ApiError::bad_request(format!("body.expires_at: {e}")))?;
+            if at <= time::now() {
+                return Err(ApiError::bad_request("body.expires_at: already past"));
+            }
+            Some(at)
+        }
+    };
+    let key = auth::mint_with(&who.workspace_id, kind, body.admin, expires_at);
+    state.store().insert_key(&key.record).await?;
+    let mut answer = listed(&key.record);
+    answer["key"] = json!(key.secret);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// `DELETE /v1/keys/{id}` (admin key): revokes the key. 204; 404 for an unknown or another
+/// workspace's key. Revoking a revoked key again changes nothing.
+pub async fn revoke(
+    State(state): State<AppState>,
+    ApiKey(who): ApiKey,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    admin_only(&who)?;
+    let id = KeyId::parse(&id).map_err(|_| ApiError::not_found("key"))?;
+    if !state
+        .store()
+        .revoke_key(&who.workspace_id, &id, time::now())
+        .await?
+    {
+        return Err(ApiError::not_found("key"));
+    }
+    // This node's streams close now; the others' when their watch next looks.
+    state.revocations().revoke(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
