@@ -120,11 +120,67 @@ async fn query_tokens_only_on_the_browser_stream() {
 }
 
 #[tokio::test]
-async fn keys_never_reach_the_logs() {
-    let ts = TestServer::start().await;
-    let call = ts.create_call("sip").await;
-    let id = call["id"].as_str().unwrap();
-    // Keys in headers, in allowed and refused query strings, valid and invalid.
+async fn no_key_token_secret_or_session_reaches_the_logs() {
+    use futures::SinkExt;
+    let ts = TestServer::start_with(|c| {
+        c.webhook_poll_ms = 20;
+    })
+    .await;
+    let call = ts
+        .post(
+            "/v1/calls",
+            &ts.acme.runtime,
+            &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip", "external_id": "CA0123456789abcdef0123456789abcdef"}),
+        )
+        .await
+        .1;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let lct = call["live_conversation_token"].as_str().unwrap().to_owned();
+
+    // A webhook endpoint (its whsec_ secret signs a delivery below).
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    tokio::spawn(
+        axum::serve(
+            hook,
+            axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" })),
+        )
+        .into_future(),
+    );
+    let (_, endpoint) = ts
+        .post(
+            "/v1/webhook-endpoints",
+            &ts.acme.api,
+            &json!({"url": hook_url}),
+        )
+        .await;
+    let whsec = endpoint["secret"].as_str().unwrap().to_owned();
+
+    // A stream token and a session.
+    let (_, token) = ts
+        .post("/v1/stream-tokens", &ts.acme.api, &json!({"call_id": id}))
+        .await;
+    let st = token["token"].as_str().unwrap().to_owned();
+    let session = ts
+        .http
+        .post(ts.url("/v1/session"))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    let cookie = session
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ss = cookie.split_once('=').unwrap().1.to_owned();
+
+    // Over HTTP: keys in headers, in allowed and refused query strings, valid and invalid.
     let _ = ts.get(&format!("/v1/calls/{id}"), &ts.acme.api).await;
     let _ = ts
         .http
@@ -132,37 +188,120 @@ async fn keys_never_reach_the_logs() {
         .send()
         .await
         .unwrap();
-    let s = crate::support::SseReader::open(ts.http.get(ts.url(&format!(
-        "/v1/calls/{id}/transcript/stream?token={}",
-        ts.acme.api
-    ))))
+    for query in [format!("token={}", ts.acme.api), format!("token={st}")] {
+        let s = crate::support::SseReader::open(
+            ts.http
+                .get(ts.url(&format!("/v1/calls/{id}/transcript/stream?{query}"))),
+        )
+        .await;
+        drop(s);
+    }
+    let speech = crate::support::SseReader::open(
+        ts.http
+            .get(ts.url(&format!("/v1/speech-events/stream?call_id={id}")))
+            .header("cookie", &cookie),
+    )
     .await;
-    drop(s);
+    drop(speech);
     let _ = ts
         .get("/v1/calls", "pk_live_not_a_real_key_1234567890")
         .await;
-    let _ = ts
-        .post(
-            &format!("/v1/calls/{id}/events"),
-            &ts.acme.runtime,
-            &json!({"event_type": "call.dtmf", "payload": {"digits": "1"}}),
+    let _ = ts.get("/v1/calls", "st_not_a_real_token_1234567890").await;
+
+    // Over WebSockets: the call socket with a key and a token, seed 001 with the live
+    // conversation token, seed 003 with the key as a subprotocol, the runtime socket.
+    for query in [format!("token={}", ts.acme.api), format!("token={st}")] {
+        let ws = crate::support::call_socket(&ts, &id, &query).await;
+        drop(ws);
+    }
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = ts
+            .ws_url(&format!("/ws/v1/liveCalls?conversationToken={lct}"))
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", ts.acme.api).parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        drop(ws);
+        let mut request = ts
+            .ws_url("/live-transcript/CA0123456789abcdef0123456789abcdef")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("callstream.live-transcript, {}", ts.acme.api)
+                .parse()
+                .unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        drop(ws);
+    }
+    let mut runtime = crate::support::ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    runtime
+        .send(crate::support::WsMessage::Text(
+            json!({"type": "events", "call_id": id, "events": [{"event_type": "call.dtmf", "payload": {"digits": "1"}}]})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let _ = crate::support::ws_json(&mut runtime).await;
+    // A delivery signed with the endpoint's secret.
+    assert!(
+        crate::support::wait_for_metric(
+            &ts,
+            "callstream_webhook_attempts_total{outcome=\"delivered\"}",
+            |n| n >= 1.0
         )
+        .await
+    );
+    // The session ends (a cookie on the way out).
+    let _ = ts
+        .http
+        .delete(ts.url("/v1/session"))
+        .header("cookie", &cookie)
+        .send()
         .await;
 
-    let logs = String::from_utf8_lossy(&crate::support::logs().lock().unwrap()).into_owned();
+    let all = String::from_utf8_lossy(&crate::support::logs().lock().unwrap()).into_owned();
+    // This process is also the test's WebSocket client, whose handshakes tungstenite writes out
+    // at TRACE, keys and all (this test opened no audio stream, the gateway's only WebSocket
+    // client): those lines are the test's own, not the gateway's.
+    let logs: String = all
+        .lines()
+        .filter(|l| !l.contains("tungstenite::handshake::client"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert!(
         logs.contains(&format!("/v1/calls/{id}")),
         "the request log lines are captured"
     );
-    for secret in [
-        ts.acme.api.as_str(),
-        ts.acme.runtime.as_str(),
-        ts.other.api.as_str(),
-        "pk_live_not_a_real_key_1234567890",
+    assert!(
+        logs.contains("tungstenite"),
+        "records of the log crate are captured (tungstenite logs through it)"
+    );
+    for (what, secret) in [
+        ("an API key", ts.acme.api.as_str()),
+        ("a runtime key", ts.acme.runtime.as_str()),
+        ("another workspace's key", ts.other.api.as_str()),
+        ("an invalid key", "pk_live_not_a_real_key_1234567890"),
+        ("a stream token", st.as_str()),
+        ("an invalid stream token", "st_not_a_real_token_1234567890"),
+        ("a session", ss.as_str()),
+        ("a webhook secret", whsec.as_str()),
+        ("a live conversation token", lct.as_str()),
     ] {
-        assert!(!logs.contains(secret), "a key appeared in the logs");
+        let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(secret)).take(3).collect();
+        assert!(leaks.is_empty(), "{what} appeared in the logs: {leaks:#?}");
     }
-    assert!(!logs.contains("pk_live_"), "no key prefix in logs at all");
+    for prefix in ["pk_live_", "rk_live_", "whsec_"] {
+        assert!(!logs.contains(prefix), "no {prefix} in logs at all");
+    }
 }
 
 #[tokio::test]

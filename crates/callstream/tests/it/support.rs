@@ -12,18 +12,20 @@ use callstream_server::{Config, Server, auth};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-/// Every log line written by any test in this binary, at TRACE for callstream and the HTTP stack.
+/// Every log line written by any test in this binary, at TRACE for callstream and the HTTP stack,
+/// and every record of the `log` crate (tungstenite, native-tls and others log through it),
+/// turned into the same lines.
 pub fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
+        // `try_init` also installs the bridge from the `log` crate (tracing-log).
+        let _ = tracing_subscriber::fmt()
             .with_env_filter("trace,sqlx=debug")
             .with_ansi(false)
             .with_writer(move || CaptureWriter(writer.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
+            .try_init();
         buffer
     })
 }
