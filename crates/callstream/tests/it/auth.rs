@@ -296,7 +296,11 @@ async fn no_key_token_secret_or_session_reaches_the_logs() {
         ("a webhook secret", whsec.as_str()),
         ("a live conversation token", lct.as_str()),
     ] {
-        let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(secret)).take(3).collect();
+        let leaks: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(secret))
+            .take(3)
+            .collect();
         assert!(leaks.is_empty(), "{what} appeared in the logs: {leaks:#?}");
     }
     for prefix in ["pk_live_", "rk_live_", "whsec_"] {
