@@ -213,6 +213,51 @@ pub struct Failed {
     pub reason: String,
 }
 
+/// What every event type of a runtime's own starts with: `custom.` then 1 to 64 of a-z, 0-9,
+/// `_`, `.` and `-` (`custom.sentiment_scored`).
+pub const CUSTOM_PREFIX: &str = "custom.";
+
+/// Whether `name` is a well-formed custom event type.
+pub fn is_custom_name(name: &str) -> bool {
+    name.strip_prefix(CUSTOM_PREFIX).is_some_and(|rest| {
+        (1..=64).contains(&rest.len())
+            && rest.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            })
+    })
+}
+
+/// The payload of an event type of the runtime's own (`custom.…`): any JSON object, carried as
+/// it arrived and never looked into. Such events belong to calls and conversations alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Custom {
+    name: String,
+    fields: Map<String, Value>,
+}
+
+impl Custom {
+    /// Its event type, `custom.…`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn new(name: &str, value: Value) -> Result<Self, EventError> {
+        match value {
+            Value::Object(fields) => Ok(Self {
+                name: name.to_owned(),
+                fields,
+            }),
+            _ => Err(EventError::field("payload", "expected an object")),
+        }
+    }
+}
+
+impl Serialize for Custom {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.fields.serialize(s)
+    }
+}
+
 /// A `message.*` payload: `{message_id, direction, text, status, …}`. The required fields are
 /// checked; the object itself is kept exactly as ingested (field order included), because the
 /// conversation stream nests it verbatim.
@@ -289,32 +334,56 @@ macro_rules! events {
     ($($variant:ident($ty:ty) = $name:literal, $kind:ident;)*) => {
         /// Every event type callstream knows.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum EventType { $($variant),* }
+        pub enum EventType {
+            $($variant,)*
+            /// An event type of the runtime's own (`custom.…`, [`CUSTOM_PREFIX`]).
+            Custom,
+        }
 
         impl EventType {
             pub const ALL: &'static [Self] = &[$(Self::$variant),*];
 
+            /// The type's name; `custom` for every custom type (whose full name is its
+            /// payload's, [`Payload::type_name`]).
             pub const fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),* }
+                match self { $(Self::$variant => $name,)* Self::Custom => "custom" }
             }
 
             pub fn parse(text: &str) -> Option<Self> {
-                match text { $($name => Some(Self::$variant),)* _ => None }
+                match text {
+                    $($name => Some(Self::$variant),)*
+                    _ if is_custom_name(text) => Some(Self::Custom),
+                    _ => None,
+                }
             }
 
-            /// Whether this type belongs to a call or to a conversation.
+            /// Whether this type belongs to a call or to a conversation (a custom type: to a
+            /// call here, but it fits both, [`EventType::fits`]).
             pub const fn subject_kind(self) -> SubjectKind {
-                match self { $(Self::$variant => SubjectKind::$kind),* }
+                match self { $(Self::$variant => SubjectKind::$kind,)* Self::Custom => SubjectKind::Call }
+            }
+
+            /// Whether events of this type may belong to a subject of `kind`.
+            pub fn fits(self, kind: SubjectKind) -> bool {
+                self == Self::Custom || self.subject_kind() == kind
             }
         }
 
         /// A typed event payload; its variant is its event type.
         #[derive(Debug, Clone, PartialEq)]
-        pub enum Payload { $($variant($ty)),* }
+        pub enum Payload { $($variant($ty),)* Custom(Custom) }
 
         impl Payload {
             pub const fn event_type(&self) -> EventType {
-                match self { $(Self::$variant(_) => EventType::$variant),* }
+                match self { $(Self::$variant(_) => EventType::$variant,)* Self::Custom(_) => EventType::Custom }
+            }
+
+            /// The event type's full name, as the wire carries it (`custom.…` for a custom one).
+            pub fn type_name(&self) -> &str {
+                match self {
+                    Self::Custom(c) => c.name(),
+                    other => other.event_type().as_str(),
+                }
             }
 
             /// Parses and checks a payload from outside for the named event type.
@@ -342,11 +411,15 @@ macro_rules! events {
             /// # Errors
             /// `d`'s error for a payload of the wrong shape or one that fails its checks.
             pub fn deserialize_as<'de, D: serde::Deserializer<'de>>(
+                name: &str,
                 ty: EventType,
                 d: D,
             ) -> Result<Self, D::Error> {
                 let parsed = match ty {
-                    $(EventType::$variant => Self::$variant(<$ty as Decode>::decode_from(d)?)),*
+                    $(EventType::$variant => Self::$variant(<$ty as Decode>::decode_from(d)?),)*
+                    EventType::Custom => Self::Custom(
+                        Custom::new(name, Value::deserialize(d)?).map_err(serde::de::Error::custom)?,
+                    ),
                 };
                 parsed.validate().map_err(serde::de::Error::custom)?;
                 Ok(parsed)
@@ -355,7 +428,10 @@ macro_rules! events {
             fn parse_from(event_type: &str, payload: Source<'_>) -> Result<Self, EventError> {
                 let ty = EventType::parse(event_type)
                     .ok_or_else(|| EventError::UnknownType(event_type.to_owned()))?;
-                let parsed = match ty { $(EventType::$variant => Self::$variant(payload.decode()?)),* };
+                let parsed = match ty {
+                    $(EventType::$variant => Self::$variant(payload.decode()?),)*
+                    EventType::Custom => Self::Custom(Custom::new(event_type, payload.value()?)?),
+                };
                 parsed.validate()?;
                 Ok(parsed)
             }
@@ -363,7 +439,7 @@ macro_rules! events {
 
         impl Serialize for Payload {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                match self { $(Self::$variant(p) => p.serialize(s)),* }
+                match self { $(Self::$variant(p) => p.serialize(s),)* Self::Custom(c) => c.serialize(s) }
             }
         }
     };
@@ -402,6 +478,15 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
+    fn value(self) -> Result<Value, EventError> {
+        match self {
+            Self::Value(value) => Ok(value),
+            Self::Json(json) => {
+                serde_json::from_str(json).map_err(|e| EventError::field("payload", e.to_string()))
+            }
+        }
+    }
+
     fn decode<T: Decode>(self) -> Result<T, EventError> {
         match self {
             Self::Value(value) => T::from_value(value),
@@ -620,7 +705,7 @@ impl Envelope {
         payload: Payload,
     ) -> Result<Self, EventError> {
         let ty = payload.event_type();
-        if ty.subject_kind() != subject.kind() {
+        if !ty.fits(subject.kind()) {
             return Err(EventError::WrongSubject {
                 event_type: ty.as_str(),
                 expected: ty.subject_kind().as_str(),
@@ -667,7 +752,7 @@ impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(7))?;
         map.serialize_entry("event_id", &self.event_id)?;
-        map.serialize_entry("event_type", self.event_type().as_str())?;
+        map.serialize_entry("event_type", self.payload.type_name())?;
         map.serialize_entry("workspace_id", &self.workspace_id)?;
         match &self.subject {
             Subject::Call(id) => map.serialize_entry("call_id", id)?,
@@ -814,6 +899,53 @@ mod tests {
                 got.starts_with(expect),
                 "{ty}: got {got:?}, expected prefix {expect:?}"
             );
+        }
+    }
+
+    #[test]
+    fn custom_types_carry_their_own_name_and_fit_calls_and_conversations() {
+        for good in ["custom.sentiment", "custom.acme.score_v2", "custom.a-b"] {
+            assert_eq!(EventType::parse(good), Some(EventType::Custom), "{good}");
+            let p = Payload::parse(good, json!({"score": 0.8, "nested": {"x": [1]}})).unwrap();
+            assert_eq!(p.type_name(), good);
+            assert!(!p.is_terminal());
+        }
+        for bad in [
+            "custom.",
+            "custom",
+            "custom.UPPER",
+            "custom.with space",
+            "x.sentiment",
+        ] {
+            assert_eq!(EventType::parse(bad), None, "{bad}");
+        }
+        let long = format!("custom.{}", "a".repeat(65));
+        assert_eq!(EventType::parse(&long), None);
+        assert_eq!(
+            err("custom.sentiment", json!([1, 2])),
+            "payload: expected an object"
+        );
+        assert!(EventType::Custom.fits(SubjectKind::Call));
+        assert!(EventType::Custom.fits(SubjectKind::Conversation));
+        assert!(!EventType::Dtmf.fits(SubjectKind::Conversation));
+        // On the wire its event_type is its full name, for a call and a conversation alike.
+        for subject in [
+            Subject::Call(CallId::new()),
+            Subject::Conversation(ConversationId::new()),
+        ] {
+            let env = Envelope::new(
+                WorkspaceId::new(),
+                subject,
+                2,
+                time::now(),
+                Payload::parse("custom.sentiment", json!({"score": 0.8})).unwrap(),
+            )
+            .unwrap();
+            let wire: Value = serde_json::from_slice(&env.to_json()).unwrap();
+            assert_eq!(wire["event_type"], "custom.sentiment");
+            assert_eq!(wire["payload"], json!({"score": 0.8}));
+            let back: Envelope = serde_json::from_slice(&env.to_json()).unwrap();
+            assert_eq!(back.payload.type_name(), "custom.sentiment");
         }
     }
 

@@ -55,6 +55,7 @@ impl<'de> Visitor<'de> for EventVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IncomingEvent, A::Error> {
         let mut ty: Option<EventType> = None;
+        let mut type_name: Option<String> = None;
         // The payload is taken as text (kept verbatim) and decoded once its type is known.
         let mut payload: Option<Box<RawValue>> = None;
         let mut timestamp: Option<Option<String>> = None;
@@ -67,9 +68,12 @@ impl<'de> Visitor<'de> for EventVisitor {
                     // Borrowed: a type name with escapes in it is refused here and named by
                     // the careful path.
                     let name: &str = map.next_value()?;
-                    ty = Some(EventType::parse(name).ok_or_else(|| {
-                        de::Error::unknown_variant(name, &["a known event type"])
-                    })?);
+                    let parsed = EventType::parse(name)
+                        .ok_or_else(|| de::Error::unknown_variant(name, &["a known event type"]))?;
+                    if parsed == EventType::Custom {
+                        type_name = Some(name.to_owned());
+                    }
+                    ty = Some(parsed);
                 }
                 Field::Payload => {
                     if payload.is_some() {
@@ -88,7 +92,8 @@ impl<'de> Visitor<'de> for EventVisitor {
         let ty = ty.ok_or_else(|| de::Error::missing_field("event_type"))?;
         let text = payload.ok_or_else(|| de::Error::missing_field("payload"))?;
         let mut d = serde_json::Deserializer::from_str(text.get());
-        let payload = Payload::deserialize_as(ty, &mut d).map_err(de::Error::custom)?;
+        let payload = Payload::deserialize_as(type_name.as_deref().unwrap_or_default(), ty, &mut d)
+            .map_err(de::Error::custom)?;
         Ok(IncomingEvent {
             payload,
             payload_json: RawPayload::new(text),

@@ -327,8 +327,10 @@ fn accept(
                 "{at}event_type: call.started is emitted by callstream when the call is created (POST /v1/calls)"
             )));
         }
-        ty if matches!(target, Target::Conversation)
-            != (ty.subject_kind() == callstream_core::event::SubjectKind::Conversation) =>
+        ty if !ty.fits(match target {
+            Target::Conversation => callstream_core::event::SubjectKind::Conversation,
+            Target::Call(_) => callstream_core::event::SubjectKind::Call,
+        }) =>
         {
             let expected = if matches!(target, Target::Conversation) {
                 "a conversation"

@@ -343,9 +343,12 @@ impl Metrics {
             let _ = frames_dropped.get_or_create(&labels);
             let _ = rate_limited.get_or_create(&labels);
         }
-        // One series per event type, created up front so ingest increments without a map lookup.
+        // One series per event type, created up front so ingest increments without a map lookup;
+        // every custom type (`custom.…`) counts as `custom` (their names are the runtimes', and
+        // unbounded).
         let ingest_events = EventType::ALL
             .iter()
+            .chain([EventType::Custom].iter())
             .map(|t| {
                 ingest_family
                     .get_or_create(&EventLabels {
@@ -405,9 +408,11 @@ impl Metrics {
     }
 
     pub fn ingested(&self, event_type: EventType) {
-        if let Some(i) = EventType::ALL.iter().position(|t| *t == event_type)
-            && let Some(c) = self.ingest_events.get(i)
-        {
+        let i = EventType::ALL
+            .iter()
+            .position(|t| *t == event_type)
+            .unwrap_or(EventType::ALL.len());
+        if let Some(c) = self.ingest_events.get(i) {
             c.inc();
         }
     }

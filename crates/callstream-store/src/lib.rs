@@ -802,7 +802,7 @@ pub trait Store: Send + Sync + 'static {
 pub fn check_call_batch(events: &[NewEvent]) -> Result<()> {
     for (i, e) in events.iter().enumerate() {
         let ty = e.payload.event_type();
-        if ty.subject_kind() != callstream_core::event::SubjectKind::Call {
+        if !ty.fits(callstream_core::event::SubjectKind::Call) {
             return Err(StoreError::Invalid(format!(
                 "events[{i}].event_type: {ty} is not a call event"
             )));

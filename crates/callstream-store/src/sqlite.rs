@@ -728,7 +728,7 @@ impl Store for SqliteStore {
     ) -> Result<AppendedConversation> {
         for (i, e) in events.iter().enumerate() {
             let ty = e.payload.event_type();
-            if ty.subject_kind() != callstream_core::event::SubjectKind::Conversation {
+            if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
                 return Err(StoreError::Invalid(format!(
                     "events[{i}].event_type: {ty} is not a conversation event"
                 )));
@@ -1524,7 +1524,7 @@ async fn enqueue_webhooks(
         wanted.push((id, types));
     }
     for env in envelopes {
-        let ty = env.event_type().as_str();
+        let ty = env.payload.type_name();
         let payload = env.to_json();
         for (endpoint, types) in &wanted {
             if types.as_ref().is_some_and(|t| !t.iter().any(|x| x == ty)) {

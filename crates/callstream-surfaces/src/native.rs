@@ -61,7 +61,7 @@ pub fn envelope_json(event: &Event) -> Bytes {
 /// One conversation SSE frame's data, exactly the seed's fields: the payload nested verbatim.
 #[derive(Serialize)]
 struct ConversationFrame<'a> {
-    event_type: &'static str,
+    event_type: &'a str,
     conversation_id: &'a str,
     timestamp: String,
     payload: callstream_core::event::WirePayload<'a>,
@@ -75,7 +75,7 @@ pub fn conversation_sse(event: &Event) -> Option<Bytes> {
             return None;
         };
         let frame = ConversationFrame {
-            event_type: env.event_type().as_str(),
+            event_type: env.payload.type_name(),
             conversation_id: id.as_str(),
             timestamp: time::format(&env.timestamp),
             payload: env.wire_payload(),

@@ -387,3 +387,94 @@ async fn next_text(ws: &mut crate::support::Ws) -> String {
         }
     }
 }
+
+#[tokio::test]
+async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
+    let ts = fast_server().await;
+    let hook = receiver(vec![200]).await;
+    endpoint(
+        &ts,
+        json!({"url": hook.url, "event_types": ["custom.sentiment"]}),
+    )
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let mut live = crate::support::call_socket(&ts, id, &format!("token={}", ts.acme.api)).await;
+
+    let payload =
+        r#"{"score": 0.82, "model": "acme-v3", "provider_seq": 123456789012345678901234567890}"#;
+    let sent = ts
+        .http
+        .post(ts.url(&format!("/v1/calls/{id}/events")))
+        .bearer_auth(&ts.acme.runtime)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"[{{"event_type": "custom.sentiment", "payload": {payload}}}]"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let frame = next_text(&mut live).await;
+    let parsed: Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(parsed["event_type"], "custom.sentiment");
+    assert!(frame.contains(&format!("\"payload\":{payload}")), "{frame}");
+    // The endpoint that asked for this type gets it, and only it (not call.started).
+    let got = hook.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].body).contains(&format!("\"payload\":{payload}")));
+    assert_eq!(
+        ts.metric("callstream_ingest_events_total{event_type=\"custom\"}")
+            .await,
+        1.0
+    );
+
+    // Names outside the reserved prefix, or not a name at all, and payloads that are not
+    // objects, are refused.
+    for (event_type, payload) in [
+        ("sentiment", json!({})),
+        ("custom.", json!({})),
+        ("custom.Upper", json!({})),
+        ("custom.sentiment", json!([1])),
+    ] {
+        let (status, err) = ts
+            .post(
+                &format!("/v1/calls/{id}/events"),
+                &ts.acme.runtime,
+                &json!({"event_type": event_type, "payload": payload}),
+            )
+            .await;
+        assert_eq!(
+            (status, err["error_code"].as_str()),
+            (400, Some("invalid_event")),
+            "{event_type}"
+        );
+    }
+
+    // A conversation takes them too, on its stream.
+    let (_, conversation) = ts
+        .post(
+            "/v1/conversations",
+            &ts.acme.runtime,
+            &json!({"channel": "sms", "participants": ["+14155550123"]}),
+        )
+        .await;
+    let cid = conversation["id"].as_str().unwrap();
+    let mut stream = crate::support::SseReader::open(
+        ts.http
+            .get(ts.url(&format!("/v1/conversations/{cid}/stream")))
+            .bearer_auth(&ts.acme.api),
+    )
+    .await;
+    let (status, _) = ts
+        .post(
+            &format!("/v1/conversations/{cid}/events"),
+            &ts.acme.runtime,
+            &json!({"event_type": "custom.intent", "payload": {"intent": "refund"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let frame = stream.next_data().await.unwrap();
+    assert_eq!(frame.json()["event_type"], "custom.intent");
+    assert_eq!(frame.json()["payload"], json!({"intent": "refund"}));
+}
