@@ -274,16 +274,10 @@ async fn payloads_travel_verbatim_with_the_fields_the_gateway_does_not_know() {
     // and field order: none of it is the gateway's to change.
     let payload = r#"{"turn_id": "trn_1", "role": "user", "text": "hi", "is_final": true, "language": "en-GB", "words": [{"w": "hi", "start": 0.25}], "provider_id": 123456789012345678901234567890}"#;
     let body = format!(r#"{{"event_type": "call.transcription", "payload": {payload}}}"#);
-    let sent = ts
-        .http
-        .post(ts.url(&format!("/v1/calls/{id}/events")))
-        .bearer_auth(&ts.acme.runtime)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    assert_eq!(
+        post_raw(&ts, &format!("/v1/calls/{id}/events"), body).await,
+        202
+    );
     // The same over the runtime socket (decoded in one pass with its message).
     let mut runtime = crate::support::ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
         .await
@@ -333,34 +327,18 @@ async fn payloads_travel_verbatim_with_the_fields_the_gateway_does_not_know() {
 
     // A conversation's message: its big number stays a number, digit for digit, in the stream
     // and in the message history.
-    let (status, conversation) = ts
-        .post(
-            "/v1/conversations",
-            &ts.acme.runtime,
-            &json!({"channel": "whatsapp", "participants": ["+14155550123"]}),
-        )
-        .await;
-    assert_eq!(status, 201);
-    let cid = conversation["id"].as_str().unwrap();
-    let mut stream = crate::support::SseReader::open(
-        ts.http
-            .get(ts.url(&format!("/v1/conversations/{cid}/stream")))
-            .bearer_auth(&ts.acme.api),
-    )
-    .await;
+    let (cid, mut stream) = conversation_with_stream(&ts, "whatsapp").await;
+    let cid = cid.as_str();
     let message_payload = r#"{"message_id":"m1","direction":"inbound","status":"received","text":"yo","wa_seq":123456789012345678901234567890}"#;
-    let sent = ts
-        .http
-        .post(ts.url(&format!("/v1/conversations/{cid}/events")))
-        .bearer_auth(&ts.acme.runtime)
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"event_type":"message.received","payload":{message_payload}}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    assert_eq!(
+        post_raw(
+            &ts,
+            &format!("/v1/conversations/{cid}/events"),
+            format!(r#"{{"event_type":"message.received","payload":{message_payload}}}"#)
+        )
+        .await,
+        202
+    );
     let frame = stream.next_data().await.unwrap();
     assert!(frame.data.contains(message_payload), "{}", frame.data);
     let history = ts
@@ -403,18 +381,15 @@ async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
 
     let payload =
         r#"{"score": 0.82, "model": "acme-v3", "provider_seq": 123456789012345678901234567890}"#;
-    let sent = ts
-        .http
-        .post(ts.url(&format!("/v1/calls/{id}/events")))
-        .bearer_auth(&ts.acme.runtime)
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"[{{"event_type": "custom.sentiment", "payload": {payload}}}]"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    assert_eq!(
+        post_raw(
+            &ts,
+            &format!("/v1/calls/{id}/events"),
+            format!(r#"[{{"event_type": "custom.sentiment", "payload": {payload}}}]"#)
+        )
+        .await,
+        202
+    );
     let frame = next_text(&mut live).await;
     let parsed: Value = serde_json::from_str(&frame).unwrap();
     assert_eq!(parsed["event_type"], "custom.sentiment");
@@ -452,20 +427,8 @@ async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
     }
 
     // A conversation takes them too, on its stream.
-    let (_, conversation) = ts
-        .post(
-            "/v1/conversations",
-            &ts.acme.runtime,
-            &json!({"channel": "sms", "participants": ["+14155550123"]}),
-        )
-        .await;
-    let cid = conversation["id"].as_str().unwrap();
-    let mut stream = crate::support::SseReader::open(
-        ts.http
-            .get(ts.url(&format!("/v1/conversations/{cid}/stream")))
-            .bearer_auth(&ts.acme.api),
-    )
-    .await;
+    let (cid, mut stream) = conversation_with_stream(&ts, "sms").await;
+    let cid = cid.as_str();
     let (status, _) = ts
         .post(
             &format!("/v1/conversations/{cid}/events"),
@@ -477,4 +440,41 @@ async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
     let frame = stream.next_data().await.unwrap();
     assert_eq!(frame.json()["event_type"], "custom.intent");
     assert_eq!(frame.json()["payload"], json!({"intent": "refund"}));
+}
+
+/// A new conversation of acme's on `channel`, and its stream, open.
+async fn conversation_with_stream(
+    ts: &TestServer,
+    channel: &str,
+) -> (String, crate::support::SseReader) {
+    let (status, conversation) = ts
+        .post(
+            "/v1/conversations",
+            &ts.acme.runtime,
+            &json!({"channel": channel, "participants": ["+14155550123"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{conversation}");
+    let cid = conversation["id"].as_str().unwrap().to_owned();
+    let stream = crate::support::SseReader::open(
+        ts.http
+            .get(ts.url(&format!("/v1/conversations/{cid}/stream")))
+            .bearer_auth(&ts.acme.api),
+    )
+    .await;
+    (cid, stream)
+}
+
+/// Posts `body` as it is (field order and spacing kept) with the runtime key; the status.
+async fn post_raw(ts: &TestServer, path: &str, body: String) -> u16 {
+    ts.http
+        .post(ts.url(path))
+        .bearer_auth(&ts.acme.runtime)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
