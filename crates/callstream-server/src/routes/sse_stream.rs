@@ -267,3 +267,138 @@ pub fn sse_response(body: Body) -> Response {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    //! The heartbeat rule on tokio's paused clock: what a real server shows in seconds of wall
+    //! time (and with the timing of a loaded machine), shown here in virtual time, exactly.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use callstream_bus::{InProcessBus, InProcessCommands, InProcessConfig, Resume, Topic};
+    use callstream_core::{CallId, Envelope, Payload, Subject, WorkspaceId};
+    use futures::StreamExt;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::metrics::Surface;
+
+    /// Every event as a one-line frame.
+    struct Every;
+
+    impl SseSurface for Every {
+        fn frame(&mut self, event: &Event) -> Step {
+            Step::Send(Bytes::from(format!("data: {}\n\n", event.seq())))
+        }
+
+        fn at_end(&mut self) -> AtEnd {
+            Box::pin(async { None })
+        }
+    }
+
+    const LABELS: SurfaceLabels = SurfaceLabels {
+        surface: Surface::native_transcript_sse,
+    };
+
+    async fn state(dir: &tempfile::TempDir) -> AppState {
+        let store = callstream_store::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .unwrap();
+        let config = crate::Config {
+            sse_heartbeat_secs: 30,
+            ..crate::Config::default()
+        };
+        AppState::new(
+            config,
+            crate::Backends {
+                store: Arc::new(store),
+                bus: Arc::new(InProcessBus::new(InProcessConfig::default())),
+                commands: Arc::new(InProcessCommands::new()),
+                nats: None,
+            },
+            CancellationToken::new(),
+        )
+    }
+
+    fn event(ws: &WorkspaceId, call: &CallId, seq: u64) -> Arc<Event> {
+        Event::new(
+            Envelope::new(
+                ws.clone(),
+                Subject::Call(call.clone()),
+                seq,
+                callstream_core::time::now(),
+                Payload::parse("call.dtmf", serde_json::json!({"digits": "1"})).unwrap(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn is_heartbeat(item: &Bytes) -> bool {
+        item.as_ref() == sse::comment("heartbeat").as_ref()
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_beats_each_period_and_a_busy_one_never_until_it_idles() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir).await;
+        let (ws, call) = (WorkspaceId::new(), CallId::new());
+        let topic = Topic::call(&ws, &call);
+        let subscription = state
+            .subscribe(&topic, Resume::Live, &LABELS)
+            .await
+            .unwrap();
+        tokio::time::pause();
+        let mut stream = SseStream::new(
+            &state,
+            &LABELS,
+            VecDeque::new(),
+            Some(subscription),
+            None,
+            Every,
+        );
+        let period = Duration::from_secs(30);
+
+        // Idle: the first beat in the second half of the first period, then one per period.
+        let opened = Instant::now();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(is_heartbeat(&first));
+        let waited = opened.elapsed();
+        assert!(
+            waited >= period / 2 && waited <= period,
+            "first beat after {waited:?}"
+        );
+        let before = Instant::now();
+        assert!(is_heartbeat(&stream.next().await.unwrap().unwrap()));
+        assert_eq!(before.elapsed(), period);
+
+        // Busy: a frame every 10 s for five periods: frames only.
+        let bus = state.clone();
+        let (ws2, call2) = (ws.clone(), call.clone());
+        let publisher = tokio::spawn(async move {
+            for seq in 1..=15 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let _ = bus.bus().publish(event(&ws2, &call2, seq)).await;
+            }
+        });
+        for seq in 1..=15u64 {
+            let item = stream.next().await.unwrap().unwrap();
+            assert_eq!(
+                item,
+                Bytes::from(format!("data: {seq}\n\n")),
+                "no heartbeat while busy"
+            );
+        }
+        publisher.await.unwrap();
+
+        // Idle again: a beat within one and a half periods of the last frame.
+        let idle_since = Instant::now();
+        assert!(is_heartbeat(&stream.next().await.unwrap().unwrap()));
+        assert!(
+            idle_since.elapsed() <= period + period / 2,
+            "{:?}",
+            idle_since.elapsed()
+        );
+    }
+}
