@@ -401,4 +401,74 @@ mod tests {
             idle_since.elapsed()
         );
     }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_its_tokens_expiry_and_at_its_keys_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir).await;
+        let (ws, call) = (WorkspaceId::new(), CallId::new());
+        let topic = Topic::call(&ws, &call);
+        let key = callstream_core::id::KeyId::new();
+        tokio::time::pause();
+
+        // A stream token of one second: the stream says so at that second, then ends.
+        let expires_at = callstream_core::time::now() + chrono::Duration::seconds(1);
+        let subscription = state
+            .subscribe(&topic, Resume::Live, &LABELS)
+            .await
+            .unwrap();
+        let mut expiring = SseStream::new(
+            &state,
+            &LABELS,
+            VecDeque::new(),
+            Some(subscription),
+            Some(expires_at),
+            Every,
+        );
+        let opened = Instant::now();
+        let last = expiring.next().await.unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&last).contains("token_expired"),
+            "{last:?}"
+        );
+        let lived = opened.elapsed();
+        assert!(
+            // tokio's timers tick in whole milliseconds, rounding up.
+            lived <= Duration::from_millis(1_002) && lived > Duration::from_millis(900),
+            "{lived:?}"
+        );
+        assert!(expiring.next().await.is_none());
+
+        // A revoked key: the stream says so as soon as the revocation is known, then ends.
+        let subscription = state
+            .subscribe(&topic, Resume::Live, &LABELS)
+            .await
+            .unwrap();
+        let mut revocable = SseStream::new(
+            &state,
+            &LABELS,
+            VecDeque::new(),
+            Some(subscription),
+            None,
+            Every,
+        )
+        .revocable(&state, &key);
+        let (state2, key2) = (state.clone(), key.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            state2.revocations().revoke(&key2);
+        });
+        let opened = Instant::now();
+        let last = revocable.next().await.unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&last).contains("key_revoked"),
+            "{last:?}"
+        );
+        let lived = opened.elapsed();
+        assert!(
+            lived >= Duration::from_secs(5) && lived <= Duration::from_millis(5_002),
+            "{lived:?}"
+        );
+        assert!(revocable.next().await.is_none());
+    }
 }
