@@ -335,6 +335,23 @@ mod tests {
         )
     }
 
+    /// A stream of `topic`'s live events, ending at `expires_at` if given.
+    async fn live_stream(
+        state: &AppState,
+        topic: &Topic,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> SseStream<Every> {
+        let subscription = state.subscribe(topic, Resume::Live, &LABELS).await.unwrap();
+        SseStream::new(
+            state,
+            &LABELS,
+            VecDeque::new(),
+            Some(subscription),
+            expires_at,
+            Every,
+        )
+    }
+
     fn is_heartbeat(item: &Bytes) -> bool {
         item.as_ref() == sse::comment("heartbeat").as_ref()
     }
@@ -413,18 +430,7 @@ mod tests {
 
         // A stream token of one second: the stream says so at that second, then ends.
         let expires_at = callstream_core::time::now() + chrono::Duration::seconds(1);
-        let subscription = state
-            .subscribe(&topic, Resume::Live, &LABELS)
-            .await
-            .unwrap();
-        let mut expiring = SseStream::new(
-            &state,
-            &LABELS,
-            VecDeque::new(),
-            Some(subscription),
-            Some(expires_at),
-            Every,
-        );
+        let mut expiring = live_stream(&state, &topic, Some(expires_at)).await;
         let opened = Instant::now();
         let last = expiring.next().await.unwrap().unwrap();
         assert!(
@@ -440,19 +446,9 @@ mod tests {
         assert!(expiring.next().await.is_none());
 
         // A revoked key: the stream says so as soon as the revocation is known, then ends.
-        let subscription = state
-            .subscribe(&topic, Resume::Live, &LABELS)
+        let mut revocable = live_stream(&state, &topic, None)
             .await
-            .unwrap();
-        let mut revocable = SseStream::new(
-            &state,
-            &LABELS,
-            VecDeque::new(),
-            Some(subscription),
-            None,
-            Every,
-        )
-        .revocable(&state, &key);
+            .revocable(&state, &key);
         let (state2, key2) = (state.clone(), key.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
