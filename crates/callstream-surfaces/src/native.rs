@@ -80,7 +80,7 @@ pub fn conversation_sse(event: &Event) -> Option<Bytes> {
             timestamp: time::format(&env.timestamp),
             payload: env.wire_payload(),
         };
-        Some(sse::json_frame(Some(env.seq), None, &frame))
+        Some(sse::json_frame_verbatim(Some(env.seq), None, &frame))
     })
 }
 
@@ -181,6 +181,45 @@ mod tests {
                 "event: error\ndata: {\"error_code\":\"call_not_found\",\"message\":\"no such call\"}\n\n"
             )
         );
+    }
+
+    /// A payload kept as it arrived may hold line breaks between its tokens (pretty-printed
+    /// JSON): on the conversation stream they must not end the event, and every client must
+    /// read back the same JSON.
+    #[test]
+    fn line_breaks_in_a_verbatim_payload_stay_inside_one_event() {
+        let raw =
+            "{\"message_id\":\"m1\",\n\n  \"direction\":\"inbound\",\r\n\"status\":\"received\"}";
+        let env = Envelope::new(
+            WorkspaceId::parse("ws_1").unwrap(),
+            Subject::Conversation(callstream_core::ConversationId::parse("conv_1").unwrap()),
+            2,
+            time::parse("2026-05-15T14:32:01.123Z").unwrap(),
+            Payload::parse_json("message.received", raw).unwrap(),
+        )
+        .unwrap()
+        .with_payload_json(Some(callstream_core::event::RawPayload::new(
+            serde_json::value::RawValue::from_string(raw.to_owned()).unwrap(),
+        )));
+        let frame = conversation_sse(&Event::new(env)).unwrap();
+        let text = std::str::from_utf8(&frame).unwrap();
+        // One event: the only blank line is its end.
+        assert!(text.ends_with("\n\n"));
+        assert!(!text[..text.len() - 2].contains("\n\n"), "{text:?}");
+        assert!(!text.contains('\r'), "{text:?}");
+        // As an SSE client reads it: its data lines joined with \n.
+        let data: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        let joined = data.join("\n");
+        let parsed: serde_json::Value = serde_json::from_str(&joined).unwrap();
+        assert_eq!(
+            parsed["payload"],
+            json!({"message_id": "m1", "direction": "inbound", "status": "received"})
+        );
+        assert_eq!(parsed["event_type"], "message.received");
+        assert!(text.starts_with("id: 2\ndata: "));
     }
 
     /// The canonical envelope, pinned: the bytes every call socket frame and webhook carries.

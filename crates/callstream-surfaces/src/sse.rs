@@ -48,6 +48,50 @@ pub fn json_frame<T: serde::Serialize>(id: Option<u64>, event: Option<&str>, val
     Bytes::from(out)
 }
 
+/// [`json_frame`] for a value that may carry JSON text as it arrived from outside (a payload kept
+/// verbatim), which may hold line breaks between its tokens: a line break inside `data:` would
+/// end the field, and a blank line the whole event, leaving a client a fragment. Each line goes
+/// into a `data:` line of its own, which every SSE client joins back with `\n`: the same JSON.
+/// (JSON strings cannot hold a raw line break, so only whitespace between tokens is split.)
+pub fn json_frame_verbatim<T: serde::Serialize>(
+    id: Option<u64>,
+    event: Option<&str>,
+    value: &T,
+) -> Bytes {
+    let frame = json_frame(id, event, value);
+    let Some(start) = find(&frame, b"data: ") else {
+        return frame;
+    };
+    let data = &frame[start + 6..frame.len() - 2];
+    if !data.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return frame;
+    }
+    let mut out = Vec::with_capacity(frame.len() + 64);
+    out.extend_from_slice(&frame[..start]);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|b| matches!(b, b'\n' | b'\r'))
+            .unwrap_or(rest.len());
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&rest[..end]);
+        out.push(b'\n');
+        // A CRLF is one line break.
+        let skip = match rest.get(end..end + 2) {
+            Some(b"\r\n") => 2,
+            _ => 1,
+        };
+        rest = rest.get(end + skip..).unwrap_or_default();
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn head(out: &mut impl BufMut, id: Option<u64>, event: Option<&str>) {
     if let Some(id) = id {
         out.put_slice(b"id: ");
