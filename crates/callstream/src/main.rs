@@ -159,7 +159,8 @@ enum KeysCommand {
 }
 
 fn expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    let at = callstream_core::time::parse(text).map_err(|e| format!("{e}"))?;
+    let at = callstream_core::time::parse(text)
+        .map_err(|e| format!("expected an RFC 3339 time such as 2027-01-31T00:00:00Z ({e})"))?;
     if at <= callstream_core::time::now() {
         return Err("already past".into());
     }

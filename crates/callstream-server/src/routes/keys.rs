@@ -6,7 +6,7 @@
 //! stream token or session it minted) closes within a second, on every node.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use callstream_core::id::KeyId;
@@ -57,8 +57,14 @@ fn listed(k: &KeyRecord) -> Value {
 pub async fn list(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
+    RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     admin_only(&who)?;
+    if let Some((name, _)) = crate::auth::url_pairs(query.as_deref().unwrap_or("")).next() {
+        return Err(ApiError::bad_request(format!(
+            "{name}: unknown query parameter; GET /v1/keys takes none"
+        )));
+    }
     let keys = state.store().keys(&who.workspace_id).await?;
     Ok(Json(
         json!({ "keys": keys.iter().map(listed).collect::<Vec<_>>() }),
@@ -96,8 +102,11 @@ pub async fn create(
     let expires_at: Option<DateTime<Utc>> = match &body.expires_at {
         None => None,
         Some(text) => {
-            let at = time::parse(text)
-                .map_err(|e| ApiError::bad_request(format!("body.expires_at: {e}")))?;
+            let at = time::parse(text).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "body.expires_at: expected an RFC 3339 time such as 2027-01-31T00:00:00Z ({e})"
+                ))
+            })?;
             if at <= time::now() {
                 return Err(ApiError::bad_request("body.expires_at: already past"));
             }

@@ -169,7 +169,7 @@ impl<S: SseSurface> Stream for SseStream<S> {
         {
             return this.last(native::error_sse(
                 "token_expired",
-                "the stream token has expired; ask for a new one",
+                "the stream token, session or key this stream was opened with has expired",
             ));
         }
         loop {

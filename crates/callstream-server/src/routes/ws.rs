@@ -282,7 +282,7 @@ pub async fn drive<S: SocketSurface>(
                 return;
             }
             () = &mut expiry => {
-                let _ = socket.send(close(close_code::POLICY, "the stream token has expired")).await;
+                let _ = socket.send(close(close_code::POLICY, "the credential has expired (stream token, session or key)")).await;
                 return;
             }
             () = revoked.cancelled() => {

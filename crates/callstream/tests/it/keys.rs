@@ -193,6 +193,22 @@ async fn an_admin_key_manages_keys_and_a_revoked_key_closes_its_streams_at_once(
         1008
     );
 
+    // Refusals that say what is expected.
+    let (status, refused) = ts.get("/v1/keys?limit=5", &admin).await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = ts
+        .post(
+            "/v1/keys",
+            &admin,
+            &json!({"kind": "api", "expires_at": "tomorrow"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["message"].as_str().unwrap().contains("RFC 3339"),
+        "{refused}"
+    );
+
     // Unknown and malformed ids are 404; the other workspace's keys cannot be reached.
     assert_eq!(
         delete(&ts, "/v1/keys/key_0000000000000000000000", &admin).await,
