@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::id::{CallId, ConversationId, EventId, TurnId, WorkspaceId};
+use crate::json::StrictValue;
 use crate::model::{ConversationMode, Direction, Phone, Transport};
 use crate::time;
 
@@ -213,16 +214,22 @@ pub struct Failed {
     pub reason: String,
 }
 
-/// What every event type of a runtime's own starts with: `custom.` then 1 to 64 of a-z, 0-9,
-/// `_`, `.` and `-` (`custom.sentiment_scored`).
+/// What every event type of a runtime's own starts with: `custom.` then 1 to 64 characters of
+/// dot-separated words, each starting with a-z or 0-9 and going on with a-z, 0-9, `_` and `-`
+/// (`custom.sentiment_scored`, `custom.crm.lead-updated`).
 pub const CUSTOM_PREFIX: &str = "custom.";
 
 /// Whether `name` is a well-formed custom event type.
 pub fn is_custom_name(name: &str) -> bool {
     name.strip_prefix(CUSTOM_PREFIX).is_some_and(|rest| {
         (1..=64).contains(&rest.len())
-            && rest.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+            && rest.split('.').all(|word| {
+                word.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && word.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-')
+                    })
             })
     })
 }
@@ -418,7 +425,7 @@ macro_rules! events {
                 let parsed = match ty {
                     $(EventType::$variant => Self::$variant(<$ty as Decode>::decode_from(d)?),)*
                     EventType::Custom => Self::Custom(
-                        Custom::new(name, Value::deserialize(d)?).map_err(serde::de::Error::custom)?,
+                        Custom::new(name, StrictValue::deserialize(d)?.0).map_err(serde::de::Error::custom)?,
                     ),
                 };
                 parsed.validate().map_err(serde::de::Error::custom)?;
@@ -481,9 +488,9 @@ impl Source<'_> {
     fn value(self) -> Result<Value, EventError> {
         match self {
             Self::Value(value) => Ok(value),
-            Self::Json(json) => {
-                serde_json::from_str(json).map_err(|e| EventError::field("payload", e.to_string()))
-            }
+            Self::Json(json) => serde_json::from_str::<StrictValue>(json)
+                .map(|v| v.0)
+                .map_err(|e| EventError::field("payload", e.to_string())),
         }
     }
 
@@ -535,13 +542,13 @@ impl Decode for Message {
     }
 
     fn from_json(json: &str) -> Result<Self, EventError> {
-        let value: Value =
+        let StrictValue(value) =
             serde_json::from_str(json).map_err(|e| EventError::field("payload", e.to_string()))?;
         Message::from_value(value)
     }
 
     fn decode_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Message::from_value(Value::deserialize(d)?).map_err(serde::de::Error::custom)
+        Message::from_value(StrictValue::deserialize(d)?.0).map_err(serde::de::Error::custom)
     }
 }
 
@@ -916,9 +923,24 @@ mod tests {
             "custom.UPPER",
             "custom.with space",
             "x.sentiment",
+            "custom..x",
+            "custom.-x",
+            "custom._x",
+            "custom.x.",
+            "custom.x..y",
         ] {
             assert_eq!(EventType::parse(bad), None, "{bad}");
         }
+        // A repeated key, at any depth, is refused on both decoding paths.
+        for text in [r#"{"a": 1, "a": 2}"#, r#"{"n": [{"b": 1, "b": 1}]}"#] {
+            let refused = Payload::parse_json("custom.sentiment", text).unwrap_err();
+            assert!(refused.to_string().contains("appears twice"), "{refused}");
+            let mut d = serde_json::Deserializer::from_str(text);
+            assert!(
+                Payload::deserialize_as("custom.sentiment", EventType::Custom, &mut d).is_err()
+            );
+        }
+        assert!(Payload::parse_json("custom.sentiment", r#"{"a": {"a": 1}}"#).is_ok());
         let long = format!("custom.{}", "a".repeat(65));
         assert_eq!(EventType::parse(&long), None);
         assert_eq!(

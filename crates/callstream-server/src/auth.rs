@@ -130,7 +130,11 @@ pub async fn authenticate_stream_token(
         .stream_token_by_hash(&presented)
         .await?
         .filter(|t| bool::from(t.token_hash.ct_eq(&presented)))
-        .ok_or_else(|| ApiError::unauthorized("invalid stream token"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid stream token (unknown, or the key that minted it was revoked)",
+            )
+        })?;
     if token.expires_at <= time::now() {
         return Err(ApiError::unauthorized(
             "the stream token has expired; ask for a new one",
@@ -151,17 +155,28 @@ pub async fn authenticate_stream_token(
 /// # Errors
 /// 401 for anything that is not a live key; 500 when the store fails.
 pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<Principal, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid API key");
+    // Named by the kind the secret claims to be, so a runtime's operator is not told of API keys.
+    let what = match KeyKind::of_secret(secret) {
+        Some(KeyKind::Runtime) => "runtime key",
+        _ => "API key",
+    };
+    let invalid = || ApiError::unauthorized(format!("invalid {what}"));
     if KeyKind::of_secret(secret).is_none() || secret.len() > 128 {
         return Err(invalid());
     }
     let presented = hash(secret);
     let record = store.key_by_hash(&presented).await?.ok_or_else(invalid)?;
-    if !bool::from(record.key_hash.ct_eq(&presented)) || record.revoked_at.is_some() {
+    if !bool::from(record.key_hash.ct_eq(&presented)) {
         return Err(invalid());
     }
+    // Only the holder of the whole secret learns this, and it tells them what to do.
+    if record.revoked_at.is_some() {
+        return Err(ApiError::unauthorized(format!(
+            "the {what} has been revoked; use another key"
+        )));
+    }
     if !record.live_at(time::now()) {
-        return Err(ApiError::unauthorized("the API key has expired"));
+        return Err(ApiError::unauthorized(format!("the {what} has expired")));
     }
     Ok(Principal {
         workspace_id: record.workspace_id,
@@ -267,6 +282,26 @@ pub struct BrowserPrincipal(pub Principal);
 
 /// A runtime key (`rk_live_…`) from the `Authorization` header.
 pub struct RuntimeKey(pub Principal);
+
+/// An admin API key (`callstream keys create --admin`) from the `Authorization` header.
+pub struct AdminKey(pub Principal);
+
+impl FromRequestParts<AppState> for AdminKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let refused = || {
+            ApiError::forbidden(
+                "managing keys takes an admin API key (pk_live_…, made with `callstream keys create --admin`)",
+            )
+        };
+        match principal(parts, state, false, KeyKind::Api).await {
+            Ok(who) if who.admin => Ok(Self(who)),
+            Ok(_) => Err(refused()),
+            Err(e) if e.code == "forbidden" => Err(refused()),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for ApiKey {
     type Rejection = ApiError;

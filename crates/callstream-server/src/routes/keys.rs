@@ -16,20 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{self, ApiKey, Principal};
+use crate::auth::{self, AdminKey};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-fn admin_only(who: &Principal) -> Result<(), ApiError> {
-    if who.admin {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "managing keys takes an admin key (callstream keys create --admin)",
-        ))
-    }
-}
 
 /// A key as listed: everything but its hash.
 fn listed(k: &KeyRecord) -> Value {
@@ -56,10 +46,9 @@ fn listed(k: &KeyRecord) -> Value {
 /// `GET /v1/keys` (admin key): the workspace's keys, newest first.
 pub async fn list(
     State(state): State<AppState>,
-    ApiKey(who): ApiKey,
+    AdminKey(who): AdminKey,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin_only(&who)?;
     if let Some((name, _)) = crate::auth::url_pairs(query.as_deref().unwrap_or("")).next() {
         return Err(ApiError::bad_request(format!(
             "{name}: unknown query parameter; GET /v1/keys takes none"
@@ -85,10 +74,9 @@ pub struct CreateKey {
 /// `POST /v1/keys` (admin key): a new key; its secret is in this answer only.
 pub async fn create(
     State(state): State<AppState>,
-    ApiKey(who): ApiKey,
+    AdminKey(who): AdminKey,
     JsonBody(body): JsonBody<CreateKey>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin_only(&who)?;
     let kind = match body.kind.as_str() {
         "api" => KeyKind::Api,
         "runtime" => KeyKind::Runtime,
@@ -124,10 +112,9 @@ pub async fn create(
 /// workspace's key. Revoking a revoked key again changes nothing.
 pub async fn revoke(
     State(state): State<AppState>,
-    ApiKey(who): ApiKey,
+    AdminKey(who): AdminKey,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    admin_only(&who)?;
     let id = KeyId::parse(&id).map_err(|_| ApiError::not_found("key"))?;
     if !state
         .store()

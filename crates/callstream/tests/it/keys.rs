@@ -102,7 +102,16 @@ async fn an_admin_key_manages_keys_and_a_revoked_key_closes_its_streams_at_once(
         (status, refused["error_code"].as_str()),
         (403, Some("forbidden"))
     );
-    assert_eq!(ts.get("/v1/keys", &ts.acme.runtime).await.0, 403);
+    // A runtime key is told what it takes, not that it should be an API key.
+    let (status, refused) = ts.get("/v1/keys", &ts.acme.runtime).await;
+    assert_eq!(status, 403);
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin API key"),
+        "{refused}"
+    );
 
     // A new API key and a new runtime key; the secret is shown once, never listed.
     let (status, created) = ts.post("/v1/keys", &admin, &json!({"kind": "api"})).await;
@@ -163,8 +172,13 @@ async fn an_admin_key_manages_keys_and_a_revoked_key_closes_its_streams_at_once(
         204
     );
     all_closed_for_revocation(&mut streams).await;
-    // Refused at once, everywhere it was accepted.
-    assert_eq!(ts.get(&format!("/v1/calls/{call_id}"), &key).await.0, 401);
+    // Refused at once, everywhere it was accepted, saying why.
+    let (status, refused) = ts.get(&format!("/v1/calls/{call_id}"), &key).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        refused["message"], "the API key has been revoked; use another key",
+        "{refused}"
+    );
     assert_eq!(
         ts.post("/v1/stream-tokens", &key, &json!({"call_id": call_id}))
             .await
@@ -191,6 +205,18 @@ async fn an_admin_key_manages_keys_and_a_revoked_key_closes_its_streams_at_once(
     assert_eq!(
         closed_within(&mut runtime, Duration::from_millis(1_500)).await,
         1008
+    );
+    let (status, refused) = ts
+        .post(
+            "/v1/calls",
+            &runtime_key,
+            &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        refused["message"], "the runtime key has been revoked; use another key",
+        "{refused}"
     );
 
     // Refusals that say what is expected.

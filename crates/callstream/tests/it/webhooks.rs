@@ -410,6 +410,9 @@ async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
         ("sentiment", json!({})),
         ("custom.", json!({})),
         ("custom.Upper", json!({})),
+        ("custom..x", json!({})),
+        ("custom.-x", json!({})),
+        ("custom.x.", json!({})),
         ("custom.sentiment", json!([1])),
     ] {
         let (status, err) = ts
@@ -426,6 +429,45 @@ async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
         );
     }
 
+    // A key twice in one object (at any depth) would reach readers verbatim, and they disagree
+    // on which one counts: refused, naming the key; nothing of it reaches the stream.
+    for payload in [
+        r#"{"score": 1, "score": 2}"#,
+        r#"{"detail": {"a": 1, "a": 1}}"#,
+    ] {
+        let response = ts
+            .http
+            .post(ts.url(&format!("/v1/calls/{id}/events")))
+            .bearer_auth(&ts.acme.runtime)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"event_type": "custom.sentiment", "payload": {payload}}}"#
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{payload}");
+        let err: Value = response.json().await.unwrap();
+        assert_eq!(err["error_code"], "invalid_event", "{err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("appears twice"),
+            "{err}"
+        );
+    }
+    let (status, _) = ts
+        .post(
+            &format!("/v1/calls/{id}/events"),
+            &ts.acme.runtime,
+            &json!({"event_type": "custom.crm.lead-updated_2", "payload": {"after": "dup check"}}),
+        )
+        .await;
+    assert_eq!(
+        status, 202,
+        "dotted words with - and _ are a well-formed name"
+    );
+    let frame = next_text(&mut live).await;
+    assert!(frame.contains("custom.crm.lead-updated_2"), "{frame}");
+
     // A conversation takes them too, on its stream.
     let (cid, mut stream) = conversation_with_stream(&ts, "sms").await;
     let cid = cid.as_str();
@@ -440,6 +482,25 @@ async fn a_runtime_sends_event_types_of_its_own_and_they_travel_verbatim() {
     let frame = stream.next_data().await.unwrap();
     assert_eq!(frame.json()["event_type"], "custom.intent");
     assert_eq!(frame.json()["payload"], json!({"intent": "refund"}));
+    // A message payload, carried verbatim too, refuses a repeated key the same way.
+    let response = ts
+        .http
+        .post(ts.url(&format!("/v1/conversations/{cid}/events")))
+        .bearer_auth(&ts.acme.runtime)
+        .header("content-type", "application/json")
+        .body(r#"{"event_type": "message.received", "payload": {"message_id": "m1", "direction": "inbound", "text": "a", "text": "b", "status": "received"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let err: Value = response.json().await.unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("`text` appears twice"),
+        "{err}"
+    );
 }
 
 /// A new conversation of acme's on `channel`, and its stream, open.
