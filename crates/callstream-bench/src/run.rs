@@ -83,6 +83,11 @@ pub struct RunArgs {
     /// Append the result as one JSON line to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// End the run's calls afterwards (`call.completed`), as a runtime would, so that runs one
+    /// after another against one gateway (the soak, `bench/soak.sh`) do not pile up live calls.
+    /// callstream only.
+    #[arg(long)]
+    pub end_channels: bool,
 }
 
 struct Shape {
@@ -451,6 +456,9 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         server_after: after,
         timeline,
     };
+    if args.end_channels {
+        targets::close_channels(args.target, &args.endpoints, &channels).await?;
+    }
     print_table(&outcome);
     print_worst_seconds(&outcome);
     if let Some(path) = &args.json {

@@ -104,6 +104,34 @@ pub async fn open_channels(
     }
 }
 
+/// Ends callstream calls opened by [`open_channels`] with `call.completed`; other targets' channels
+/// need no end.
+pub async fn close_channels(kind: TargetKind, ep: &Endpoints, channels: &[String]) -> Result<()> {
+    if kind != TargetKind::Callstream {
+        return Ok(());
+    }
+    let key = ep
+        .runtime_key
+        .clone()
+        .context("--runtime-key is needed for callstream")?;
+    let http = reqwest::Client::new();
+    let base = ep.base.trim_end_matches('/').to_owned();
+    let ended = futures::stream::iter(channels)
+        .map(|id| {
+            let (http, key) = (http.clone(), key.clone());
+            let url = format!("{base}/v1/calls/{id}/events");
+            async move {
+                let body = json!({"event_type": "call.completed", "payload": {"reason": "bench run over"}});
+                http.post(&url).bearer_auth(&key).json(&body).send().await?.error_for_status()?;
+                anyhow::Ok(())
+            }
+        })
+        .buffered(32)
+        .collect::<Vec<Result<()>>>()
+        .await;
+    ended.into_iter().collect()
+}
+
 /// One subscription to `channel`.
 pub fn subscription(
     kind: TargetKind,

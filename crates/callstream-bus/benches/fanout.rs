@@ -12,17 +12,16 @@ use std::hint::black_box;
 use callstream_bus::{
     Bus, Event, InProcessBus, InProcessConfig, Resume, SubscribeOptions, Subscription, Topic,
 };
+use callstream_core::event::RawPayload;
 use callstream_core::{CallId, Envelope, Payload, Subject, WorkspaceId, time};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prometheus_client::metrics::counter::Counter;
-use serde_json::json;
 
+/// An event as ingest makes one: the decoded payload and its JSON as it arrived.
 fn event(ws: &WorkspaceId, call: &CallId, seq: u64) -> std::sync::Arc<Event> {
-    let payload = Payload::parse(
-        "call.transcription",
-        json!({"role": "user", "text": "What time do you open tomorrow?", "is_final": false, "turn_id": "trn_1"}),
-    )
-    .unwrap();
+    let text = r#"{"role": "user", "text": "What time do you open tomorrow?", "is_final": false, "turn_id": "trn_1"}"#;
+    let payload = Payload::parse_json("call.transcription", text).unwrap();
+    let raw = serde_json::value::RawValue::from_string(text.to_owned()).unwrap();
     Event::new(
         Envelope::new(
             ws.clone(),
@@ -31,7 +30,8 @@ fn event(ws: &WorkspaceId, call: &CallId, seq: u64) -> std::sync::Arc<Event> {
             time::now(),
             payload,
         )
-        .unwrap(),
+        .unwrap()
+        .with_payload_json(Some(RawPayload::new(raw))),
     )
 }
 

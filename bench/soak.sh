@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Issue 17's soak: one gateway (embedded SQLite, in-process bus) for WINDOWS x WINDOW_SECS
+# (6 x 600 s: an hour), carrying the wide scenario (8,000 calls, 2 SSE subscribers each,
+# 5 events/s per call) run after run, one run per window (each run's calls are ended after it, as
+# a runtime would end them, and its 16,000 subscribers reconnect for the next), while
+# bench/churner.py opens and closes CHURN streams a second and sends BAD malformed requests a
+# second, each checked against its documented answer. Every SAMPLE_SECS the gateway's RSS, open
+# descriptors and open connections are recorded. Prints per window: p99, delivery, RSS and
+# descriptors at its end. Heavy: run it by hand, never in CI. Only 127.0.0.1 is a target; every
+# loop is bounded.
+#
+#   bench/soak.sh
+#   WINDOWS=2 WINDOW_SECS=60 bench/soak.sh      # a short rehearsal
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WINDOWS=${WINDOWS:-6}
+WINDOW_SECS=${WINDOW_SECS:-600}
+CHURN=${CHURN:-50}
+BAD=${BAD:-20}
+SAMPLE_SECS=${SAMPLE_SECS:-60}
+OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)-soak}
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+cargo build --release -q -p callstream -p callstream-bench
+BIN=target/release
+ulimit -n "$(ulimit -Hn)"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+key() { $BIN/callstream keys create --data-dir "$TMP/cs" "$@" --json | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
+
+API=$(key --workspace bench)
+RT=$(key --workspace bench --runtime)
+OTHER=$(key --workspace other)
+OTHER_RT=$(key --workspace other --runtime)
+RUST_LOG=warn $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$TMP/cs" 2> "$OUT/callstream.log" &
+CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
+
+TOTAL=$((WINDOWS * WINDOW_SECS))
+# The gateway's resources, sampled while everything runs.
+(
+  printf 'seconds\trss_kib\tfds\tconnections_open\n'
+  start=$(date +%s)
+  while kill -0 "$CS_PID" 2>/dev/null; do
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$CS_PID/status")
+    fds=$(ls "/proc/$CS_PID/fd" | wc -l)
+    open=$(curl -s --max-time 5 http://127.0.0.1:8080/metrics | awk '/^callstream_connections_open / {print $2}')
+    printf '%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}"
+    sleep "$SAMPLE_SECS"
+  done
+) > "$OUT/samples.tsv" &
+PIDS+=($!)
+
+python3 bench/churner.py --port 8080 --api-key "$API" --runtime-key "$RT" --other-key "$OTHER" \
+  --other-runtime-key "$OTHER_RT" --churn "$CHURN" --bad "$BAD" --seconds "$TOTAL" \
+  > "$OUT/churner.json" 2> "$OUT/churner.err" &
+CHURNER=$!; PIDS+=($CHURNER)
+
+for w in $(seq "$WINDOWS"); do
+  $BIN/callstream-bench run --scenario wide --target callstream --transport sse --pids "$CS_PID" \
+    --json "$RESULTS" --label "window-$w" --base http://127.0.0.1:8080 --api-key "$API" \
+    --runtime-key "$RT" --duration "$WINDOW_SECS" --end-channels | tee -a "$OUT/table.md"
+  printf 'window %s ended at %s: rss %s KiB, %s descriptors\n' "$w" "$(date +%T)" \
+    "$(awk '/^VmRSS:/ {print $2}' "/proc/$CS_PID/status")" "$(ls "/proc/$CS_PID/fd" | wc -l)" \
+    | tee -a "$OUT/windows.txt"
+done
+wait "$CHURNER" || true
+curl -s http://127.0.0.1:8080/metrics | grep -E '^callstream_(connections|history_bytes|frames_dropped|calls_live|http_requests_total)' > "$OUT/metrics.txt" || true
+echo "churn and bad input: $(cat "$OUT/churner.json")" | tee -a "$OUT/windows.txt"
+$BIN/callstream-bench report "$RESULTS" | tee "$OUT/summary.md"
+cat "$OUT/samples.tsv"
+echo "results in $OUT"
