@@ -5,7 +5,7 @@ For SECONDS, from source addresses 127.0.202.1 and up (apart from the generator'
 attacker's), it keeps up two loads against 127.0.0.1:PORT:
 
 - churn: CHURN connections a second, each opening a live stream (SSE transcript stream, native
-  call WebSocket, or the live calls socket, in turn), reading its first bytes, then closing it,
+  call WebSocket, or the speech events stream, in turn), reading its first bytes, then closing it,
   half of them politely and half by dropping the socket;
 - bad input: BAD requests a second, taken in turn from the cases below, each checked against the
   answer a user relies on (a 4xx with the documented code, or a close); an answer that differs is
@@ -174,8 +174,9 @@ async def churn_one(a, stats, source, n, call):
         request = ws_upgrade(f"/v1/calls/{call}/stream", pk)
         expect = b"HTTP/1.1 101"
     else:
-        request = ws_upgrade("/ws/v1/liveCalls", pk)
-        expect = b"HTTP/1.1 101"
+        request = raw_request("GET", f"/v1/speech-events/stream?callId={call}", [("authorization", f"Bearer {pk}")])
+        request = request.replace(b"connection: close\r\n", b"")
+        expect = b"HTTP/1.1 200"
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", a.port, local_addr=(source, 0)), 5
