@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, close_code};
 use bytes::Bytes;
 use callstream_bus::{End, Event, Subscription};
-use futures::SinkExt;
 use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -251,11 +251,29 @@ pub struct Limits {
     pub key: callstream_core::id::KeyId,
 }
 
+/// What [`drive`] reads from and writes to: axum's [`WebSocket`](axum::extract::ws::WebSocket), or (in the tests, which run
+/// the driver on tokio's paused clock, where no real socket can be used) a pair of channels.
+pub trait Socket:
+    futures::Sink<Message, Error = axum::Error>
+    + futures::Stream<Item = Result<Message, axum::Error>>
+    + Unpin
+    + Send
+{
+}
+
+impl<T> Socket for T where
+    T: futures::Sink<Message, Error = axum::Error>
+        + futures::Stream<Item = Result<Message, axum::Error>>
+        + Unpin
+        + Send
+{
+}
+
 /// Runs a viewer socket until the call ends, the client leaves, the server shuts down or a rule
 /// closes it.
 pub async fn drive<S: SocketSurface>(
     state: &AppState,
-    socket: &mut WebSocket,
+    socket: &mut impl Socket,
     subscription: &mut Subscription,
     surface: &mut S,
     labels: &SurfaceLabels,
@@ -345,7 +363,7 @@ pub async fn drive<S: SocketSurface>(
                     return;
                 }
             },
-            incoming = socket.recv() => {
+            incoming = socket.next() => {
                 let incoming = Incoming::from_read(incoming);
                 let verdict = match &incoming {
                     Incoming::Text(_) => guard.check(),
@@ -414,7 +432,7 @@ pub async fn drive<S: SocketSurface>(
 /// Writes the answers of the `owed` commands in flight, waiting for each at most until
 /// `within` has passed, then what else is ready; `false` when the socket failed.
 async fn owe(
-    socket: &mut WebSocket,
+    socket: &mut impl Socket,
     replies: &mut mpsc::Receiver<Bytes>,
     owed: usize,
     within: Duration,
@@ -440,7 +458,226 @@ async fn owe(
 
 #[cfg(test)]
 mod tests {
+    //! The driver's clock-bound rules on tokio's paused clock: a credential's expiry and the flood
+    //! rule, exactly, in virtual time. The socket is a pair of channels (a real socket cannot be
+    //! used on a paused clock: its peer runs on real time); everything else is real (a SQLite
+    //! store, the in-process bus). The integration tests (`tests/it/sockets.rs`) prove the same
+    //! rules over real sockets, without timing them.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use callstream_bus::{InProcessBus, InProcessCommands, InProcessConfig, Resume, Topic};
+    use callstream_core::id::KeyId;
+    use callstream_core::{CallId, WorkspaceId};
+    use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::metrics::Surface;
+
+    /// The server's end of an in-memory socket.
+    struct Pipe {
+        from_client: UnboundedReceiver<Result<Message, axum::Error>>,
+        to_client: UnboundedSender<Message>,
+    }
+
+    impl futures::Stream for Pipe {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_next_unpin(cx)
+        }
+    }
+
+    impl futures::Sink<Message> for Pipe {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), axum::Error> {
+            self.to_client
+                .unbounded_send(item)
+                .map_err(axum::Error::new)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Every event as its seq; every message answered `ok`.
+    struct Plain;
+
+    impl SocketSurface for Plain {
+        fn frame(&mut self, event: &Arc<Event>) -> Option<Bytes> {
+            Some(Bytes::from(event.seq().to_string()))
+        }
+        async fn text(&mut self, _: &str) -> Reply {
+            Reply::Frame(Bytes::from_static(b"ok"))
+        }
+        fn rate_limited(&self, _: Option<&str>) -> Bytes {
+            Bytes::from_static(b"limited")
+        }
+    }
+
+    const LABELS: SurfaceLabels = SurfaceLabels {
+        surface: Surface::native_call_ws,
+    };
+
+    async fn state(dir: &tempfile::TempDir) -> AppState {
+        let store = callstream_store::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .unwrap();
+        AppState::new(
+            crate::Config::default(),
+            crate::Backends {
+                store: Arc::new(store),
+                bus: Arc::new(InProcessBus::new(InProcessConfig::default())),
+                commands: Arc::new(InProcessCommands::new()),
+                nats: None,
+            },
+            CancellationToken::new(),
+        )
+    }
+
+    /// Runs the driver over a fresh call's subscription; the client's ends of the pipe.
+    async fn open(
+        state: &AppState,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> (
+        UnboundedSender<Result<Message, axum::Error>>,
+        UnboundedReceiver<Message>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let topic = Topic::call(&WorkspaceId::new(), &CallId::new());
+        let mut subscription = state
+            .subscribe(&topic, Resume::Live, &LABELS)
+            .await
+            .unwrap();
+        let (client_tx, from_client) = unbounded();
+        let (to_client, client_rx) = unbounded();
+        let state = state.clone();
+        let driver = tokio::spawn(async move {
+            let mut pipe = Pipe {
+                from_client,
+                to_client,
+            };
+            let limits = Limits {
+                messages_per_sec: state.config().ws_client_messages_per_sec,
+                expires_at,
+                key: KeyId::new(),
+            };
+            drive(
+                &state,
+                &mut pipe,
+                &mut subscription,
+                &mut Plain,
+                &LABELS,
+                limits,
+            )
+            .await;
+        });
+        (client_tx, client_rx, driver)
+    }
+
+    /// The next message that is not a ping.
+    async fn next_message(rx: &mut UnboundedReceiver<Message>) -> Option<Message> {
+        loop {
+            match rx.next().await {
+                Some(Message::Ping(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn close_code_of(message: Option<Message>) -> Option<u16> {
+        match message {
+            Some(Message::Close(Some(frame))) => Some(frame.code),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_closes_with_1008_at_its_credentials_expiry_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir).await;
+        tokio::time::pause();
+        let opened = Instant::now();
+        let expires_at = callstream_core::time::now() + chrono::Duration::seconds(1);
+        let (client, mut rx, driver) = open(&state, Some(expires_at)).await;
+        // Served until then: a message half a second in is answered.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client
+            .unbounded_send(Ok(Message::Text("hello".into())))
+            .unwrap();
+        assert_eq!(
+            next_message(&mut rx).await,
+            Some(Message::Text("ok".into()))
+        );
+        let message = next_message(&mut rx).await;
+        let closed_after = opened.elapsed();
+        assert_eq!(close_code_of(message), Some(close_code::POLICY));
+        // The expiry is on the wall clock, read when the driver starts (a few real
+        // milliseconds after it was set); the wait is virtual, rounded up to tokio's millisecond.
+        assert!(
+            (Duration::from_millis(950)..=Duration::from_millis(1_001)).contains(&closed_after),
+            "closed after {closed_after:?}"
+        );
+        driver.await.unwrap();
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_flooding_client_is_refused_each_extra_message_and_closed_after_the_flood_secs() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir).await;
+        let rate = state.config().ws_client_messages_per_sec;
+        let flood_secs = state.config().ws_flood_close_secs;
+        let (client, mut rx, driver) = open(&state, None).await;
+        tokio::time::pause();
+        let started = Instant::now();
+        // Twice the rate, every second, until the socket closes: each second's first `rate`
+        // messages are served and the rest refused, and the close comes once the client has
+        // been over the rate in more than `flood_secs` seconds in a row.
+        let (mut served, mut refused) = (0u64, 0u64);
+        let closed_at = 'flood: loop {
+            for _ in 0..2 * rate {
+                if client
+                    .unbounded_send(Ok(Message::Text("x".into())))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let second_ends = Instant::now() + Duration::from_secs(1);
+            loop {
+                let next = tokio::time::timeout_at(second_ends, next_message(&mut rx)).await;
+                match next {
+                    Ok(Some(Message::Text(t))) if t.as_str() == "ok" => served += 1,
+                    Ok(Some(Message::Text(t))) if t.as_str() == "limited" => refused += 1,
+                    Ok(other) => {
+                        assert_eq!(close_code_of(other), Some(close_code::POLICY));
+                        break 'flood started.elapsed();
+                    }
+                    Err(_) => break,
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "never closed");
+        };
+        let secs = u64::from(flood_secs);
+        assert_eq!(closed_at.as_secs(), secs, "closed at {closed_at:?}");
+        // The first second serves a full bucket; each later one what refilled.
+        assert!(
+            (secs * u64::from(rate)..=(secs + 1) * u64::from(rate)).contains(&served),
+            "{served} served"
+        );
+        assert!(refused >= secs * u64::from(rate), "{refused} refused");
+        let limited = state.metrics().rate_limited.get_or_create(&LABELS).get();
+        assert_eq!(limited, refused + 1, "each refusal and the close counted");
+        driver.await.unwrap();
+    }
 
     #[test]
     fn first_pings_spread_over_the_second_half_of_the_period() {
