@@ -126,8 +126,18 @@ pub struct Config {
     pub webhook_timeout_secs: u64,
     /// Webhook requests in flight at once.
     pub webhook_concurrency: usize,
+    /// Webhook requests in flight at once to one endpoint: a slow or dead endpoint holds at most
+    /// these many of the `webhook_concurrency` places.
+    pub webhook_endpoint_concurrency: usize,
+    /// Webhook requests (and status callbacks) in flight at once for one workspace.
+    pub webhook_workspace_concurrency: usize,
     /// Milliseconds between looks at the webhook outbox.
     pub webhook_poll_ms: u64,
+    /// Seconds an endpoint's old secret keeps signing beside the new one after a rotation
+    /// (`POST /v1/webhook-endpoints/{id}/rotate-secret`); `0` stops it at once.
+    pub webhook_secret_overlap_secs: u64,
+    /// Webhook endpoints one workspace may have.
+    pub max_webhook_endpoints: usize,
     /// Let webhook endpoints, audio stream services and status callbacks point at loopback,
     /// private, link-local (cloud metadata), unique-local and other non-public addresses. Off:
     /// a tenant must not reach the gateway's own network. Tests and the local demo turn it on.
@@ -201,7 +211,11 @@ impl Default for Config {
             webhook_deadline_secs: 24 * 3600,
             webhook_timeout_secs: 10,
             webhook_concurrency: 16,
+            webhook_endpoint_concurrency: 4,
+            webhook_workspace_concurrency: 8,
             webhook_poll_ms: 500,
+            webhook_secret_overlap_secs: 24 * 3600,
+            max_webhook_endpoints: 100,
             allow_private_webhook_targets: false,
             audio_playout_max_secs: 40,
             audio_connect_timeout_secs: 10,
@@ -396,7 +410,16 @@ impl Config {
             ),
             ("webhook_timeout_secs", self.webhook_timeout_secs),
             ("webhook_concurrency", self.webhook_concurrency as u64),
+            (
+                "webhook_endpoint_concurrency",
+                self.webhook_endpoint_concurrency as u64,
+            ),
+            (
+                "webhook_workspace_concurrency",
+                self.webhook_workspace_concurrency as u64,
+            ),
             ("webhook_poll_ms", self.webhook_poll_ms),
+            ("max_webhook_endpoints", self.max_webhook_endpoints as u64),
             ("audio_playout_max_secs", self.audio_playout_max_secs),
             (
                 "audio_connect_timeout_secs",

@@ -101,7 +101,37 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v1/webhook-endpoints/{id}",
-            axum::routing::delete(routes::webhooks::delete),
+            get(routes::webhooks::get)
+                .patch(routes::webhooks::update)
+                .delete(routes::webhooks::delete),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/disable",
+            post(routes::webhooks::disable),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/enable",
+            post(routes::webhooks::enable),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/rotate-secret",
+            post(routes::webhooks::rotate_secret),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/messages",
+            get(routes::webhooks::messages),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/messages/{event_id}/attempts",
+            get(routes::webhooks::attempts),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/messages/{event_id}/retry",
+            post(routes::webhooks::retry),
+        )
+        .route(
+            "/v1/webhook-endpoints/{id}/replay",
+            post(routes::webhooks::replay),
         )
         .route(
             "/v1/session",

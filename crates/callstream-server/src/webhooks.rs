@@ -12,20 +12,29 @@
 //!
 //! The outbox rows are written in the same transaction as the events, so an accepted event is
 //! never lost to a crash before its webhooks are queued; a claimed row that is never recorded
-//! (the process died mid-attempt) becomes due again when its lease ends.
+//! (the process died mid-attempt) becomes due again when its lease ends, 15 s after the request
+//! timeout.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use callstream_core::WorkspaceId;
 use callstream_core::time;
-use callstream_store::{CallbackMethod, Delivery, DeliveryResult, DeliveryTarget};
+use callstream_store::{
+    AttemptLog, CallbackMethod, Delivery, DeliveryResult, DeliveryTarget, Skip,
+};
 use callstream_webhooks::{NextStep, Outcome, RetrySchedule, Secret, TransportFailure};
 use tokio::sync::Semaphore;
 
 use crate::state::AppState;
 
-/// How long a claimed delivery is reserved for its attempt.
-const LEASE: Duration = Duration::from_secs(120);
+/// How much longer than the request timeout a claimed delivery stays reserved for its attempt.
+/// A worker claims only what it starts at once, and an attempt ends by its timeout (the answer's
+/// head and the first kilobyte of its body included), so a delivery is never claimed again while
+/// its attempt can still be in flight; if its node died, it is due again this long after the
+/// timeout (`webhook_timeout_secs` + 15 s: 25 s by default).
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
 /// The shortest time between two looks at the outbox when writes wake the worker.
 const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(20);
 /// Rows claimed per poll.
@@ -70,11 +79,86 @@ pub async fn listen_for_wakes(state: AppState) {
     }
 }
 
-/// Runs until shutdown: polls the outbox (and wakes when told it got rows) and delivers, at
-/// most `webhook_concurrency` at once.
+/// What one node's worker has in flight, per endpoint and per workspace, so that a slow or dead
+/// endpoint (or a workspace with many) cannot take every request slot.
+#[derive(Default)]
+struct InFlight {
+    endpoints: HashMap<String, usize>,
+    workspaces: HashMap<WorkspaceId, usize>,
+}
+
+impl InFlight {
+    fn key(d: &Delivery) -> Option<&str> {
+        match &d.target {
+            DeliveryTarget::Endpoint(id) => Some(id),
+            DeliveryTarget::Callback(_) => None,
+        }
+    }
+
+    /// Takes a place for `d` unless its endpoint or workspace is at its limit.
+    fn take(&mut self, d: &Delivery, per_endpoint: usize, per_workspace: usize) -> bool {
+        let workspace = self.workspaces.get(&d.workspace_id).copied().unwrap_or(0);
+        let endpoint = Self::key(d).map_or(0, |e| self.endpoints.get(e).copied().unwrap_or(0));
+        if workspace >= per_workspace || endpoint >= per_endpoint {
+            return false;
+        }
+        *self.workspaces.entry(d.workspace_id.clone()).or_default() += 1;
+        if let Some(e) = Self::key(d) {
+            *self.endpoints.entry(e.to_owned()).or_default() += 1;
+        }
+        true
+    }
+
+    fn give_back(&mut self, d: &Delivery) {
+        if let Some(n) = self.workspaces.get_mut(&d.workspace_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.workspaces.remove(&d.workspace_id);
+            }
+        }
+        if let Some(e) = Self::key(d)
+            && let Some(n) = self.endpoints.get_mut(e)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.endpoints.remove(e);
+            }
+        }
+    }
+
+    /// The endpoints and workspaces at their limits, for the next claim to leave out.
+    fn full(&self, per_endpoint: usize, per_workspace: usize) -> Skip {
+        Skip {
+            endpoints: self
+                .endpoints
+                .iter()
+                .filter(|(_, n)| **n >= per_endpoint)
+                .map(|(e, _)| e.clone())
+                .collect(),
+            workspaces: self
+                .workspaces
+                .iter()
+                .filter(|(_, n)| **n >= per_workspace)
+                .map(|(w, _)| w.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Runs until shutdown: polls the outbox (and wakes when told it got rows, or when an attempt
+/// ended) and delivers, at most `webhook_concurrency` at once, at most
+/// `webhook_endpoint_concurrency` to one endpoint and `webhook_workspace_concurrency` for one
+/// workspace. It claims only as many as it can start at once, leaving out the endpoints and
+/// workspaces at their limits; a claimed delivery over a limit is given back unattempted.
 pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySchedule>) {
     let config = state.config();
     let permits = Arc::new(Semaphore::new(config.webhook_concurrency));
+    let (per_endpoint, per_workspace) = (
+        config.webhook_endpoint_concurrency,
+        config.webhook_workspace_concurrency,
+    );
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let lease = Duration::from_secs(config.webhook_timeout_secs) + LEASE_MARGIN;
     let mut every = tokio::time::interval(Duration::from_millis(config.webhook_poll_ms));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_look = tokio::time::Instant::now();
@@ -83,29 +167,49 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
             () = state.shutdown().cancelled() => return,
             _ = every.tick() => {}
             () = state.outbox_wake() => {
-                // Woken by a write: look now, but at most once per 20 ms however many writes
-                // there are (they coalesce into one wake-up meanwhile).
+                // Woken by a write or an ended attempt: look now, but at most once per 20 ms
+                // however many there are (they coalesce into one wake-up meanwhile).
                 tokio::time::sleep_until(last_look + MIN_LOOK_INTERVAL).await;
             }
         }
         last_look = tokio::time::Instant::now();
+        let room = u32::try_from(permits.available_permits())
+            .unwrap_or(BATCH)
+            .min(BATCH);
+        if room == 0 {
+            continue;
+        }
         let now = time::now();
-        let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or_default();
-        let due = match state.store().due_deliveries(now, lease_until, BATCH).await {
+        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let skip = lock(&in_flight).full(per_endpoint, per_workspace);
+        let due = match state
+            .store()
+            .due_deliveries_except(now, lease_until, room, &skip)
+            .await
+        {
             Ok(due) => due,
             Err(err) => {
                 tracing::warn!(error = %err, "webhook outbox unavailable");
                 continue;
             }
         };
+        let mut over = Vec::new();
         for delivery in due {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            // Claimed no more than there were permits: this one is free, unless the claim
+            // raced a finishing attempt's wake-up (then it goes back).
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                over.push(delivery);
+                continue;
             };
+            if !lock(&in_flight).take(&delivery, per_endpoint, per_workspace) {
+                over.push(delivery);
+                continue;
+            }
             let (state, http, schedule) = (state.clone(), http.clone(), schedule.clone());
+            let in_flight = in_flight.clone();
             let policy = state.config().target_policy();
             tokio::spawn(async move {
-                let result = attempt(&http, &schedule, policy, &delivery).await;
+                let (result, log) = attempt(&http, &schedule, policy, &delivery).await;
                 state.metrics().webhook(match &result {
                     DeliveryResult::Delivered { .. } => "delivered",
                     DeliveryResult::RetryAt { .. } => "retry",
@@ -114,15 +218,29 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
                 });
                 if let Err(err) = state
                     .store()
-                    .record_delivery(&delivery, time::now(), &result)
+                    .record_delivery(&delivery, time::now(), &result, &log)
                     .await
                 {
                     tracing::warn!(error = %err, event_id = %delivery.event_id, "could not record a webhook attempt");
                 }
+                lock(&in_flight).give_back(&delivery);
                 drop(permit);
+                // A place is free: what waited for it goes now, not at the next poll.
+                state.wake_outbox_here();
             });
         }
+        if !over.is_empty()
+            && let Err(err) = state.store().release_deliveries(&over, now).await
+        {
+            tracing::warn!(error = %err, "could not give back claimed webhook deliveries");
+        }
     }
+}
+
+fn lock(in_flight: &Mutex<InFlight>) -> std::sync::MutexGuard<'_, InFlight> {
+    in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A GET callback's URL and its query string: the URL's own query (if any) and the form
@@ -138,27 +256,53 @@ fn get_callback_url(url: &str, fields: &[u8]) -> (String, String) {
     (format!("{base}?{query}"), query)
 }
 
-/// One attempt and what to do next.
+/// The most of an answer's body the delivery log keeps (and the gateway reads).
+pub const RESPONSE_BODY_LOGGED: usize = 1024;
+
+/// Reads at most [`RESPONSE_BODY_LOGGED`] bytes of `response`'s body, as text; the rest is
+/// never read (the connection is dropped rather than drained).
+async fn body_start(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < RESPONSE_BODY_LOGGED {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = RESPONSE_BODY_LOGGED - kept.len();
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+fn given_up(error: String, kind: &str) -> (DeliveryResult, AttemptLog) {
+    (
+        DeliveryResult::Abandon {
+            status: None,
+            error,
+        },
+        AttemptLog {
+            error_kind: Some(kind.to_owned()),
+            ..AttemptLog::default()
+        },
+    )
+}
+
+/// One attempt, what to do next, and what the delivery log keeps of it.
 async fn attempt(
     http: &reqwest::Client,
     schedule: &RetrySchedule,
     policy: crate::targets::Policy,
     d: &Delivery,
-) -> DeliveryResult {
+) -> (DeliveryResult, AttemptLog) {
     let now = time::now();
     let Ok(secret) = d.secret.parse::<Secret>() else {
-        return DeliveryResult::Abandon {
-            status: None,
-            error: "the signing secret is unreadable".into(),
-        };
+        return given_up("the signing secret is unreadable".into(), "other");
     };
     // An address in the URL is checked here (the client's resolver sees only names). A refused
     // target is given up at once: retrying would be refused the same way.
     if let Err(err) = policy.check_url(&d.url, crate::targets::Kind::Http) {
-        return DeliveryResult::Abandon {
-            status: None,
-            error: format!("target refused: {err}"),
-        };
+        return given_up(format!("target refused: {err}"), "target_refused");
     }
     // What is signed is exactly what is sent: the body, or for a GET callback the whole query
     // string after `?` (the URL's own parameters, then the callback's fields).
@@ -170,7 +314,16 @@ async fn attempt(
         Some((_, query)) => query.as_bytes(),
         None => &d.payload,
     };
-    let headers = callstream_webhooks::headers(&secret, &[], &d.event_id, now.timestamp(), signed);
+    // During a rotation's overlap the old secret signs too, a second `v1,` entry: receivers
+    // that still hold it keep verifying until they switch.
+    let previous: Vec<Secret> = d
+        .previous_secret
+        .as_deref()
+        .and_then(|p| p.parse().ok())
+        .into_iter()
+        .collect();
+    let headers =
+        callstream_webhooks::headers(&secret, &previous, &d.event_id, now.timestamp(), signed);
     let mut request = match (&d.target, get_url) {
         (_, Some((url, _))) => http.get(url),
         (DeliveryTarget::Endpoint(_), None) => http
@@ -185,18 +338,26 @@ async fn attempt(
     for (name, value) in headers.pairs() {
         request = request.header(name, value);
     }
-    let (outcome, status, error) = match request.send().await {
+    let sent = std::time::Instant::now();
+    let (outcome, status, error, mut log) = match request.send().await {
         Ok(response) => {
+            let latency = sent.elapsed();
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            let log = AttemptLog {
+                latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                error_kind: (!response.status().is_success()).then(|| "http_status".to_owned()),
+                response_body: body_start(response).await,
+            };
             (
                 callstream_webhooks::classify(status, retry_after.as_deref(), time::now()),
                 Some(status),
                 format!("HTTP {status}"),
+                log,
             )
         }
         Err(err) => {
@@ -207,13 +368,25 @@ async fn attempt(
             } else {
                 TransportFailure::Other
             };
+            let log = AttemptLog {
+                latency_ms: u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX),
+                error_kind: Some(
+                    match failure {
+                        TransportFailure::Timeout => "timeout",
+                        TransportFailure::Connect => "connect",
+                        TransportFailure::Other => "other",
+                    }
+                    .to_owned(),
+                ),
+                response_body: String::new(),
+            };
             // The error's text names the host and the failure, never the payload or secret.
-            (Outcome::from(failure), None, format!("{failure:?}"))
+            (Outcome::from(failure), None, format!("{failure:?}"), log)
         }
     };
     let attempt_number = d.attempts + 1;
     let first = d.first_attempt_at.unwrap_or(now);
-    match schedule.next_step(&outcome, attempt_number, first, time::now()) {
+    let result = match schedule.next_step(&outcome, attempt_number, first, time::now()) {
         NextStep::Delivered => DeliveryResult::Delivered {
             status: status.unwrap_or(200),
         },
@@ -222,7 +395,11 @@ async fn attempt(
         },
         NextStep::RetryAt(at) => DeliveryResult::RetryAt { at, status, error },
         NextStep::GiveUp => DeliveryResult::Abandon { status, error },
+    };
+    if matches!(result, DeliveryResult::Delivered { .. }) {
+        log.error_kind = None;
     }
+    (result, log)
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ use callstream_core::{
 use serde_json::json;
 
 use crate::{
-    AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod, DeliveryResult, DeliveryTarget,
-    KeyRecord, NewEvent, Store, StoreError, WebhookEndpoint,
+    AttemptLog, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod, DeliveryResult,
+    DeliveryTarget, EndpointChange, KeyRecord, MessageFilter, MessageState, NewEvent, Requeue,
+    Store, StoreError, WebhookEndpoint,
 };
 
 /// `append_call_events` with nothing to publish.
@@ -86,6 +87,7 @@ macro_rules! conformance_tests {
             connection_places_are_limited_per_call_and_come_back,
             group_appends_number_each_call_and_refuse_alone,
             concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back,
+            endpoints_change_pause_while_disabled_and_rotate_with_an_overlap,
             idle_live_calls_of_every_workspace_are_found_and_touches_keep_them
         );
     };
@@ -679,6 +681,7 @@ pub async fn callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webho
                 status: Some(500),
                 error: "HTTP 500".into(),
             },
+            &AttemptLog::default(),
         )
         .await
         .unwrap();
@@ -686,7 +689,12 @@ pub async fn callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webho
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
     store
-        .record_delivery(&again[0], retry, &DeliveryResult::Delivered { status: 204 })
+        .record_delivery(
+            &again[0],
+            retry,
+            &DeliveryResult::Delivered { status: 204 },
+            &AttemptLog::default(),
+        )
         .await
         .unwrap();
     assert!(
@@ -707,9 +715,12 @@ pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dy
         url: "http://127.0.0.1:9/hook".into(),
         secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
         event_types: Some(vec!["call.dtmf".into()]),
+        description: String::new(),
         created_at: time::now(),
         disabled_at: None,
         disabled_reason: None,
+        previous_secret: None,
+        previous_secret_until: None,
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let call = new_call(&ws.id);
@@ -750,7 +761,25 @@ pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dy
         status: Some(500),
         error: "HTTP 500".into(),
     };
-    store.record_delivery(&due[0], now, &result).await.unwrap();
+    let failed = AttemptLog {
+        latency_ms: 12,
+        error_kind: Some("http_status".into()),
+        response_body: "upstream down".into(),
+    };
+    store
+        .record_delivery(&due[0], now, &result, &failed)
+        .await
+        .unwrap();
+    let (failing, _) = messages(&*store, &ws.id, "whe_1", Some(MessageState::Failing)).await;
+    assert_eq!(failing.len(), 1, "a retried message is failing");
+    assert_eq!(
+        (
+            failing[0].attempts,
+            failing[0].next_attempt_at,
+            failing[0].last_status_code
+        ),
+        (1, Some(retry), Some(500))
+    );
     let again = store
         .due_deliveries(retry, retry + chrono::Duration::seconds(60), 10)
         .await
@@ -760,13 +789,232 @@ pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dy
         (1, 1, Some(now))
     );
     store
-        .record_delivery(&again[0], retry, &DeliveryResult::Delivered { status: 204 })
+        .record_delivery(
+            &again[0],
+            retry,
+            &DeliveryResult::Delivered { status: 204 },
+            &AttemptLog {
+                latency_ms: 3,
+                ..AttemptLog::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
         store.outbox_counts().await.unwrap(),
         [("delivered".to_owned(), 1)]
     );
+
+    // The delivery log: the message's state, and each attempt in order.
+    let (all, _) = messages(&*store, &ws.id, "whe_1", None).await;
+    assert_eq!(all.len(), 1);
+    let message = &all[0];
+    assert_eq!(
+        (
+            message.event_id.as_str(),
+            message.event_type.as_str(),
+            message.state,
+            message.attempts
+        ),
+        (
+            appended.envelopes[0].event_id.as_str(),
+            "call.dtmf",
+            MessageState::Delivered,
+            2
+        )
+    );
+    assert_eq!(
+        message.next_attempt_at, None,
+        "a delivered message is not due"
+    );
+    assert!(
+        messages(&*store, &ws.id, "whe_1", Some(MessageState::Failing))
+            .await
+            .0
+            .is_empty()
+    );
+    let attempts = store
+        .webhook_attempts(&ws.id, "whe_1", &message.event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        (
+            attempts[0].attempted_at,
+            attempts[0].status_code,
+            attempts[0].latency_ms
+        ),
+        (now, Some(500), 12)
+    );
+    assert_eq!(
+        (
+            attempts[0].error_kind.as_deref(),
+            attempts[0].response_body.as_str()
+        ),
+        (Some("http_status"), "upstream down")
+    );
+    assert_eq!(
+        (attempts[1].status_code, attempts[1].error_kind.as_deref()),
+        (Some(204), None)
+    );
+    let other = store.ensure_workspace("b").await.unwrap();
+    assert_eq!(
+        store
+            .webhook_attempts(&other.id, "whe_1", &message.event_id)
+            .await
+            .unwrap(),
+        None,
+        "another workspace sees no log"
+    );
+    assert_eq!(
+        store
+            .webhook_messages(
+                &other.id,
+                "whe_1",
+                &MessageFilter {
+                    limit: 10,
+                    ..MessageFilter::default()
+                }
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .webhook_attempts(&ws.id, "whe_1", "evt_nope")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Paged, newest first, by cursor; filtered by the time each was queued.
+    store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            (0..4)
+                .map(|_| ev("call.dtmf", json!({"digits": "2"})))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let first_page = store
+        .webhook_messages(
+            &ws.id,
+            "whe_1",
+            &MessageFilter {
+                limit: 3,
+                ..MessageFilter::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_page.len(), 3);
+    assert!(first_page.iter().all(|m| m.state == MessageState::Pending));
+    let rest = store
+        .webhook_messages(
+            &ws.id,
+            "whe_1",
+            &MessageFilter {
+                limit: 3,
+                before: Some(first_page[2].cursor),
+                ..MessageFilter::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[1].event_id, message.event_id, "the oldest last");
+    let later = store
+        .webhook_messages(
+            &ws.id,
+            "whe_1",
+            &MessageFilter {
+                limit: 10,
+                since: Some(time::now() + chrono::Duration::hours(1)),
+                ..MessageFilter::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(later.is_empty());
+
+    // Sent again: a delivered message is pending once more, on a new schedule, its log kept.
+    let at = time::now();
+    assert_eq!(
+        store
+            .requeue_webhook_messages(&ws.id, "whe_1", &Requeue::One(message.event_id.clone()), at)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let (pending, _) = messages(&*store, &ws.id, "whe_1", Some(MessageState::Pending)).await;
+    let again = pending
+        .iter()
+        .find(|m| m.event_id == message.event_id)
+        .unwrap();
+    assert_eq!((again.attempts, again.next_attempt_at), (0, Some(at)));
+    assert_eq!(
+        store
+            .webhook_attempts(&ws.id, "whe_1", &message.event_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        2
+    );
+    let all = store
+        .requeue_webhook_messages(
+            &ws.id,
+            "whe_1",
+            &Requeue::Since(at - chrono::Duration::hours(1)),
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all, Some(5));
+    for (workspace, which) in [
+        (&ws.id, Requeue::One("evt_nope".into())),
+        (&other.id, Requeue::One(message.event_id.clone())),
+        (&other.id, Requeue::Since(at)),
+    ] {
+        assert_eq!(
+            store
+                .requeue_webhook_messages(workspace, "whe_1", &which, at)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
+
+/// An endpoint's messages in `state` (all with `None`), at most 100, and whether there are more.
+async fn messages(
+    store: &dyn Store,
+    ws: &callstream_core::WorkspaceId,
+    endpoint: &str,
+    state: Option<MessageState>,
+) -> (Vec<crate::WebhookMessage>, bool) {
+    let got = store
+        .webhook_messages(
+            ws,
+            endpoint,
+            &MessageFilter {
+                state,
+                limit: 100,
+                ..MessageFilter::default()
+            },
+        )
+        .await
+        .unwrap()
+        .expect("the endpoint exists");
+    let more = got.len() == 100;
+    (got, more)
 }
 
 pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backend: &dyn Backend) {
@@ -1131,6 +1379,212 @@ pub async fn group_appends_number_each_call_and_refuse_alone(backend: &dyn Backe
     );
 }
 
+/// An endpoint's fields change one at a time; a disabled endpoint's deliveries wait, pending,
+/// and go out once it is enabled; a rotated secret signs beside the new one until its time.
+pub async fn endpoints_change_pause_while_disabled_and_rotate_with_an_overlap(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let other = store.ensure_workspace("b").await.unwrap();
+    let old_secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let endpoint = WebhookEndpoint {
+        id: "whe_change".into(),
+        workspace_id: ws.id.clone(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: old_secret.into(),
+        event_types: None,
+        description: "first".into(),
+        created_at: time::now(),
+        disabled_at: None,
+        disabled_reason: None,
+        previous_secret: None,
+        previous_secret_until: None,
+    };
+    store.create_webhook_endpoint(&endpoint).await.unwrap();
+    let got = store
+        .webhook_endpoint(&ws.id, "whe_change")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, endpoint);
+    assert_eq!(
+        store
+            .webhook_endpoint(&other.id, "whe_change")
+            .await
+            .unwrap(),
+        None,
+        "another workspace's endpoint is not there"
+    );
+    let now = time::now();
+    let changed = store
+        .change_webhook_endpoint(
+            &ws.id,
+            "whe_change",
+            &EndpointChange {
+                url: Some("http://127.0.0.1:9/other".into()),
+                event_types: Some(Some(vec!["call.dtmf".into()])),
+                ..EndpointChange::default()
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            changed.url.as_str(),
+            changed.event_types.clone(),
+            changed.description.as_str()
+        ),
+        (
+            "http://127.0.0.1:9/other",
+            Some(vec!["call.dtmf".to_owned()]),
+            "first"
+        )
+    );
+    assert_eq!(
+        store
+            .change_webhook_endpoint(&other.id, "whe_change", &EndpointChange::default(), now)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Disabled: a queued delivery waits; a second disable keeps the first reason.
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    store
+        .append_call_events_np(
+            &ws.id,
+            &call.id,
+            vec![ev("call.dtmf", json!({"digits": "1"}))],
+        )
+        .await
+        .unwrap();
+    // Its row is due from the event's time, which is after the `now` above.
+    let now = time::now();
+    let disable = |reason: &str| EndpointChange {
+        enabled: Some(false),
+        disabled_reason: Some(reason.into()),
+        ..EndpointChange::default()
+    };
+    let disabled = store
+        .change_webhook_endpoint(&ws.id, "whe_change", &disable("paused by the API"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .change_webhook_endpoint(
+            &ws.id,
+            "whe_change",
+            &disable("other"),
+            now + chrono::Duration::seconds(5),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.disabled_at, again.disabled_reason.as_deref()),
+        (disabled.disabled_at, Some("paused by the API"))
+    );
+    assert!(disabled.disabled_at.is_some());
+    let lease = now + chrono::Duration::seconds(60);
+    assert!(
+        store
+            .due_deliveries(now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let enabled = store
+        .change_webhook_endpoint(
+            &ws.id,
+            "whe_change",
+            &EndpointChange {
+                enabled: Some(true),
+                ..EndpointChange::default()
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((enabled.disabled_at, enabled.disabled_reason), (None, None));
+    let due = store.due_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "the waiting delivery goes out once enabled");
+    assert_eq!(
+        (due[0].secret.as_str(), due[0].previous_secret.as_deref()),
+        (old_secret, None)
+    );
+    store
+        .record_delivery(
+            &due[0],
+            now,
+            &DeliveryResult::RetryAt {
+                at: now,
+                status: None,
+                error: "x".into(),
+            },
+            &AttemptLog::default(),
+        )
+        .await
+        .unwrap();
+
+    // Rotated: the new secret signs, the old one beside it until its time, then not.
+    let new_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let until = now + chrono::Duration::hours(24);
+    let rotated = store
+        .change_webhook_endpoint(
+            &ws.id,
+            "whe_change",
+            &EndpointChange {
+                rotate: Some((new_secret.into(), until)),
+                ..EndpointChange::default()
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            rotated.secret.as_str(),
+            rotated.previous_secret.as_deref(),
+            rotated.previous_secret_until
+        ),
+        (new_secret, Some(old_secret), Some(until))
+    );
+    let due = store.due_deliveries(now, lease, 10).await.unwrap();
+    assert_eq!(
+        (due[0].secret.as_str(), due[0].previous_secret.as_deref()),
+        (new_secret, Some(old_secret))
+    );
+    store
+        .record_delivery(
+            &due[0],
+            now,
+            &DeliveryResult::RetryAt {
+                at: now,
+                status: None,
+                error: "x".into(),
+            },
+            &AttemptLog::default(),
+        )
+        .await
+        .unwrap();
+    let after = until + chrono::Duration::seconds(1);
+    let due = store
+        .due_deliveries(after, after + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (due[0].secret.as_str(), due[0].previous_secret.as_deref()),
+        (new_secret, None),
+        "the old secret stops at the end of the overlap"
+    );
+}
+
 /// Several workers (nodes) draining the outbox at once never take the same delivery, and a
 /// delivery claimed by a worker that died (never recorded) is due again once its lease ends.
 pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back(
@@ -1144,9 +1598,12 @@ pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_bac
         url: "http://127.0.0.1:9/hook".into(),
         secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
         event_types: None,
+        description: String::new(),
         created_at: time::now(),
         disabled_at: None,
         disabled_reason: None,
+        previous_secret: None,
+        previous_secret_until: None,
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let call = new_call(&ws.id);

@@ -304,11 +304,196 @@ pub struct WebhookEndpoint {
     pub secret: String,
     /// `None` means every event type.
     pub event_types: Option<Vec<String>>,
+    /// The workspace's own words for it (empty when none were given).
+    pub description: String,
     #[serde(with = "callstream_core::time::millis")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "callstream_core::time::millis_opt")]
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
+    /// The secret a rotation replaced: it keeps signing beside the new one until
+    /// `previous_secret_until`. Never serialised.
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    #[serde(
+        rename = "previous_secret_expires_at",
+        with = "callstream_core::time::millis_opt"
+    )]
+    pub previous_secret_until: Option<DateTime<Utc>>,
+}
+
+/// What `PATCH /v1/webhook-endpoints/{id}` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointChange {
+    pub url: Option<String>,
+    /// `Some(None)`: every event type again.
+    pub event_types: Option<Option<Vec<String>>>,
+    pub description: Option<String>,
+    /// `Some(true)` enables (clearing the reason it was disabled for), `Some(false)` disables
+    /// with `disabled_reason`.
+    pub enabled: Option<bool>,
+    pub disabled_reason: Option<String>,
+    /// A new secret, the old one signing beside it until this time.
+    pub rotate: Option<(String, DateTime<Utc>)>,
+}
+
+/// What one delivery attempt did, beside its outcome: for the endpoint's delivery log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptLog {
+    /// From sending the request to the answer's head (or the failure).
+    pub latency_ms: u64,
+    /// `timeout`, `connect`, `http_status`, `target_refused`, `other`; `None` when delivered.
+    pub error_kind: Option<String>,
+    /// The first bytes of the answer's body (at most a kilobyte, as text).
+    pub response_body: String,
+}
+
+/// One attempt in an endpoint's delivery log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookAttempt {
+    #[serde(with = "callstream_core::time::millis")]
+    pub attempted_at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    pub error_kind: Option<String>,
+    pub response_body: String,
+}
+
+/// Where a webhook message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    /// Not attempted yet.
+    Pending,
+    /// Attempted, not delivered, and still to be retried.
+    Failing,
+    Delivered,
+    /// Given up: its 24 hours ran out, its target was refused, or its endpoint answered 410.
+    Exhausted,
+}
+
+impl MessageState {
+    pub const ALL: [Self; 4] = [
+        Self::Pending,
+        Self::Failing,
+        Self::Delivered,
+        Self::Exhausted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Failing => "failing",
+            Self::Delivered => "delivered",
+            Self::Exhausted => "exhausted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The outbox rows in this state, as an SQL condition (the same on both stores).
+    pub const fn condition(self) -> &'static str {
+        match self {
+            Self::Pending => "status = 'pending' AND attempts = 0",
+            Self::Failing => "status = 'pending' AND attempts > 0",
+            Self::Delivered => "status = 'delivered'",
+            Self::Exhausted => "status = 'abandoned'",
+        }
+    }
+
+    fn of(status: &str, attempts: u32) -> Self {
+        match status {
+            "delivered" => Self::Delivered,
+            "abandoned" => Self::Exhausted,
+            _ if attempts == 0 => Self::Pending,
+            _ => Self::Failing,
+        }
+    }
+}
+
+/// One message of an endpoint: an event queued for it, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookMessage {
+    /// Where the next page starts (`?cursor=`).
+    #[serde(skip)]
+    pub cursor: i64,
+    /// Sent as `webhook-id`.
+    pub event_id: String,
+    pub event_type: String,
+    pub state: MessageState,
+    pub attempts: u32,
+    #[serde(with = "callstream_core::time::millis")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "callstream_core::time::millis_opt")]
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    /// When it is tried next (pending and failing messages only).
+    #[serde(with = "callstream_core::time::millis_opt")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+impl WebhookMessage {
+    /// Builds one from an outbox row's columns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_columns(
+        cursor: i64,
+        event_id: String,
+        event_type: String,
+        status: &str,
+        attempts: u32,
+        created_at: DateTime<Utc>,
+        first_attempt_at: Option<DateTime<Utc>>,
+        next_attempt_at: DateTime<Utc>,
+        last_status_code: Option<u16>,
+        last_error: Option<String>,
+    ) -> Self {
+        let state = MessageState::of(status, attempts);
+        Self {
+            cursor,
+            event_id,
+            event_type,
+            state,
+            attempts,
+            created_at,
+            first_attempt_at,
+            next_attempt_at: matches!(state, MessageState::Pending | MessageState::Failing)
+                .then_some(next_attempt_at),
+            last_status_code,
+            last_error,
+        }
+    }
+}
+
+/// Which messages of an endpoint to list: newest first, `limit` of them, older than `before`
+/// (a cursor) if given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFilter {
+    pub state: Option<MessageState>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// What [`Store::due_deliveries_except`] leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skip {
+    /// Webhook endpoint ids.
+    pub endpoints: Vec<String>,
+    /// Workspaces (their webhooks and status callbacks).
+    pub workspaces: Vec<WorkspaceId>,
+}
+
+/// Which messages [`Store::requeue_webhook_messages`] sends again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// One message, by its event id.
+    One(String),
+    /// Every message queued at or after this time.
+    Since(DateTime<Utc>),
 }
 
 /// Where a queued delivery goes, and so how it is sent.
@@ -359,6 +544,8 @@ pub struct Delivery {
     pub event_id: String,
     pub url: String,
     pub secret: String,
+    /// An endpoint's secret from before a rotation, while it still signs (empty otherwise).
+    pub previous_secret: Option<String>,
     /// The canonical envelope JSON (webhooks) or the form-encoded fields (callbacks).
     pub payload: Vec<u8>,
     pub attempts: u32,
@@ -659,6 +846,24 @@ pub trait Store: Send + Sync + 'static {
 
     async fn webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<Vec<WebhookEndpoint>>;
 
+    /// One endpoint of the workspace.
+    async fn webhook_endpoint(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>>;
+
+    /// Changes an endpoint at `at` and returns it as it is now; `None` if the workspace has no
+    /// such one. A disabled endpoint's queued deliveries wait (they are not claimed) until it is
+    /// enabled again; a rotation moves the current secret to `previous_secret`.
+    async fn change_webhook_endpoint(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        change: &EndpointChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<WebhookEndpoint>>;
+
     /// Deletes an endpoint and what is queued for it; `false` if the workspace has no such one.
     async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool>;
 
@@ -669,15 +874,61 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        self.due_deliveries_except(now, lease_until, limit, &Skip::default())
+            .await
+    }
+
+    /// [`Store::due_deliveries`], leaving out the endpoints and workspaces in `skip` (those a
+    /// worker already has as many requests in flight to as it allows).
+    async fn due_deliveries_except(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+        skip: &Skip,
     ) -> Result<Vec<Delivery>>;
 
-    /// Records an attempt's outcome.
+    /// Gives claimed deliveries back unattempted, due at `at` (a worker took more than it may
+    /// send at once).
+    async fn release_deliveries(&self, deliveries: &[Delivery], at: DateTime<Utc>) -> Result<()>;
+
+    /// Records an attempt's outcome, and for a webhook endpoint the attempt in its log.
     async fn record_delivery(
         &self,
         delivery: &Delivery,
         at: DateTime<Utc>,
         result: &DeliveryResult,
+        log: &AttemptLog,
     ) -> Result<()>;
+
+    /// An endpoint's messages; `None` if the workspace has no such endpoint.
+    async fn webhook_messages(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        filter: &MessageFilter,
+    ) -> Result<Option<Vec<WebhookMessage>>>;
+
+    /// Sends messages of an endpoint again from `at`, as new attempts with their same ids: one
+    /// message, or every message queued at or after a time, whatever its state. Each starts a
+    /// new retry schedule; its earlier attempts stay in its log. How many; `None` if the
+    /// workspace has no such endpoint (or, for one message, the endpoint no such message).
+    async fn requeue_webhook_messages(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        which: &Requeue,
+        at: DateTime<Utc>,
+    ) -> Result<Option<u64>>;
+
+    /// One message's attempts, oldest first; `None` if the endpoint has no such message.
+    async fn webhook_attempts(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        event_id: &str,
+    ) -> Result<Option<Vec<WebhookAttempt>>>;
 
     /// Records a new audio stream of an in-progress call, unless the call already has an active
     /// stream to the same URL.

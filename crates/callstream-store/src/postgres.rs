@@ -27,10 +27,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::{
-    Appended, AppendedConversation, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
-    ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, KeyRecord, MessageRecord,
-    NewEvent, PublishInOrder, Result, SessionRecord, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, WebhookEndpoint, check_call_batch, last_seq_of,
+    Appended, AppendedConversation, AttemptLog, AudioStreamRecord, CallFilter, CallbackMessage,
+    CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
+    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
+    Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
+    WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -110,6 +111,30 @@ fn seq_of(v: i64) -> u64 {
 
 fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The columns [`endpoint_from_row`] reads.
+const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
+     disabled_at, disabled_reason, previous_secret, previous_secret_until";
+
+fn endpoint_from_row(row: &PgRow) -> Result<WebhookEndpoint> {
+    let types: Option<String> = row.try_get("event_types")?;
+    Ok(WebhookEndpoint {
+        id: row.try_get("id")?,
+        workspace_id: workspace_id(row, "workspace_id")?,
+        url: row.try_get("url")?,
+        secret: row.try_get("secret")?,
+        event_types: types
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| corrupt("event types", e))?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
+        disabled_at: row.try_get("disabled_at")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_until: row.try_get("previous_secret_until")?,
+    })
 }
 
 fn workspace_id(row: &PgRow, column: &str) -> Result<WorkspaceId> {
@@ -1014,14 +1039,15 @@ impl Store for PgStore {
             .map(|t| serde_json::to_string(t).unwrap_or_default());
         let mut tx = self.scoped(&e.workspace_id).await?;
         sqlx::query(
-            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types, description, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&e.id)
         .bind(e.workspace_id.as_str())
         .bind(&e.url)
         .bind(&e.secret)
         .bind(types)
+        .bind(&e.description)
         .bind(e.created_at)
         .execute(&mut *tx)
         .await?;
@@ -1031,41 +1057,93 @@ impl Store for PgStore {
 
     async fn webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<Vec<WebhookEndpoint>> {
         let mut tx = self.scoped(workspace).await?;
-        let rows = sqlx::query(
-            "SELECT id, workspace_id, url, secret, event_types, created_at, disabled_at, disabled_reason \
-             FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at"
+        )))
         .bind(workspace.as_str())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|row| {
-                let types: Option<String> = row.try_get("event_types")?;
-                Ok(WebhookEndpoint {
-                    id: row.try_get("id")?,
-                    workspace_id: workspace_id(row, "workspace_id")?,
-                    url: row.try_get("url")?,
-                    secret: row.try_get("secret")?,
-                    event_types: types
-                        .map(|t| serde_json::from_str(&t))
-                        .transpose()
-                        .map_err(|e| corrupt("event types", e))?,
-                    created_at: row.try_get("created_at")?,
-                    disabled_at: row.try_get("disabled_at")?,
-                    disabled_reason: row.try_get("disabled_reason")?,
-                })
-            })
-            .collect()
+        rows.iter().map(endpoint_from_row).collect()
+    }
+
+    async fn webhook_endpoint(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>> {
+        let mut tx = self.scoped(workspace).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2"
+        )))
+        .bind(workspace.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    async fn change_webhook_endpoint(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        change: &EndpointChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<WebhookEndpoint>> {
+        let mut tx = self.scoped(workspace).await?;
+        // One statement: each field is set only when the change names it.
+        let types = change.event_types.as_ref().map(|t| {
+            t.as_ref()
+                .map(|t| serde_json::to_string(t).unwrap_or_default())
+        });
+        let (secret, until) = change
+            .rotate
+            .as_ref()
+            .map(|(secret, until)| (Some(secret.as_str()), Some(*until)))
+            .unwrap_or_default();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_endpoints SET \
+               url = COALESCE($3, url), \
+               event_types = CASE WHEN $4 THEN $5 ELSE event_types END, \
+               description = COALESCE($6, description), \
+               disabled_at = CASE WHEN $7 IS TRUE THEN NULL \
+                                  WHEN $7 IS FALSE THEN COALESCE(disabled_at, $8) ELSE disabled_at END, \
+               disabled_reason = CASE WHEN $7 IS TRUE THEN NULL \
+                                      WHEN $7 IS FALSE AND disabled_at IS NULL THEN $9 ELSE disabled_reason END, \
+               previous_secret = CASE WHEN $10::TEXT IS NULL THEN previous_secret ELSE secret END, \
+               previous_secret_until = CASE WHEN $10::TEXT IS NULL THEN previous_secret_until ELSE $11 END, \
+               secret = COALESCE($10, secret) \
+             WHERE workspace_id = $1 AND id = $2 RETURNING {ENDPOINT_COLUMNS}"
+        )))
+        .bind(workspace.as_str())
+        .bind(id)
+        .bind(change.url.as_deref())
+        .bind(types.is_some())
+        .bind(types.flatten())
+        .bind(change.description.as_deref())
+        .bind(change.enabled)
+        .bind(at)
+        .bind(change.disabled_reason.as_deref().unwrap_or("disabled"))
+        .bind(secret)
+        .bind(until)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(endpoint_from_row).transpose()
     }
 
     async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
         let mut tx = self.scoped(workspace).await?;
-        sqlx::query("DELETE FROM webhook_outbox WHERE workspace_id = $1 AND endpoint_id = $2")
+        for table in ["webhook_outbox", "webhook_attempts"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE workspace_id = $1 AND endpoint_id = $2"
+            )))
             .bind(workspace.as_str())
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        }
         let deleted =
             sqlx::query("DELETE FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
                 .bind(workspace.as_str())
@@ -1076,19 +1154,23 @@ impl Store for PgStore {
         Ok(deleted.rows_affected() == 1)
     }
 
-    async fn due_deliveries(
+    async fn due_deliveries_except(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
+        skip: &Skip,
     ) -> Result<Vec<Delivery>> {
+        let skip_workspaces: Vec<&str> = skip.workspaces.iter().map(WorkspaceId::as_str).collect();
         let rows = sqlx::query(
-            "SELECT kind, workspace_id, endpoint_id, message_id, url, secret, method, payload, \
-             attempts, first_attempt_at FROM cs_claim_deliveries($1, $2, $3)",
+            "SELECT kind, workspace_id, endpoint_id, message_id, url, secret, previous_secret, method, \
+             payload, attempts, first_attempt_at FROM cs_claim_deliveries($1, $2, $3, $4, $5)",
         )
         .bind(now)
         .bind(lease_until)
         .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+        .bind(&skip.endpoints)
+        .bind(&skip_workspaces)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -1113,6 +1195,7 @@ impl Store for PgStore {
                     secret: row
                         .try_get::<Option<String>, _>("secret")?
                         .unwrap_or_default(),
+                    previous_secret: row.try_get("previous_secret")?,
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     first_attempt_at: row.try_get("first_attempt_at")?,
@@ -1121,11 +1204,45 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn release_deliveries(&self, deliveries: &[Delivery], at: DateTime<Utc>) -> Result<()> {
+        for d in deliveries {
+            let mut tx = self.scoped(&d.workspace_id).await?;
+            match &d.target {
+                DeliveryTarget::Endpoint(endpoint) => {
+                    sqlx::query(
+                        "UPDATE webhook_outbox SET next_attempt_at = $1 \
+                         WHERE workspace_id = $2 AND endpoint_id = $3 AND event_id = $4 AND status = 'pending'",
+                    )
+                    .bind(at)
+                    .bind(d.workspace_id.as_str())
+                    .bind(endpoint)
+                    .bind(&d.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                DeliveryTarget::Callback(_) => {
+                    sqlx::query(
+                        "UPDATE callback_outbox SET next_attempt_at = $1 \
+                         WHERE workspace_id = $2 AND id = $3 AND status = 'pending'",
+                    )
+                    .bind(at)
+                    .bind(d.workspace_id.as_str())
+                    .bind(&d.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     async fn record_delivery(
         &self,
         d: &Delivery,
         at: DateTime<Utc>,
         result: &DeliveryResult,
+        log: &AttemptLog,
     ) -> Result<()> {
         let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
             match result {
@@ -1180,6 +1297,20 @@ impl Store for PgStore {
         .bind(&d.event_id)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
+             latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(&d.event_id)
+        .bind(at)
+        .bind(last_status.map(i32::from))
+        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
+        .bind(log.error_kind.as_deref())
+        .bind(&log.response_body)
+        .execute(&mut *tx)
+        .await?;
         if let DeliveryResult::DisableEndpoint { .. } = result {
             sqlx::query(
                 "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 \
@@ -1202,6 +1333,153 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn webhook_messages(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        filter: &MessageFilter,
+    ) -> Result<Option<Vec<WebhookMessage>>> {
+        let mut tx = self.scoped(workspace).await?;
+        let found =
+            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if !found {
+            return Ok(None);
+        }
+        let state = filter.state.map_or("TRUE", MessageState::condition);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id AS cursor, event_id, event_type, status, attempts, \
+             COALESCE(created_at, next_attempt_at) AS queued_at, first_attempt_at, next_attempt_at, \
+             last_status, last_error FROM webhook_outbox \
+             WHERE workspace_id = $1 AND endpoint_id = $2 AND ({state}) \
+             AND ($3::BIGINT IS NULL OR id < $3) \
+             AND ($4::TIMESTAMPTZ IS NULL OR COALESCE(created_at, next_attempt_at) >= $4) \
+             AND ($5::TIMESTAMPTZ IS NULL OR COALESCE(created_at, next_attempt_at) < $5) \
+             ORDER BY id DESC LIMIT $6"
+        )))
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(filter.before)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(WebhookMessage::from_columns(
+                    row.try_get("cursor")?,
+                    row.try_get("event_id")?,
+                    row.try_get("event_type")?,
+                    &status,
+                    u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    row.try_get("queued_at")?,
+                    row.try_get("first_attempt_at")?,
+                    row.try_get("next_attempt_at")?,
+                    row.try_get::<Option<i32>, _>("last_status")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    row.try_get("last_error")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn requeue_webhook_messages(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        which: &Requeue,
+        at: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        let mut tx = self.scoped(workspace).await?;
+        let found =
+            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if !found {
+            return Ok(None);
+        }
+        let (condition, value) = match which {
+            Requeue::One(event_id) => ("event_id = $4", event_id.clone()),
+            Requeue::Since(since) => (
+                "COALESCE(created_at, next_attempt_at) >= $4::TIMESTAMPTZ",
+                time::format(since),
+            ),
+        };
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_outbox SET status = 'pending', attempts = 0, first_attempt_at = NULL, \
+             next_attempt_at = $3, last_status = NULL, last_error = NULL \
+             WHERE workspace_id = $1 AND endpoint_id = $2 AND {condition}"
+        )))
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(at)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(match which {
+            Requeue::One(_) if done == 0 => None,
+            _ => Some(done),
+        })
+    }
+
+    async fn webhook_attempts(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        event_id: &str,
+    ) -> Result<Option<Vec<WebhookAttempt>>> {
+        let mut tx = self.scoped(workspace).await?;
+        let found = sqlx::query(
+            "SELECT 1 FROM webhook_outbox WHERE workspace_id = $1 AND endpoint_id = $2 AND event_id = $3",
+        )
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !found {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT attempted_at, status_code, latency_ms, error_kind, response_body FROM webhook_attempts \
+             WHERE workspace_id = $1 AND endpoint_id = $2 AND event_id = $3 ORDER BY id",
+        )
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(event_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WebhookAttempt {
+                    attempted_at: row.try_get("attempted_at")?,
+                    status_code: row
+                        .try_get::<Option<i32>, _>("status_code")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?).unwrap_or(0),
+                    error_kind: row.try_get("error_kind")?,
+                    response_body: row.try_get("response_body")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     async fn create_audio_stream(&self, st: &AudioStreamRecord) -> Result<()> {
@@ -1645,8 +1923,8 @@ async fn enqueue_webhooks(
                 continue;
             }
             sqlx::query(
-                "INSERT INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
+                "INSERT INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT DO NOTHING",
             )
             .bind(endpoint)
             .bind(env.event_id.as_str())

@@ -15,10 +15,11 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    Appended, AppendedConversation, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
-    ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, KeyRecord, MessageRecord,
-    NewEvent, PublishInOrder, Result, SessionRecord, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, WebhookEndpoint, check_call_batch, last_seq_of,
+    Appended, AppendedConversation, AttemptLog, AudioStreamRecord, CallFilter, CallbackMessage,
+    CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
+    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
+    Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
+    WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
 };
 use callstream_core::audio::{AudioTrack, StreamStatus};
 
@@ -85,6 +86,31 @@ impl SqliteStore {
 
 fn ts(text: &str) -> Result<DateTime<Utc>> {
     time::parse(text).map_err(|e| StoreError::Corrupt(format!("timestamp {text:?}: {e}")))
+}
+
+/// The columns [`endpoint_from_row`] reads.
+const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
+     disabled_at, disabled_reason, previous_secret, previous_secret_until";
+
+fn endpoint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WebhookEndpoint> {
+    let types: Option<String> = row.try_get("event_types")?;
+    Ok(WebhookEndpoint {
+        id: row.try_get("id")?,
+        workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
+            .map_err(|e| corrupt("workspace id", e))?,
+        url: row.try_get("url")?,
+        secret: row.try_get("secret")?,
+        event_types: types
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| corrupt("event types", e))?,
+        description: row.try_get("description")?,
+        created_at: ts(row.try_get("created_at")?)?,
+        disabled_at: ts_opt(row.try_get("disabled_at")?)?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_until: ts_opt(row.try_get("previous_secret_until")?)?,
+    })
 }
 
 fn ts_opt(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
@@ -859,14 +885,15 @@ impl Store for SqliteStore {
             .as_ref()
             .map(|t| serde_json::to_string(t).unwrap_or_default());
         sqlx::query(
-            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO webhook_endpoints (id, workspace_id, url, secret, event_types, description, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&e.id)
         .bind(e.workspace_id.as_str())
         .bind(&e.url)
         .bind(&e.secret)
         .bind(types)
+        .bind(&e.description)
         .bind(time::format(&e.created_at))
         .execute(&self.pool)
         .await?;
@@ -874,32 +901,112 @@ impl Store for SqliteStore {
     }
 
     async fn webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<Vec<WebhookEndpoint>> {
-        let rows = sqlx::query(
-            "SELECT id, workspace_id, url, secret, event_types, created_at, disabled_at, disabled_reason \
-             FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at"
+        )))
         .bind(workspace.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let types: Option<String> = row.try_get("event_types")?;
-                Ok(WebhookEndpoint {
-                    id: row.try_get("id")?,
-                    workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
-                        .map_err(|e| corrupt("workspace id", e))?,
-                    url: row.try_get("url")?,
-                    secret: row.try_get("secret")?,
-                    event_types: types
-                        .map(|t| serde_json::from_str(&t))
-                        .transpose()
-                        .map_err(|e| corrupt("event types", e))?,
-                    created_at: ts(row.try_get("created_at")?)?,
-                    disabled_at: ts_opt(row.try_get("disabled_at")?)?,
-                    disabled_reason: row.try_get("disabled_reason")?,
-                })
-            })
-            .collect()
+        rows.iter().map(endpoint_from_row).collect()
+    }
+
+    async fn webhook_endpoint(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> Result<Option<WebhookEndpoint>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2"
+        )))
+        .bind(workspace.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(endpoint_from_row).transpose()
+    }
+
+    async fn change_webhook_endpoint(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        change: &EndpointChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<WebhookEndpoint>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let found =
+            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if !found {
+            return Ok(None);
+        }
+        if let Some(url) = &change.url {
+            sqlx::query("UPDATE webhook_endpoints SET url = $1 WHERE id = $2")
+                .bind(url)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(types) = &change.event_types {
+            let types = types
+                .as_ref()
+                .map(|t| serde_json::to_string(t).unwrap_or_default());
+            sqlx::query("UPDATE webhook_endpoints SET event_types = $1 WHERE id = $2")
+                .bind(types)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(description) = &change.description {
+            sqlx::query("UPDATE webhook_endpoints SET description = $1 WHERE id = $2")
+                .bind(description)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        match change.enabled {
+            Some(true) => {
+                sqlx::query("UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(false) => {
+                // Disabled once: a second disable keeps the first time and reason.
+                sqlx::query(
+                    "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 \
+                     WHERE id = $3 AND disabled_at IS NULL",
+                )
+                .bind(time::format(&at))
+                .bind(change.disabled_reason.as_deref().unwrap_or("disabled"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {}
+        }
+        if let Some((secret, until)) = &change.rotate {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_until = $1, \
+                 secret = $2 WHERE id = $3",
+            )
+            .bind(time::format(until))
+            .bind(secret)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        endpoint_from_row(&row).map(Some)
     }
 
     async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
@@ -912,10 +1019,14 @@ impl Store for SqliteStore {
                 .await?
                 .is_some();
         if found {
-            sqlx::query("DELETE FROM webhook_outbox WHERE endpoint_id = $1")
+            for table in ["webhook_outbox", "webhook_attempts"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE endpoint_id = $1"
+                )))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            }
             sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -925,33 +1036,54 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
-    async fn due_deliveries(
+    async fn due_deliveries_except(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: u32,
+        skip: &Skip,
     ) -> Result<Vec<Delivery>> {
+        let skip_endpoints = serde_json::to_string(&skip.endpoints).unwrap_or_default();
+        let skip_workspaces = serde_json::to_string(
+            &skip
+                .workspaces
+                .iter()
+                .map(WorkspaceId::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // Claim the due rows by pushing their next attempt to the end of the lease: a worker
         // that dies mid-delivery leaves them to be retried when the lease runs out.
+        // A disabled endpoint's rows wait, pending, until it is enabled again.
         let rows = sqlx::query(
             "UPDATE webhook_outbox SET next_attempt_at = $1 \
-             WHERE rowid IN (SELECT rowid FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
-                             ORDER BY next_attempt_at LIMIT $3) \
+             WHERE rowid IN (SELECT o.rowid FROM webhook_outbox o \
+                             JOIN webhook_endpoints e ON e.id = o.endpoint_id AND e.disabled_at IS NULL \
+                             WHERE o.status = 'pending' AND o.next_attempt_at <= $2 \
+                             AND o.endpoint_id NOT IN (SELECT value FROM json_each($4)) \
+                             AND o.workspace_id NOT IN (SELECT value FROM json_each($5)) \
+                             ORDER BY o.next_attempt_at LIMIT $3) \
              RETURNING endpoint_id, event_id, workspace_id, payload, attempts, first_attempt_at",
         )
         .bind(time::format(&lease_until))
         .bind(time::format(&now))
         .bind(i64::from(limit))
+        .bind(&skip_endpoints)
+        .bind(&skip_workspaces)
         .fetch_all(&mut *tx)
         .await?;
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in rows {
             let endpoint_id: String = row.try_get("endpoint_id")?;
-            let endpoint = sqlx::query("SELECT url, secret FROM webhook_endpoints WHERE id = $1")
-                .bind(&endpoint_id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let endpoint = sqlx::query(
+                "SELECT url, secret, CASE WHEN previous_secret_until > $2 THEN previous_secret END AS previous_secret \
+                 FROM webhook_endpoints WHERE id = $1",
+            )
+            .bind(&endpoint_id)
+            .bind(time::format(&now))
+            .fetch_one(&mut *tx)
+            .await?;
             deliveries.push(Delivery {
                 workspace_id: WorkspaceId::parse(row.try_get("workspace_id")?)
                     .map_err(|e| corrupt("workspace id", e))?,
@@ -959,6 +1091,7 @@ impl Store for SqliteStore {
                 event_id: row.try_get("event_id")?,
                 url: endpoint.try_get("url")?,
                 secret: endpoint.try_get("secret")?,
+                previous_secret: endpoint.try_get("previous_secret")?,
                 payload: row.try_get("payload")?,
                 attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
@@ -970,12 +1103,14 @@ impl Store for SqliteStore {
             let rows = sqlx::query(
                 "UPDATE callback_outbox SET next_attempt_at = $1 \
                  WHERE id IN (SELECT id FROM callback_outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
+                              AND workspace_id NOT IN (SELECT value FROM json_each($4)) \
                               ORDER BY next_attempt_at LIMIT $3) \
                  RETURNING id, workspace_id, url, method, body, attempts, first_attempt_at",
             )
             .bind(time::format(&lease_until))
             .bind(time::format(&now))
             .bind(room)
+            .bind(&skip_workspaces)
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {
@@ -999,6 +1134,7 @@ impl Store for SqliteStore {
                     // A workspace whose secret is missing cannot sign: the attempt is abandoned
                     // with that reason rather than sent unsigned.
                     secret: secret.unwrap_or_default(),
+                    previous_secret: None,
                     payload: body.into_bytes(),
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
@@ -1009,11 +1145,42 @@ impl Store for SqliteStore {
         Ok(deliveries)
     }
 
+    async fn release_deliveries(&self, deliveries: &[Delivery], at: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for d in deliveries {
+            match &d.target {
+                DeliveryTarget::Endpoint(endpoint) => {
+                    sqlx::query(
+                        "UPDATE webhook_outbox SET next_attempt_at = $1 \
+                         WHERE endpoint_id = $2 AND event_id = $3 AND status = 'pending'",
+                    )
+                    .bind(time::format(&at))
+                    .bind(endpoint)
+                    .bind(&d.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                DeliveryTarget::Callback(_) => {
+                    sqlx::query(
+                        "UPDATE callback_outbox SET next_attempt_at = $1 WHERE id = $2 AND status = 'pending'",
+                    )
+                    .bind(time::format(&at))
+                    .bind(&d.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn record_delivery(
         &self,
         d: &Delivery,
         at: DateTime<Utc>,
         result: &DeliveryResult,
+        log: &AttemptLog,
     ) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
@@ -1065,6 +1232,20 @@ impl Store for SqliteStore {
         .bind(&d.event_id)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
+             latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(&d.event_id)
+        .bind(time::format(&at))
+        .bind(last_status.map(i64::from))
+        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
+        .bind(log.error_kind.as_deref())
+        .bind(&log.response_body)
+        .execute(&mut *tx)
+        .await?;
         if let DeliveryResult::DisableEndpoint { .. } = result {
             sqlx::query(
                 "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 WHERE id = $3",
@@ -1081,6 +1262,153 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn webhook_messages(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        filter: &MessageFilter,
+    ) -> Result<Option<Vec<WebhookMessage>>> {
+        let mut tx = self.pool.begin().await?;
+        let found =
+            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if !found {
+            return Ok(None);
+        }
+        let state = filter.state.map_or("1 = 1", MessageState::condition);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT rowid AS cursor, event_id, event_type, status, attempts, \
+             COALESCE(created_at, next_attempt_at) AS queued_at, first_attempt_at, next_attempt_at, \
+             last_status, last_error FROM webhook_outbox \
+             WHERE workspace_id = $1 AND endpoint_id = $2 AND ({state}) \
+             AND ($3 IS NULL OR rowid < $3) \
+             AND ($4 IS NULL OR COALESCE(created_at, next_attempt_at) >= $4) \
+             AND ($5 IS NULL OR COALESCE(created_at, next_attempt_at) < $5) \
+             ORDER BY rowid DESC LIMIT $6"
+        )))
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(filter.before)
+        .bind(filter.since.as_ref().map(time::format))
+        .bind(filter.until.as_ref().map(time::format))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(WebhookMessage::from_columns(
+                    row.try_get("cursor")?,
+                    row.try_get("event_id")?,
+                    row.try_get("event_type")?,
+                    &status,
+                    u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    ts(row.try_get("queued_at")?)?,
+                    ts_opt(row.try_get("first_attempt_at")?)?,
+                    ts(row.try_get("next_attempt_at")?)?,
+                    row.try_get::<Option<i64>, _>("last_status")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    row.try_get("last_error")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn requeue_webhook_messages(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        which: &Requeue,
+        at: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let found =
+            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(endpoint)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if !found {
+            return Ok(None);
+        }
+        let (condition, value) = match which {
+            Requeue::One(event_id) => ("event_id = $4", event_id.clone()),
+            Requeue::Since(since) => (
+                "COALESCE(created_at, next_attempt_at) >= $4",
+                time::format(since),
+            ),
+        };
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_outbox SET status = 'pending', attempts = 0, first_attempt_at = NULL, \
+             next_attempt_at = $3, last_status = NULL, last_error = NULL \
+             WHERE workspace_id = $1 AND endpoint_id = $2 AND {condition}"
+        )))
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(time::format(&at))
+        .bind(value)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(match which {
+            Requeue::One(_) if done == 0 => None,
+            _ => Some(done),
+        })
+    }
+
+    async fn webhook_attempts(
+        &self,
+        workspace: &WorkspaceId,
+        endpoint: &str,
+        event_id: &str,
+    ) -> Result<Option<Vec<WebhookAttempt>>> {
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query(
+            "SELECT 1 FROM webhook_outbox WHERE workspace_id = $1 AND endpoint_id = $2 AND event_id = $3",
+        )
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !found {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT attempted_at, status_code, latency_ms, error_kind, response_body FROM webhook_attempts \
+             WHERE workspace_id = $1 AND endpoint_id = $2 AND event_id = $3 ORDER BY id",
+        )
+        .bind(workspace.as_str())
+        .bind(endpoint)
+        .bind(event_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WebhookAttempt {
+                    attempted_at: ts(row.try_get("attempted_at")?)?,
+                    status_code: row
+                        .try_get::<Option<i64>, _>("status_code")?
+                        .and_then(|s| u16::try_from(s).ok()),
+                    latency_ms: u64::try_from(row.try_get::<i64, _>("latency_ms")?).unwrap_or(0),
+                    error_kind: row.try_get("error_kind")?,
+                    response_body: row.try_get("response_body")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     async fn create_audio_stream(&self, st: &AudioStreamRecord) -> Result<()> {
@@ -1531,8 +1859,8 @@ async fn enqueue_webhooks(
                 continue;
             }
             sqlx::query(
-                "INSERT OR IGNORE INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+                "INSERT OR IGNORE INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
             )
             .bind(endpoint)
             .bind(env.event_id.as_str())

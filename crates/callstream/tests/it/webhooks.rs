@@ -39,7 +39,10 @@ async fn receiver(statuses: Vec<u16>) -> Receiver {
                     .or(statuses.last())
                     .copied()
                     .unwrap_or(200);
-                StatusCode::from_u16(status).unwrap()
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    format!("answer {}", got.len()),
+                )
             }
         }),
     );
@@ -259,6 +262,546 @@ async fn endpoints_are_per_workspace_and_checked() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
+}
+
+async fn send(
+    ts: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = ts.http.request(method, ts.url(path)).bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn verifies(secret: &str, received: &Received) -> bool {
+    let secret: callstream_webhooks::Secret = secret.parse().unwrap();
+    let pairs: Vec<(String, String)> = received
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    callstream_webhooks::verify(
+        &[secret],
+        pairs,
+        &received.body,
+        callstream_core::time::now(),
+        callstream_webhooks::DEFAULT_TOLERANCE,
+    )
+    .is_ok()
+}
+
+/// What the Standard Webhooks reference library (npm `standardwebhooks`, run by node) says of
+/// each (secret, delivery): `ok` or `refused: …`. `None` (with one line saying why) where node or
+/// the library is missing, unless CALLSTREAM_REQUIRE_SERVICES=1.
+async fn reference_verdicts(checks: &[(&str, &Received)]) -> Option<Vec<String>> {
+    use base64::Engine;
+    use tokio::io::AsyncWriteExt;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    let missing = if !dir.join("node_modules/standardwebhooks").exists() {
+        Some("standardwebhooks is not installed (npm ci --prefix tests/browser)")
+    } else if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        Some("node is not installed")
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        assert!(
+            !callstream_core::testing::services_required(),
+            "CALLSTREAM_REQUIRE_SERVICES=1 but the reference verifier cannot run: {why}"
+        );
+        eprintln!("SKIP the reference verifier: {why}");
+        return None;
+    }
+    let mut input = String::new();
+    for (secret, received) in checks {
+        let headers: serde_json::Map<String, Value> =
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                .into_iter()
+                .map(|h| (h.to_owned(), json!(received.headers[h].to_str().unwrap())))
+                .collect();
+        input.push_str(
+            &json!({
+                "secret": secret,
+                "headers": headers,
+                "body_base64": base64::engine::general_purpose::STANDARD.encode(&received.body),
+            })
+            .to_string(),
+        );
+        input.push('\n');
+    }
+    let mut child = tokio::process::Command::new("node")
+        .arg(dir.join("verify-webhooks.mjs"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success());
+    Some(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn endpoints_are_managed_paused_and_rotated_with_the_old_secret_signing_beside_the_new() {
+    let ts = TestServer::start_with(|c| {
+        c.webhook_poll_ms = 20;
+        c.webhook_retry_secs = vec![1, 1];
+        c.webhook_deadline_secs = 60;
+        c.max_webhook_endpoints = 2;
+    })
+    .await;
+    // The first request fails: its delivery is then queued for a retry a second later.
+    let hook = receiver(vec![500, 200]).await;
+    let created = endpoint(
+        &ts,
+        json!({"url": hook.url, "event_types": ["call.dtmf", "call.dtmf"], "description": "CRM sync"}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/webhook-endpoints/{id}");
+    assert_eq!(
+        created["event_types"],
+        json!(["call.dtmf"]),
+        "each type once"
+    );
+    let first_secret = created["secret"].as_str().unwrap().to_owned();
+
+    // One endpoint, read back without its secret; another workspace sees none of it.
+    let (status, got) = ts.get(&path, &ts.acme.api).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (got["description"].as_str(), got.get("secret")),
+        (Some("CRM sync"), None)
+    );
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        assert_eq!(send(&ts, method, &path, &ts.other.api, None).await.0, 404);
+    }
+    for action in ["disable", "enable", "rotate-secret"] {
+        let (status, _) = send(
+            &ts,
+            reqwest::Method::POST,
+            &format!("{path}/{action}"),
+            &ts.other.api,
+            None,
+        )
+        .await;
+        assert_eq!(status, 404, "{action}");
+    }
+    let (status, _) = send(
+        &ts,
+        reqwest::Method::PATCH,
+        &path,
+        &ts.other.api,
+        Some(json!({"description": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Changes: each field alone; `null` event types mean every type again; bad values refused.
+    let (status, changed) = send(
+        &ts,
+        reqwest::Method::PATCH,
+        &path,
+        &ts.acme.api,
+        Some(json!({"description": "CRM sync v2"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(
+        (changed["description"].as_str(), &changed["event_types"]),
+        (Some("CRM sync v2"), &json!(["call.dtmf"]))
+    );
+    let too_many: Vec<String> = (0..65).map(|i| format!("custom.t{i}")).collect();
+    for (body, expect) in [
+        (
+            json!({"url": "ftp://x"}),
+            "body.url: expected an http or https URL",
+        ),
+        (
+            json!({"url": "http://user:pw@example.com/h"}),
+            "body.url: must not carry credentials",
+        ),
+        (json!({"event_types": []}), "body.event_types:"),
+        (
+            json!({"event_types": too_many}),
+            "body.event_types: at most 64 event types",
+        ),
+        (
+            json!({"description": "x".repeat(257)}),
+            "body.description: at most 256",
+        ),
+        (json!({"secret": "whsec_mine"}), ""),
+    ] {
+        let (status, err) = send(
+            &ts,
+            reqwest::Method::PATCH,
+            &path,
+            &ts.acme.api,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().starts_with(expect),
+            "{err}"
+        );
+    }
+    let (status, changed) = send(
+        &ts,
+        reqwest::Method::PATCH,
+        &path,
+        &ts.acme.api,
+        Some(json!({"event_types": null})),
+    )
+    .await;
+    assert_eq!((status, &changed["event_types"]), (200, &Value::Null));
+    let (status, _) = send(
+        &ts,
+        reqwest::Method::PATCH,
+        &path,
+        &ts.acme.api,
+        Some(json!({"event_types": ["call.dtmf"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Disabled: a delivery waiting for its retry waits on, and events meanwhile are not queued
+    // for it; enabled: the waiting one goes.
+    let call = ts.create_call("sip").await;
+    let call_id = call["id"].as_str().unwrap();
+    ts.ingest(
+        call_id,
+        json!({"event_type": "call.dtmf", "payload": {"digits": "1"}}),
+    )
+    .await;
+    hook.wait_for(1).await;
+    let (status, disabled) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("{path}/disable"),
+        &ts.acme.api,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(disabled["disabled_at"].is_string(), "{disabled}");
+    assert_eq!(disabled["disabled_reason"], "disabled with the API");
+    ts.ingest(
+        call_id,
+        json!({"event_type": "call.dtmf", "payload": {"digits": "9"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        hook.got.lock().unwrap().len(),
+        1,
+        "a disabled endpoint gets nothing"
+    );
+    let (status, enabled) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("{path}/enable"),
+        &ts.acme.api,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&enabled["disabled_at"], &enabled["disabled_reason"]),
+        (&Value::Null, &Value::Null)
+    );
+    let got = hook.wait_for(2).await;
+    assert_eq!(got[1].body, got[0].body, "the waiting delivery, retried");
+    assert!(verifies(&first_secret, &got[1]));
+
+    // Rotated: the new secret signs at once, the old one beside it through the overlap.
+    let (status, rotated) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("{path}/rotate-secret"),
+        &ts.acme.api,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(new_secret.starts_with("whsec_") && new_secret != first_secret);
+    let overlap_end =
+        callstream_core::time::parse(rotated["previous_secret_expires_at"].as_str().unwrap())
+            .unwrap();
+    let expected_end = callstream_core::time::now() + chrono::Duration::hours(24);
+    assert!(
+        (overlap_end - expected_end).num_seconds().abs() < 60,
+        "{overlap_end}"
+    );
+    let (_, listed) = ts.get("/v1/webhook-endpoints", &ts.acme.api).await;
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&new_secret) && !text.contains(&first_secret),
+        "no secret listed"
+    );
+    ts.ingest(
+        call_id,
+        json!({"event_type": "call.dtmf", "payload": {"digits": "2"}}),
+    )
+    .await;
+    let got = hook.wait_for(3).await;
+    assert!(
+        !got.iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains("\"9\"")),
+        "what came while it was disabled was never queued for it"
+    );
+    let signatures = got[2].headers["webhook-signature"].to_str().unwrap();
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    assert!(verifies(&new_secret, &got[2]), "the new secret verifies");
+    assert!(
+        verifies(&first_secret, &got[2]),
+        "the old secret still verifies"
+    );
+    // And so says the Standard Webhooks reference library, which refuses a wrong secret.
+    let wrong = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    if let Some(verdicts) = reference_verdicts(&[
+        (&first_secret, &got[1]),
+        (&new_secret, &got[2]),
+        (&first_secret, &got[2]),
+        (wrong, &got[2]),
+    ])
+    .await
+    {
+        assert_eq!(&verdicts[..3], ["ok", "ok", "ok"], "{verdicts:?}");
+        assert!(verdicts[3].starts_with("refused"), "{verdicts:?}");
+    }
+
+    // The delivery log: each message with its state, newest first; each attempt with its
+    // answer's status, latency, error kind and first bytes.
+    let messages_path = format!("{path}/messages");
+    let mut log = Value::Null;
+    for _ in 0..250 {
+        log = ts.get(&messages_path, &ts.acme.api).await.1;
+        if log["messages"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2 && m.iter().all(|m| m["state"] == "delivered"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let messages = log["messages"].as_array().unwrap();
+    assert!(messages.iter().all(|m| m["state"] == "delivered"), "{log}");
+    let oldest = &messages[1];
+    assert_eq!(oldest["attempts"], 2, "{oldest}");
+    assert_eq!(
+        oldest["event_id"],
+        got[0].headers["webhook-id"].to_str().unwrap()
+    );
+    let (status, attempts) = ts
+        .get(
+            &format!(
+                "{messages_path}/{}/attempts",
+                oldest["event_id"].as_str().unwrap()
+            ),
+            &ts.acme.api,
+        )
+        .await;
+    assert_eq!(status, 200, "{attempts}");
+    let attempts = attempts["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        (
+            &attempts[0]["status_code"],
+            &attempts[0]["error_kind"],
+            &attempts[0]["response_body"]
+        ),
+        (&json!(500), &json!("http_status"), &json!("answer 1"))
+    );
+    assert_eq!(
+        (
+            &attempts[1]["status_code"],
+            &attempts[1]["error_kind"],
+            &attempts[1]["response_body"]
+        ),
+        (&json!(200), &Value::Null, &json!("answer 2"))
+    );
+    assert!(attempts[0]["latency_ms"].is_u64() && attempts[0]["attempted_at"].is_string());
+    // Filtered and paged.
+    let (_, failing) = ts
+        .get(&format!("{messages_path}?status=failing"), &ts.acme.api)
+        .await;
+    assert_eq!(failing["messages"], json!([]));
+    let (_, page) = ts
+        .get(&format!("{messages_path}?limit=1"), &ts.acme.api)
+        .await;
+    assert_eq!(page["messages"][0]["event_id"], messages[0]["event_id"]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) = ts
+        .get(
+            &format!("{messages_path}?limit=1&cursor={cursor}"),
+            &ts.acme.api,
+        )
+        .await;
+    assert_eq!(next["messages"][0]["event_id"], oldest["event_id"]);
+    for (query, expect) in [
+        ("status=lost", "status: expected one of"),
+        ("since=yesterday", "since: expected an RFC 3339 time"),
+        ("limit=0", "limit: expected 1 to 250"),
+        ("cursor=zzz", "cursor:"),
+        ("page=2", "page: unknown query parameter"),
+    ] {
+        let (status, err) = ts
+            .get(&format!("{messages_path}?{query}"), &ts.acme.api)
+            .await;
+        assert_eq!(status, 400, "{query}");
+        assert!(
+            err["message"].as_str().unwrap().starts_with(expect),
+            "{err}"
+        );
+    }
+    assert_eq!(ts.get(&messages_path, &ts.other.api).await.0, 404);
+    assert_eq!(
+        ts.get(
+            &format!("{messages_path}/evt_unknown/attempts"),
+            &ts.acme.api
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Sent again: one message now, then everything queued since a time; each with its own
+    // webhook-id, so a receiver de-duplicates.
+    let oldest_id = oldest["event_id"].as_str().unwrap();
+    let before = hook.got.lock().unwrap().len();
+    let (status, requeued) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("{messages_path}/{oldest_id}/retry"),
+        &ts.acme.api,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &requeued["requeued"]),
+        (202, &json!(1)),
+        "{requeued}"
+    );
+    let again = hook.wait_for(before + 1).await;
+    assert_eq!(again[before].headers["webhook-id"], oldest_id);
+    assert_eq!(again[before].body, got[0].body, "the same message");
+    let since =
+        callstream_core::time::format(&(callstream_core::time::now() - chrono::Duration::hours(1)));
+    let (status, requeued) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("{path}/replay"),
+        &ts.acme.api,
+        Some(json!({"since": since})),
+    )
+    .await;
+    assert_eq!(
+        (status, &requeued["requeued"]),
+        (202, &json!(2)),
+        "{requeued}"
+    );
+    let again = hook.wait_for(before + 3).await;
+    let mut ids: Vec<String> = again[before + 1..]
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = messages
+        .iter()
+        .map(|m| m["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        send(
+            &ts,
+            reqwest::Method::POST,
+            &format!("{messages_path}/evt_unknown/retry"),
+            &ts.acme.api,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        send(
+            &ts,
+            reqwest::Method::POST,
+            &format!("{messages_path}/{oldest_id}/retry"),
+            &ts.other.api,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    let (status, err) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("{path}/replay"),
+        &ts.acme.api,
+        Some(json!({"since": "last week"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(
+        send(
+            &ts,
+            reqwest::Method::POST,
+            &format!("{path}/replay"),
+            &ts.other.api,
+            Some(json!({"since": since}))
+        )
+        .await
+        .0,
+        404
+    );
+
+    // The workspace's endpoint limit.
+    endpoint(&ts, json!({"url": hook.url})).await;
+    let (status, err) = ts
+        .post(
+            "/v1/webhook-endpoints",
+            &ts.acme.api,
+            &json!({"url": hook.url}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error_code"].as_str()),
+        (409, Some("too_many_endpoints")),
+        "{err}"
+    );
+    assert_eq!(
+        send(&ts, reqwest::Method::DELETE, &path, &ts.acme.api, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(ts.get(&path, &ts.acme.api).await.0, 404);
+    endpoint(&ts, json!({"url": hook.url})).await;
 }
 
 #[tokio::test]
@@ -538,4 +1081,96 @@ async fn post_raw(ts: &TestServer, path: &str, body: String) -> u16 {
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// The scenario that once stopped every delivery for two minutes: one workspace points 40
+/// endpoints at a port that accepts and never answers and sends events; another workspace's
+/// healthy endpoint still gets its event while every one of those requests hangs (none has
+/// timed out yet, so none was recorded).
+#[tokio::test]
+async fn a_dead_endpoint_cannot_starve_another_workspaces_healthy_one() {
+    let ts = TestServer::start_with(|c| {
+        c.webhook_poll_ms = 20;
+        c.webhook_timeout_secs = 60;
+        c.max_webhook_endpoints = 50;
+    })
+    .await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(connection);
+        }
+    });
+    for _ in 0..40 {
+        endpoint(&ts, json!({"url": silent_url})).await;
+    }
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    for digit in 0..5 {
+        ts.ingest(
+            id,
+            json!({"event_type": "call.dtmf", "payload": {"digits": digit.to_string()}}),
+        )
+        .await;
+    }
+    // The dead endpoints' requests are out and hanging: as many as the workspace may have.
+    for _ in 0..250 {
+        if accepted.load(std::sync::atomic::Ordering::SeqCst) >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        8,
+        "webhook_workspace_concurrency (8) requests of the workspace in flight, no more"
+    );
+
+    let healthy = receiver(vec![200]).await;
+    let (status, _) = ts
+        .post(
+            "/v1/webhook-endpoints",
+            &ts.other.api,
+            &json!({"url": healthy.url, "event_types": ["call.dtmf"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, other_call) = ts
+        .post(
+            "/v1/calls",
+            &ts.other.runtime,
+            &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = ts
+        .post(
+            &format!("/v1/calls/{}/events", other_call["id"].as_str().unwrap()),
+            &ts.other.runtime,
+            &json!({"event_type": "call.dtmf", "payload": {"digits": "7"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let got = healthy.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].body).contains("\"7\""));
+    // Delivered while every dead request still hangs: none of them has been recorded.
+    assert!(
+        crate::support::wait_for_metric(
+            &ts,
+            "callstream_webhook_attempts_total{outcome=\"delivered\"}",
+            |n| n == 1.0
+        )
+        .await
+    );
+    assert_eq!(
+        ts.metric("callstream_webhook_attempts_total{outcome=\"retry\"}")
+            .await,
+        0.0
+    );
+    holder.abort();
 }
