@@ -138,6 +138,12 @@ pub struct Config {
     pub webhook_secret_overlap_secs: u64,
     /// Webhook endpoints one workspace may have.
     pub max_webhook_endpoints: usize,
+    /// Seconds after which an endpoint whose every attempt has failed is disabled (as Svix
+    /// does, 5 days); `0`: never.
+    pub webhook_disable_after_failing_secs: u64,
+    /// Seconds delivered and given-up webhook messages (and their delivery logs) and status
+    /// callbacks are kept, from when they were queued; `0`: for ever.
+    pub webhook_retention_secs: u64,
     /// Let webhook endpoints, audio stream services and status callbacks point at loopback,
     /// private, link-local (cloud metadata), unique-local and other non-public addresses. Off:
     /// a tenant must not reach the gateway's own network. Tests and the local demo turn it on.
@@ -216,6 +222,8 @@ impl Default for Config {
             webhook_poll_ms: 500,
             webhook_secret_overlap_secs: 24 * 3600,
             max_webhook_endpoints: 100,
+            webhook_disable_after_failing_secs: 5 * 24 * 3600,
+            webhook_retention_secs: 30 * 24 * 3600,
             allow_private_webhook_targets: false,
             audio_playout_max_secs: 40,
             audio_connect_timeout_secs: 10,

@@ -413,6 +413,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     .map_err(|e| StartError::Webhooks(e.to_string()))?;
     tokio::spawn(webhooks::run(state.clone(), http, schedule));
     tokio::spawn(webhooks::listen_for_wakes(state.clone()));
+    tokio::spawn(webhooks::prune(state.clone()));
     tokio::spawn(reaper::run(state.clone()));
     tokio::spawn(revocations::run(state.clone()));
 

@@ -109,6 +109,8 @@ pub struct Metrics {
     ingest_events: Vec<Counter>,
     commands: Family<OutcomeLabels, Counter>,
     webhooks: Family<OutcomeLabels, Counter>,
+    webhooks_exhausted: Counter,
+    webhook_endpoints_disabled: Family<ReasonLabels, Counter>,
     /// Client messages refused by the per-connection rate limit, by surface.
     pub rate_limited: Family<SurfaceLabels, Counter>,
     bus_topics: Gauge,
@@ -331,6 +333,21 @@ impl Metrics {
         for outcome in ["delivered", "retry", "abandoned", "endpoint_disabled"] {
             let _ = webhooks.get_or_create(&OutcomeLabels { outcome });
         }
+        let webhooks_exhausted = Counter::default();
+        registry.register(
+            "webhook_messages_exhausted",
+            "Webhook messages given up after their whole retry schedule (24 hours by default)",
+            webhooks_exhausted.clone(),
+        );
+        let webhook_endpoints_disabled = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints the gateway disabled, by reason (gone: a 410 answer; failing: failing for webhook_disable_after_failing_secs)",
+            webhook_endpoints_disabled.clone(),
+        );
+        for reason in ["gone", "failing"] {
+            let _ = webhook_endpoints_disabled.get_or_create(&ReasonLabels { reason });
+        }
         for outcome in ["done", "refused", "no_runtime", "busy", "timeout"] {
             let _ = commands.get_or_create(&OutcomeLabels { outcome });
         }
@@ -365,6 +382,8 @@ impl Metrics {
             ingest_events,
             commands,
             webhooks,
+            webhooks_exhausted,
+            webhook_endpoints_disabled,
             rate_limited,
             bus_topics,
             bus_subscribers,
@@ -398,6 +417,16 @@ impl Metrics {
     pub fn webhook(&self, outcome: &'static str) {
         self.webhooks
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn webhook_exhausted(&self) {
+        self.webhooks_exhausted.inc();
+    }
+
+    pub fn webhook_endpoint_disabled(&self, reason: &'static str) {
+        self.webhook_endpoints_disabled
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -209,7 +209,7 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
             let in_flight = in_flight.clone();
             let policy = state.config().target_policy();
             tokio::spawn(async move {
-                let (result, log) = attempt(&http, &schedule, policy, &delivery).await;
+                let (result, log, exhausted) = attempt(&http, &schedule, policy, &delivery).await;
                 state.metrics().webhook(match &result {
                     DeliveryResult::Delivered { .. } => "delivered",
                     DeliveryResult::RetryAt { .. } => "retry",
@@ -222,6 +222,8 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
                     .await
                 {
                     tracing::warn!(error = %err, event_id = %delivery.event_id, "could not record a webhook attempt");
+                } else {
+                    after_recorded(&state, &delivery, &result, exhausted).await;
                 }
                 lock(&in_flight).give_back(&delivery);
                 drop(permit);
@@ -233,6 +235,100 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
             && let Err(err) = state.store().release_deliveries(&over, now).await
         {
             tracing::warn!(error = %err, "could not give back claimed webhook deliveries");
+        }
+    }
+}
+
+/// The event type of the notice sent when a message is given up.
+pub const DELIVERY_EXHAUSTED: &str = "webhook.delivery_exhausted";
+
+/// What follows a recorded attempt to an endpoint: a message given up after its whole schedule
+/// is counted and told to the workspace's other endpoints that ask for `webhook.delivery_exhausted`;
+/// an endpoint whose attempts have all failed for `webhook_disable_after_failing_secs` is disabled.
+async fn after_recorded(state: &AppState, d: &Delivery, result: &DeliveryResult, exhausted: bool) {
+    let DeliveryTarget::Endpoint(endpoint) = &d.target else {
+        return;
+    };
+    if matches!(result, DeliveryResult::DisableEndpoint { .. }) {
+        state.metrics().webhook_endpoint_disabled("gone");
+        state.live().webhooks_changed(&d.workspace_id);
+    }
+    if exhausted {
+        state.metrics().webhook_exhausted();
+        let now = time::now();
+        let original: serde_json::Value = serde_json::from_slice(&d.payload).unwrap_or_default();
+        let (status, error) = match result {
+            DeliveryResult::Abandon { status, error } => (*status, Some(error.as_str())),
+            _ => (None, None),
+        };
+        let notice_id = callstream_core::EventId::new();
+        let notice = serde_json::json!({
+            "event_id": notice_id.as_str(),
+            "event_type": DELIVERY_EXHAUSTED,
+            "workspace_id": d.workspace_id.as_str(),
+            "timestamp": time::format(&now),
+            "payload": {
+                "endpoint_id": endpoint,
+                "message_id": d.event_id,
+                "event_type": original.get("event_type"),
+                "attempts": d.attempts + 1,
+                "first_attempt_at": d.first_attempt_at.as_ref().map(time::format),
+                "last_status_code": status,
+                "last_error": error,
+            },
+        });
+        match state
+            .store()
+            .queue_webhook_notice(
+                &d.workspace_id,
+                endpoint,
+                DELIVERY_EXHAUSTED,
+                notice_id.as_str(),
+                notice.to_string().as_bytes(),
+                now,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(_) => state.outbox_written(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not queue a webhook.delivery_exhausted notice");
+            }
+        }
+    }
+    let limit = state.config().webhook_disable_after_failing_secs;
+    if limit == 0 || matches!(result, DeliveryResult::Delivered { .. }) {
+        return;
+    }
+    let Ok(Some(found)) = state
+        .store()
+        .webhook_endpoint(&d.workspace_id, endpoint)
+        .await
+    else {
+        return;
+    };
+    let now = time::now();
+    let limit = chrono::Duration::seconds(i64::try_from(limit).unwrap_or(i64::MAX / 1000));
+    if let Some(since) = found.failing_since
+        && found.disabled_at.is_none()
+        && now - since >= limit
+    {
+        let change = callstream_store::EndpointChange {
+            enabled: Some(false),
+            disabled_reason: Some(format!(
+                "every attempt failed since {} (webhook_disable_after_failing_secs)",
+                time::format(&since)
+            )),
+            ..callstream_store::EndpointChange::default()
+        };
+        if state
+            .store()
+            .change_webhook_endpoint(&d.workspace_id, endpoint, &change, now)
+            .await
+            .is_ok()
+        {
+            state.metrics().webhook_endpoint_disabled("failing");
+            state.live().webhooks_changed(&d.workspace_id);
         }
     }
 }
@@ -275,7 +371,7 @@ async fn body_start(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&kept).into_owned()
 }
 
-fn given_up(error: String, kind: &str) -> (DeliveryResult, AttemptLog) {
+fn given_up(error: String, kind: &str) -> (DeliveryResult, AttemptLog, bool) {
     (
         DeliveryResult::Abandon {
             status: None,
@@ -285,16 +381,18 @@ fn given_up(error: String, kind: &str) -> (DeliveryResult, AttemptLog) {
             error_kind: Some(kind.to_owned()),
             ..AttemptLog::default()
         },
+        false,
     )
 }
 
-/// One attempt, what to do next, and what the delivery log keeps of it.
+/// One attempt, what to do next, what the delivery log keeps of it, and whether the message
+/// was given up at the end of its schedule.
 async fn attempt(
     http: &reqwest::Client,
     schedule: &RetrySchedule,
     policy: crate::targets::Policy,
     d: &Delivery,
-) -> (DeliveryResult, AttemptLog) {
+) -> (DeliveryResult, AttemptLog, bool) {
     let now = time::now();
     let Ok(secret) = d.secret.parse::<Secret>() else {
         return given_up("the signing secret is unreadable".into(), "other");
@@ -386,7 +484,9 @@ async fn attempt(
     };
     let attempt_number = d.attempts + 1;
     let first = d.first_attempt_at.unwrap_or(now);
-    let result = match schedule.next_step(&outcome, attempt_number, first, time::now()) {
+    let step = schedule.next_step(&outcome, attempt_number, first, time::now());
+    let exhausted = step == NextStep::GiveUp;
+    let result = match step {
         NextStep::Delivered => DeliveryResult::Delivered {
             status: status.unwrap_or(200),
         },
@@ -399,7 +499,36 @@ async fn attempt(
     if matches!(result, DeliveryResult::Delivered { .. }) {
         log.error_kind = None;
     }
-    (result, log)
+    (result, log, exhausted)
+}
+
+/// How often done messages older than `webhook_retention_secs` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Runs until shutdown: every ten minutes, deletes the delivered and given-up messages (and
+/// their logs) queued more than `webhook_retention_secs` ago. Pending ones always stay.
+pub async fn prune(state: AppState) {
+    let retention = state.config().webhook_retention_secs;
+    if retention == 0 {
+        return;
+    }
+    let retention = chrono::Duration::seconds(i64::try_from(retention).unwrap_or(i64::MAX / 1000));
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            () = state.shutdown().cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match state
+            .store()
+            .prune_webhook_messages(time::now() - retention)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "pruned webhook messages past their retention"),
+            Err(err) => tracing::warn!(error = %err, "could not prune webhook messages"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -721,6 +721,7 @@ pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dy
         disabled_reason: None,
         previous_secret: None,
         previous_secret_until: None,
+        failing_since: None,
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let call = new_call(&ws.id);
@@ -991,6 +992,37 @@ pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dy
             None
         );
     }
+    // Pruned: only what is done (delivered or given up) and queued before the time goes, with
+    // its log; pending messages stay whatever their age.
+    let (pending, _) = messages(&*store, &ws.id, "whe_1", None).await;
+    assert_eq!(pending.len(), 5);
+    let due = store
+        .due_deliveries(time::now(), time::now() + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    let done = due.iter().find(|d| d.event_id == message.event_id).unwrap();
+    store
+        .record_delivery(
+            done,
+            time::now(),
+            &DeliveryResult::Delivered { status: 200 },
+            &AttemptLog::default(),
+        )
+        .await
+        .unwrap();
+    let later = time::now() + chrono::Duration::days(1);
+    assert_eq!(store.prune_webhook_messages(later).await.unwrap(), 1);
+    let (left, _) = messages(&*store, &ws.id, "whe_1", None).await;
+    assert_eq!(left.len(), 4);
+    assert!(left.iter().all(|m| m.event_id != message.event_id));
+    assert_eq!(
+        store
+            .webhook_attempts(&ws.id, "whe_1", &message.event_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.prune_webhook_messages(later).await.unwrap(), 0);
 }
 
 /// An endpoint's messages in `state` (all with `None`), at most 100, and whether there are more.
@@ -1400,6 +1432,7 @@ pub async fn endpoints_change_pause_while_disabled_and_rotate_with_an_overlap(
         disabled_reason: None,
         previous_secret: None,
         previous_secret_until: None,
+        failing_since: None,
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let got = store
@@ -1604,6 +1637,7 @@ pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_bac
         disabled_reason: None,
         previous_secret: None,
         previous_secret_until: None,
+        failing_since: None,
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let call = new_call(&ws.id);

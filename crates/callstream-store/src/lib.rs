@@ -320,6 +320,9 @@ pub struct WebhookEndpoint {
         with = "callstream_core::time::millis_opt"
     )]
     pub previous_secret_until: Option<DateTime<Utc>>,
+    /// Since when every attempt to it has failed; `None` after a delivery.
+    #[serde(with = "callstream_core::time::millis_opt")]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// What `PATCH /v1/webhook-endpoints/{id}` changes; `None` leaves a field as it is.
@@ -921,6 +924,24 @@ pub trait Store: Send + Sync + 'static {
         which: &Requeue,
         at: DateTime<Utc>,
     ) -> Result<Option<u64>>;
+
+    /// Queues a message the gateway makes about its webhooks (`webhook.delivery_exhausted`) for
+    /// every enabled endpoint of the workspace, but `except`, that names `event_type` in its
+    /// `event_types` (an endpoint that takes every type does not get these). `body` is the
+    /// message's JSON, `event_id` its `webhook-id`. How many endpoints it was queued for.
+    async fn queue_webhook_notice(
+        &self,
+        workspace: &WorkspaceId,
+        except: &str,
+        event_type: &str,
+        event_id: &str,
+        body: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<u32>;
+
+    /// Deletes delivered and given-up webhook messages (with their delivery logs) and status
+    /// callbacks queued before `before`, in every workspace; how many messages went.
+    async fn prune_webhook_messages(&self, before: DateTime<Utc>) -> Result<u64>;
 
     /// One message's attempts, oldest first; `None` if the endpoint has no such message.
     async fn webhook_attempts(

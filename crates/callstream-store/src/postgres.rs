@@ -115,7 +115,7 @@ fn signed(v: u64) -> i64 {
 
 /// The columns [`endpoint_from_row`] reads.
 const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
-     disabled_at, disabled_reason, previous_secret, previous_secret_until";
+     disabled_at, disabled_reason, previous_secret, previous_secret_until, failing_since";
 
 fn endpoint_from_row(row: &PgRow) -> Result<WebhookEndpoint> {
     let types: Option<String> = row.try_get("event_types")?;
@@ -134,6 +134,7 @@ fn endpoint_from_row(row: &PgRow) -> Result<WebhookEndpoint> {
         disabled_reason: row.try_get("disabled_reason")?,
         previous_secret: row.try_get("previous_secret")?,
         previous_secret_until: row.try_get("previous_secret_until")?,
+        failing_since: row.try_get("failing_since")?,
     })
 }
 
@@ -1107,6 +1108,7 @@ impl Store for PgStore {
                url = COALESCE($3, url), \
                event_types = CASE WHEN $4 THEN $5 ELSE event_types END, \
                description = COALESCE($6, description), \
+               failing_since = CASE WHEN $7 IS TRUE THEN NULL ELSE failing_since END, \
                disabled_at = CASE WHEN $7 IS TRUE THEN NULL \
                                   WHEN $7 IS FALSE THEN COALESCE(disabled_at, $8) ELSE disabled_at END, \
                disabled_reason = CASE WHEN $7 IS TRUE THEN NULL \
@@ -1297,6 +1299,20 @@ impl Store for PgStore {
         .bind(&d.event_id)
         .execute(&mut *tx)
         .await?;
+        // Since when its attempts have all failed: cleared by a delivery.
+        let failing_since = match result {
+            DeliveryResult::Delivered { .. } => None,
+            _ => Some(at),
+        };
+        sqlx::query(
+            "UPDATE webhook_endpoints SET failing_since = CASE WHEN $3::TIMESTAMPTZ IS NULL THEN NULL \
+             ELSE COALESCE(failing_since, $3) END WHERE workspace_id = $1 AND id = $2",
+        )
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(failing_since)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
              latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -1435,6 +1451,59 @@ impl Store for PgStore {
             Requeue::One(_) if done == 0 => None,
             _ => Some(done),
         })
+    }
+
+    async fn queue_webhook_notice(
+        &self,
+        workspace: &WorkspaceId,
+        except: &str,
+        event_type: &str,
+        event_id: &str,
+        body: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<u32> {
+        let mut tx = self.scoped(workspace).await?;
+        let rows = sqlx::query(
+            "SELECT id, event_types FROM webhook_endpoints \
+             WHERE workspace_id = $1 AND id <> $2 AND disabled_at IS NULL AND event_types IS NOT NULL",
+        )
+        .bind(workspace.as_str())
+        .bind(except)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut queued = 0;
+        for row in &rows {
+            let types: String = row.try_get("event_types")?;
+            let types: Vec<String> =
+                serde_json::from_str(&types).map_err(|e| corrupt("event types", e))?;
+            if !types.iter().any(|t| t == event_type) {
+                continue;
+            }
+            let endpoint: String = row.try_get("id")?;
+            sqlx::query(
+                "INSERT INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(&endpoint)
+            .bind(event_id)
+            .bind(workspace.as_str())
+            .bind(event_type)
+            .bind(body)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            queued += 1;
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn prune_webhook_messages(&self, before: DateTime<Utc>) -> Result<u64> {
+        let pruned: i64 = sqlx::query_scalar("SELECT cs_prune_webhook_messages($1)")
+            .bind(before)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(pruned).unwrap_or(0))
     }
 
     async fn webhook_attempts(

@@ -90,7 +90,7 @@ fn ts(text: &str) -> Result<DateTime<Utc>> {
 
 /// The columns [`endpoint_from_row`] reads.
 const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
-     disabled_at, disabled_reason, previous_secret, previous_secret_until";
+     disabled_at, disabled_reason, previous_secret, previous_secret_until, failing_since";
 
 fn endpoint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WebhookEndpoint> {
     let types: Option<String> = row.try_get("event_types")?;
@@ -110,6 +110,7 @@ fn endpoint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<WebhookEndpoint> {
         disabled_reason: row.try_get("disabled_reason")?,
         previous_secret: row.try_get("previous_secret")?,
         previous_secret_until: ts_opt(row.try_get("previous_secret_until")?)?,
+        failing_since: ts_opt(row.try_get("failing_since")?)?,
     })
 }
 
@@ -969,7 +970,7 @@ impl Store for SqliteStore {
         }
         match change.enabled {
             Some(true) => {
-                sqlx::query("UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL WHERE id = $1")
+                sqlx::query("UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -1232,6 +1233,19 @@ impl Store for SqliteStore {
         .bind(&d.event_id)
         .execute(&mut *tx)
         .await?;
+        // Since when its attempts have all failed: cleared by a delivery.
+        let failing_since = match result {
+            DeliveryResult::Delivered { .. } => None,
+            _ => Some(time::format(&at)),
+        };
+        sqlx::query(
+            "UPDATE webhook_endpoints SET failing_since = CASE WHEN $2 IS NULL THEN NULL \
+             ELSE COALESCE(failing_since, $2) END WHERE id = $1",
+        )
+        .bind(endpoint_id)
+        .bind(failing_since)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
              latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -1364,6 +1378,81 @@ impl Store for SqliteStore {
             Requeue::One(_) if done == 0 => None,
             _ => Some(done),
         })
+    }
+
+    async fn queue_webhook_notice(
+        &self,
+        workspace: &WorkspaceId,
+        except: &str,
+        event_type: &str,
+        event_id: &str,
+        body: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<u32> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "SELECT id, event_types FROM webhook_endpoints \
+             WHERE workspace_id = $1 AND id <> $2 AND disabled_at IS NULL AND event_types IS NOT NULL",
+        )
+        .bind(workspace.as_str())
+        .bind(except)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut queued = 0;
+        for row in &rows {
+            let types: String = row.try_get("event_types")?;
+            let types: Vec<String> =
+                serde_json::from_str(&types).map_err(|e| corrupt("event types", e))?;
+            if !types.iter().any(|t| t == event_type) {
+                continue;
+            }
+            let endpoint: String = row.try_get("id")?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
+            )
+            .bind(&endpoint)
+            .bind(event_id)
+            .bind(workspace.as_str())
+            .bind(event_type)
+            .bind(body)
+            .bind(time::format(&at))
+            .execute(&mut *tx)
+            .await?;
+            queued += 1;
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn prune_webhook_messages(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = time::format(&before);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "DELETE FROM webhook_attempts WHERE (endpoint_id, event_id) IN \
+             (SELECT endpoint_id, event_id FROM webhook_outbox \
+              WHERE status IN ('delivered', 'abandoned') AND COALESCE(created_at, next_attempt_at) < $1)",
+        )
+        .bind(&before)
+        .execute(&mut *tx)
+        .await?;
+        let webhooks = sqlx::query(
+            "DELETE FROM webhook_outbox \
+             WHERE status IN ('delivered', 'abandoned') AND COALESCE(created_at, next_attempt_at) < $1",
+        )
+        .bind(&before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let callbacks = sqlx::query(
+            "DELETE FROM callback_outbox WHERE status IN ('delivered', 'abandoned') AND created_at < $1",
+        )
+        .bind(&before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(webhooks + callbacks)
     }
 
     async fn webhook_attempts(

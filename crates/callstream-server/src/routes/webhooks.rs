@@ -64,7 +64,10 @@ fn event_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
             types.len()
         )));
     }
-    if let Some(bad) = types.iter().find(|t| EventType::parse(t).is_none()) {
+    if let Some(bad) = types
+        .iter()
+        .find(|t| EventType::parse(t).is_none() && *t != crate::webhooks::DELIVERY_EXHAUSTED)
+    {
         return Err(ApiError::bad_request(format!(
             "body.event_types: unknown event type {bad:?}"
         )));
@@ -154,6 +157,7 @@ pub async fn create(
         disabled_reason: None,
         previous_secret: None,
         previous_secret_until: None,
+        failing_since: None,
     };
     state.store().create_webhook_endpoint(&endpoint).await?;
     state.live().webhooks_changed(&endpoint.workspace_id);

@@ -3,6 +3,9 @@
 ALTER TABLE webhook_endpoints ADD COLUMN description TEXT NOT NULL DEFAULT '';
 ALTER TABLE webhook_endpoints ADD COLUMN previous_secret TEXT;
 ALTER TABLE webhook_endpoints ADD COLUMN previous_secret_until TIMESTAMPTZ;
+-- Since when every attempt to it has failed (cleared by a delivery): an endpoint failing for
+-- `webhook_disable_after_failing_secs` is disabled.
+ALTER TABLE webhook_endpoints ADD COLUMN failing_since TIMESTAMPTZ;
 
 -- The delivery log: when each message was queued (and a cursor over them), and every attempt.
 ALTER TABLE webhook_outbox ADD COLUMN created_at TIMESTAMPTZ;
@@ -77,3 +80,25 @@ END
 $$;
 REVOKE ALL ON FUNCTION cs_claim_deliveries(timestamptz, timestamptz, integer, text[], text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION cs_claim_deliveries(timestamptz, timestamptz, integer, text[], text[]) TO callstream_app;
+
+-- Delivered and given-up messages (with their logs) and status callbacks queued before
+-- `p_before`, in every workspace: a function of the owner's, answering only a count.
+CREATE FUNCTION cs_prune_webhook_messages(p_before TIMESTAMPTZ)
+RETURNS BIGINT LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    webhooks BIGINT;
+    callbacks BIGINT;
+BEGIN
+    DELETE FROM webhook_attempts a USING webhook_outbox o
+    WHERE a.endpoint_id = o.endpoint_id AND a.event_id = o.event_id
+      AND o.status IN ('delivered', 'abandoned') AND COALESCE(o.created_at, o.next_attempt_at) < p_before;
+    DELETE FROM webhook_outbox
+    WHERE status IN ('delivered', 'abandoned') AND COALESCE(created_at, next_attempt_at) < p_before;
+    GET DIAGNOSTICS webhooks = ROW_COUNT;
+    DELETE FROM callback_outbox WHERE status IN ('delivered', 'abandoned') AND created_at < p_before;
+    GET DIAGNOSTICS callbacks = ROW_COUNT;
+    RETURN webhooks + callbacks;
+END
+$$;
+REVOKE ALL ON FUNCTION cs_prune_webhook_messages(timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cs_prune_webhook_messages(timestamptz) TO callstream_app;

@@ -3,6 +3,9 @@
 ALTER TABLE webhook_endpoints ADD COLUMN description TEXT NOT NULL DEFAULT '';
 ALTER TABLE webhook_endpoints ADD COLUMN previous_secret TEXT;
 ALTER TABLE webhook_endpoints ADD COLUMN previous_secret_until TEXT;
+-- Since when every attempt to it has failed (cleared by a delivery): an endpoint failing for
+-- `webhook_disable_after_failing_secs` is disabled.
+ALTER TABLE webhook_endpoints ADD COLUMN failing_since TEXT;
 
 -- The delivery log: when each message was queued, and every attempt.
 ALTER TABLE webhook_outbox ADD COLUMN created_at TEXT;

@@ -1174,3 +1174,299 @@ async fn a_dead_endpoint_cannot_starve_another_workspaces_healthy_one() {
     );
     holder.abort();
 }
+
+/// A message given up after its whole schedule is counted and told to the workspace's endpoints
+/// that ask for `webhook.delivery_exhausted`; an endpoint whose every attempt has failed for
+/// `webhook_disable_after_failing_secs` is disabled with that reason.
+#[tokio::test]
+async fn an_exhausted_message_is_told_to_endpoints_that_ask_and_a_failing_endpoint_is_disabled() {
+    let ts = TestServer::start_with(|c| {
+        c.webhook_poll_ms = 20;
+        c.webhook_retry_secs = vec![1];
+        c.webhook_deadline_secs = 2;
+        c.webhook_disable_after_failing_secs = 3;
+    })
+    .await;
+    let broken = receiver(vec![500]).await;
+    let failing = endpoint(
+        &ts,
+        json!({"url": broken.url, "event_types": ["call.dtmf"]}),
+    )
+    .await;
+    let failing_id = failing["id"].as_str().unwrap().to_owned();
+    let watcher = receiver(vec![200]).await;
+    endpoint(
+        &ts,
+        json!({"url": watcher.url, "event_types": ["webhook.delivery_exhausted"]}),
+    )
+    .await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let ingested = ts
+        .ingest(
+            id,
+            json!({"event_type": "call.dtmf", "payload": {"digits": "1"}}),
+        )
+        .await;
+    let message_id = ingested["event_ids"][0].as_str().unwrap().to_owned();
+
+    let notice = watcher.wait_for(1).await;
+    let notice: Value = serde_json::from_slice(&notice[0].body).unwrap();
+    assert_eq!(notice["event_type"], "webhook.delivery_exhausted");
+    assert_eq!(
+        (
+            notice["payload"]["endpoint_id"].as_str(),
+            notice["payload"]["message_id"].as_str(),
+            notice["payload"]["event_type"].as_str(),
+            notice["payload"]["last_status_code"].as_u64(),
+        ),
+        (
+            Some(failing_id.as_str()),
+            Some(message_id.as_str()),
+            Some("call.dtmf"),
+            Some(500)
+        ),
+        "{notice}"
+    );
+    assert!(
+        crate::support::wait_for_metric(&ts, "callstream_webhook_messages_exhausted_total", |n| n
+            == 1.0)
+        .await
+    );
+    let (_, log) = ts
+        .get(
+            &format!("/v1/webhook-endpoints/{failing_id}/messages"),
+            &ts.acme.api,
+        )
+        .await;
+    assert_eq!(log["messages"][0]["state"], "exhausted", "{log}");
+
+    // Failing since the first attempt: the next failure past 3 s disables it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    ts.ingest(
+        id,
+        json!({"event_type": "call.dtmf", "payload": {"digits": "2"}}),
+    )
+    .await;
+    let mut found = Value::Null;
+    for _ in 0..250 {
+        found = ts
+            .get(&format!("/v1/webhook-endpoints/{failing_id}"), &ts.acme.api)
+            .await
+            .1;
+        if found["disabled_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        found["disabled_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("every attempt failed since"),
+        "{found}"
+    );
+    assert!(found["failing_since"].is_string());
+    assert_eq!(
+        ts.metric("callstream_webhook_endpoints_disabled_total{reason=\"failing\"}")
+            .await,
+        1.0
+    );
+    // Enabled again, it starts afresh.
+    let (status, enabled) = send(
+        &ts,
+        reqwest::Method::POST,
+        &format!("/v1/webhook-endpoints/{failing_id}/enable"),
+        &ts.acme.api,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(enabled["failing_since"], Value::Null);
+}
+
+/// 200 events delivered across a `kill -9` of the gateway (the real binary on its embedded
+/// store), with deliveries in flight when it dies: after the restart every one arrives, each
+/// signature verified by the Standard Webhooks reference library, and a message is sent twice
+/// only if its attempt was in flight at the kill (at most `webhook_endpoint_concurrency`).
+#[tokio::test]
+async fn every_webhook_is_delivered_across_a_kill_9_of_the_gateway() {
+    if crate::CLUSTER {
+        return; // the binary on its embedded store: once is enough
+    }
+    let bin = env!("CARGO_BIN_EXE_callstream");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let key = |extra: &[&str]| -> String {
+        let out = std::process::Command::new(bin)
+            .args([
+                "keys",
+                "create",
+                "--data-dir",
+                &data,
+                "--workspace",
+                "crash",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+        created["key"].as_str().unwrap().to_owned()
+    };
+    let (api, runtime) = (key(&[]), key(&["--runtime"]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    // A receiver that takes 100 ms per answer, so that deliveries are in flight at the kill.
+    let got = Arc::new(Mutex::new(Vec::<Received>::new()));
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                seen.lock().unwrap().push(Received { headers, body });
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut gateway = start_gateway(&data, port).await;
+    let created: Value = http
+        .post(format!("{base}/v1/webhook-endpoints"))
+        .bearer_auth(&api)
+        .json(&json!({"url": hook_url, "event_types": ["call.dtmf"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let call: Value = http
+        .post(format!("{base}/v1/calls"))
+        .bearer_auth(&runtime)
+        .json(&json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call_id = call["id"].as_str().unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    for batch in 0..20 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| json!({"event_type": "call.dtmf", "payload": {"digits": ((batch + i) % 10).to_string()}}))
+            .collect();
+        let accepted: Value = http
+            .post(format!("{base}/v1/calls/{call_id}/events"))
+            .bearer_auth(&runtime)
+            .json(&events)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for id in accepted["event_ids"].as_array().unwrap() {
+            expected.insert(id.as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(expected.len(), 200);
+
+    // Killed mid-way, with requests in flight.
+    for _ in 0..500 {
+        if got.lock().unwrap().len() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.kill().await.unwrap(); // SIGKILL
+    let at_kill = got.lock().unwrap().len();
+    assert!(
+        at_kill < 200,
+        "the kill came before the end ({at_kill} delivered)"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // answers of requests that were in flight
+    let _gateway = start_gateway(&data, port).await;
+
+    // Everything arrives: the lease (2 s timeout + 15 s) brings back what was in flight.
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..600 {
+        ids = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+            .collect();
+        if ids.is_superset(&expected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ids, expected,
+        "every accepted event delivered, nothing else"
+    );
+    let received = got.lock().unwrap().clone();
+    let twice = received.len() - ids.len();
+    assert!(
+        twice <= 4,
+        "{twice} sent twice: only those in flight at the kill may be"
+    );
+    if let Some(verdicts) = reference_verdicts(
+        &received
+            .iter()
+            .map(|r| (secret.as_str(), r))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    {
+        assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
+        assert_eq!(verdicts.len(), received.len());
+    }
+}
+
+/// The real binary serving `data` (its embedded store) on `port`, ready; killed when dropped.
+async fn start_gateway(data: &str, port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callstream"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("CALLSTREAM_DATA_DIR", data)
+        .env("CALLSTREAM_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true")
+        .env("CALLSTREAM_WEBHOOK_TIMEOUT_SECS", "2")
+        .env("CALLSTREAM_WEBHOOK_POLL_MS", "50")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not become ready within 10 s");
+}
