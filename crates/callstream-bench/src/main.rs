@@ -7,6 +7,7 @@
 //! - `report`: markdown tables with ratios from `run --json` results.
 //! - `jitter`: how long this machine pauses a busy thread (host steal), to qualify tail latency.
 //! - `audio`: concurrent bidirectional audio streams (seed 004); `audio-raw-pacer` its baseline.
+//! - `webhooks`: webhook delivery from ingest to a receiver here, by endpoint count.
 
 mod audio;
 mod grip;
@@ -18,6 +19,7 @@ mod report;
 mod run;
 mod subscriber;
 mod targets;
+mod webhooks;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +42,8 @@ enum Command {
     Subscribe,
     /// Many concurrent bidirectional audio streams (seed 004), measured from both ends.
     Audio(Box<audio::AudioArgs>),
+    /// Webhook delivery, from ingest to a receiver in this process, by endpoint count.
+    Webhooks(Box<webhooks::WebhookArgs>),
     /// The audio baseline: pre-encoded `media` messages at absolute 20 ms deadlines (started by
     /// `audio --target raw`).
     AudioRawPacer {
@@ -89,6 +93,7 @@ fn main() -> Result<()> {
             Command::Run(args) => run::run(*args).await.map(|_| ()),
             Command::Subscribe => subscriber::run_worker().await,
             Command::Audio(args) => audio::run(*args).await.map(|_| ()),
+            Command::Webhooks(args) => webhooks::run(*args).await.map(|_| ()),
             Command::AudioRawPacer { url, streams } => audio::raw_pacer(&url, streams).await,
             Command::RawServer {
                 listen,
