@@ -88,6 +88,9 @@ fn ts(text: &str) -> Result<DateTime<Utc>> {
     time::parse(text).map_err(|e| StoreError::Corrupt(format!("timestamp {text:?}: {e}")))
 }
 
+/// Calls whose activity one transaction records ([`Store::touch_calls`]).
+const TOUCH_CHUNK: usize = 128;
+
 /// The columns [`endpoint_from_row`] reads.
 const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
      disabled_at, disabled_reason, previous_secret, previous_secret_until, failing_since";
@@ -1782,23 +1785,26 @@ impl Store for SqliteStore {
         if touched.is_empty() {
             return Ok(());
         }
-        // One statement for them all: it holds the database's one write lock for as long as it
-        // runs, and a seq reservation (and so the ingest of that call) waits behind it. One
-        // UPDATE per call took about 0.5 s for 8,000 calls, every sweep (15 s), and stalled
-        // ingest that long (the soak, docs/benchmarks.md).
-        let rows: Vec<(&str, &str, String)> = touched
-            .iter()
-            .map(|(workspace, call, at)| (workspace.as_str(), call.as_str(), time::format(at)))
-            .collect();
-        let rows = serde_json::to_string(&rows).map_err(|e| corrupt("touched calls", e))?;
-        sqlx::query(
-            "UPDATE calls SET last_event_at = t.at \
-             FROM (SELECT json_extract(value, '$[0]') AS ws, json_extract(value, '$[1]') AS id, json_extract(value, '$[2]') AS at FROM json_each($1)) AS t \
-             WHERE calls.workspace_id = t.ws AND calls.id = t.id AND calls.status = 'in_progress'",
-        )
-        .bind(rows)
-        .execute(&self.pool)
-        .await?;
+        // A few calls per transaction: each holds the database's one write lock while it runs,
+        // and a seq reservation (and so the ingest of that call) waits behind it. All 8,000
+        // calls of the soak in one transaction held it about 0.5 s, every sweep (15 s), and
+        // stalled ingest that long (docs/benchmarks.md). (One `UPDATE … FROM json_each` for
+        // them all was worse: SQLite joined it against every call, for seconds.)
+        for chunk in touched.chunks(TOUCH_CHUNK) {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            for (workspace, call, at) in chunk {
+                sqlx::query(
+                    "UPDATE calls SET last_event_at = $1 \
+                     WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress'",
+                )
+                .bind(time::format(at))
+                .bind(workspace.as_str())
+                .bind(call.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
         Ok(())
     }
 
