@@ -88,9 +88,6 @@ fn ts(text: &str) -> Result<DateTime<Utc>> {
     time::parse(text).map_err(|e| StoreError::Corrupt(format!("timestamp {text:?}: {e}")))
 }
 
-/// Calls whose activity one transaction records ([`Store::touch_calls`]).
-const TOUCH_CHUNK: usize = 128;
-
 /// The columns [`endpoint_from_row`] reads.
 const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
      disabled_at, disabled_reason, previous_secret, previous_secret_until, failing_since";
@@ -1785,26 +1782,26 @@ impl Store for SqliteStore {
         if touched.is_empty() {
             return Ok(());
         }
-        // A few calls per transaction: each holds the database's one write lock while it runs,
-        // and a seq reservation (and so the ingest of that call) waits behind it. All 8,000
-        // calls of the soak in one transaction held it about 0.5 s, every sweep (15 s), and
-        // stalled ingest that long (docs/benchmarks.md). (One `UPDATE … FROM json_each` for
-        // them all was worse: SQLite joined it against every call, for seconds.)
-        for chunk in touched.chunks(TOUCH_CHUNK) {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            for (workspace, call, at) in chunk {
-                sqlx::query(
-                    "UPDATE calls SET last_event_at = $1 \
-                     WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress'",
-                )
-                .bind(time::format(at))
-                .bind(workspace.as_str())
-                .bind(call.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
+        // One transaction for them all. It holds the database's one write lock while it runs
+        // (about 0.5 s for 8,000 calls), and a seq reservation, and so that call's ingest, waits
+        // behind it: the soak shows a stall every sweep once calls need new blocks
+        // (docs/benchmarks.md). Smaller transactions were worse (each commit an fsync, and the
+        // waiters' busy handler backs off), and so was one `UPDATE … FROM json_each` (SQLite
+        // joined it against every call). The fix to make is taking reservations off the ingest
+        // path (reserving the next block ahead).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (workspace, call, at) in touched {
+            sqlx::query(
+                "UPDATE calls SET last_event_at = $1 \
+                 WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress'",
+            )
+            .bind(time::format(at))
+            .bind(workspace.as_str())
+            .bind(call.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
