@@ -113,6 +113,22 @@ fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Whether `workspace` has the webhook endpoint `id`.
+async fn has_endpoint(
+    conn: &mut sqlx::PgConnection,
+    workspace: &WorkspaceId,
+    id: &str,
+) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace.as_str())
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
 /// The columns [`endpoint_from_row`] reads.
 const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
      disabled_at, disabled_reason, previous_secret, previous_secret_until, failing_since";
@@ -1358,13 +1374,7 @@ impl Store for PgStore {
         filter: &MessageFilter,
     ) -> Result<Option<Vec<WebhookMessage>>> {
         let mut tx = self.scoped(workspace).await?;
-        let found =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace.as_str())
-                .bind(endpoint)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let found = has_endpoint(&mut tx, workspace, endpoint).await?;
         if !found {
             return Ok(None);
         }
@@ -1417,13 +1427,7 @@ impl Store for PgStore {
         at: DateTime<Utc>,
     ) -> Result<Option<u64>> {
         let mut tx = self.scoped(workspace).await?;
-        let found =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace.as_str())
-                .bind(endpoint)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let found = has_endpoint(&mut tx, workspace, endpoint).await?;
         if !found {
             return Ok(None);
         }

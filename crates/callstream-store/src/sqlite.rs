@@ -88,6 +88,22 @@ fn ts(text: &str) -> Result<DateTime<Utc>> {
     time::parse(text).map_err(|e| StoreError::Corrupt(format!("timestamp {text:?}: {e}")))
 }
 
+/// Whether `workspace` has the webhook endpoint `id`.
+async fn has_endpoint(
+    conn: &mut sqlx::SqliteConnection,
+    workspace: &WorkspaceId,
+    id: &str,
+) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace.as_str())
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
 /// The columns [`endpoint_from_row`] reads.
 const ENDPOINT_COLUMNS: &str = "id, workspace_id, url, secret, event_types, description, created_at, \
      disabled_at, disabled_reason, previous_secret, previous_secret_until, failing_since";
@@ -934,13 +950,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Option<WebhookEndpoint>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let found =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let found = has_endpoint(&mut tx, workspace, id).await?;
         if !found {
             return Ok(None);
         }
@@ -1012,13 +1022,7 @@ impl Store for SqliteStore {
 
     async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let found =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let found = has_endpoint(&mut tx, workspace, id).await?;
         if found {
             for table in ["webhook_outbox", "webhook_attempts"] {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -1285,13 +1289,7 @@ impl Store for SqliteStore {
         filter: &MessageFilter,
     ) -> Result<Option<Vec<WebhookMessage>>> {
         let mut tx = self.pool.begin().await?;
-        let found =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace.as_str())
-                .bind(endpoint)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let found = has_endpoint(&mut tx, workspace, endpoint).await?;
         if !found {
             return Ok(None);
         }
@@ -1344,13 +1342,7 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Option<u64>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let found =
-            sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND id = $2")
-                .bind(workspace.as_str())
-                .bind(endpoint)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+        let found = has_endpoint(&mut tx, workspace, endpoint).await?;
         if !found {
             return Ok(None);
         }
