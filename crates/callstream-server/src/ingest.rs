@@ -90,7 +90,7 @@ pub async fn append_call_events_in_place(
     } else {
         let (events, subject) = state
             .live()
-            .append(state.store(), workspace, call, events, |envelopes| {
+            .append(state.store_handle(), workspace, call, events, |envelopes| {
                 publish(state, envelopes)
             })
             .await?;

@@ -1,13 +1,15 @@
 //! Live calls: each in-progress call's sequencer and a snapshot of its record.
 //!
 //! The store stays the one authority for seqs, but hands them out in blocks (hi/lo):
-//! `reserve_call_seqs` moves the stored `last_seq` a block ahead, and this node numbers that many
-//! events in memory. An event that needs nothing durable (a partial transcript, a metric, with no
-//! webhook endpoint to queue for) is then sequenced and published with no database round trip;
-//! final turns, the end of screening, the call's end and webhook outbox rows are still written
-//! in one transaction before the event is published. After a crash the next process reserves after the whole block,
-//! so a seq is never reused (a client may see a gap, which resume reports). A clean shutdown,
-//! and a call's end, give the unused rest of the block back.
+//! `reserve_call_seqs` moves the stored `last_seq` a block ahead, and this node numbers that
+//! many events in memory; once half of a block is used, the next one is reserved in a
+//! background task, so that numbering never waits for the store's write lock. An event that
+//! needs nothing durable (a partial transcript, a metric, with no webhook endpoint to queue for)
+//! is then sequenced and published with no database round trip; final turns, the end of
+//! screening, the call's end and webhook outbox rows are still written in one transaction
+//! before the event is published. After a crash the next process reserves after the whole
+//! block, so a seq is never reused (a client may see a gap, which resume reports). A clean
+//! shutdown, and a call's end, give the unused rest of the block back.
 //!
 //! Measured with `callstream-bench` (scenario wide, docs/benchmarks.md): one SQLite transaction per
 //! event capped ingest at about 4,000 events/s on this machine; that is why this exists.
@@ -58,6 +60,50 @@ struct Sequencer {
     call: Call,
     next: u64,
     reserved_end: u64,
+    /// The next block, reserved in the background once half of this one is used, so that an
+    /// event that needs nothing durable never waits on the store's write lock (which another
+    /// writer may hold for a while). Yields the block's size and last seq.
+    ahead: Option<tokio::task::JoinHandle<Result<(u64, u64), callstream_store::StoreError>>>,
+    /// The size of the block in use.
+    size: u64,
+}
+
+impl Sequencer {
+    /// Starts reserving the next block when less than half of this one is left.
+    fn reserve_ahead(&mut self, store: &Arc<dyn Store>, workspace: &WorkspaceId, call: &CallId) {
+        if self.ahead.is_some() || self.reserved_end + 1 - self.next > self.size / 2 {
+            return;
+        }
+        let size = block(1);
+        let (store, workspace, call) = (store.clone(), workspace.clone(), call.clone());
+        self.ahead = Some(tokio::spawn(async move {
+            let (_, end) = store.reserve_call_seqs(&workspace, &call, size).await?;
+            Ok((size, end))
+        }));
+    }
+
+    /// The block reserved ahead, waiting for it if it is still on its way (`None`: none was
+    /// asked for, or asking failed, and the error is logged).
+    async fn take_ahead(&mut self, call: &CallId) -> Option<(u64, u64)> {
+        match self.ahead.take()?.await {
+            Ok(Ok(reserved)) => Some(reserved),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, call_id = %call, "reserving seqs ahead failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Moves on to a block of `size` seqs ending at `end`: contiguous with the one in use unless
+    /// another node reserved in between; then numbering continues after it.
+    fn switch_to(&mut self, size: u64, end: u64) {
+        if end - size + 1 != self.reserved_end + 1 {
+            self.next = end - size + 1;
+        }
+        self.reserved_end = end;
+        self.size = size;
+    }
 }
 
 #[derive(Default)]
@@ -81,7 +127,8 @@ impl LiveCalls {
                     known: std::sync::OnceLock::new(),
                     last_published: AtomicU64::new(UNKNOWN),
                     last_event_ms: AtomicI64::new(0),
-                    recorded_ms: AtomicI64::new(0),
+                    // The store has the call's start, which is about now.
+                    recorded_ms: AtomicI64::new(now_ms()),
                 })
             })
             .clone()
@@ -176,7 +223,7 @@ impl LiveCalls {
     /// 404 for an unknown or foreign call, 409 once it has ended, 400 for a bad batch.
     pub async fn append<F, Fut, T>(
         &self,
-        store: &dyn Store,
+        store: &Arc<dyn Store>,
         workspace: &WorkspaceId,
         call_id: &CallId,
         events: Vec<NewEvent>,
@@ -205,6 +252,8 @@ impl LiveCalls {
                 next: end - first + 1,
                 reserved_end: end,
                 call,
+                ahead: None,
+                size: first,
             });
         }
         let Some(seq) = guard.as_mut() else {
@@ -214,17 +263,19 @@ impl LiveCalls {
             return Err(ApiError::not_found("call"));
         }
         let n = events.len() as u64;
+        if seq.next + n - 1 > seq.reserved_end
+            && let Some((size, end)) = seq.take_ahead(call_id).await
+        {
+            seq.switch_to(size, end);
+        }
         if seq.next + n - 1 > seq.reserved_end {
-            let block = block(n);
+            // Nothing reserved ahead, or a batch larger than what was: reserve now.
+            let size = block(n);
             let (_, end) = store
-                .reserve_call_seqs(workspace, call_id, block)
+                .reserve_call_seqs(workspace, call_id, size)
                 .await
                 .map_err(|e| ApiError::from_store(e, "call"))?;
-            // Contiguous unless another node reserved in between; then continue after it.
-            if end - block + 1 != seq.reserved_end + 1 {
-                seq.next = end - block + 1;
-            }
-            seq.reserved_end = end;
+            seq.switch_to(size, end);
         }
         let mut envelopes = Vec::with_capacity(events.len());
         for event in events {
@@ -234,11 +285,20 @@ impl LiveCalls {
             seq.next += 1;
             envelopes.push(env);
         }
-        let durable = envelopes.iter().any(|e| match &e.payload {
-            Payload::Transcription(t) => t.is_final,
-            Payload::ScreeningEnded(_) => true,
-            p => p.is_terminal(),
-        }) || self.has_webhooks(store, workspace).await?;
+        let ends = envelopes.iter().any(|e| e.payload.is_terminal());
+        if ends {
+            // A reservation still on its way would land after the end is recorded; the end
+            // sets the call's last seq, so let the reservation finish first.
+            let _ = seq.take_ahead(call_id).await;
+        } else {
+            seq.reserve_ahead(store, workspace, call_id);
+        }
+        let durable =
+            ends || envelopes.iter().any(|e| match &e.payload {
+                Payload::Transcription(t) => t.is_final,
+                Payload::ScreeningEnded(_) => true,
+                _ => false,
+            }) || self.has_webhooks(store.as_ref(), workspace).await?;
         if durable
             && let Some(ended) = store
                 .record_call_events(workspace, call_id, &envelopes)
@@ -261,21 +321,42 @@ impl LiveCalls {
         Ok((published, call))
     }
 
-    /// The live calls this node appended for since the last time it was asked, with when it
-    /// last did: for the store's record of each call's last event (`Store::touch_calls`), which
-    /// finds the calls that went stale. Written every few seconds, not per event.
-    pub fn activity(&self) -> Vec<(WorkspaceId, CallId, chrono::DateTime<chrono::Utc>)> {
+    /// The live calls whose last event the store should learn now, with when this node last
+    /// appended for each: for the store's record (`Store::touch_calls`), which finds the calls
+    /// that went stale. A call busy since it was last recorded is due every `refresh`; a call
+    /// that went quiet (nothing for `quiet`) is due once more, so that the store holds its
+    /// exact last event. At most `limit` calls per look, the rest at the next.
+    ///
+    /// Measured in the soak (docs/benchmarks.md): recording all 8,000 live calls every 15 s held
+    /// SQLite's write lock about 0.5 s each time, and every durable write waited behind it.
+    pub fn activity(
+        &self,
+        refresh: Duration,
+        quiet: Duration,
+        limit: usize,
+    ) -> Vec<(WorkspaceId, CallId, chrono::DateTime<chrono::Utc>)> {
+        let now = now_ms();
+        let refresh = i64::try_from(refresh.as_millis()).unwrap_or(i64::MAX);
+        let quiet = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
         let mut touched = Vec::new();
         for entry in self.slots.iter() {
+            if touched.len() >= limit {
+                break;
+            }
             let slot = entry.value();
             let last = slot.last_event_ms.load(Ordering::Relaxed);
-            if last == 0 || slot.recorded_ms.swap(last, Ordering::Relaxed) == last {
+            let recorded = slot.recorded_ms.load(Ordering::Relaxed);
+            if last == 0
+                || last == recorded
+                || (last.saturating_sub(recorded) < refresh && now.saturating_sub(last) < quiet)
+            {
                 continue;
             }
             if let (Some((workspace, _)), Some(at)) = (
                 slot.known.get(),
                 chrono::DateTime::from_timestamp_millis(last),
             ) {
+                slot.recorded_ms.store(last, Ordering::Relaxed);
                 touched.push((workspace.clone(), entry.key().clone(), at));
             }
         }
@@ -290,11 +371,15 @@ impl LiveCalls {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         for (id, slot) in slots {
-            let guard = slot.state.lock().await;
-            if let Some(seq) = guard.as_ref()
-                && let Err(err) = store
-                    .settle_call_seqs(&seq.call.workspace_id, &id, seq.reserved_end, seq.next - 1)
-                    .await
+            let mut guard = slot.state.lock().await;
+            let Some(seq) = guard.as_mut() else { continue };
+            // A block reserved ahead is the stored end now.
+            if let Some((size, end)) = seq.take_ahead(&id).await {
+                seq.switch_to(size, end);
+            }
+            if let Err(err) = store
+                .settle_call_seqs(&seq.call.workspace_id, &id, seq.reserved_end, seq.next - 1)
+                .await
             {
                 tracing::warn!(error = %err, call_id = %id, "could not give back reserved seqs");
             }
@@ -343,5 +428,149 @@ mod tests {
             .unwrap_or_else(Instant::now);
         live.webhooks.insert(none.clone(), (false, stale));
         assert!(live.may_queue_webhooks(&none));
+    }
+
+    fn dtmf() -> Vec<NewEvent> {
+        let payload = Payload::parse("call.dtmf", serde_json::json!({"digits": "1"}));
+        vec![NewEvent::new(
+            callstream_core::time::now(),
+            payload.unwrap(),
+        )]
+    }
+
+    /// The soak's stall: a partial event of a call whose block ran out waited for SQLite's write
+    /// lock behind another writer. The next block is reserved while half of this one is left,
+    /// so numbering goes on, contiguous, while another connection holds the write lock (without
+    /// the reservation ahead, the append waits out `busy_timeout` and fails "database is locked").
+    #[tokio::test]
+    async fn numbering_crosses_into_the_next_block_while_another_writer_holds_the_lock() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callstream.db");
+        let store: Arc<dyn Store> =
+            Arc::new(callstream_store::SqliteStore::open(&path).await.unwrap());
+        let ws = store.ensure_workspace("a").await.unwrap().id;
+        let call = callstream_store::conformance::new_call(&ws);
+        store.create_call(&call).await.unwrap();
+        let live = LiveCalls::default();
+        let mut seqs = Vec::new();
+        async fn one(live: &LiveCalls, store: &Arc<dyn Store>, call: &Call, seqs: &mut Vec<u64>) {
+            let (published, _) = live
+                .append(
+                    store,
+                    &call.workspace_id,
+                    &call.id,
+                    dtmf(),
+                    |envelopes| async move { envelopes.iter().map(|e| e.seq).collect::<Vec<_>>() },
+                )
+                .await
+                .expect("append");
+            seqs.extend(published);
+        }
+        // Use the first block until the next one is asked for, and wait for it to be reserved.
+        let first_end = loop {
+            one(&live, &store, &call, &mut seqs).await;
+            let slot = live.slot(&call.id);
+            let state = slot.state.lock().await;
+            let seq = state.as_ref().unwrap();
+            if seq.ahead.is_some() {
+                break seq.reserved_end;
+            }
+        };
+        loop {
+            let slot = live.slot(&call.id);
+            let state = slot.state.lock().await;
+            if state
+                .as_ref()
+                .unwrap()
+                .ahead
+                .as_ref()
+                .unwrap()
+                .is_finished()
+            {
+                break;
+            }
+            drop(state);
+            tokio::task::yield_now().await;
+        }
+        let stored = store.call(&ws, &call.id).await.unwrap().unwrap().last_seq;
+        assert!(
+            stored > first_end,
+            "the next block is reserved: {stored} > {first_end}"
+        );
+
+        // Another writer takes the write lock and keeps it.
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        while seqs.last().copied().unwrap_or(0) < first_end + 10 {
+            one(&live, &store, &call, &mut seqs).await;
+        }
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        let expected: Vec<u64> = (1..=first_end + 10).collect();
+        assert_eq!(seqs, expected, "one seq each, contiguous across the blocks");
+
+        // The call's end records its exact last seq, the block reserved ahead notwithstanding.
+        let completed = Payload::parse("call.completed", serde_json::json!({})).unwrap();
+        let (_, ended) = live
+            .append(
+                &store,
+                &ws,
+                &call.id,
+                vec![NewEvent::new(callstream_core::time::now(), completed)],
+                |_| async {},
+            )
+            .await
+            .unwrap();
+        assert_eq!(ended.last_seq, first_end + 11);
+        let stored = store.call(&ws, &call.id).await.unwrap().unwrap();
+        assert_eq!(stored.last_seq, first_end + 11);
+    }
+
+    /// The reaper writes a busy call's last event every `refresh`, a call that went quiet once
+    /// more, and no more than `limit` calls per look.
+    #[test]
+    fn activity_is_recorded_for_busy_calls_per_refresh_and_for_quiet_ones_once() {
+        let live = LiveCalls::default();
+        let ws = WorkspaceId::new();
+        let calls: Vec<Call> = (0..3)
+            .map(|_| callstream_store::conformance::new_call(&ws))
+            .collect();
+        for call in &calls {
+            live.remember(call);
+        }
+        let (refresh, quiet) = (Duration::from_secs(60), Duration::from_secs(30));
+        let now = now_ms();
+        let set = |i: usize, last: i64, recorded: i64| {
+            let slot = live.slot(&calls[i].id);
+            slot.last_event_ms.store(last, Ordering::Relaxed);
+            slot.recorded_ms.store(recorded, Ordering::Relaxed);
+        };
+        // 0: busy, recorded 10 s ago; 1: busy, recorded 61 s ago; 2: quiet for 31 s.
+        set(0, now, now - 10_000);
+        set(1, now, now - 61_000);
+        set(2, now - 31_000, now - 40_000);
+        let due: Vec<CallId> = live
+            .activity(refresh, quiet, 10)
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
+        assert!(!due.contains(&calls[0].id));
+        assert!(due.contains(&calls[1].id) && due.contains(&calls[2].id));
+        assert_eq!(due.len(), 2);
+        // Recorded now: nothing is due until something happens.
+        assert!(live.activity(refresh, quiet, 10).is_empty());
+        // Three due, one at a time.
+        for i in 0..3 {
+            set(i, now, now - 61_000);
+        }
+        assert_eq!(live.activity(refresh, quiet, 1).len(), 1);
+        assert_eq!(live.activity(refresh, quiet, 1).len(), 1);
+        assert_eq!(live.activity(refresh, quiet, 1).len(), 1);
+        assert!(live.activity(refresh, quiet, 1).is_empty());
     }
 }

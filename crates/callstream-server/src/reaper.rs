@@ -5,7 +5,8 @@
 //! ever, holding its sequencer, its history and its viewers' streams. So, every few seconds:
 //!
 //! - the calls this node ingested for are written to the store with the time of their last
-//!   event (`Store::touch_calls`: a batch every sweep, not a write per event);
+//!   event (`Store::touch_calls`: a batch of at most 1,024 calls per sweep, not a write per
+//!   event; a busy call every eighth of `call_stale_secs`, a call that went quiet once more);
 //! - a call whose runtime's socket closed `runtime_lost_grace_secs` ago (60), with no runtime
 //!   claiming it since by sending an event or audio for it, ends as `call.failed` with reason
 //!   `runtime_lost`;
@@ -29,6 +30,19 @@ use crate::state::AppState;
 
 /// Stale calls ended per sweep at most (the rest wait for the next one).
 const STALE_PER_SWEEP: u32 = 256;
+/// Calls whose activity is recorded per sweep at most: one SQLite transaction of this many
+/// updates holds the write lock for some 60 ms here, where 8,000 held it for 0.5 s.
+const TOUCH_PER_SWEEP: usize = 1024;
+
+/// How often a busy call's last event is written to the store: an eighth of the stale period
+/// (the stored time may lag the truth by that much, which the stale rule can afford), between
+/// one sweep and 10 minutes.
+pub fn refresh(sweep: Duration, stale: Option<Duration>) -> Duration {
+    let longest = Duration::from_secs(600);
+    stale
+        .map_or(longest, |s| s / 8)
+        .clamp(sweep, longest.max(sweep))
+}
 
 /// How often the reaper looks: a quarter of the shorter of its two periods, between 200 ms and
 /// 15 s.
@@ -42,20 +56,23 @@ pub async fn run(state: AppState) {
     let config = state.config();
     let grace = Duration::from_secs(config.runtime_lost_grace_secs);
     let stale = (config.call_stale_secs > 0).then(|| Duration::from_secs(config.call_stale_secs));
-    let mut tick = tokio::time::interval(period(grace, stale));
+    let every = period(grace, stale);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = state.shutdown().clone();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => sweep(&state, grace, stale).await,
+            _ = tick.tick() => sweep(&state, every, grace, stale).await,
         }
     }
 }
 
 /// One look: record activity, then end the lost and the stale calls.
-pub async fn sweep(state: &AppState, grace: Duration, stale: Option<Duration>) {
-    let touched = state.live().activity();
+pub async fn sweep(state: &AppState, every: Duration, grace: Duration, stale: Option<Duration>) {
+    let touched = state
+        .live()
+        .activity(refresh(every, stale), every * 2, TOUCH_PER_SWEEP);
     if let Err(err) = state.store().touch_calls(&touched).await {
         tracing::warn!(error = %err, "could not record the calls' last events");
     }
@@ -120,5 +137,14 @@ mod tests {
         assert_eq!(period(s(60), Some(s(4))), s(1));
         assert_eq!(period(s(60), None), s(15));
         assert_eq!(period(s(0), None), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_busy_calls_activity_is_recorded_an_eighth_of_the_stale_period_apart() {
+        let s = Duration::from_secs;
+        assert_eq!(refresh(s(15), Some(s(3600))), s(450));
+        assert_eq!(refresh(s(1), Some(s(4))), s(1));
+        assert_eq!(refresh(s(15), Some(s(86_400))), s(600));
+        assert_eq!(refresh(s(15), None), s(600));
     }
 }

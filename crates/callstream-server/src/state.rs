@@ -70,6 +70,11 @@ impl AppState {
         self.0.store.as_ref()
     }
 
+    /// The store, for a task that outlives the request (a seq block reserved ahead).
+    pub fn store_handle(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
     pub fn bus(&self) -> &dyn Bus {
         self.0.bus.as_ref()
     }
