@@ -25,8 +25,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-API=$($BIN/callstream keys create --data-dir "$TMP/cs" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
-RT=$($BIN/callstream keys create --data-dir "$TMP/cs" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+API=$($BIN/callstream keys create --init --data-dir "$TMP/cs" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+RT=$($BIN/callstream keys create --init --data-dir "$TMP/cs" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
 RUST_LOG=warn $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$TMP/cs" 2> "$OUT/callstream.log" &
 CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 

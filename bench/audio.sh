@@ -36,8 +36,8 @@ for n in $STREAMS; do
       callstream)
         # A fresh gateway per run: memory per stream is measured from its start.
         data=$TMP/cs-$n
-        api=$($BIN/callstream keys create --data-dir "$data" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
-        rt=$($BIN/callstream keys create --data-dir "$data" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+        api=$($BIN/callstream keys create --init --data-dir "$data" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+        rt=$($BIN/callstream keys create --init --data-dir "$data" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
         CALLSTREAM_ALLOW_PRIVATE_WEBHOOK_TARGETS=true RUST_LOG=warn $SRV $BIN/callstream serve \
           --listen 127.0.0.1:8080 --data-dir "$data" 2> "$OUT/callstream-$n.log" &
         pid=$!; PIDS+=($pid); wait_port 8080

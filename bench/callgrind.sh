@@ -27,7 +27,7 @@ cleanup() { [ -n "$SP" ] && kill "$SP" 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 VG=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$TMP/callgrind.out")
 if [ "$TARGET" = callstream ]; then
-  key() { "$SERVER_BIN/callstream" keys create --data-dir "$TMP/cs" --workspace bench --json "$@" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
+  key() { "$SERVER_BIN/callstream" keys create --init --data-dir "$TMP/cs" --workspace bench --json "$@" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
   API=$(key); RT=$(key --runtime)
   RUST_LOG=warn "${VG[@]}" "$SERVER_BIN/callstream" serve --listen 127.0.0.1:8080 --data-dir "$TMP/cs" 2> "$TMP/server.log" &
   SP=$!; PORT=8080

@@ -70,8 +70,8 @@ node() { # port, log
 node 8080 node-a; A_PID=${PIDS[-1]}
 node 8082 node-b; B_PID=${PIDS[-1]}
 E_DATA=$TMP/embedded
-E_API=$($BIN/callstream keys create --data-dir "$E_DATA" --workspace bench --json | json_key)
-E_RT=$($BIN/callstream keys create --data-dir "$E_DATA" --workspace bench --runtime --json | json_key)
+E_API=$($BIN/callstream keys create --init --data-dir "$E_DATA" --workspace bench --json | json_key)
+E_RT=$($BIN/callstream keys create --init --data-dir "$E_DATA" --workspace bench --runtime --json | json_key)
 RUST_LOG=warn $BIN/callstream serve --listen 127.0.0.1:8084 --data-dir "$E_DATA" 2> "$OUT/embedded.log" &
 E_PID=$!; PIDS+=($E_PID); wait_port 8084
 

@@ -53,8 +53,8 @@ wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 
 # --- callstream: fresh data, keys from its own CLI ---
 CS_DATA=$TMP/callstream
-API=$($CS keys create --data-dir "$CS_DATA" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
-RT=$($CS keys create --data-dir "$CS_DATA" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+API=$($CS keys create --init --data-dir "$CS_DATA" --workspace bench --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
+RT=$($CS keys create --init --data-dir "$CS_DATA" --workspace bench --runtime --json | sed 's/.*"key":"\([^"]*\)".*/\1/')
 RUST_LOG=warn $SRV $CS serve --listen 127.0.0.1:8080 --data-dir "$CS_DATA" 2> "$OUT/callstream.log" &
 CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 

@@ -15,7 +15,7 @@ command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninterac
 cargo build --release -q -p callstream-bench
 ulimit -n "$(ulimit -Hn)"
 D=$(mktemp -d)
-key() { "$BIN" keys create --data-dir "$D" --workspace bench --json "$@" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
+key() { "$BIN" keys create --init --data-dir "$D" --workspace bench --json "$@" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
 API=$(key); RT=$(key --runtime)
 RUST_LOG=warn "$BIN" serve --listen 127.0.0.1:8080 --data-dir "$D" 2>/dev/null &
 SP=$!

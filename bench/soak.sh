@@ -34,7 +34,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-key() { $BIN/callstream keys create --data-dir "$TMP/cs" "$@" --json | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
+key() { $BIN/callstream keys create --init --data-dir "$TMP/cs" "$@" --json | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
 
 API=$(key --workspace bench)
 RT=$(key --workspace bench --runtime)

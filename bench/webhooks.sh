@@ -26,7 +26,7 @@ serve() { # data dir
     $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$1" 2>> "$OUT/callstream.log" &
   CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 }
-key() { $BIN/callstream keys create --data-dir "$1" --workspace bench --json "${@:2}" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
+key() { $BIN/callstream keys create --init --data-dir "$1" --workspace bench --json "${@:2}" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
 
 for endpoints in 0 1 10 100; do
   DATA=$(mktemp -d)

@@ -490,7 +490,7 @@ impl Source<'_> {
             Self::Value(value) => Ok(value),
             Self::Json(json) => serde_json::from_str::<StrictValue>(json)
                 .map(|v| v.0)
-                .map_err(|e| EventError::field("payload", e.to_string())),
+                .map_err(|e| EventError::field("payload", crate::json::message(&e, "payload"))),
         }
     }
 
@@ -510,23 +510,24 @@ trait Decode: Sized {
     fn decode_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
 }
 
-fn refused(path: String, error: impl fmt::Display) -> EventError {
+fn refused(path: String, error: &serde_json::Error) -> EventError {
+    let message = crate::json::message(error, &path);
     let path = if path == "." {
         "payload".to_owned()
     } else {
         format!("payload.{path}")
     };
-    EventError::field(path, error.to_string())
+    EventError::field(path, message)
 }
 
 impl<T: DeserializeOwned> Decode for T {
     fn from_value(value: Value) -> Result<Self, EventError> {
         serde_path_to_error::deserialize(value)
-            .map_err(|e| refused(e.path().to_string(), e.into_inner()))
+            .map_err(|e| refused(e.path().to_string(), e.inner()))
     }
 
     fn from_json(json: &str) -> Result<Self, EventError> {
-        crate::json::from_str(json).map_err(|e| refused(e.path, e.error))
+        crate::json::from_str(json).map_err(|e| refused(e.path, &e.error))
     }
 
     fn decode_from<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -542,8 +543,8 @@ impl Decode for Message {
     }
 
     fn from_json(json: &str) -> Result<Self, EventError> {
-        let StrictValue(value) =
-            serde_json::from_str(json).map_err(|e| EventError::field("payload", e.to_string()))?;
+        let StrictValue(value) = serde_json::from_str(json)
+            .map_err(|e| EventError::field("payload", crate::json::message(&e, "payload")))?;
         Message::from_value(value)
     }
 
@@ -881,7 +882,7 @@ mod tests {
             (
                 "call.started",
                 json!({"phone": "555", "direction": "inbound", "transport": "sip"}),
-                "payload.phone: phone: expected E.164",
+                "payload.phone: expected E.164",
             ),
             (
                 "message.received",

@@ -17,10 +17,37 @@ pub struct Refused {
 }
 
 impl Refused {
+    /// What was wrong, for a person: serde_json's message without its parser position or a
+    /// repeat of the field's name (see [`message`]).
+    pub fn message(&self) -> String {
+        message(&self.error, &self.path)
+    }
+
     /// Whether the text is not JSON at all (rather than JSON of the wrong shape).
     pub fn is_syntax(&self) -> bool {
         self.error.is_syntax() || self.error.is_eof()
     }
+}
+
+/// serde_json's message for a value refused at `path`, without its parser position (`at line 1
+/// column 49` counts within whatever text was parsed, often a payload nested in a body, and means
+/// nothing to the reader once the path names the field) and without the field's name when the
+/// message starts with it (`phone: expected E.164` under `body.phone`).
+pub fn message(error: &serde_json::Error, path: &str) -> String {
+    let mut text = error.to_string();
+    if error.line() > 0 {
+        let position = format!(" at line {} column {}", error.line(), error.column());
+        if let Some(bare) = text.strip_suffix(&position) {
+            text = bare.to_owned();
+        }
+    }
+    let field = path.rsplit('.').next().unwrap_or_default();
+    if !field.is_empty()
+        && let Some(rest) = text.strip_prefix(field).and_then(|r| r.strip_prefix(": "))
+    {
+        text = rest.to_owned();
+    }
+    text
 }
 
 /// Decodes `T` from JSON text.

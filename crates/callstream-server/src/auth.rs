@@ -161,6 +161,23 @@ pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<Principal, 
         _ => "API key",
     };
     let invalid = || ApiError::unauthorized(format!("invalid {what}"));
+    // Other secrets of the gateway, presented where they do not work: say what they are for.
+    let elsewhere = if secret.starts_with(STREAM_TOKEN_PREFIX) {
+        Some(
+            "a stream token (st_…) opens only the browser streams (/v1/calls/{id}/transcript/stream, /v1/calls/{id}/stream, /live-transcript/{call_sid}); send an API key here",
+        )
+    } else if secret.starts_with(SESSION_PREFIX) {
+        Some("a session (ss_…) works only as the browser's session cookie; send an API key here")
+    } else if secret.starts_with(crate::routes::session::SIGN_IN_PREFIX) {
+        Some(
+            "a sign-in link's secret (sl_…) signs a browser in once, with POST /v1/session; send an API key here",
+        )
+    } else {
+        None
+    };
+    if let Some(message) = elsewhere {
+        return Err(ApiError::unauthorized(message));
+    }
     if KeyKind::of_secret(secret).is_none() || secret.len() > 128 {
         return Err(invalid());
     }
@@ -188,7 +205,7 @@ pub async fn authenticate(store: &dyn Store, secret: &str) -> Result<Principal, 
     })
 }
 
-fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+pub(crate) fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -264,6 +281,7 @@ async fn principal(
         })
     })?;
     let principal = authenticate(state.store(), &secret).await?;
+    crate::RequestLog::workspace(parts, &principal.workspace_id);
     if principal.kind != kind {
         return Err(ApiError::forbidden(match kind {
             KeyKind::Api => "this endpoint needs an API key (pk_live_…); runtime keys only ingest",
@@ -273,7 +291,9 @@ async fn principal(
     Ok(principal)
 }
 
-/// An API key (`pk_live_…`) from the `Authorization` header.
+/// An API key (`pk_live_…`) from the `Authorization` header, or, without that header, the
+/// dashboard's session cookie (`POST /v1/session`). A request that changes something with the
+/// cookie must come from the gateway's own origin ([`same_origin`]).
 pub struct ApiKey(pub Principal);
 
 /// On the browser paths: an API key or a stream token, from the header or `?token=`. Handlers
@@ -306,8 +326,51 @@ impl FromRequestParts<AppState> for AdminKey {
 impl FromRequestParts<AppState> for ApiKey {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if bearer(parts)?.is_none()
+            && let Some(token) = session_cookie(parts)
+        {
+            if !same_origin(parts) {
+                return Err(ApiError::forbidden(
+                    "a request signed in by the session cookie that changes something must come from the gateway's own pages",
+                ));
+            }
+            let who = authenticate_session(state.store(), &token).await?;
+            crate::RequestLog::workspace(parts, &who.workspace_id);
+            return Ok(Self(who));
+        }
         principal(parts, state, false, KeyKind::Api).await.map(Self)
     }
+}
+
+/// Whether a request that the session cookie signs in may act: reads always may; anything else
+/// must come from a page of the gateway's own origin. Browsers send `Origin` and
+/// `Sec-Fetch-Site` with every such request; the cookie's `SameSite=Strict` already keeps other
+/// sites' requests from carrying it, and this also refuses other origins of the same site (a
+/// sibling subdomain, another port). Clients that send neither header are not browsers, and
+/// carry the cookie only if someone gave it to them.
+pub fn same_origin(parts: &Parts) -> bool {
+    use axum::http::Method;
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if let Some(site) = parts.headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+    {
+        return false;
+    }
+    let Some(origin) = parts.headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, rest)| Some(rest) == host)
 }
 
 impl FromRequestParts<AppState> for BrowserPrincipal {
@@ -320,9 +383,9 @@ impl FromRequestParts<AppState> for BrowserPrincipal {
             .or(query.as_deref())
             .filter(|s| s.starts_with(STREAM_TOKEN_PREFIX))
         {
-            return authenticate_stream_token(state.store(), token)
-                .await
-                .map(Self);
+            let who = authenticate_stream_token(state.store(), token).await?;
+            crate::RequestLog::workspace(parts, &who.workspace_id);
+            return Ok(Self(who));
         }
         // Before a WebSocket upgrade every auth failure is 401 (or 404), so a runtime key here
         // is "unauthorized", not "forbidden".

@@ -58,9 +58,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if e.is_syntax() {
             ApiError::bad_request(format!("body is not valid JSON: {}", e.error))
         } else if e.path == "." {
-            ApiError::bad_request(format!("body: {}", e.error))
+            ApiError::bad_request(format!("body: {}", e.message()))
         } else {
-            ApiError::bad_request(format!("body.{}: {}", e.path, e.error))
+            ApiError::bad_request(format!("body.{}: {}", e.path, e.message()))
         }
     })
 }

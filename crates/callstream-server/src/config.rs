@@ -14,6 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub struct Config {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// A second, internal address for `/metrics`, `/healthz` and `/readyz` (Centrifugo's
+    /// internal port): when set, they are served there only, so that they need not face the
+    /// internet. Unset, they are on `listen`.
+    pub internal_listen: Option<SocketAddr>,
     /// Directory for the embedded SQLite database (`callstream.db`).
     pub data_dir: PathBuf,
     /// The embedded store's durability: `full` (every commit on disk before it is answered,
@@ -173,6 +177,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            internal_listen: None,
             data_dir: PathBuf::from("./callstream-data"),
             sqlite_synchronous: callstream_store::Durability::Full,
             database_url: None,
@@ -334,6 +339,63 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     })
 }
 
+/// The name of every setting: the field list serde knows for [`Config`].
+pub fn setting_names() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for FieldNames<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("only the field names are read"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("only the field names are read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    static NAMES: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names: &'static [&'static str] = &[];
+        let _ = Config::deserialize(FieldNames(&mut names));
+        names
+    })
+}
+
+/// The setting closest to a misspelt `key` (edit distance), if one is close enough to be meant.
+fn closest(key: &str, names: &[&'static str]) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let substitution = previous + usize::from(ca != *cb);
+                previous = row[j + 1];
+                row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+            }
+        }
+        row[b.len()]
+    }
+    names
+        .iter()
+        .map(|name| (distance(key, name), *name))
+        .filter(|(d, name)| *d <= (name.len() / 3).max(2))
+        .min()
+        .map(|(_, name)| name)
+}
+
 impl Config {
     /// Loads defaults, then `file` (TOML) if given, then every `CALLSTREAM_*` pair of `env`.
     /// `env` is passed in rather than read here so tests never touch the process environment.
@@ -356,6 +418,7 @@ impl Config {
                 message: e.to_string(),
             })?;
         }
+        let mut from_env = std::collections::HashSet::new();
         for (key, value) in env {
             let Some(field) = key.strip_prefix("CALLSTREAM_") else {
                 continue;
@@ -363,7 +426,36 @@ impl Config {
             if COMMAND_LINE_VARIABLES.contains(&field) {
                 continue;
             }
+            from_env.insert(field.to_ascii_lowercase());
             table.insert(field.to_ascii_lowercase(), env_value(&value));
+        }
+        // A misspelt setting is named as it was written, with the closest real one.
+        let names = setting_names();
+        for key in table.keys() {
+            if names.contains(&key.as_str()) {
+                continue;
+            }
+            let env = from_env.contains(key);
+            let spell = |name: &str| {
+                if env {
+                    format!("CALLSTREAM_{}", name.to_ascii_uppercase())
+                } else {
+                    name.to_owned()
+                }
+            };
+            let origin = match file {
+                Some(path) if !env => format!("{} ({key})", path.display()),
+                _ => spell(key),
+            };
+            let hint = closest(key, names)
+                .map(|name| format!("; did you mean {}?", spell(name)))
+                .unwrap_or_default();
+            return Err(ConfigError::Invalid {
+                origin,
+                message: format!(
+                    "not a setting{hint} (the README's Configuration table lists them all)"
+                ),
+            });
         }
         let config: Self = toml::Value::Table(table)
             .try_into()
@@ -672,6 +764,24 @@ mod tests {
     }
 
     #[test]
+    fn every_field_is_a_setting_name_and_a_file_key_is_named_with_its_file() {
+        let names = setting_names();
+        assert!(names.contains(&"listen") && names.contains(&"nats_url"));
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        for key in defaults.as_table().unwrap().keys() {
+            assert!(names.contains(&key.as_str()), "{key}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("callstream.toml");
+        std::fs::write(&file, "data_dri = \"/tmp\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.ends_with("callstream.toml (data_dri): not a setting; did you mean data_dir? (the README's Configuration table lists them all)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn refuses_unknown_keys_wrong_types_and_zeroes() {
         let cases = [
             (
@@ -682,7 +792,18 @@ mod tests {
                 vec![("CALLSTREAM_STREAM_QUEUE_CAPACITY", "many")],
                 "invalid type",
             ),
-            (vec![("CALLSTREAM_NOPE", "1")], "unknown field `nope`"),
+            (
+                vec![("CALLSTREAM_NOPE", "1")],
+                "CALLSTREAM_NOPE: not a setting (the README",
+            ),
+            (
+                vec![("CALLSTREAM_LISTN", "127.0.0.1:1")],
+                "CALLSTREAM_LISTN: not a setting; did you mean CALLSTREAM_LISTEN?",
+            ),
+            (
+                vec![("CALLSTREAM_WEBHOOK_TIMEOUT_SEC", "5")],
+                "did you mean CALLSTREAM_WEBHOOK_TIMEOUT_SECS?",
+            ),
             (
                 vec![("CALLSTREAM_LISTEN", "not-an-address")],
                 "invalid socket address",

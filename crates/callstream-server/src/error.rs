@@ -106,6 +106,10 @@ impl ApiError {
     }
 }
 
+/// The `error_code` of a refusal, on its response for the request log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -113,6 +117,8 @@ impl IntoResponse for ApiError {
             message: &self.message,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        // The request's log line names the refusal.
+        response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -304,7 +304,7 @@ fn parse_event(json: &str, at: &str, target: Target) -> Result<NewEvent, ApiErro
         } else {
             path
         };
-        ApiError::invalid_event(format!("{path}: {}", e.error))
+        ApiError::invalid_event(format!("{path}: {}", e.message()))
     })?;
     let payload = Payload::parse_json(&raw.event_type, raw.payload.get())
         .map_err(|e| ApiError::invalid_event(format!("{at}{e}")))?;
@@ -525,8 +525,12 @@ pub(crate) fn careful_batch(
     let json = body.get();
     match json.trim_start().as_bytes().first() {
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(json)
-                .map_err(|e| ApiError::invalid_event(format!("body: {e}")))?;
+            let items: Vec<&RawValue> = serde_json::from_str(json).map_err(|e| {
+                ApiError::invalid_event(format!(
+                    "body: {}",
+                    callstream_core::json::message(&e, "body")
+                ))
+            })?;
             batch_size(items.len(), max)?;
             items
                 .into_iter()

@@ -62,6 +62,26 @@ pub(crate) fn is_sse_stream(path: &str) -> bool {
     ) || path == "/v1/speech-events/stream"
 }
 
+/// Every long-lived stream route (SSE and WebSocket), as routed below. docs/asyncapi.yaml
+/// describes each one; a test holds the two lists together, and another that each is routed.
+pub const STREAM_PATHS: &[&str] = &[
+    "/v1/calls/{id}/transcript/stream",
+    "/v1/calls/{id}/stream",
+    "/v1/conversations/{id}/stream",
+    "/v1/speech-events/stream",
+    "/live-transcript/{call_sid}",
+    "/ws/v1/liveCalls",
+    "/v1/runtime",
+];
+
+/// `/healthz`, `/readyz` and `/metrics`: on the public listener, or alone on `internal_listen`.
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+}
+
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     // Everything but the long-lived streams answers within `request_timeout_secs`.
@@ -135,7 +155,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v1/session",
-            post(routes::session::create).delete(routes::session::delete),
+            get(routes::session::current)
+                .post(routes::session::create)
+                .delete(routes::session::delete),
         )
         .route(
             "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
@@ -163,13 +185,19 @@ pub fn app(state: AppState) -> Router {
                 .delete(routes::audio_streams::delete)
                 .fallback(routes::audio_streams::method_not_allowed),
         )
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
-        .route("/demo", get(routes::demo::page))
-        .route_layer(middleware::from_fn(move |request, next| {
-            answer_within(timeout, request, next)
-        }));
+        .route("/", get(routes::dashboard::page))
+        .route("/assets/dashboard.js", get(routes::dashboard::script))
+        .route("/assets/dashboard.css", get(routes::dashboard::style))
+        .route("/demo", get(routes::dashboard::demo));
+    // Health and metrics here, unless an internal listener serves them.
+    let bounded = if state.config().internal_listen.is_none() {
+        bounded.merge(ops_routes())
+    } else {
+        bounded
+    }
+    .route_layer(middleware::from_fn(move |request, next| {
+        answer_within(timeout, request, next)
+    }));
     let streams = Router::new()
         .route(
             "/v1/calls/{id}/transcript/stream",
@@ -226,7 +254,7 @@ fn cors(config: &Config) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -253,18 +281,69 @@ async fn answer_within(limit: Duration, request: Request, next: Next) -> Respons
 
 /// One log line per request: method, path, status, latency. Never the query string or headers,
 /// which may carry a key.
-async fn log_request(request: Request, next: Next) -> Response {
+/// What a request's log line says beyond its method, path and status: filled in by whoever
+/// learns it (the auth extractors name the workspace).
+#[derive(Clone, Default)]
+pub struct RequestLog(Arc<std::sync::OnceLock<String>>);
+
+impl RequestLog {
+    /// Names the request's workspace in its log line (the first one named counts).
+    pub fn workspace(parts: &axum::http::request::Parts, workspace: &callstream_core::WorkspaceId) {
+        if let Some(log) = parts.extensions.get::<Self>() {
+            let _ = log.0.set(workspace.to_string());
+        }
+    }
+}
+
+/// The request's id: the caller's `X-Request-Id` when it is a plain token (1–64 letters, digits,
+/// `.`, `_`, `-`), so one id follows a request through proxies; else a new `req_` and 16 hex
+/// digits.
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map_or_else(
+            || {
+                let mut bytes = [0u8; 8];
+                callstream_core::id::random_bytes(&mut bytes);
+                format!("req_{:016x}", u64::from_be_bytes(bytes))
+            },
+            str::to_owned,
+        )
+}
+
+/// One log line per request: its id (also answered as `X-Request-Id`), method, path (never the
+/// query, where a key may be), status, time to the answer's head in milliseconds (to 0.1), the
+/// workspace when known, and a refusal's `error_code`. Never a key, token or body.
+async fn log_request(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let id = request_id(&request);
+    let log = RequestLog::default();
+    request.extensions_mut().insert(log.clone());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    let ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+    let error_code = response.extensions().get::<error::ErrorCode>().map(|c| c.0);
     tracing::info!(
+        request_id = %id,
         %method,
         path,
         status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms,
+        workspace = log.0.get().map(String::as_str),
+        error_code,
         "request"
     );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     response
 }
 
@@ -281,11 +360,21 @@ pub enum StartError {
     Webhooks(String),
     #[error("opening the bus: {0}")]
     Bus(String),
-    #[error("listening on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", bind_advice(.reason))]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
+}
+
+/// What a failed bind means, and what to do about it.
+fn bind_advice(reason: &std::io::Error) -> String {
+    match reason.kind() {
+        std::io::ErrorKind::AddrInUse => "the address is already in use (another callstream, or another program, is listening there); stop it, or choose another address with --listen or CALLSTREAM_LISTEN".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges); choose a port above 1023 with --listen or CALLSTREAM_LISTEN".into(),
+        std::io::ErrorKind::AddrNotAvailable => "no interface of this machine has that address; use 127.0.0.1 or 0.0.0.0 with --listen or CALLSTREAM_LISTEN".into(),
+        _ => reason.to_string(),
+    }
 }
 
 /// Opens the store and bus the configuration names. One place chooses backends: PostgreSQL
@@ -368,6 +457,8 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     task: JoinHandle<std::io::Result<()>>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served when `internal_listen` is set.
+    internal_addr: Option<SocketAddr>,
 }
 
 /// Opens the backends, binds `config.listen` and serves in the background.
@@ -375,17 +466,27 @@ pub struct Server {
 /// # Errors
 /// When the backends cannot be opened or the address cannot be bound.
 pub async fn start(config: Config) -> Result<Server, StartError> {
-    let backends = open_backends(&config).await?;
+    // The address first: a port in use stops the start before any data directory or database
+    // is made.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|reason| StartError::Bind {
             addr: config.listen,
-            source,
+            reason,
         })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+    let addr = listener.local_addr().map_err(|reason| StartError::Bind {
         addr: config.listen,
-        source,
+        reason,
     })?;
+    let internal = match config.internal_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|reason| StartError::Bind { addr: at, reason })?,
+        ),
+        None => None,
+    };
+    let backends = open_backends(&config).await?;
     let shutdown = CancellationToken::new();
     let state = AppState::new(config, backends, shutdown.clone());
 
@@ -462,13 +563,38 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             resume_state.audio_streams().resume_all(&resume_state).await;
         });
     }
+    let internal_addr = internal.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(internal) = internal {
+        let at = internal_addr;
+        let ops = ops_routes().with_state(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(internal, ops)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "the internal listener failed");
+            }
+        });
+        tracing::info!(addr = ?at, "health and metrics on the internal listener");
+    }
     tracing::info!(%addr, "callstream listening");
-    Ok(Server { addr, state, task })
+    Ok(Server {
+        addr,
+        state,
+        task,
+        internal_addr,
+    })
 }
 
 impl Server {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The internal listener's address (`internal_listen`), if there is one.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal_addr
     }
 
     pub fn state(&self) -> &AppState {

@@ -34,6 +34,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Keys streams were opened with: revoking one closes them.
     revocations: crate::revocations::Revocations,
+    /// One-time dashboard sign-in links (`callstream demo`).
+    sign_in_links: crate::routes::session::SignInLinks,
     /// Wakes this node's webhook worker when the outbox got rows.
     outbox: tokio::sync::Notify,
     /// The NATS connection of a cluster: the outbox wake-up reaches every node.
@@ -56,6 +58,7 @@ impl AppState {
             transcript_sockets: DashMap::new(),
             shutdown,
             revocations: crate::revocations::Revocations::default(),
+            sign_in_links: crate::routes::session::SignInLinks::default(),
             outbox: tokio::sync::Notify::new(),
             nats: backends.nats,
             last_wake_ms: std::sync::atomic::AtomicI64::new(0),
@@ -212,6 +215,10 @@ impl AppState {
 
     pub fn shutdown(&self) -> &CancellationToken {
         &self.0.shutdown
+    }
+
+    pub fn sign_in_links(&self) -> &crate::routes::session::SignInLinks {
+        &self.0.sign_in_links
     }
 
     pub fn revocations(&self) -> &crate::revocations::Revocations {

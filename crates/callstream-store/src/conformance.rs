@@ -386,6 +386,76 @@ pub async fn keys_resolve_by_hash_and_filters_apply(backend: &dyn Backend) {
         .await
         .unwrap();
     assert!(future.is_empty());
+    let list = |filter: CallFilter| {
+        let store = &store;
+        let ws = ws.id.clone();
+        async move {
+            store
+                .calls(&ws, &filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(CallFilter {
+            ended: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await,
+        std::slice::from_ref(&done.id),
+        "ended: completed or failed, never live"
+    );
+
+    // Pages by cursor, newest first, each call once, also among calls started in the same
+    // millisecond; and a search by a part of the phone number.
+    let mut other = new_call(&ws.id);
+    other.phone = Phone::parse("+442071838750").unwrap();
+    other.started_at = live.started_at;
+    store.create_call(&other).await.unwrap();
+    let all = list(CallFilter {
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(all.len(), 3);
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = list(CallFilter {
+            limit: 1,
+            before: before.clone(),
+            ..Default::default()
+        })
+        .await;
+        let Some(last) = page.last() else { break };
+        before = Some(last.clone());
+        paged.extend(page);
+        assert!(paged.len() <= 3, "paging ends: {paged:?}");
+    }
+    assert_eq!(paged, all);
+    assert_eq!(
+        list(CallFilter {
+            phone: Some("2071".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await,
+        std::slice::from_ref(&other.id)
+    );
+    assert_eq!(
+        list(CallFilter {
+            phone: Some("+1415".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .len(),
+        2
+    );
 }
 
 pub async fn conversation_events_keep_message_history_and_mode(backend: &dyn Backend) {

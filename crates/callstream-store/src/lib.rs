@@ -221,9 +221,15 @@ impl NewEvent {
 #[derive(Debug, Clone, Default)]
 pub struct CallFilter {
     pub status: Option<CallStatus>,
+    /// Only calls that have ended (completed or failed).
+    pub ended: bool,
     /// Calls that started at or after this time.
     pub since: Option<DateTime<Utc>>,
-    /// At most this many, newest first.
+    /// Calls whose phone number contains these characters (`+` and digits only).
+    pub phone: Option<String>,
+    /// Calls listed after this one (newest first): the cursor of the next page.
+    pub before: Option<CallId>,
+    /// At most this many, newest first (ties in `started_at` by id, descending).
     pub limit: u32,
 }
 

@@ -590,11 +590,17 @@ impl Store for PgStore {
         let mut tx = self.scoped(workspace).await?;
         let rows = sqlx::query(concat!("SELECT ", call_columns!(), " FROM calls WHERE workspace_id = $1 \
              AND ($2::TEXT IS NULL OR status = $2) AND ($3::TIMESTAMPTZ IS NULL OR started_at >= $3) \
-             ORDER BY started_at DESC, id LIMIT $4"))
+             AND (NOT $5::BOOLEAN OR status <> 'in_progress') AND ($6::TEXT IS NULL OR phone LIKE $6) \
+             AND ($7::TEXT IS NULL OR (started_at, id) < \
+                  (SELECT started_at, id FROM calls WHERE workspace_id = $1 AND id = $7)) \
+             ORDER BY started_at DESC, id DESC LIMIT $4"))
         .bind(workspace.as_str())
         .bind(filter.status.map(CallStatus::as_str))
         .bind(filter.since)
         .bind(i64::from(filter.limit))
+        .bind(filter.ended)
+        .bind(filter.phone.as_ref().map(|p| format!("%{p}%")))
+        .bind(filter.before.as_ref().map(CallId::as_str))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

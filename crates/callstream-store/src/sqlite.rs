@@ -491,15 +491,22 @@ impl Store for SqliteStore {
     }
 
     async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>> {
+        // `started_at` is stored in one fixed-width RFC 3339 form: text order is time order.
         let sql = call_select!(
             "WHERE workspace_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR started_at >= $3) \
-             ORDER BY started_at DESC, id LIMIT $4",
+             AND ($5 = 0 OR status <> 'in_progress') AND ($6 IS NULL OR phone LIKE $6) \
+             AND ($7 IS NULL OR (started_at, id) < \
+                  (SELECT started_at, id FROM calls WHERE workspace_id = $1 AND id = $7)) \
+             ORDER BY started_at DESC, id DESC LIMIT $4",
         );
         let rows = sqlx::query(sql)
             .bind(workspace.as_str())
             .bind(filter.status.map(CallStatus::as_str))
             .bind(filter.since.as_ref().map(time::format))
             .bind(i64::from(filter.limit))
+            .bind(filter.ended)
+            .bind(filter.phone.as_ref().map(|p| format!("%{p}%")))
+            .bind(filter.before.as_ref().map(CallId::as_str))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(call_row).collect()

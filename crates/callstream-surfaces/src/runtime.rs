@@ -145,9 +145,9 @@ struct Head {
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     callstream_core::json::from_str(text).map_err(|e| {
         if e.path == "." {
-            e.error.to_string()
+            e.message()
         } else {
-            format!("{}: {}", e.path, e.error)
+            format!("{}: {}", e.path, e.message())
         }
     })
 }

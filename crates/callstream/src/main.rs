@@ -128,6 +128,11 @@ enum KeysCommand {
         /// Print JSON `{"workspace_id","auth_id","key","key_id"}`.
         #[arg(long, env = "CALLSTREAM_KEY_JSON")]
         json: bool,
+        /// Create the data directory's database if it has none yet (to make keys before the
+        /// gateway's first start). Without it, a directory with no database is refused: a key
+        /// made in the wrong place would be refused by the running gateway.
+        #[arg(long)]
+        init: bool,
     },
     /// List a workspace's keys (never their secrets). Safe while the server runs.
     List {
@@ -167,7 +172,17 @@ fn expiry(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     Ok(at)
 }
 
-async fn key_store(data_dir: &Path, database_url: Option<String>) -> Result<Box<dyn Store>> {
+async fn key_store(
+    data_dir: &Path,
+    database_url: Option<String>,
+    init: bool,
+) -> Result<Box<dyn Store>> {
+    if database_url.is_none() && !init && !data_dir.join("callstream.db").exists() {
+        bail!(
+            "{} has no callstream database: point --data-dir (or CALLSTREAM_DATA_DIR) at the running gateway's data directory, or pass --init to create one here",
+            data_dir.display()
+        );
+    }
     Ok(match database_url {
         Some(url) => Box::new(
             PgStore::connect(&url, 1)
@@ -197,8 +212,11 @@ fn init_logs() {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("CALLSTREAM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only for a person at a terminal: a file, a pipe or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -218,8 +236,34 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
+/// Runs the command; a failure is one line on stderr (its causes joined, each said once, no
+/// backtrace: a start-up error is the operator's to fix, not a bug) and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("callstream: {}", explain(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, each cause once (a cause that its parent's message already quotes
+/// is not repeated).
+fn explain(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -242,13 +286,14 @@ async fn main() -> Result<()> {
             admin,
             expires_at,
             json,
+            init,
         }) => {
             let kind = if runtime {
                 KeyKind::Runtime
             } else {
                 KeyKind::Api
             };
-            let store = key_store(&data_dir, database_url).await?;
+            let store = key_store(&data_dir, database_url, init).await?;
             keys_create(store.as_ref(), &workspace, kind, admin, expires_at, json).await
         }
         Command::Keys(KeysCommand::List {
@@ -257,7 +302,7 @@ async fn main() -> Result<()> {
             workspace,
             json,
         }) => {
-            let store = key_store(&data_dir, database_url).await?;
+            let store = key_store(&data_dir, database_url, false).await?;
             keys_list(store.as_ref(), &workspace, json).await
         }
         Command::Keys(KeysCommand::Revoke {
@@ -266,7 +311,7 @@ async fn main() -> Result<()> {
             workspace,
             key_id,
         }) => {
-            let store = key_store(&data_dir, database_url).await?;
+            let store = key_store(&data_dir, database_url, false).await?;
             let ws = store
                 .workspace_by_name(&workspace)
                 .await?
@@ -315,7 +360,22 @@ async fn wait_for_signal() {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let database = config.database_url.is_some();
     let server = callstream_server::start(config).await?;
+    // What a newcomer does next.
+    let keys = if database {
+        "`callstream keys create --database-url … --workspace NAME`".to_owned()
+    } else {
+        format!(
+            "`callstream keys create --data-dir {} --workspace NAME`",
+            data_dir.display()
+        )
+    };
+    tracing::info!(
+        "the dashboard is at http://{}/ ; make an API key with {keys} (README, \"A 5-minute tour\")",
+        server.addr()
+    );
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown();
@@ -471,9 +531,14 @@ async fn demo(mut config: Config) -> Result<()> {
     config.allow_private_webhook_targets = true;
     let server = callstream_server::start(config).await?;
     let store = server.state().store();
-    let (workspace, _, api_key) = create_key(store, "demo", KeyKind::Api, false, None).await?;
+    let (workspace, api_key_id, api_key) =
+        create_key(store, "demo", KeyKind::Api, false, None).await?;
     let (_, _, runtime_key) = create_key(store, "demo", KeyKind::Runtime, false, None).await?;
     let base = format!("http://{}", server.addr());
+    let sign_in = server
+        .state()
+        .sign_in_links()
+        .mint(&workspace.id, api_key_id);
     let runtime =
         Runtime::new(&base, &runtime_key)?.with_audio(callstream_simulator::audio::Source::Synth);
     let stop = CancellationToken::new();
@@ -485,12 +550,31 @@ async fn demo(mut config: Config) -> Result<()> {
     let call = runtime.create_call(&showcase).await?;
     let (showcase_runtime, showcase_stop, showcase_call) =
         (runtime.clone(), stop.clone(), call.clone());
+    // A long call runs at all times: when one is ended (by the tour's end_call, say), the next
+    // starts, so every step of the tour has a live call to work on.
     let showcase_task = tokio::spawn(async move {
-        if let Err(err) = showcase_runtime
-            .play_created(&showcase_call, &showcase, 1.0, &showcase_stop)
-            .await
-        {
-            tracing::warn!(error = %err, "demo call stopped");
+        let mut call = showcase_call;
+        loop {
+            if let Err(err) = showcase_runtime
+                .play_created(&call, &showcase, 1.0, &showcase_stop)
+                .await
+                && !showcase_stop.is_cancelled()
+            {
+                tracing::warn!(error = %err, "the demo's long call stopped");
+            }
+            if showcase_stop.is_cancelled() {
+                break;
+            }
+            match showcase_runtime.create_call(&showcase).await {
+                Ok(next) => {
+                    tracing::info!(call = %next.id, "the demo's long call ended; another one started");
+                    call = next;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not start another long call");
+                    break;
+                }
+            }
         }
     });
     let flow_runtime = runtime.clone();
@@ -508,12 +592,14 @@ async fn demo(mut config: Config) -> Result<()> {
 
     println!(
         "\ncallstream demo is running on {base}\n\n\
+         Open the dashboard (a one-time sign-in link, good for 15 minutes; afterwards sign in\n\
+         with the API key):\n\
+         \x20 {base}/#sign-in={sign_in}\n\n\
          API key (workspace \"demo\"):  {api_key}\n\
          Runtime key:                 {runtime_key}\n\n\
+         The long call (about an hour; when it ends, another starts): {}\n\n\
          Watch a live transcript in the terminal:\n\
          \x20 curl -N -H 'Authorization: Bearer {api_key}' {base}/v1/calls/{}/transcript/stream\n\n\
-         Or in a browser:\n\
-         \x20 {base}/demo#token={api_key}\n\n\
          Call events and control over WebSocket (send {{\"type\":\"send_dtmf\",\"id\":\"1\",\"digits\":\"5\"}}):\n\
          \x20 ws://{addr}/v1/calls/{}/stream?token={api_key}\n\n\
          Stream the long call's audio to your WebSocket service (seed 004; auth_id {auth_id}):\n\
@@ -524,6 +610,7 @@ async fn demo(mut config: Config) -> Result<()> {
          List calls:   curl -H 'Authorization: Bearer {api_key}' '{base}/v1/calls?status=in_progress'\n\
          Metrics:      curl {base}/metrics\n\n\
          Press Ctrl-C to stop.\n",
+        call.id,
         call.id,
         call.id,
         call.id,

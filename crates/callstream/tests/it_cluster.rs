@@ -21,6 +21,8 @@ mod auth;
 mod cluster;
 #[path = "it/conversations.rs"]
 mod conversations;
+#[path = "it/dashboard.rs"]
+mod dashboard;
 #[path = "it/ending.rs"]
 mod ending;
 #[path = "it/faults.rs"]

@@ -108,22 +108,41 @@ impl FromRequestParts<AppState> for Account {
     type Rejection = StreamError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, StreamError> {
-        let (auth_id, token) = credentials(&parts.headers)?;
-        let who = authenticate(state.store(), &token)
-            .await
-            .map_err(|_| ApiError::unauthorized("invalid X-Auth-Token"))?;
-        if who.kind != KeyKind::Api {
-            return Err(ApiError::unauthorized(
-                "X-Auth-Token must be an API key (pk_live_…); runtime keys only ingest",
-            )
-            .into());
-        }
+        let headers = &parts.headers;
+        let no_credentials = ["x-auth-id", "x-auth-token", "authorization"]
+            .iter()
+            .all(|h| !headers.contains_key(*h));
+        // The dashboard's session cookie, beside the seed's credentials (docs/dashboard.md).
+        let (who, auth_id) = if no_credentials
+            && let Some(session) = crate::auth::session_cookie(parts)
+        {
+            if !crate::auth::same_origin(parts) {
+                return Err(ApiError::forbidden(
+                    "a request signed in by the session cookie that changes something must come from the gateway's own pages",
+                )
+                .into());
+            }
+            let who = crate::auth::authenticate_session(state.store(), &session).await?;
+            (who, None)
+        } else {
+            let (auth_id, token) = credentials(headers)?;
+            let who = authenticate(state.store(), &token)
+                .await
+                .map_err(|_| ApiError::unauthorized("invalid X-Auth-Token"))?;
+            if who.kind != KeyKind::Api {
+                return Err(ApiError::unauthorized(
+                    "X-Auth-Token must be an API key (pk_live_…); runtime keys only ingest",
+                )
+                .into());
+            }
+            (who, Some(auth_id))
+        };
         let workspace = state
             .store()
             .workspace(&who.workspace_id)
             .await?
             .ok_or_else(|| ApiError::unauthorized("invalid X-Auth-Token"))?;
-        if workspace.auth_id != auth_id {
+        if auth_id.is_some_and(|id| id != workspace.auth_id) {
             return Err(ApiError::unauthorized(
                 "the account id (X-Auth-ID, or the Basic user) is not the auth_id of this key's account",
             )

@@ -4,6 +4,9 @@
 //! (both come from `surfaces::native::envelope_json`). Clients may send commands
 //! (`surfaces::control`); each is answered with an `ack` or an `error` naming its `id`.
 //!
+//! `?audio=inbound|outbound|both` adds the call's audio of those tracks as binary messages, in
+//! the runtime socket's frame format, from the upgrade on (for listening in a browser).
+//!
 //! Close codes: 1000 when the call ends, 1001 when the server shuts down, 1003 for a binary
 //! frame, 1008 for a policy violation (an expired stream token, a client that keeps flooding past
 //! the rate limit), 1009 for a message over `ws_max_message_bytes`. Failures before the upgrade
@@ -16,7 +19,7 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use bytes::Bytes;
-use callstream_bus::{Event, Resume, Subscription, Topic};
+use callstream_bus::{Event, Resume, SubscribeOptions, Subscription, Topic};
 use callstream_core::{CallId, KeyKind, WorkspaceId};
 use callstream_surfaces::{control, native};
 
@@ -24,7 +27,8 @@ use crate::auth::{BrowserPrincipal, url_pairs};
 use crate::error::ApiError;
 use crate::metrics::{OpenStream, Surface, SurfaceLabels};
 use crate::routes::ws::{
-    COMMAND_READS, Limits, Reply, SocketSurface, close, configure, drive, require_upgrade, text,
+    COMMAND_READS, Limits, Listen, Reply, SocketSurface, close, configure, drive, require_upgrade,
+    text,
 };
 use crate::routes::{CallPath, IdPath, load_call};
 use crate::state::AppState;
@@ -32,6 +36,10 @@ use crate::state::AppState;
 const LABELS: SurfaceLabels = SurfaceLabels {
     surface: Surface::native_call_ws,
 };
+
+/// Audio frames that may wait for a listening viewer (both tracks: 200 ms) before newer ones are
+/// dropped for it alone.
+const AUDIO_QUEUE: usize = 20;
 
 pub async fn socket(
     State(state): State<AppState>,
@@ -41,9 +49,22 @@ pub async fn socket(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let mut since = None;
+    let mut audio = None;
     for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
         match key.as_str() {
             "token" => {}
+            "audio" => {
+                audio = Some(match value.as_str() {
+                    "inbound" => (true, false),
+                    "outbound" => (false, true),
+                    "both" => (true, true),
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "audio: expected inbound, outbound or both",
+                        ));
+                    }
+                });
+            }
             "since" => {
                 since = Some(value.parse::<u64>().map_err(|_| {
                     ApiError::bad_request("since: expected a seq (a whole number)")
@@ -66,7 +87,30 @@ pub async fn socket(
         .subscribe(&topic, since.map_or(Resume::Live, Resume::After), &LABELS)
         .await
         .map_err(|e| ApiError::unavailable(format!("live events are unavailable: {e}")))?;
+    // The call's audio, from now on, for a viewer that asked for it (binary messages).
+    let listen = match audio {
+        Some((inbound, outbound)) if call.status.is_active() => {
+            let options = SubscribeOptions {
+                queue_capacity: AUDIO_QUEUE,
+                dropped: state.metrics().audio.listener_dropped.clone(),
+            };
+            let audio = state
+                .bus()
+                .subscribe_audio(&who.workspace_id, &id, options)
+                .await
+                .map_err(|e| {
+                    ApiError::unavailable(format!("the call's audio is unavailable: {e}"))
+                })?;
+            Some(Listen {
+                audio,
+                inbound,
+                outbound,
+            })
+        }
+        _ => None,
+    };
     let session = Session {
+        listen,
         state: state.clone(),
         workspace: who.workspace_id.clone(),
         call: id,
@@ -82,6 +126,8 @@ pub async fn socket(
 }
 
 struct Session {
+    /// The call's audio, when the viewer asked for it.
+    listen: Option<Listen>,
     /// The key the socket was opened with, or that minted its stream token.
     key: callstream_core::id::KeyId,
     state: AppState,
@@ -150,6 +196,7 @@ impl Session {
         };
         let state = self.state.clone();
         let mut surface = self;
+        let listen = surface.listen.take();
         drive(
             &state,
             &mut socket,
@@ -157,6 +204,7 @@ impl Session {
             &mut surface,
             &LABELS,
             limits,
+            listen,
         )
         .await;
     }

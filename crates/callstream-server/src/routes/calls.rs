@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use callstream_core::{Call, CallStatus, Direction, Payload, Phone, Transport, time};
+use callstream_core::{Call, CallId, CallStatus, Direction, Payload, Phone, Transport, time};
 use callstream_store::{CallFilter, NewEvent};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -96,7 +96,8 @@ pub async fn ingest_events(
     ))
 }
 
-/// `GET /v1/calls?status=&since=&limit=&case=`: the call log, newest first.
+/// `GET /v1/calls?status=&since=&phone=&before=&limit=&case=`: the call log, newest first,
+/// paged by `next_cursor`.
 pub async fn list(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -109,9 +110,30 @@ pub async fn list(
     let mut case = Case::Snake;
     for (key, value) in url_pairs(query.as_deref().unwrap_or("")) {
         match key.as_str() {
+            "status" if value == "ended" => filter.ended = true,
             "status" => {
                 filter.status = Some(CallStatus::parse(&value).ok_or_else(|| {
-                    ApiError::bad_request("status: expected one of in_progress, completed, failed")
+                    ApiError::bad_request(
+                        "status: expected one of in_progress, completed, failed, ended",
+                    )
+                })?);
+            }
+            "phone" => {
+                let ok = (1..=16).contains(&value.len())
+                    && value
+                        .bytes()
+                        .enumerate()
+                        .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'+'));
+                if !ok {
+                    return Err(ApiError::bad_request(
+                        "phone: expected 1 to 16 digits, optionally after a leading +",
+                    ));
+                }
+                filter.phone = Some(value);
+            }
+            "before" => {
+                filter.before = Some(CallId::parse(&value).map_err(|_| {
+                    ApiError::bad_request("before: expected a call id (a page's next_cursor)")
                 })?);
             }
             "since" => {
@@ -140,8 +162,12 @@ pub async fn list(
     for call in &mut calls {
         state.live().overlay(call);
     }
+    // A full page may have a next one: it starts after this page's last call.
+    let next_cursor = (calls.len() == filter.limit as usize)
+        .then(|| calls.last().map(|c| c.id.to_string()))
+        .flatten();
     let calls: Vec<Value> = calls.iter().map(|c| case.view(c)).collect();
-    Ok(Json(json!({ "calls": calls })))
+    Ok(Json(json!({ "calls": calls, "next_cursor": next_cursor })))
 }
 
 /// `GET /v1/calls/{id}?case=`: one call log entry.

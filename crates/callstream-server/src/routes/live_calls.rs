@@ -195,6 +195,7 @@ async fn run(
         &mut surface,
         &LABELS,
         limits,
+        None,
     )
     .await;
 }

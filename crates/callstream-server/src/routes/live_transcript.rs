@@ -226,6 +226,7 @@ async fn run(
         &mut surface,
         &LABELS,
         limits,
+        None,
     )
     .await;
 }

@@ -5,7 +5,7 @@ pub mod audio_streams;
 pub mod call_socket;
 pub mod calls;
 pub mod conversations;
-pub mod demo;
+pub mod dashboard;
 pub mod keys;
 pub mod live_calls;
 pub mod live_transcript;

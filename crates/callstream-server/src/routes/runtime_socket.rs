@@ -514,13 +514,24 @@ async fn handle(
                     message: result.message.unwrap_or_default(),
                 }
             };
-            // A result nobody waits for (the requester timed out or left), or for a command this
-            // runtime was never sent, is dropped quietly.
-            state
+            // A result nobody waits for (the requester timed out or left, or it was answered
+            // already), or for a command this runtime was never sent, is said to be so.
+            if state
                 .commands()
                 .complete(link, &result.command_id, outcome)
-                .await;
-            None
+                .await
+            {
+                None
+            } else {
+                Some(runtime::error_frame(
+                    None,
+                    "unknown_command",
+                    &format!(
+                        "command_result: no command {} waits for this runtime's answer (it timed out, was answered already, or was never sent here)",
+                        result.command_id.chars().take(128).collect::<String>()
+                    ),
+                ))
+            }
         }
         Ok(RuntimeMessage::Events(events)) => {
             ingest_events(state, workspace, link, acks, events).await

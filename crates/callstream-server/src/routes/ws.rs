@@ -19,7 +19,8 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade, close_code};
 use bytes::Bytes;
-use callstream_bus::{End, Event, Subscription};
+use callstream_bus::{AudioSubscription, End, Event, Subscription};
+use callstream_core::audio::{AudioFrame, Track};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -251,6 +252,36 @@ pub struct Limits {
     pub key: callstream_core::id::KeyId,
 }
 
+/// A viewer's opt-in call audio (`?audio=` on the call socket): the call's frames of the chosen
+/// tracks, sent as binary messages in the runtime socket's frame format (docs/native-api.md).
+pub struct Listen {
+    pub audio: AudioSubscription,
+    pub inbound: bool,
+    pub outbound: bool,
+}
+
+/// The next frame of a wanted track; never, once the subscription has ended or when there is
+/// none.
+async fn next_audio(listen: &mut Option<Listen>) -> Arc<AudioFrame> {
+    loop {
+        let Some(wanted) = listen.as_mut() else {
+            return std::future::pending().await;
+        };
+        match wanted.audio.next().await {
+            Some(frame) => {
+                let want = match frame.track {
+                    Track::Inbound => wanted.inbound,
+                    Track::Outbound => wanted.outbound,
+                };
+                if want {
+                    return frame;
+                }
+            }
+            None => *listen = None,
+        }
+    }
+}
+
 /// What [`drive`] reads from and writes to: axum's [`WebSocket`](axum::extract::ws::WebSocket), or (in the tests, which run
 /// the driver on tokio's paused clock, where no real socket can be used) a pair of channels.
 pub trait Socket:
@@ -278,6 +309,7 @@ pub async fn drive<S: SocketSurface>(
     surface: &mut S,
     labels: &SurfaceLabels,
     limits: Limits,
+    mut listen: Option<Listen>,
 ) {
     let config = state.config();
     let metrics = state.metrics();
@@ -421,6 +453,7 @@ pub async fn drive<S: SocketSurface>(
                     }
                 }
             }
+            frame = next_audio(&mut listen) => Message::Binary(frame.encode()),
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         if socket.send(outgoing).await.is_err() {
@@ -576,6 +609,7 @@ mod tests {
                 &mut Plain,
                 &LABELS,
                 limits,
+                None,
             )
             .await;
         });

@@ -1652,3 +1652,111 @@ async fn a_filling_play_out_queue_is_reported_at_30_60_and_90_percent_and_beyond
     // The call still hears it, in real time.
     runtime.next_played().await;
 }
+
+// === listening on the call socket ===
+
+/// The next binary message on a call socket (text frames and pings skipped); `None` when nothing
+/// binary came within `wait`.
+async fn next_audio(ws: &mut crate::support::Ws, wait: Duration) -> Option<AudioFrame> {
+    tokio::time::timeout(wait, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return AudioFrame::decode(&b).unwrap(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    panic!("the socket closed while audio was expected")
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// `?audio=` on the call socket: the call's frames of the chosen tracks as binary messages, in
+/// the runtime socket's format, byte for byte, beside the envelopes; a stream token may listen;
+/// a socket that did not ask gets none; a bad value is refused before the upgrade; and a
+/// listener that reads nothing costs the others nothing.
+#[tokio::test]
+async fn a_viewer_that_asks_hears_the_calls_audio_on_the_call_socket() {
+    let ts = TestServer::start().await;
+    let id = ts.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let call_id = CallId::parse(&id).unwrap();
+    let runtime = Runtime::open(&ts).await;
+    let (_, token) = ts
+        .post("/v1/stream-tokens", &ts.acme.api, &json!({"call_id": id}))
+        .await;
+    let st = token["token"].as_str().unwrap().to_owned();
+    let mut caller =
+        crate::support::call_socket(&ts, &id, &format!("token={st}&audio=inbound")).await;
+    let mut both =
+        crate::support::call_socket(&ts, &id, &format!("token={}&audio=both", ts.acme.api)).await;
+    let mut deaf = crate::support::call_socket(&ts, &id, &format!("token={}", ts.acme.api)).await;
+    // A listener that never reads: its queue fills, its frames are dropped, nobody waits.
+    let _stuck =
+        crate::support::call_socket(&ts, &id, &format!("token={}&audio=both", ts.acme.api)).await;
+
+    let inbound = mulaw_frame(&call_id, Track::Inbound, &tone(440.0, 160));
+    let outbound = mulaw_frame(&call_id, Track::Outbound, &[0; 160]);
+    // Faster than real time, slowly enough for the listeners' queues (200 ms) to keep up.
+    for _ in 0..100 {
+        runtime.send_frame(&inbound);
+        runtime.send_frame(&outbound);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let heard = next_audio(&mut caller, Duration::from_secs(10))
+        .await
+        .expect("the caller's track arrives");
+    assert_eq!(
+        heard.encode(),
+        inbound.encode(),
+        "the runtime's frame, byte for byte"
+    );
+    let mut tracks = std::collections::HashSet::new();
+    while tracks.len() < 2 {
+        let frame = next_audio(&mut both, Duration::from_secs(10))
+            .await
+            .expect("both tracks arrive");
+        tracks.insert(frame.track);
+    }
+    for _ in 0..20 {
+        let frame = next_audio(&mut caller, Duration::from_secs(2))
+            .await
+            .expect("more of the caller's track");
+        assert_eq!(frame.track, Track::Inbound, "only the track asked for");
+    }
+    assert!(
+        next_audio(&mut deaf, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no audio without ?audio="
+    );
+    // The envelopes still come on a listening socket.
+    ts.ingest(
+        &id,
+        json!([{"event_type": "call.dtmf", "payload": {"digits": "7"}}]),
+    )
+    .await;
+    let envelope = loop {
+        match caller.next().await {
+            Some(Ok(Message::Text(t))) => break serde_json::from_str::<Value>(&t).unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(envelope["event_type"], "call.dtmf");
+
+    let refused = ts
+        .http
+        .get(ts.url(&format!("/v1/calls/{id}/stream?audio=stereo")))
+        .bearer_auth(&ts.acme.api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["message"], "audio: expected inbound, outbound or both");
+}

@@ -396,3 +396,43 @@ async fn odd_requests_get_json_errors() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// A stream token, a session or a sign-in link's secret where only a key works is refused with
+/// what it is and where it works, not as an "invalid API key".
+#[tokio::test]
+async fn other_secrets_where_a_key_is_needed_say_what_they_are_for() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("webrtc").await;
+    let id = call["id"].as_str().unwrap();
+    let (_, token) = ts
+        .post("/v1/stream-tokens", &ts.acme.api, &json!({"call_id": id}))
+        .await;
+    let st = token["token"].as_str().unwrap();
+    for (secret, says) in [
+        (st, "a stream token (st_…) opens only the browser streams"),
+        (
+            "ss_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "a session (ss_…) works only as the browser's session cookie",
+        ),
+        (
+            "sl_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "a sign-in link's secret (sl_…) signs a browser in once",
+        ),
+    ] {
+        let (status, body) = ts.get(&format!("/v1/calls/{id}"), secret).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with(says),
+            "{body}"
+        );
+    }
+    // Where it works, it works.
+    let ok = ts
+        .http
+        .get(ts.url(&format!("/v1/calls/{id}/transcript/stream")))
+        .bearer_auth(st)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}

@@ -84,6 +84,35 @@ async fn keys_create_works_while_the_server_runs() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--workspace must be"));
+
+    // A directory with no database (a typo, or the wrong working directory) is refused, and
+    // left as it was; with --init, a database is made there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let stray = elsewhere.path().join("callstream-data");
+    let create = |init: bool| {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["keys", "create", "--workspace", "newco", "--data-dir"])
+            .arg(&stray);
+        if init {
+            cmd.arg("--init");
+        }
+        cmd.output()
+    };
+    let out = create(false).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("has no callstream database") && stderr.contains("--init"),
+        "{stderr}"
+    );
+    assert!(!stray.exists(), "nothing was created");
+    let out = create(true).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stray.join("callstream.db").exists());
 }
 
 /// The real binary end to end: `serve` configured by environment with JSON logs, `keys create`,
@@ -231,4 +260,58 @@ async fn serve_simulate_and_stop_the_real_binary() {
         "a key reached the log"
     );
     assert!(!log.contains("pk_live_") && !log.contains("rk_live_"));
+}
+
+/// A port in use: one line that says what to do, no backtrace even with `RUST_BACKTRACE=1`, and
+/// nothing created in the data directory. A misspelt variable is named, with the closest one.
+#[tokio::test]
+async fn start_up_errors_are_one_line_that_says_what_to_do() {
+    let bin = env!("CARGO_BIN_EXE_callstream");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("fresh");
+    let out = tokio::process::Command::new(bin)
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(&data_dir)
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("already in use") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
+    assert!(
+        !data_dir.exists(),
+        "nothing was created before the bind failed"
+    );
+    drop(taken);
+
+    let out = tokio::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .env("CALLSTREAM_LISTN", "127.0.0.1:9")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CALLSTREAM_LISTN: not a setting; did you mean CALLSTREAM_LISTEN?"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

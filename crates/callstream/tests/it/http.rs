@@ -303,3 +303,145 @@ async fn a_refusal_sent_before_the_body_arrived_says_connection_close() {
         "the reused connection answered: {again}"
     );
 }
+
+/// Each request's log line has its id (answered as `X-Request-Id`), rounded timing, the
+/// workspace once known, and a refusal's `error_code`, never the key.
+#[tokio::test]
+async fn request_lines_carry_an_id_the_workspace_and_the_error_code() {
+    let ts = TestServer::start().await;
+    let refused = ts
+        .http
+        .get(ts.url("/v1/calls"))
+        .bearer_auth("pk_live_not_a_real_key_for_the_log_line_1")
+        .header("x-request-id", "edge-7f3a.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        refused.headers()["x-request-id"],
+        "edge-7f3a.1",
+        "the caller's id is kept"
+    );
+    let served = ts
+        .http
+        .get(ts.url("/v1/calls"))
+        .bearer_auth(&ts.acme.api)
+        .header("x-request-id", "not a token; has spaces")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let id = served.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(id.starts_with("req_") && id.len() == 20, "a new id: {id}");
+    let (_, workspace) = ts.get("/v1/workspace", &ts.acme.api).await;
+    let workspace = workspace["id"].as_str().unwrap().to_owned();
+
+    let logs = String::from_utf8_lossy(&crate::support::logs().lock().unwrap()).into_owned();
+    let line = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle) && l.contains("request"))
+            .unwrap_or_else(|| panic!("no request line with {needle}"))
+            .to_owned()
+    };
+    let refusal = line("edge-7f3a.1");
+    assert!(refusal.contains("status=401"), "{refusal}");
+    assert!(
+        refusal.contains("error_code=\"unauthorized\"")
+            || refusal.contains("error_code=unauthorized"),
+        "{refusal}"
+    );
+    assert!(!refusal.contains("not_a_real_key"), "{refusal}");
+    let ok = line(&id);
+    assert!(ok.contains("workspace=") && ok.contains(&workspace), "{ok}");
+    assert!(!ok.contains("error_code"), "{ok}");
+    let ms = ok
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ms="))
+        .unwrap();
+    assert!(
+        ms.split_once('.')
+            .is_none_or(|(_, tenths)| tenths.len() == 1),
+        "timing to 0.1 ms: {ms}"
+    );
+}
+
+/// Every stream the AsyncAPI description names is routed (a request to it is answered by its
+/// handler, not by the unknown-path fallback).
+#[tokio::test]
+async fn every_stream_path_is_routed() {
+    let ts = TestServer::start().await;
+    for path in callstream_server::STREAM_PATHS {
+        let concrete = path
+            .replace("{id}", "call_unknown")
+            .replace("{call_sid}", "CA0123456789abcdef0123456789abcdef");
+        let r = ts.http.get(ts.url(&concrete)).send().await.unwrap();
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            !body.contains("no such endpoint"),
+            "{path} is not routed: {body}"
+        );
+    }
+}
+
+/// With `internal_listen`, health and metrics are served there and not on the public listener;
+/// the families' series come in one order, scrape after scrape.
+#[tokio::test]
+async fn health_and_metrics_can_move_to_an_internal_listener() {
+    let ts = TestServer::start_with(|c| {
+        c.internal_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let internal = ts.server().internal_addr().expect("an internal listener");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let public = ts.http.get(ts.url(path)).send().await.unwrap();
+        assert_eq!(public.status(), 404, "{path} is not public");
+        let inside = ts
+            .http
+            .get(format!("http://{internal}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(inside.status(), 200, "{path} inside");
+    }
+    // The public API is unchanged.
+    let (status, _) = ts.get("/v1/calls", &ts.acme.api).await;
+    assert_eq!(status, 200);
+    let text = ts
+        .http
+        .get(format!("http://{internal}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Within each family, series ordered by their labels.
+    let mut block: Vec<String> = Vec::new();
+    let mut families = 0;
+    for line in text.lines().chain(std::iter::once("# end")) {
+        if line.starts_with('#') {
+            let labels: Vec<String> = block
+                .iter()
+                .filter(|l| !l.contains("le=\""))
+                .map(|l| {
+                    l.split_once('{')
+                        .and_then(|(_, r)| r.split_once('}'))
+                        .map_or("", |(labels, _)| labels)
+                        .to_owned()
+                })
+                .collect();
+            let mut sorted = labels.clone();
+            sorted.sort();
+            assert_eq!(labels, sorted, "series of one family in label order");
+            families += usize::from(block.len() > 1);
+            block.clear();
+        } else {
+            block.push(line.to_owned());
+        }
+    }
+    assert!(families > 0, "some family has several series:\n{text}");
+}

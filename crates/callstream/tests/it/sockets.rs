@@ -938,6 +938,22 @@ async fn a_runtime_that_leaves_mid_command_or_refuses_is_reported() {
         "{refused}"
     );
 
+    // Answering it again, or a command it was never sent, is refused by name: nobody waits.
+    for id in [command["command_id"].as_str().unwrap(), "cmd_never_sent"] {
+        ws_send(
+            &mut rt,
+            &json!({"type": "command_result", "command_id": id, "ok": true}),
+        )
+        .await;
+        let answer = ws_json(&mut rt).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["error_code"].as_str()),
+            (Some("error"), Some("unknown_command")),
+            "{answer}"
+        );
+        assert!(answer["message"].as_str().unwrap().contains(id), "{answer}");
+    }
+
     // It leaves with a command in hand: the client hears at once, not after the timeout.
     ws_send(&mut ws, &json!({"type": "end_call", "id": "e"})).await;
     let _ = ws_json(&mut rt).await;

@@ -145,7 +145,7 @@ async fn refusals() {
 }
 
 #[tokio::test]
-async fn a_session_cookie_opens_the_stream_and_nothing_else() {
+async fn a_session_cookie_opens_the_stream_and_never_stands_in_for_a_runtime_key() {
     let ts = TestServer::start().await;
     let call = ts.create_call("sip").await;
     let id = call["id"].as_str().unwrap();
@@ -163,11 +163,21 @@ async fn a_session_cookie_opens_the_stream_and_nothing_else() {
         s.next_data().await.unwrap().json()["event_type"],
         "sse_init"
     );
-    // The cookie is for this browser stream only, not the rest of the API.
+    // The cookie also reads the API, as the dashboard does (docs/dashboard.md), but never
+    // stands in for a runtime key.
     let r = ts
         .http
         .get(ts.url("/v1/calls"))
         .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = ts
+        .http
+        .post(ts.url("/v1/calls"))
+        .header("cookie", &cookie)
+        .json(&json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip"}))
         .send()
         .await
         .unwrap();

@@ -450,6 +450,14 @@ async fn endpoints_are_managed_paused_and_rotated_with_the_old_secret_signing_be
             json!({"description": "x".repeat(257)}),
             "body.description: at most 256",
         ),
+        (
+            json!({"description": "CRM\u{1b}[31m sync"}),
+            "body.description: no control characters",
+        ),
+        (
+            json!({"description": "line one\nline two"}),
+            "body.description: no control characters",
+        ),
         (json!({"secret": "whsec_mine"}), ""),
     ] {
         let (status, err) = send(
@@ -1302,6 +1310,7 @@ async fn every_webhook_is_delivered_across_a_kill_9_of_the_gateway() {
             .args([
                 "keys",
                 "create",
+                "--init",
                 "--data-dir",
                 &data,
                 "--workspace",
