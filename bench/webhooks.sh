@@ -33,7 +33,8 @@ for endpoints in 0 1 10 100; do
   API=$(key "$DATA"); RT=$(key "$DATA" --runtime)
   serve "$DATA"
   $BIN/callstream-bench webhooks --api-key "$API" --runtime-key "$RT" --endpoints "$endpoints" \
-    --events "$EVENTS" --rate "$RATE" --json "$OUT/results.jsonl" | tee -a "$OUT/table.md"
+    --events "$EVENTS" --rate "$RATE" --json "$OUT/results.jsonl" | tee -a "$OUT/table.md" \
+    || echo "($endpoints endpoints: not every delivery within the wait; the row says how many)" | tee -a "$OUT/table.md"
   kill "$CS_PID"; wait "$CS_PID" 2>/dev/null || true; rm -rf "$DATA"
 done
 
