@@ -158,6 +158,19 @@ try {
   await tab.click('#sign-out');
   await tab.waitForSelector('#sign-in:not([hidden])', { timeout: 5000 });
   step('signed out');
+  await axeCheck(tab, 'sign-in page');
+
+  // 10. Sign in with the demo's API key through the form, as a new user would: the live calls
+  //     are back, and the key went only into the sign-in request's header.
+  await tab.fill('#api-key', apiKey);
+  await tab.fill('#operator', 'usr_newcomer');
+  await tab.click('#sign-in-form button[type="submit"]');
+  await tab.waitForSelector('#nav:not([hidden])', { timeout: 10000 });
+  await tab.click('#nav a[data-section="calls"]');
+  await tab.waitForSelector('#live-calls button', { timeout: 10000 });
+  if (await tab.inputValue('#api-key') !== '') throw new Error('the key stayed in the form');
+  step('signed in with the API key');
+  await axeCheck(tab, 'sign-in then calls list');
   await context.close();
 } catch (err) {
   failure = err;

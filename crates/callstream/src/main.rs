@@ -498,7 +498,9 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
         wait_for_signal().await;
         signal_stop.cancel();
     });
-    runtime.serve_commands(stop.clone()).await?;
+    // The runtime's socket outlives the calls: on a stop, each call still sends its end over it.
+    let socket = CancellationToken::new();
+    runtime.serve_commands(socket.clone()).await?;
     let options = RunOptions {
         calls: (args.calls > 0).then_some(args.calls),
         rate: args.rate,
@@ -507,14 +509,15 @@ async fn simulate(args: SimulateArgs) -> Result<()> {
         conversations: args.conversations,
     };
     let report = callstream_simulator::run(&runtime, &options, &stop).await;
+    socket.cancel();
     let what = if args.conversations {
         "calls and conversations"
     } else {
         "calls"
     };
     println!(
-        "{} {what} played, {} failed",
-        report.completed, report.failed
+        "{} {what} played, {} cut short by the stop, {} failed",
+        report.completed, report.stopped, report.failed
     );
     if report.failed > 0 {
         bail!(
@@ -545,7 +548,10 @@ async fn demo(mut config: Config) -> Result<()> {
 
     // One long call (about an hour) so that the printed curl command keeps showing a live
     // transcript, plus a steady flow of ordinary calls that start and end.
-    runtime.serve_commands(stop.clone()).await?;
+    // The runtime's socket outlives the calls: on Ctrl-C, each call still sends its end over it,
+    // so no call is left in progress behind the demo.
+    let socket = CancellationToken::new();
+    runtime.serve_commands(socket.clone()).await?;
     let showcase = callstream_simulator::script::long_script(42, 120);
     let call = runtime.create_call(&showcase).await?;
     let (showcase_runtime, showcase_stop, showcase_call) =
@@ -626,6 +632,7 @@ async fn demo(mut config: Config) -> Result<()> {
         let _ = flow.await;
     })
     .await;
+    socket.cancel();
     server.shutdown();
     server.wait().await.context("shutdown")?;
     Ok(())

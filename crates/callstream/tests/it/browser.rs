@@ -244,7 +244,7 @@ async fn dashboard_in_chromium_against_the_demo() {
     );
     assert_eq!(
         seen["steps"].as_array().unwrap().len(),
-        10,
+        11,
         "{}",
         seen["steps"]
     );

@@ -205,7 +205,7 @@ async fn serve_simulate_and_stop_the_real_binary() {
     );
     assert_eq!(
         String::from_utf8_lossy(&sim.stdout).trim(),
-        "3 calls played, 0 failed"
+        "3 calls played, 0 cut short by the stop, 0 failed"
     );
 
     let http = reqwest::Client::new();
@@ -314,4 +314,80 @@ async fn start_up_errors_are_one_line_that_says_what_to_do() {
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// Ctrl-C on the demo: it stops cleanly, without a warning per call as if something failed,
+/// and leaves no call in progress behind (the next start finds every one ended).
+#[tokio::test]
+async fn the_demo_stops_quietly_and_ends_its_calls() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let bin = env!("CARGO_BIN_EXE_callstream");
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = tokio::process::Command::new(bin)
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut api = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await
+    {
+        if line.starts_with("API key") {
+            api = line.split_whitespace().last().map(str::to_owned);
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let api = api.expect("the demo printed its key");
+    // Let a few of the flow's calls start (one every five seconds, plus the long one).
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let pid = demo.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), demo.wait_with_output())
+        .await
+        .expect("the demo stopped within 20 s")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "no warning on a clean stop:\n{stderr}"
+    );
+
+    // The next start finds every call ended.
+    let mut config = callstream_server::Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let server = callstream_server::start(config).await.unwrap();
+    let calls: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/calls?limit=50", server.addr()))
+        .bearer_auth(&api)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let calls = calls["calls"].as_array().unwrap();
+    assert!(calls.len() >= 2, "the long call and a flow call: {calls:?}");
+    for call in calls {
+        assert_ne!(call["status"], "in_progress", "{call}");
+    }
+    server.shutdown();
+    let _ = server.wait().await;
 }
