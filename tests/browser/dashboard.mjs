@@ -139,6 +139,9 @@ try {
   await handoffTo('human');
   await tab.waitForFunction(() => /by /.test(document.querySelector('#conversation .outcome').textContent)
     || /taken over/.test(document.querySelector('#conversation .outcome').textContent), null, { timeout: 10000 });
+  // The list shows the new mode too.
+  await tab.waitForFunction(() => document.querySelector('#conversation-list button[aria-current="true"] .badge')
+    ?.textContent.trim() === 'human', null, { timeout: 5000 });
   step('took the conversation over');
   await shot(tab, 'conversation');
   await handoffTo('ai');

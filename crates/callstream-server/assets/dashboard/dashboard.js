@@ -758,6 +758,7 @@ async function openConversation(id) {
       view.conv.mode = p.to_mode;
       renderMode(view);
       view.outcome.replaceChildren(el('span', {}, `Mode changed from ${p.from_mode} to ${p.to_mode} by ${p.actor_user_id}.`));
+      refreshConversations();
     } else if (env.event_type.startsWith('message.')) {
       upsertMessage(view, { ...p, updated_at: env.timestamp });
     }
@@ -783,6 +784,7 @@ async function handoff(view) {
     view.conv.mode = conv.mode;
     renderMode(view);
     view.outcome.replaceChildren(el('span', { class: 'ack' }, to === 'human' ? 'You have taken over.' : 'Handed back to the AI.'));
+    refreshConversations();
   } catch (err) {
     // Someone else changed the mode first: show it, and the mode as it is now.
     const conflict = err.code === 'mode_conflict';
