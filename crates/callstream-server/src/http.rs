@@ -56,6 +56,12 @@ pub async fn serve(
                     () = stop.cancelled() => Opening::Done,
                     first = stream_http::read_first(&mut io, head_timeout) => match first {
                         First::Gone => Opening::Done,
+                        First::Refused(refusal) => {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = io.write_all(&refusal.to_bytes()).await;
+                            let _ = io.shutdown().await;
+                            Opening::Done
+                        }
                         First::Other(prefix) => Opening::Hyper(prefix),
                         First::Stream(request) => {
                             match stream_http::respond(&mut io, router.clone(), request).await {

@@ -42,7 +42,48 @@ pub enum First {
     Other(Bytes),
     /// The client left, sent nothing in time, or broke the connection.
     Gone,
+    /// A head that cannot be served: answered with its JSON refusal, then the connection closes.
+    Refused(Refusal),
 }
+
+/// A refusal of a request head, answered before any router runs, in the API's JSON shape
+/// (hyper's own answers to the same heads have empty bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+    pub error_code: &'static str,
+    pub message: &'static str,
+}
+
+impl Refusal {
+    /// The whole HTTP/1.1 answer, `Connection: close`.
+    pub fn to_bytes(self) -> Vec<u8> {
+        let body = serde_json::json!({ "error_code": self.error_code, "message": self.message })
+            .to_string();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.status,
+            self.reason,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+const MALFORMED: Refusal = Refusal {
+    status: 400,
+    reason: "Bad Request",
+    error_code: "invalid_request",
+    message: "the request head is not valid HTTP/1.1",
+};
+
+const HEAD_TOO_LARGE: Refusal = Refusal {
+    status: 431,
+    reason: "Request Header Fields Too Large",
+    error_code: "headers_too_large",
+    message: "the request head is over 8 KiB",
+};
 
 /// Reads the first request head (within `timeout`) and decides who answers it.
 pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> First {
@@ -56,6 +97,7 @@ pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> 
         match classify(&buf) {
             Head::Stream(request) => return First::Stream(request),
             Head::Other => return First::Other(buf.freeze()),
+            Head::Refused(refusal) => return First::Refused(refusal),
             Head::Partial => {}
         }
     }
@@ -69,6 +111,8 @@ pub enum Head {
     Other,
     /// Incomplete, and short enough to wait for more.
     Partial,
+    /// Malformed, or a head too large for the server: refused here, in JSON.
+    Refused(Refusal),
 }
 
 /// Classifies the bytes a client sent first. Reads network input: fuzzed (`fuzz/`).
@@ -81,8 +125,13 @@ pub fn classify(buf: &[u8]) -> Head {
             None => Head::Other,
         },
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
-        // Too long, too many fields, or malformed: hyper gives the right refusal.
-        _ => Head::Other,
+        // hyper reads at most `MAX_HEAD` of a head too (`http::READ_BUFFER`), and would answer
+        // this with an empty 431.
+        Ok(httparse::Status::Partial) => Head::Refused(HEAD_TOO_LARGE),
+        // More fields than counted here: hyper allows more, and decides.
+        Err(httparse::Error::TooManyHeaders) => Head::Other,
+        // hyper parses with httparse too, and would answer this with an empty 400.
+        Err(_) => Head::Refused(MALFORMED),
     }
 }
 
