@@ -1093,6 +1093,81 @@ pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dy
         None
     );
     assert_eq!(store.prune_webhook_messages(later).await.unwrap(), 0);
+
+    // A retry asked for while an attempt is in flight is not undone when that attempt's
+    // outcome is recorded: the message is sent again, and the attempt is still in its log.
+    // (The claim above leased the rest of the endpoint's messages: they are in flight.)
+    let in_flight = due
+        .iter()
+        .find(|d| {
+            d.event_id != message.event_id
+                && d.workspace_id == ws.id
+                && d.target == DeliveryTarget::Endpoint("whe_1".into())
+        })
+        .unwrap();
+    let logged = store
+        .webhook_attempts(&ws.id, "whe_1", &in_flight.event_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .len();
+    let at = time::now();
+    assert_eq!(
+        store
+            .requeue_webhook_messages(
+                &ws.id,
+                "whe_1",
+                &Requeue::One(in_flight.event_id.clone()),
+                at
+            )
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    store
+        .record_delivery(
+            in_flight,
+            time::now(),
+            &DeliveryResult::Delivered { status: 200 },
+            &AttemptLog::default(),
+        )
+        .await
+        .unwrap();
+    let (pending, _) = messages(&*store, &ws.id, "whe_1", Some(MessageState::Pending)).await;
+    let requeued = pending
+        .iter()
+        .find(|m| m.event_id == in_flight.event_id)
+        .expect("the retry asked for during the attempt stands");
+    assert_eq!((requeued.attempts, requeued.next_attempt_at), (0, Some(at)));
+    assert_eq!(
+        store
+            .webhook_attempts(&ws.id, "whe_1", &in_flight.event_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        logged + 1
+    );
+    // Its next claim's outcome counts again.
+    let due = store
+        .due_deliveries(time::now(), time::now() + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    let again = due
+        .iter()
+        .find(|d| d.event_id == in_flight.event_id)
+        .expect("due again at once");
+    store
+        .record_delivery(
+            again,
+            time::now(),
+            &DeliveryResult::Delivered { status: 200 },
+            &AttemptLog::default(),
+        )
+        .await
+        .unwrap();
+    let (delivered, _) = messages(&*store, &ws.id, "whe_1", Some(MessageState::Delivered)).await;
+    assert!(delivered.iter().any(|m| m.event_id == in_flight.event_id));
 }
 
 /// An endpoint's messages in `state` (all with `None`), at most 100, and whether there are more.

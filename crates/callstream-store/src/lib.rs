@@ -559,6 +559,11 @@ pub struct Delivery {
     pub payload: Vec<u8>,
     pub attempts: u32,
     pub first_attempt_at: Option<DateTime<Utc>>,
+    /// The lease this claim holds the message with (its `next_attempt_at` while in flight).
+    /// The attempt's outcome changes the message only while the message still holds it: a
+    /// retry or replay asked for during the attempt, or a claim by another worker after the
+    /// lease ran out, is not undone when this attempt finishes.
+    pub lease_until: DateTime<Utc>,
 }
 
 /// A status callback to queue (seed 004's `StartStream`, `PlayedStream`, …).

@@ -1223,6 +1223,7 @@ impl Store for PgStore {
                     payload: row.try_get("payload")?,
                     attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
                     first_attempt_at: row.try_get("first_attempt_at")?,
+                    lease_until,
                 })
             })
             .collect()
@@ -1291,7 +1292,7 @@ impl Store for PgStore {
                 sqlx::query(
                     "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
                      first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-                     WHERE workspace_id = $6 AND id = $7",
+                     WHERE workspace_id = $6 AND id = $7 AND next_attempt_at = $8",
                 )
                 .bind(status)
                 .bind(next)
@@ -1300,6 +1301,7 @@ impl Store for PgStore {
                 .bind(error)
                 .bind(d.workspace_id.as_str())
                 .bind(&d.event_id)
+                .bind(d.lease_until)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -1309,7 +1311,7 @@ impl Store for PgStore {
         sqlx::query(
             "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
              first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-             WHERE workspace_id = $6 AND endpoint_id = $7 AND event_id = $8",
+             WHERE workspace_id = $6 AND endpoint_id = $7 AND event_id = $8 AND next_attempt_at = $9",
         )
         .bind(status)
         .bind(next)
@@ -1319,6 +1321,7 @@ impl Store for PgStore {
         .bind(d.workspace_id.as_str())
         .bind(endpoint_id)
         .bind(&d.event_id)
+        .bind(d.lease_until)
         .execute(&mut *tx)
         .await?;
         // Since when its attempts have all failed: cleared by a delivery.

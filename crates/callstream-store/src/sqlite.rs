@@ -1107,6 +1107,7 @@ impl Store for SqliteStore {
                 payload: row.try_get("payload")?,
                 attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
+                lease_until,
             });
         }
         // Status callbacks share the batch (and the worker's concurrency).
@@ -1150,6 +1151,7 @@ impl Store for SqliteStore {
                     payload: body.into_bytes(),
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     first_attempt_at: ts_opt(row.try_get("first_attempt_at")?)?,
+                    lease_until,
                 });
             }
         }
@@ -1216,7 +1218,7 @@ impl Store for SqliteStore {
                 sqlx::query(
                     "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
                      first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-                     WHERE id = $6",
+                     WHERE id = $6 AND next_attempt_at = $7",
                 )
                 .bind(status)
                 .bind(time::format(&next))
@@ -1224,6 +1226,7 @@ impl Store for SqliteStore {
                 .bind(last_status.map(i64::from))
                 .bind(error)
                 .bind(&d.event_id)
+                .bind(time::format(&d.lease_until))
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -1233,7 +1236,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
              first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-             WHERE endpoint_id = $6 AND event_id = $7",
+             WHERE endpoint_id = $6 AND event_id = $7 AND next_attempt_at = $8",
         )
         .bind(status)
         .bind(time::format(&next))
@@ -1242,6 +1245,7 @@ impl Store for SqliteStore {
         .bind(error)
         .bind(endpoint_id)
         .bind(&d.event_id)
+        .bind(time::format(&d.lease_until))
         .execute(&mut *tx)
         .await?;
         // Since when its attempts have all failed: cleared by a delivery.
