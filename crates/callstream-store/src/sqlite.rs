@@ -31,10 +31,22 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// another process while the server runs. Every write transaction starts with `BEGIN IMMEDIATE`
 /// so that it takes the write lock up front and waits on `busy_timeout`, instead of failing with
 /// `SQLITE_BUSY` when it upgrades from a read.
+///
+/// Writes go through one connection of their own and queue for it in the process, in order;
+/// reads have a pool of read-only connections that never wait for a writer. Measured in the soak
+/// (`bench/soak.sh`, docs/benchmarks.md): with one pool of 8 connections for both, writes that
+/// queued on SQLite's lock (whose busy handler sleeps up to 100 ms between tries) held every
+/// connection, and key lookups and call loads waited seconds behind them.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// Every write transaction and statement: one connection.
+    write: SqlitePool,
+    /// Reads: read-only connections, so that a write sent here by mistake fails at once.
+    read: SqlitePool,
 }
+
+/// Read connections: a query waits for one only when this many reads are already running.
+const READERS: u32 = 8;
 
 /// How much a commit waits for the disk (SQLite's `synchronous`, in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -75,12 +87,16 @@ impl SqliteStore {
             .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.create_if_missing(false).read_only(true))
+            .await?;
+        Ok(Self { write, read })
     }
 }
 
@@ -303,12 +319,12 @@ impl Store for SqliteStore {
             .bind(&candidate.name)
             .bind(&candidate.auth_id)
             .bind(time::format(&candidate.created_at))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         let row =
             sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE name = $1")
                 .bind(name)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.read)
                 .await?;
         workspace_row(&row)
     }
@@ -316,7 +332,7 @@ impl Store for SqliteStore {
     async fn workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>> {
         let row = sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE id = $1")
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(workspace_row).transpose()
     }
@@ -334,7 +350,7 @@ impl Store for SqliteStore {
         .bind(time::format(&key.created_at))
         .bind(key.expires_at.as_ref().map(time::format))
         .bind(i64::from(key.admin))
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -345,7 +361,7 @@ impl Store for SqliteStore {
              FROM api_keys WHERE key_hash = $1",
         )
         .bind(&hash[..])
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(key_row).transpose()
     }
@@ -361,12 +377,12 @@ impl Store for SqliteStore {
         .bind(t.key_id.as_str())
         .bind(time::format(&t.created_at))
         .bind(time::format(&t.expires_at))
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         // Expired tokens are useless; clear them out as new ones arrive.
         sqlx::query("DELETE FROM stream_tokens WHERE expires_at < $1")
             .bind(time::format(&(time::now() - chrono::Duration::days(1))))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
@@ -378,7 +394,7 @@ impl Store for SqliteStore {
              WHERE t.token_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(&hash[..])
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let token_hash: Vec<u8> = row.try_get("token_hash")?;
@@ -404,11 +420,11 @@ impl Store for SqliteStore {
         .bind(t.key_id.as_str())
         .bind(time::format(&t.created_at))
         .bind(time::format(&t.expires_at))
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(time::format(&time::now()))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
@@ -419,7 +435,7 @@ impl Store for SqliteStore {
              FROM sessions s JOIN api_keys k ON k.id = s.key_id WHERE s.token_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(&hash[..])
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let token_hash: Vec<u8> = row.try_get("token_hash")?;
@@ -438,14 +454,14 @@ impl Store for SqliteStore {
     async fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(&hash[..])
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
 
     async fn create_call(&self, call: &Call) -> Result<()> {
         // The write lock first: no other call with this external id can start meanwhile.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(external_id) = &call.external_id {
             let live: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM calls WHERE workspace_id = $1 AND external_id = $2 \
@@ -485,7 +501,7 @@ impl Store for SqliteStore {
         let row = sqlx::query(sql)
             .bind(workspace.as_str())
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(call_row).transpose()
     }
@@ -507,7 +523,7 @@ impl Store for SqliteStore {
             .bind(filter.ended)
             .bind(filter.phone.as_ref().map(|p| format!("%{p}%")))
             .bind(filter.before.as_ref().map(CallId::as_str))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?;
         rows.iter().map(call_row).collect()
     }
@@ -522,7 +538,7 @@ impl Store for SqliteStore {
         ))
         .bind(workspace.as_str())
         .bind(token)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(call_row).transpose()
     }
@@ -537,7 +553,7 @@ impl Store for SqliteStore {
         ))
         .bind(workspace.as_str())
         .bind(external_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(call_row).transpose()
     }
@@ -552,7 +568,7 @@ impl Store for SqliteStore {
         check_call_batch(&events)?;
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let last = reserve_call_seqs_in(&mut tx, workspace, call_id, count).await?;
         let first = last + 1 - events.len() as u64;
 
@@ -618,7 +634,7 @@ impl Store for SqliteStore {
     ) -> Result<(Call, u64)> {
         let block =
             i64::try_from(block).map_err(|_| StoreError::Invalid("block too large".into()))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let end = reserve_call_seqs_in(&mut tx, workspace, call_id, block).await?;
         let row = sqlx::query(call_select!("WHERE id = $1"))
             .bind(call_id.as_str())
@@ -635,7 +651,7 @@ impl Store for SqliteStore {
         call_id: &CallId,
         envelopes: &[Envelope],
     ) -> Result<Option<Call>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let mut end: Option<(CallStatus, DateTime<Utc>, u64)> = None;
         for env in envelopes {
             match &env.payload {
@@ -686,7 +702,7 @@ impl Store for SqliteStore {
             .bind(i64::try_from(used).unwrap_or(i64::MAX))
             .bind(call.as_str())
             .bind(i64::try_from(reserved_end).unwrap_or(i64::MAX))
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
@@ -694,7 +710,7 @@ impl Store for SqliteStore {
     async fn has_webhook_endpoints(&self, workspace: &WorkspaceId) -> Result<bool> {
         let found = sqlx::query("SELECT 1 FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL LIMIT 1")
             .bind(workspace.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         Ok(found.is_some())
     }
@@ -711,7 +727,7 @@ impl Store for SqliteStore {
         )
         .bind(workspace.as_str())
         .bind(call.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(turn_row).collect()
     }
@@ -729,7 +745,7 @@ impl Store for SqliteStore {
         .bind(participants)
         .bind(c.mode.as_str())
         .bind(time::format(&c.created_at))
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -745,7 +761,7 @@ impl Store for SqliteStore {
         )
         .bind(workspace.as_str())
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(conversation_row).transpose()
     }
@@ -764,7 +780,7 @@ impl Store for SqliteStore {
         .bind(filter.mode.map(ConversationMode::as_str))
         .bind(filter.channel.map(Channel::as_str))
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(conversation_row).collect()
     }
@@ -786,7 +802,7 @@ impl Store for SqliteStore {
         }
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let reserved = sqlx::query(
             "UPDATE conversations SET last_seq = last_seq + $1 WHERE workspace_id = $2 AND id = $3 \
              RETURNING last_seq, mode",
@@ -882,7 +898,7 @@ impl Store for SqliteStore {
         )
         .bind(workspace.as_str())
         .bind(conversation.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|row| {
@@ -919,7 +935,7 @@ impl Store for SqliteStore {
         .bind(types)
         .bind(&e.description)
         .bind(time::format(&e.created_at))
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -929,7 +945,7 @@ impl Store for SqliteStore {
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at"
         )))
         .bind(workspace.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(endpoint_from_row).collect()
     }
@@ -944,7 +960,7 @@ impl Store for SqliteStore {
         )))
         .bind(workspace.as_str())
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(endpoint_from_row).transpose()
     }
@@ -956,7 +972,7 @@ impl Store for SqliteStore {
         change: &EndpointChange,
         at: DateTime<Utc>,
     ) -> Result<Option<WebhookEndpoint>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let found = has_endpoint(&mut tx, workspace, id).await?;
         if !found {
             return Ok(None);
@@ -1028,7 +1044,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_webhook_endpoint(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let found = has_endpoint(&mut tx, workspace, id).await?;
         if found {
             for table in ["webhook_outbox", "webhook_attempts"] {
@@ -1064,7 +1080,7 @@ impl Store for SqliteStore {
                 .collect::<Vec<_>>(),
         )
         .unwrap_or_default();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         // Claim the due rows by pushing their next attempt to the end of the lease: a worker
         // that dies mid-delivery leaves them to be retried when the lease runs out.
         // A disabled endpoint's rows wait, pending, until it is enabled again.
@@ -1160,7 +1176,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_deliveries(&self, deliveries: &[Delivery], at: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         for d in deliveries {
             match &d.target {
                 DeliveryTarget::Endpoint(endpoint) => {
@@ -1196,7 +1212,7 @@ impl Store for SqliteStore {
         result: &DeliveryResult,
         log: &AttemptLog,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
             match result {
                 DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
@@ -1299,7 +1315,7 @@ impl Store for SqliteStore {
         endpoint: &str,
         filter: &MessageFilter,
     ) -> Result<Option<Vec<WebhookMessage>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read.begin().await?;
         let found = has_endpoint(&mut tx, workspace, endpoint).await?;
         if !found {
             return Ok(None);
@@ -1352,7 +1368,7 @@ impl Store for SqliteStore {
         which: &Requeue,
         at: DateTime<Utc>,
     ) -> Result<Option<u64>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let found = has_endpoint(&mut tx, workspace, endpoint).await?;
         if !found {
             return Ok(None);
@@ -1392,7 +1408,7 @@ impl Store for SqliteStore {
         body: &[u8],
         at: DateTime<Utc>,
     ) -> Result<u32> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query(
             "SELECT id, event_types FROM webhook_endpoints \
              WHERE workspace_id = $1 AND id <> $2 AND disabled_at IS NULL AND event_types IS NOT NULL",
@@ -1430,7 +1446,7 @@ impl Store for SqliteStore {
 
     async fn prune_webhook_messages(&self, before: DateTime<Utc>) -> Result<u64> {
         let before = time::format(&before);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "DELETE FROM webhook_attempts WHERE (endpoint_id, event_id) IN \
              (SELECT endpoint_id, event_id FROM webhook_outbox \
@@ -1464,7 +1480,7 @@ impl Store for SqliteStore {
         endpoint: &str,
         event_id: &str,
     ) -> Result<Option<Vec<WebhookAttempt>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read.begin().await?;
         let found = sqlx::query(
             "SELECT 1 FROM webhook_outbox WHERE workspace_id = $1 AND endpoint_id = $2 AND event_id = $3",
         )
@@ -1504,7 +1520,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_audio_stream(&self, st: &AudioStreamRecord) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM calls WHERE workspace_id = $1 AND id = $2")
                 .bind(st.workspace_id.as_str())
@@ -1567,7 +1583,7 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT * FROM audio_streams WHERE workspace_id = $1 AND id = $2")
             .bind(workspace.as_str())
             .bind(stream_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(audio_stream_row).transpose()
     }
@@ -1584,7 +1600,7 @@ impl Store for SqliteStore {
         )
         .bind(workspace.as_str())
         .bind(call.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read)
         .await?;
         let rows = sqlx::query(
             "SELECT * FROM audio_streams WHERE workspace_id = $1 AND call_id = $2 \
@@ -1594,7 +1610,7 @@ impl Store for SqliteStore {
         .bind(call.as_str())
         .bind(i64::from(limit))
         .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         let streams = rows
             .iter()
@@ -1614,7 +1630,7 @@ impl Store for SqliteStore {
         )
         .bind(workspace.as_str())
         .bind(call.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(audio_stream_row).collect()
     }
@@ -1623,7 +1639,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT * FROM audio_streams WHERE status IN ('connecting', 'in-progress') ORDER BY created_at",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(audio_stream_row).collect()
     }
@@ -1646,7 +1662,7 @@ impl Store for SqliteStore {
             .bind(status.as_str())
             .bind(&at)
             .bind(stream_id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?
         } else {
             sqlx::query(
@@ -1657,7 +1673,7 @@ impl Store for SqliteStore {
             .bind(&at)
             .bind(reason)
             .bind(stream_id)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?
         };
         Ok(done.rows_affected() == 1)
@@ -1676,7 +1692,7 @@ impl Store for SqliteStore {
         .bind(&m.body)
         .bind(&m.kind)
         .bind(&created)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -1687,19 +1703,19 @@ impl Store for SqliteStore {
         )
         .bind(candidate)
         .bind(workspace.as_str())
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         let secret: Option<Option<String>> =
             sqlx::query_scalar("SELECT signing_secret FROM workspaces WHERE id = $1")
                 .bind(workspace.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?;
         secret.flatten().ok_or(StoreError::NotFound)
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(String, u64)>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM webhook_outbox GROUP BY status")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, seq_of(r.try_get("n")?))))
@@ -1717,7 +1733,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         // One writer at a time: the count and the insert cannot interleave with another's.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "DELETE FROM connection_places \
              WHERE workspace_id = $1 AND call_id = $2 AND kind = $3 AND expires_at <= $4",
@@ -1767,7 +1783,7 @@ impl Store for SqliteStore {
         .bind(time::format(&until))
         .bind(workspace.as_str())
         .bind(holder)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -1776,7 +1792,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM connection_places WHERE workspace_id = $1 AND holder = $2")
             .bind(workspace.as_str())
             .bind(holder)
-            .execute(&self.pool)
+            .execute(&self.write)
             .await?;
         Ok(())
     }
@@ -1792,7 +1808,7 @@ impl Store for SqliteStore {
         // waiters' busy handler backs off), and so was one `UPDATE … FROM json_each` (SQLite
         // joined it against every call). The fix to make is taking reservations off the ingest
         // path (reserving the next block ahead).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         for (workspace, call, at) in touched {
             sqlx::query(
                 "UPDATE calls SET last_event_at = $1 \
@@ -1820,7 +1836,7 @@ impl Store for SqliteStore {
         )
         .bind(time::format(&before))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|row| {
@@ -1839,7 +1855,7 @@ impl Store for SqliteStore {
              FROM api_keys WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC",
         )
         .bind(workspace.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await?;
         rows.iter().map(key_row).collect()
     }
@@ -1857,7 +1873,7 @@ impl Store for SqliteStore {
         .bind(time::format(&at))
         .bind(workspace.as_str())
         .bind(id.as_str())
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(found.rows_affected() > 0)
     }
@@ -1865,7 +1881,7 @@ impl Store for SqliteStore {
     async fn keys_revoked_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyId>> {
         let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM api_keys WHERE revoked_at >= $1")
             .bind(time::format(&since))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await?;
         ids.iter()
             .map(|id| KeyId::parse(id).map_err(|e| corrupt("key id", e)))
@@ -1876,13 +1892,13 @@ impl Store for SqliteStore {
         let row =
             sqlx::query("SELECT id, name, auth_id, created_at FROM workspaces WHERE name = $1")
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?;
         row.as_ref().map(workspace_row).transpose()
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
     }
 }
@@ -2062,7 +2078,7 @@ impl SqliteStore {
         .bind(i64::try_from(last).unwrap_or(i64::MAX))
         .bind(workspace.as_str())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -2072,6 +2088,7 @@ impl SqliteStore {
 mod tests {
     use super::*;
     use crate::conformance::Backend;
+    use sqlx::Connection;
     use std::sync::Arc;
 
     /// A SQLite file in a temporary directory, opened anew on each `open`.
@@ -2102,16 +2119,60 @@ mod tests {
                 .await
                 .unwrap();
             let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(&store.pool)
+                .fetch_one(&store.write)
                 .await
                 .unwrap();
             assert_eq!(level, pragma, "{durability:?}");
         }
         let store = SqliteStore::open(&dir.path().join("d.db")).await.unwrap();
         let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&store.pool)
+            .fetch_one(&store.write)
             .await
             .unwrap();
         assert_eq!(level, 2, "full by default");
+    }
+
+    /// Writers queue in the process for the one write connection; reads never wait behind them.
+    /// Before the split, writers waiting on SQLite's lock held every connection of the shared
+    /// pool and this read waited until the lock was released.
+    #[tokio::test]
+    async fn reads_go_on_while_writers_queue_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let acme = store.ensure_workspace("acme").await.unwrap();
+        // Another process (`callstream keys create`, say) holds the write lock.
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let writers: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.ensure_workspace(&format!("w{i}")).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        tokio::select! {
+            found = store.workspace(&acme.id) => {
+                assert_eq!(found.unwrap().map(|w| w.name), Some("acme".to_owned()));
+            }
+            () = tokio::time::sleep(Duration::from_secs(5)) => {
+                panic!("a read waited behind writers queued for the lock");
+            }
+        }
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        // A write sent to a read connection by mistake fails at once.
+        let err = sqlx::query("DELETE FROM workspaces")
+            .execute(&store.read)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
     }
 }
