@@ -81,6 +81,7 @@ macro_rules! conformance_tests {
             callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webhooks,
             webhooks_are_queued_with_the_events_and_survive_reopen,
             reserved_seqs_are_never_reused_and_settling_returns_the_rest,
+            reservations_in_a_rush_never_overlap_and_refusals_stay_alone,
             conversations_survive_reopen,
             appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
             conversation_appends_publish_in_seq_order,
@@ -1265,6 +1266,95 @@ pub async fn reserved_seqs_are_never_reused_and_settling_returns_the_rest(backen
         store.reserve_call_seqs(&other.id, &call.id, 1).await,
         Err(StoreError::NotFound)
     ));
+}
+
+/// Many calls reserving at once (a campaign's start): every block is its call's own, none
+/// overlaps another of the same call, and an ended or foreign call among them is refused
+/// without failing the others (the embedded store commits such a rush together).
+pub async fn reservations_in_a_rush_never_overlap_and_refusals_stay_alone(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let other = store.ensure_workspace("b").await.unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        calls.push(call.id);
+    }
+    let ended = new_call(&ws.id);
+    store.create_call(&ended).await.unwrap();
+    let end_event = Envelope::new(
+        ws.id.clone(),
+        Subject::Call(ended.id.clone()),
+        1,
+        time::now(),
+        Payload::parse("call.completed", json!({})).unwrap(),
+    )
+    .unwrap();
+    store
+        .record_call_events(&ws.id, &ended.id, &[end_event])
+        .await
+        .unwrap();
+    let mut rush = tokio::task::JoinSet::new();
+    for round in 0..10u64 {
+        for (i, call) in calls.iter().enumerate() {
+            let (store, ws, call) = (store.clone(), ws.id.clone(), call.clone());
+            let size = 1 + (round + i as u64) % 7;
+            rush.spawn(async move {
+                let reserved = store.reserve_call_seqs(&ws, &call, size).await;
+                (call, size, reserved.map(|(c, end)| (c.id, end)))
+            });
+        }
+        let (s, w, c) = (store.clone(), ws.id.clone(), ended.id.clone());
+        rush.spawn(async move {
+            (
+                c.clone(),
+                1,
+                s.reserve_call_seqs(&w, &c, 1).await.map(|(x, e)| (x.id, e)),
+            )
+        });
+        let (s, w, c) = (store.clone(), other.id.clone(), calls[0].clone());
+        rush.spawn(async move {
+            (
+                CallId::new(),
+                1,
+                s.reserve_call_seqs(&w, &c, 1).await.map(|(x, e)| (x.id, e)),
+            )
+        });
+    }
+    let mut blocks: std::collections::HashMap<CallId, Vec<(u64, u64)>> = Default::default();
+    let (mut ended_refusals, mut foreign_refusals) = (0, 0);
+    while let Some(done) = rush.join_next().await {
+        let (call, size, reserved) = done.unwrap();
+        match reserved {
+            Ok((id, end)) => {
+                assert_eq!(id, call, "the reservation's call is the one asked for");
+                blocks.entry(call).or_default().push((end + 1 - size, end));
+            }
+            Err(StoreError::CallEnded(CallStatus::Completed)) if call == ended.id => {
+                ended_refusals += 1;
+            }
+            Err(StoreError::NotFound) => foreign_refusals += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ended_refusals, foreign_refusals), (10, 10));
+    for call in &calls {
+        let mut mine = blocks.remove(call).unwrap();
+        mine.sort_unstable();
+        assert_eq!(mine.len(), 10);
+        assert_eq!(mine[0].0, 1, "the first block starts at 1");
+        for pair in mine.windows(2) {
+            assert_eq!(
+                pair[1].0,
+                pair[0].1 + 1,
+                "blocks are contiguous and never overlap"
+            );
+        }
+        let last = mine.last().unwrap().1;
+        let stored = store.call(&ws.id, call).await.unwrap().unwrap().last_seq;
+        assert_eq!(stored, last);
+    }
 }
 
 pub async fn conversations_survive_reopen(backend: &dyn Backend) {

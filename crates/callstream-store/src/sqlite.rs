@@ -43,6 +43,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// Reads: read-only connections, so that a write sent here by mistake fails at once.
     read: SqlitePool,
+    /// Seq reservations on their way to [`reserver`], which commits them in groups.
+    reservations: tokio::sync::mpsc::Sender<Reservation>,
 }
 
 /// Read connections: a query waits for one only when this many reads are already running.
@@ -96,7 +98,13 @@ impl SqliteStore {
             .max_connections(READERS)
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
-        Ok(Self { write, read })
+        let (reservations, queue) = tokio::sync::mpsc::channel(RESERVATIONS_PER_COMMIT * 4);
+        tokio::spawn(reserver(write.clone(), queue));
+        Ok(Self {
+            write,
+            read,
+            reservations,
+        })
     }
 }
 
@@ -634,15 +642,20 @@ impl Store for SqliteStore {
     ) -> Result<(Call, u64)> {
         let block =
             i64::try_from(block).map_err(|_| StoreError::Invalid("block too large".into()))?;
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let end = reserve_call_seqs_in(&mut tx, workspace, call_id, block).await?;
-        let row = sqlx::query(call_select!("WHERE id = $1"))
-            .bind(call_id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        let call = call_row(&row)?;
-        tx.commit().await?;
-        Ok((call, end))
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let reservation = Reservation {
+            workspace: workspace.clone(),
+            call: call_id.clone(),
+            block,
+            answer,
+        };
+        match self.reservations.send(reservation).await {
+            Ok(()) => answered
+                .await
+                .map_err(|_| StoreError::Invalid("the store is closing".into()))?,
+            // The committing task is gone (its runtime ended): reserve alone.
+            Err(tokio::sync::mpsc::error::SendError(r)) => reserve_alone(&self.write, &r).await,
+        }
     }
 
     async fn record_call_events(
@@ -1940,6 +1953,80 @@ async fn reserve_call_seqs_in(
             })
         }
     }
+}
+
+/// A seq reservation waiting to be committed with others ([`reserve_together`]).
+struct Reservation {
+    workspace: WorkspaceId,
+    call: CallId,
+    block: i64,
+    answer: tokio::sync::oneshot::Sender<Result<(Call, u64)>>,
+}
+
+/// Reservations committed in one transaction at most.
+const RESERVATIONS_PER_COMMIT: usize = 512;
+
+/// Commits the seq reservations of many calls together (group commit): whatever queued while the
+/// last commit was on its way goes in the next, so that thousands of calls that need a block at
+/// once (a campaign's start, a node's restart) cost a few durable commits, not one each.
+async fn reserver(write: SqlitePool, mut queue: tokio::sync::mpsc::Receiver<Reservation>) {
+    let mut batch = Vec::with_capacity(RESERVATIONS_PER_COMMIT);
+    while queue.recv_many(&mut batch, RESERVATIONS_PER_COMMIT).await > 0 {
+        match reserve_together(&write, &batch).await {
+            Ok(answers) => {
+                for (r, answer) in batch.drain(..).zip(answers) {
+                    let _ = r.answer.send(answer);
+                }
+            }
+            // The transaction failed as a whole: each is tried alone, for its own answer.
+            Err(_) => {
+                for r in batch.drain(..) {
+                    let answer = reserve_alone(&write, &r).await;
+                    let _ = r.answer.send(answer);
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch: each reservation's own refusal (an ended or unknown
+/// call) is its answer; any other error fails the batch.
+async fn reserve_together(
+    write: &SqlitePool,
+    batch: &[Reservation],
+) -> Result<Vec<Result<(Call, u64)>>> {
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for r in batch {
+        answers.push(
+            match reserve_call_seqs_in(&mut tx, &r.workspace, &r.call, r.block).await {
+                Ok(end) => Ok((reserved_call(&mut tx, &r.call).await?, end)),
+                Err(e @ (StoreError::CallEnded(_) | StoreError::NotFound)) => Err(e),
+                Err(e) => return Err(e),
+            },
+        );
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+async fn reserve_alone(write: &SqlitePool, r: &Reservation) -> Result<(Call, u64)> {
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+    let end = reserve_call_seqs_in(&mut tx, &r.workspace, &r.call, r.block).await?;
+    let call = reserved_call(&mut tx, &r.call).await?;
+    tx.commit().await?;
+    Ok((call, end))
+}
+
+async fn reserved_call(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    call: &CallId,
+) -> Result<Call> {
+    let row = sqlx::query(call_select!("WHERE id = $1"))
+        .bind(call.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+    call_row(&row)
 }
 
 /// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
