@@ -18,24 +18,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::audio_streams::{Runtime, mulaw_frame, tone};
-use crate::support::{TestServer, services_required};
+use crate::support::{TestServer, missing_node, node_tools_dir, services_required};
 
 fn node_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+    node_tools_dir()
 }
 
 fn missing() -> Option<String> {
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("node is not installed".into());
-    }
-    if !node_dir().join("node_modules/ws").exists() {
-        return Some("ws is not installed (npm ci --prefix tests/browser)".into());
-    }
-    None
+    missing_node(&["ws"])
 }
 
 struct NodeService {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, services_required, transcription};
+use crate::support::{TestServer, missing_node, node_tools_dir, services_required, transcription};
 
 fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+    node_tools_dir()
 }
 
 /// Why the browser test cannot run here, if it cannot.
@@ -20,17 +20,7 @@ fn missing() -> Option<String> {
             "no Chromium at {chromium} (apt-get install chromium)"
         ));
     }
-    if !browser_dir().join("node_modules/playwright-core").exists() {
-        return Some("playwright-core is not installed (npm ci --prefix tests/browser)".into());
-    }
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("node is not installed".into());
-    }
-    None
+    missing_node(&["playwright-core"])
 }
 
 #[tokio::test]
@@ -315,15 +305,5 @@ async fn the_asyncapi_description_is_valid_and_names_every_stream() {
 
 /// Why the Node checks cannot run here, if they cannot.
 fn missing_node_tools() -> Option<String> {
-    if !browser_dir().join("node_modules/@asyncapi/parser").exists() {
-        return Some("@asyncapi/parser is not installed (npm ci --prefix tests/browser)".into());
-    }
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("node is not installed".into());
-    }
-    None
+    missing_node(&["@asyncapi/parser"])
 }

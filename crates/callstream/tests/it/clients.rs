@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::audio_streams::{Runtime, mulaw_frame, tone};
-use crate::support::{TestServer, completed, obedient_runtime, services_required, transcription};
+use crate::support::{
+    TestServer, completed, missing_node, obedient_runtime, services_required, transcription,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -21,15 +23,8 @@ fn root() -> PathBuf {
 
 /// Why the snippets cannot run here, if they cannot.
 fn missing() -> Option<String> {
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Some("node is not installed".into());
-    }
-    if !root().join("tests/browser/node_modules/ws").exists() {
-        return Some("ws is not installed (npm ci --prefix tests/browser)".into());
+    if let Some(why) = missing_node(&["ws"]) {
+        return Some(why);
     }
     let python = std::process::Command::new("python3")
         .args(["-c", "import websockets"])

@@ -663,3 +663,24 @@ pub fn clustered(ts: &TestServer, test: &str) -> bool {
     }
     true
 }
+
+/// `tests/browser`: the Node programs and packages the tests use (`npm ci --prefix tests/browser`).
+pub fn node_tools_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+/// Why a test that needs Node and these packages of `tests/browser` cannot run here, if it
+/// cannot.
+pub fn missing_node(packages: &[&str]) -> Option<String> {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some("node is not installed".into());
+    }
+    packages
+        .iter()
+        .find(|p| !node_tools_dir().join("node_modules").join(p).exists())
+        .map(|p| format!("{p} is not installed (npm ci --prefix tests/browser)"))
+}
