@@ -85,6 +85,13 @@ const HEAD_TOO_LARGE: Refusal = Refusal {
     message: "the request head is over 8 KiB",
 };
 
+const URI_TOO_LONG: Refusal = Refusal {
+    status: 414,
+    reason: "URI Too Long",
+    error_code: "uri_too_long",
+    message: "the request target is too long",
+};
+
 /// Reads the first request head (within `timeout`) and decides who answers it.
 pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S, timeout: Duration) -> First {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -365,14 +372,69 @@ async fn client_gone<S: AsyncRead + Unpin>(io: &mut S) {
 }
 
 /// A socket with bytes already read from it put back in front: hyper reads them first.
+///
+/// On the way out it also puts the API's JSON in place of the answers hyper writes itself, with
+/// empty bodies, to a later request head on a kept-alive connection that it cannot parse (400,
+/// 414, 431): every error a client gets is `{"error_code","message"}`, whichever request of a
+/// connection it was (the first one's head is refused by [`classify`] before hyper runs).
 pub struct Rewind<S> {
     prefix: Bytes,
     inner: S,
+    /// A refusal in place of hyper's own, still to be written, before anything else.
+    replacement: Bytes,
+    /// The connection was upgraded (`101`): its bytes are another protocol's from then on.
+    upgraded: bool,
 }
 
 impl<S> Rewind<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
-        Self { prefix, inner }
+        Self {
+            prefix,
+            inner,
+            replacement: Bytes::new(),
+            upgraded: false,
+        }
+    }
+
+    /// Whether `out`, the start of a write, is an answer hyper wrote itself to a head it could
+    /// not parse; then the refusal to write instead. The API's own answers all carry a JSON body
+    /// with its `content-type`; hyper's have none and `content-length: 0`.
+    fn own_refusal(&mut self, out: &[u8]) -> Option<Refusal> {
+        if self.upgraded || !out.starts_with(b"HTTP/1.1 ") {
+            return None;
+        }
+        let refusal = match out.get(9..13) {
+            Some(b"101 ") => {
+                self.upgraded = true;
+                return None;
+            }
+            Some(b"400 ") => MALFORMED,
+            Some(b"414 ") => URI_TOO_LONG,
+            Some(b"431 ") => HEAD_TOO_LARGE,
+            _ => return None,
+        };
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = &out[..end];
+        let has = |needle: &[u8]| {
+            head.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        };
+        (end == out.len() && has(b"\r\ncontent-length: 0\r\n") && !has(b"\r\ncontent-type:"))
+            .then_some(refusal)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Rewind<S> {
+    /// Writes what is left of a replacement; ready once it is all written.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.replacement.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.replacement))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.replacement.advance(n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -402,6 +464,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if let Some(refusal) = self.own_refusal(buf) {
+            self.replacement = Bytes::from(refusal.to_bytes());
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -410,6 +477,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        // hyper's own answer has no body: it is the only slice with bytes.
+        let written: Vec<&IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).collect();
+        if let [only] = written.as_slice()
+            && let Some(refusal) = self.own_refusal(only)
+        {
+            self.replacement = Bytes::from(refusal.to_bytes());
+            return Poll::Ready(Ok(only.len()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -418,10 +494,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

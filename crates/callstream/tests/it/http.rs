@@ -228,6 +228,40 @@ async fn odd_heads_are_refused_and_nothing_else_is_harmed() {
         assert_eq!(body["message"], "the request head is not valid HTTP/1.1");
     }
 
+    // The same on a kept-alive connection, where hyper reads the later heads: after a served
+    // request, a malformed head and an oversized one are refused in the API's JSON too (hyper's
+    // own answers have empty bodies).
+    for (later, status, code) in [
+        (
+            b"GET /v1/calls HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n".to_vec(),
+            "400",
+            "invalid_request",
+        ),
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+                "a".repeat(10 * 1024)
+            )
+            .into_bytes(),
+            "431",
+            "headers_too_large",
+        ),
+    ] {
+        let mut tcp = connect(&ts).await;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_until(&mut tcp, |s| s.contains("\r\n\r\n") && s.ends_with('}')).await;
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+        let _ = tcp.write_all(&later).await;
+        let reply = read_to_close(&mut tcp).await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{reply:.80}"
+        );
+        assert_eq!(json_body(&reply)["error_code"], code, "{reply}");
+    }
+
     // A stream path with a request body is not a stream request: hyper serves it (GET only).
     let mut tcp = connect(&ts).await;
     tcp.write_all(
