@@ -603,6 +603,16 @@ impl Payload {
     pub const fn is_terminal(&self) -> bool {
         matches!(self, Self::Completed(_) | Self::Failed(_))
     }
+
+    /// Why a terminal event ended its call: `call.failed`'s reason, `call.completed`'s when it
+    /// gave one; `None` for any other event.
+    pub fn end_reason(&self) -> Option<&str> {
+        match self {
+            Self::Completed(c) => c.reason.as_deref(),
+            Self::Failed(f) => Some(&f.reason),
+            _ => None,
+        }
+    }
 }
 
 // === envelope ===

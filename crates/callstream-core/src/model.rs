@@ -208,6 +208,10 @@ pub struct Call {
     pub started_at: DateTime<Utc>,
     #[serde(with = "time::millis_opt")]
     pub ended_at: Option<DateTime<Utc>>,
+    /// Why the call ended: its `call.failed` reason, or its `call.completed` reason when it gave
+    /// one (`None` while it is live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// The seq of the last event published for this call (0 before any).
     pub last_seq: u64,
     /// How the call's screening phase ended; `None` while the call is still being screened

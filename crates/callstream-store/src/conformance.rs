@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             webhooks_are_queued_with_the_events_and_survive_reopen,
             reserved_seqs_are_never_reused_and_settling_returns_the_rest,
             reservations_in_a_rush_never_overlap_and_refusals_stay_alone,
+            an_ended_call_keeps_its_reason_and_its_terminal_event,
             conversations_survive_reopen,
             appends_publish_in_seq_order_and_a_failed_publish_records_nothing,
             conversation_appends_publish_in_seq_order,
@@ -128,6 +129,7 @@ pub fn new_call(ws: &WorkspaceId) -> Call {
         screening: None,
         started_at: time::now(),
         ended_at: None,
+        end_reason: None,
         last_seq: 0,
     }
 }
@@ -1355,6 +1357,93 @@ pub async fn reservations_in_a_rush_never_overlap_and_refusals_stay_alone(backen
         let stored = store.call(&ws.id, call).await.unwrap().unwrap().last_seq;
         assert_eq!(stored, last);
     }
+}
+
+/// However a call ended (appended, appended in a group, or recorded after a node numbered it),
+/// its record keeps why, and its terminal event as the native WebSocket carried it: what a
+/// client that connects after the end is sent. Only its own workspace sees them.
+pub async fn an_ended_call_keeps_its_reason_and_its_terminal_event(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let other = store.ensure_workspace("b").await.unwrap();
+    let live = new_call(&ws.id);
+    store.create_call(&live).await.unwrap();
+    assert_eq!(store.call_end_event(&ws.id, &live.id).await.unwrap(), None);
+
+    // Appended.
+    let failed = new_call(&ws.id);
+    store.create_call(&failed).await.unwrap();
+    let appended = store
+        .append_call_events_np(
+            &ws.id,
+            &failed.id,
+            vec![ev("call.failed", json!({"reason": "runtime_lost"}))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(appended.call.end_reason.as_deref(), Some("runtime_lost"));
+    let stored = store.call(&ws.id, &failed.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.end_reason.as_deref()),
+        (CallStatus::Failed, Some("runtime_lost"))
+    );
+    assert_eq!(
+        store.call_end_event(&ws.id, &failed.id).await.unwrap(),
+        Some(appended.envelopes[0].to_json())
+    );
+    assert_eq!(
+        store.call_end_event(&other.id, &failed.id).await.unwrap(),
+        None
+    );
+
+    // Appended in a group, a completed call without a reason.
+    let grouped = new_call(&ws.id);
+    store.create_call(&grouped).await.unwrap();
+    let group = store
+        .append_calls_events(
+            &ws.id,
+            vec![(grouped.id.clone(), vec![ev("call.completed", json!({}))])],
+            &[&crate::NoPublish],
+        )
+        .await
+        .unwrap();
+    let appended = group.into_iter().next().unwrap().unwrap();
+    assert_eq!(appended.call.status, CallStatus::Completed);
+    assert_eq!(appended.call.end_reason, None);
+    assert_eq!(
+        store.call_end_event(&ws.id, &grouped.id).await.unwrap(),
+        Some(appended.envelopes[0].to_json())
+    );
+
+    // Numbered by a node, then recorded.
+    let recorded = new_call(&ws.id);
+    store.create_call(&recorded).await.unwrap();
+    let (_, end) = store
+        .reserve_call_seqs(&ws.id, &recorded.id, 4)
+        .await
+        .unwrap();
+    let terminal = Envelope::new(
+        ws.id.clone(),
+        Subject::Call(recorded.id.clone()),
+        end,
+        time::now(),
+        Payload::parse(
+            "call.completed",
+            json!({"reason": "hangup", "duration_s": 61.5}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ended = store
+        .record_call_events(&ws.id, &recorded.id, std::slice::from_ref(&terminal))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.end_reason.as_deref(), Some("hangup"));
+    assert_eq!(
+        store.call_end_event(&ws.id, &recorded.id).await.unwrap(),
+        Some(terminal.to_json())
+    );
 }
 
 pub async fn conversations_survive_reopen(backend: &dyn Backend) {

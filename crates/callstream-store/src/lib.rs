@@ -708,6 +708,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>>;
 
+    /// An ended call's terminal event as the native WebSocket carried it (the canonical envelope
+    /// JSON): what a client that connects after the end is sent. `None` for a live, unknown or
+    /// foreign call, and for one that ended before this was recorded.
+    async fn call_end_event(&self, workspace: &WorkspaceId, id: &CallId)
+    -> Result<Option<Vec<u8>>>;
+
     /// The workspace's call whose live conversation token this is.
     async fn call_by_live_token(
         &self,

@@ -190,7 +190,8 @@ fn key_row(row: &PgRow) -> Result<KeyRecord> {
 macro_rules! call_columns {
     () => {
         "id, workspace_id, phone, direction, transport, external_id, status, \
-         live_conversation_token, started_at, ended_at, last_seq, screening_ended_at, screening_msg"
+         live_conversation_token, started_at, ended_at, end_reason, last_seq, screening_ended_at, \
+         screening_msg"
     };
 }
 
@@ -209,6 +210,7 @@ fn call_row(row: &PgRow) -> Result<Call> {
         live_conversation_token: row.try_get("live_conversation_token")?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
+        end_reason: row.try_get("end_reason")?,
         last_seq: seq_of(row.try_get("last_seq")?),
         screening: match (
             row.try_get::<Option<DateTime<Utc>>, _>("screening_ended_at")?,
@@ -307,21 +309,28 @@ async fn why_not(
     })
 }
 
-/// Marks a call ended by a terminal event.
+/// Marks a call ended by the terminal event among `envelopes`, with its reason and the event.
 async fn end_call(
     tx: &mut Transaction<'_, Postgres>,
     workspace: &WorkspaceId,
     call: &CallId,
     status: CallStatus,
     at: DateTime<Utc>,
+    envelopes: &[Envelope],
 ) -> Result<()> {
-    sqlx::query("UPDATE calls SET status = $1, ended_at = $2 WHERE workspace_id = $3 AND id = $4")
-        .bind(status.as_str())
-        .bind(at)
-        .bind(workspace.as_str())
-        .bind(call.as_str())
-        .execute(&mut **tx)
-        .await?;
+    let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
+    sqlx::query(
+        "UPDATE calls SET status = $1, ended_at = $2, end_reason = $3, end_event = $4 \
+         WHERE workspace_id = $5 AND id = $6",
+    )
+    .bind(status.as_str())
+    .bind(at)
+    .bind(terminal.and_then(|e| e.payload.end_reason()))
+    .bind(terminal.map(Envelope::to_json))
+    .bind(workspace.as_str())
+    .bind(call.as_str())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -586,6 +595,22 @@ impl Store for PgStore {
         row.as_ref().map(call_row).transpose()
     }
 
+    async fn call_end_event(
+        &self,
+        workspace: &WorkspaceId,
+        id: &CallId,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut tx = self.scoped(workspace).await?;
+        let event: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT end_event FROM calls WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(event.flatten())
+    }
+
     async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>> {
         let mut tx = self.scoped(workspace).await?;
         let rows = sqlx::query(concat!("SELECT ", call_columns!(), " FROM calls WHERE workspace_id = $1 \
@@ -682,7 +707,7 @@ impl Store for PgStore {
         if let Some((status, at, _)) =
             record_effects(&mut tx, workspace, call_id, &envelopes).await?
         {
-            end_call(&mut tx, workspace, call_id, status, at).await?;
+            end_call(&mut tx, workspace, call_id, status, at, &envelopes).await?;
         }
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -789,14 +814,17 @@ impl Store for PgStore {
         if let Some((status, at, seq)) =
             record_effects(&mut tx, workspace, call_id, envelopes).await?
         {
+            let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
             let row = sqlx::query(concat!(
-                "UPDATE calls SET status = $1, ended_at = $2, last_seq = $3 \
-                 WHERE workspace_id = $4 AND id = $5 RETURNING ",
+                "UPDATE calls SET status = $1, ended_at = $2, last_seq = $3, end_reason = $4, \
+                 end_event = $5 WHERE workspace_id = $6 AND id = $7 RETURNING ",
                 call_columns!()
             ))
             .bind(status.as_str())
             .bind(at)
             .bind(signed(seq))
+            .bind(terminal.and_then(|e| e.payload.end_reason()))
+            .bind(terminal.map(Envelope::to_json))
             .bind(workspace.as_str())
             .bind(call_id.as_str())
             .fetch_one(&mut *tx)
@@ -2194,7 +2222,7 @@ impl PgStore {
             if let Some((status, at, _)) =
                 record_call_effects(&mut tx, workspace, &call_id, &envelopes).await?
             {
-                end_call(&mut tx, workspace, &call_id, status, at).await?;
+                end_call(&mut tx, workspace, &call_id, status, at, &envelopes).await?;
             }
             all.extend(envelopes.iter().cloned());
             numbered.push((i, call_id, envelopes));
@@ -2317,6 +2345,7 @@ mod tests {
                 screening: None,
                 started_at: time::now(),
                 ended_at: None,
+                end_reason: None,
                 last_seq: 0,
             };
             store.create_call(&call).await.unwrap();

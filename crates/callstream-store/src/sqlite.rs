@@ -210,6 +210,7 @@ fn call_row(row: &SqliteRow) -> Result<Call> {
         live_conversation_token: row.try_get("live_conversation_token")?,
         started_at: ts(row.try_get("started_at")?)?,
         ended_at: ts_opt(row.try_get("ended_at")?)?,
+        end_reason: row.try_get("end_reason")?,
         last_seq: seq_of(row.try_get("last_seq")?),
         screening: match (
             ts_opt(row.try_get("screening_ended_at")?)?,
@@ -305,8 +306,8 @@ macro_rules! call_select {
     ($rest:literal $(,)?) => {
         concat!(
             "SELECT id, workspace_id, phone, direction, transport, external_id, status, \
-             live_conversation_token, started_at, ended_at, last_seq, screening_ended_at, \
-             screening_msg FROM calls ",
+             live_conversation_token, started_at, ended_at, end_reason, last_seq, \
+             screening_ended_at, screening_msg FROM calls ",
             $rest
         )
     };
@@ -514,6 +515,20 @@ impl Store for SqliteStore {
         row.as_ref().map(call_row).transpose()
     }
 
+    async fn call_end_event(
+        &self,
+        workspace: &WorkspaceId,
+        id: &CallId,
+    ) -> Result<Option<Vec<u8>>> {
+        let event: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT end_event FROM calls WHERE workspace_id = $1 AND id = $2")
+                .bind(workspace.as_str())
+                .bind(id.as_str())
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(event.flatten())
+    }
+
     async fn calls(&self, workspace: &WorkspaceId, filter: &CallFilter) -> Result<Vec<Call>> {
         // `started_at` is stored in one fixed-width RFC 3339 form: text order is time order.
         let sql = call_select!(
@@ -604,12 +619,18 @@ impl Store for SqliteStore {
         }
         enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
         if let Some((status, at)) = end {
-            sqlx::query("UPDATE calls SET status = $1, ended_at = $2 WHERE id = $3")
-                .bind(status.as_str())
-                .bind(time::format(&at))
-                .bind(call_id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
+            sqlx::query(
+                "UPDATE calls SET status = $1, ended_at = $2, end_reason = $3, end_event = $4 \
+                 WHERE id = $5",
+            )
+            .bind(status.as_str())
+            .bind(time::format(&at))
+            .bind(terminal.and_then(|e| e.payload.end_reason()))
+            .bind(terminal.map(Envelope::to_json))
+            .bind(call_id.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         let row = sqlx::query(call_select!("WHERE id = $1"))
             .bind(call_id.as_str())
@@ -686,14 +707,20 @@ impl Store for SqliteStore {
         enqueue_webhooks(&mut tx, workspace, envelopes).await?;
         let mut ended = None;
         if let Some((status, at, seq)) = end {
-            sqlx::query("UPDATE calls SET status = $1, ended_at = $2, last_seq = $3 WHERE workspace_id = $4 AND id = $5")
-                .bind(status.as_str())
-                .bind(time::format(&at))
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .bind(workspace.as_str())
-                .bind(call_id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
+            sqlx::query(
+                "UPDATE calls SET status = $1, ended_at = $2, last_seq = $3, end_reason = $4, \
+                 end_event = $5 WHERE workspace_id = $6 AND id = $7",
+            )
+            .bind(status.as_str())
+            .bind(time::format(&at))
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(terminal.and_then(|e| e.payload.end_reason()))
+            .bind(terminal.map(Envelope::to_json))
+            .bind(workspace.as_str())
+            .bind(call_id.as_str())
+            .execute(&mut *tx)
+            .await?;
             let row = sqlx::query(call_select!("WHERE id = $1"))
                 .bind(call_id.as_str())
                 .fetch_one(&mut *tx)

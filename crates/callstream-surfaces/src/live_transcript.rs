@@ -91,16 +91,25 @@ pub fn frame(event: &Event, call_sid: &str) -> Option<Bytes> {
             (t.segment_start, t.segment_end),
             &env.timestamp,
         )),
-        Payload::Completed(_) => Some(status(call_sid, CallStatus::Completed)),
-        Payload::Failed(_) => Some(status(call_sid, CallStatus::Failed)),
+        Payload::Completed(c) => Some(status(call_sid, CallStatus::Completed, c.reason.as_deref())),
+        Payload::Failed(f) => Some(status(call_sid, CallStatus::Failed, Some(&f.reason))),
         _ => None,
     })
 }
 
-pub fn status(call_sid: &str, status: CallStatus) -> Bytes {
-    json(
-        &serde_json::json!({"type": "call_status", "call_sid": call_sid, "status": status_word(status)}),
-    )
+/// A `call_status` message. Beyond the seed, an ended call's carries `reason` when its end gave
+/// one (`call.failed`'s reason, `call.completed`'s if any), whether the client watched the end or
+/// connected after it.
+pub fn status(call_sid: &str, status: CallStatus, reason: Option<&str>) -> Bytes {
+    let mut message = serde_json::json!({
+        "type": "call_status",
+        "call_sid": call_sid,
+        "status": status_word(status),
+    });
+    if let Some(reason) = reason {
+        message["reason"] = reason.into();
+    }
+    json(&message)
 }
 
 pub fn established(call_sid: &str, status: CallStatus) -> Bytes {
@@ -175,7 +184,7 @@ mod tests {
             )
         );
         assert_eq!(
-            status("CAx", CallStatus::InProgress),
+            status("CAx", CallStatus::InProgress, None),
             Bytes::from(r#"{"type":"call_status","call_sid":"CAx","status":"in-progress"}"#)
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));

@@ -392,7 +392,7 @@ function renderFacts(view) {
   const call = view.call;
   const fact = (name, value) => el('div', {}, el('dt', {}, name), el('dd', {}, value));
   view.facts.replaceChildren(
-    fact('Status', badge(call.status)),
+    fact('Status', call.end_reason ? el('span', {}, badge(call.status), ` ${call.end_reason}`) : badge(call.status)),
     fact('Direction', call.direction),
     fact('Transport', call.transport),
     fact('Screening', call.screening ? `ended: ${call.screening.msg}` : (call.status === 'in_progress' ? 'in progress' : '—')),
@@ -506,6 +506,7 @@ function onCallEvent(view, env) {
     case 'call.failed':
       view.call.status = env.event_type === 'call.completed' ? 'completed' : 'failed';
       view.call.ended_at = env.timestamp;
+      if (p.reason) view.call.end_reason = p.reason;
       renderFacts(view);
       break;
     default:

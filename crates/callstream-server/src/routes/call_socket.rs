@@ -150,16 +150,33 @@ impl Session {
         let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
         let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
 
+        // A finished call's terminal event is kept with the call: a viewer who connects after
+        // the end learns how it ended, as one who watched did, even once the history has
+        // forgotten the call.
+        let stored_end = if self.ended_at_connect {
+            self.state
+                .store()
+                .call_end_event(&self.workspace, &self.call)
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         // What the bus still holds may not reach back to the resume point (its history is
         // bounded, and empty after a restart): say which seqs are gone.
         if let Some(since) = self.since {
-            let history_from = subscription
+            let mut held_from = subscription
                 .first_backlog_seq()
-                .unwrap_or(self.last_seq.saturating_add(1));
-            if since.saturating_add(1) < history_from.min(self.last_seq.saturating_add(1)) {
+                .unwrap_or(self.last_seq.saturating_add(1))
+                .min(self.last_seq.saturating_add(1));
+            if stored_end.is_some() {
+                held_from = held_from.min(self.last_seq);
+            }
+            if since.saturating_add(1) < held_from {
                 let message = format!(
                     "events after seq {since} up to {} are no longer held; the stream resumes after them",
-                    history_from.min(self.last_seq.saturating_add(1)) - 1
+                    held_from - 1
                 );
                 if socket
                     .send(text(control::error_frame(None, "resume_gap", &message)))
@@ -171,15 +188,27 @@ impl Session {
             }
         }
         if self.ended_at_connect {
-            // A finished call: what the history still holds after `since`, then the close. The
+            // A finished call: what the history still holds after `since`, then its terminal
+            // event from the store if the history did not hold it, then the close. The
             // subscription's live side is not used (the bus may have forgotten the call).
+            let mut told_end = false;
             for event in subscription.take_backlog() {
+                told_end |= event.envelope().payload.is_terminal();
                 sent.inc();
                 if socket
                     .send(text(native::envelope_json(&event)))
                     .await
                     .is_err()
                 {
+                    return;
+                }
+            }
+            if let Some(end) = stored_end
+                && !told_end
+                && self.since.is_none_or(|since| since < self.last_seq)
+            {
+                sent.inc();
+                if socket.send(text(Bytes::from(end))).await.is_err() {
                     return;
                 }
             }

@@ -55,6 +55,7 @@ pub async fn create(
         live_conversation_token: Call::new_live_conversation_token(),
         started_at: time::now(),
         ended_at: None,
+        end_reason: None,
         last_seq: 0,
         screening: None,
     };

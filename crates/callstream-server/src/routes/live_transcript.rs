@@ -200,7 +200,13 @@ async fn run(
         }
     }
     if !call.status.is_active() {
-        let _ = socket.send(text(lt::status(&call_sid, call.status))).await;
+        let _ = socket
+            .send(text(lt::status(
+                &call_sid,
+                call.status,
+                call.end_reason.as_deref(),
+            )))
+            .await;
         let _ = socket
             .send(close(close_code::NORMAL, "the call has ended"))
             .await;
@@ -264,7 +270,11 @@ impl SocketSurface for LiveTranscript {
                     .call(&self.call.workspace_id, &self.call.id)
                     .await
                 {
-                    Ok(Some(now)) => Reply::Frame(lt::status(&self.call_sid, now.status)),
+                    Ok(Some(now)) => Reply::Frame(lt::status(
+                        &self.call_sid,
+                        now.status,
+                        now.end_reason.as_deref(),
+                    )),
                     _ => Reply::Close(close(close_code::ERROR, "server error")),
                 }
             }
@@ -299,7 +309,11 @@ impl SocketSurface for LiveTranscript {
                 .await
             && ended.status != CallStatus::InProgress
         {
-            return vec![lt::status(&self.call_sid, ended.status)];
+            return vec![lt::status(
+                &self.call_sid,
+                ended.status,
+                ended.end_reason.as_deref(),
+            )];
         }
         Vec::new()
     }

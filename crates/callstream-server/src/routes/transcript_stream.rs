@@ -4,8 +4,10 @@
 //! "in-flight turn"), then live frames. Beyond the seed (which buffers nothing more), every frame's `id:` is the event's `seq`, and a
 //! client that reconnects with `Last-Event-ID` first gets what it missed: from the bus history
 //! while it reaches back, and final turns from the store before that. A finished call's stream
-//! replays its final turns and closes; reconnecting after that answers `204 No Content`, which
-//! tells a browser `EventSource` to stop reconnecting.
+//! replays its final turns (after `Last-Event-ID`) and closes; a failed call's then ends with its
+//! terminal `event: error` (`call_failed`, with the reason) whenever the client connects, and a
+//! completed call with nothing left to replay answers `204 No Content`, which tells a browser
+//! `EventSource` to stop reconnecting.
 
 use std::collections::VecDeque;
 
@@ -82,11 +84,12 @@ pub async fn stream(
                 .filter(|t| t.seq > resume_after.unwrap_or(0))
                 .map(stored_frame),
         );
-        if prefix.is_empty() {
-            return Ok(StatusCode::NO_CONTENT.into_response());
-        }
+        // A failed call says so, with its reason, whenever the client connects; a completed
+        // one with nothing left to replay answers 204, which stops a browser's EventSource.
         if call.status == CallStatus::Failed {
-            prefix.push_back(call_failed(None));
+            prefix.push_back(call_failed(call.end_reason.as_deref()));
+        } else if prefix.is_empty() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
         }
         None
     };
@@ -132,7 +135,7 @@ impl SseSurface for TranscriptFrames {
     fn at_end(&mut self) -> AtEnd {
         // Say that the call failed if the terminal event itself was lost to a full queue.
         let ended = self.ended.clone();
-        Box::pin(async move { ended.failed().await.then(|| call_failed(None)) })
+        Box::pin(async move { ended.failure().await })
     }
 }
 
@@ -157,13 +160,16 @@ struct EndCheck {
 }
 
 impl EndCheck {
-    async fn failed(&self) -> bool {
+    /// The terminal error frame, with the reason, if the call failed and its event was not seen.
+    async fn failure(&self) -> Option<Bytes> {
         if self.seen_terminal {
-            return false;
+            return None;
         }
         match self.state.store().call(&self.workspace, &self.call).await {
-            Ok(Some(call)) => call.status == CallStatus::Failed,
-            _ => false,
+            Ok(Some(call)) if call.status == CallStatus::Failed => {
+                Some(call_failed(call.end_reason.as_deref()))
+            }
+            _ => None,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    TestServer, WsEvent, call_socket, transcription, ws_connect, ws_json, ws_next, ws_send,
+    TestServer, WsEvent, call_socket, transcript_stream, transcription, ws_connect, ws_json,
+    ws_next, ws_send,
 };
 
 /// The call's status, as `GET /v1/calls/{id}` says.
@@ -141,4 +142,120 @@ async fn a_call_with_no_event_for_the_stale_time_ends_as_stale() {
             .await,
         1.0
     );
+}
+
+/// A call that failed before anyone watched, and one that completed: a client that connects
+/// afterwards learns how each ended and why, on every surface, as a viewer of the end did.
+/// (Before, the failed call's transcript stream answered `204` like a normal end, and its event
+/// socket closed without a word of the failure.)
+#[tokio::test]
+async fn an_ended_call_answers_the_same_on_every_path_with_its_reason() {
+    let ts = TestServer::start().await;
+    let sid = "CA00000000000000000000000000000fa1";
+    let (code, failed) = ts
+        .post(
+            "/v1/calls",
+            &ts.acme.runtime,
+            &json!({"phone": "+14155550123", "direction": "inbound", "transport": "sip", "external_id": sid}),
+        )
+        .await;
+    assert_eq!(code, 201, "{failed}");
+    let failed = failed["id"].as_str().unwrap().to_owned();
+    let accepted = ts
+        .ingest(
+            &failed,
+            json!([{"event_type": "call.failed", "payload": {"reason": "carrier_rejected"}}]),
+        )
+        .await;
+    let (end_seq, end_id) = (
+        accepted["seqs"][0].as_u64().unwrap(),
+        accepted["event_ids"][0].clone(),
+    );
+    assert_eq!(status_becomes(&ts, &failed, "failed").await, "failed");
+
+    // REST says why.
+    let (_, call) = ts.get(&format!("/v1/calls/{failed}"), &ts.acme.api).await;
+    assert_eq!(call["end_reason"], "carrier_rejected", "{call}");
+
+    // The transcript stream: no finals to replay, and still the failure, never a 204.
+    let mut sse = transcript_stream(&ts, &failed, &ts.acme.api, None).await;
+    assert_eq!(sse.status, 200);
+    let err = sse.next_data().await.unwrap();
+    assert_eq!(err.event.as_deref(), Some("error"));
+    assert_eq!(
+        err.json(),
+        json!({"error_code": "call_failed", "message": "the call failed: carrier_rejected"})
+    );
+    assert_eq!(sse.next().await, None);
+
+    // The call socket: the very envelope live viewers got, then 1000.
+    let mut ws = call_socket(&ts, &failed, &format!("token={}", ts.acme.api)).await;
+    let end = ws_json(&mut ws).await;
+    assert_eq!(
+        (
+            &end["event_type"],
+            &end["payload"]["reason"],
+            &end["event_id"],
+            end["seq"].as_u64()
+        ),
+        (
+            &json!("call.failed"),
+            &json!("carrier_rejected"),
+            &end_id,
+            Some(end_seq)
+        ),
+        "{end}"
+    );
+    assert!(matches!(ws_next(&mut ws).await, WsEvent::Close(1000)));
+    // Resuming at or past the end gets only the close.
+    let mut resumed = call_socket(
+        &ts,
+        &failed,
+        &format!("token={}&since={end_seq}", ts.acme.api),
+    )
+    .await;
+    assert!(matches!(ws_next(&mut resumed).await, WsEvent::Close(1000)));
+
+    // Seed 003's socket: the status with its reason, then 1000.
+    let mut lt = ws_connect(
+        &ts.ws_url(&format!("/live-transcript/{sid}?token={}", ts.acme.api)),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ws_json(&mut lt).await["type"], "connection_established");
+    assert_eq!(
+        ws_json(&mut lt).await,
+        json!({"type": "call_status", "call_sid": sid, "status": "failed", "reason": "carrier_rejected"})
+    );
+    assert!(matches!(ws_next(&mut lt).await, WsEvent::Close(1000)));
+
+    // A completed call with nothing to replay: 204 on the transcript stream (EventSource stops),
+    // its `call.completed` on the call socket, and its reason over REST when it gave one.
+    let completed = ts.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ts.ingest(
+        &completed,
+        json!([{"event_type": "call.completed", "payload": {"reason": "hangup"}}]),
+    )
+    .await;
+    assert_eq!(
+        status_becomes(&ts, &completed, "completed").await,
+        "completed"
+    );
+    let (_, call) = ts
+        .get(&format!("/v1/calls/{completed}"), &ts.acme.api)
+        .await;
+    assert_eq!(call["end_reason"], "hangup", "{call}");
+    assert_eq!(
+        transcript_stream(&ts, &completed, &ts.acme.api, None)
+            .await
+            .status,
+        204
+    );
+    let mut ws = call_socket(&ts, &completed, &format!("token={}", ts.acme.api)).await;
+    assert_eq!(ws_json(&mut ws).await["event_type"], "call.completed");
+    assert!(matches!(ws_next(&mut ws).await, WsEvent::Close(1000)));
 }

@@ -89,7 +89,7 @@ async fn history_then_live_segments_then_status_and_close() {
     ts.ingest(&id, completed()).await;
     assert_eq!(
         ws_json(&mut ws).await,
-        json!({"type": "call_status", "call_sid": SID, "status": "completed"})
+        json!({"type": "call_status", "call_sid": SID, "status": "completed", "reason": "hangup"})
     );
     assert_eq!(ws_next(&mut ws).await, WsEvent::Close(1000));
 }

@@ -793,19 +793,29 @@ async fn a_finished_call_closes_1000_after_what_since_asks_for_even_after_a_rest
     .await;
     let token = format!("token={}", ts.acme.api);
 
+    // Nothing live to watch: how it ended (the terminal event, kept with the call), then 1000.
     let mut fresh = call_socket(&ts, &id, &token).await;
+    let end = ws_json(&mut fresh).await;
     assert_eq!(
-        ws_next(&mut fresh).await,
+        (end["seq"].as_u64(), end["event_type"].as_str()),
+        (Some(3), Some("call.completed")),
+        "{end}"
+    );
+    assert_eq!(ws_next(&mut fresh).await, WsEvent::Close(1000));
+    let mut past = call_socket(&ts, &id, &format!("{token}&since=3")).await;
+    assert_eq!(
+        ws_next(&mut past).await,
         WsEvent::Close(1000),
-        "nothing to watch: closed at once"
+        "nothing after seq 3"
     );
     let mut resumed = call_socket(&ts, &id, &format!("{token}&since=1")).await;
     assert_eq!(ws_json(&mut resumed).await["seq"], 2);
     assert_eq!(ws_json(&mut resumed).await["event_type"], "call.completed");
     assert_eq!(ws_next(&mut resumed).await, WsEvent::Close(1000));
 
-    // After a restart, embedded, the history is gone: the gap is said, and the socket still
-    // closes. On NATS the history outlives the process: the same events, then the close.
+    // After a restart, embedded, the history is gone: the gap up to the end is said, then the
+    // end itself (kept with the call), then the close. On NATS the history outlives the
+    // process: the same events, then the close.
     let ts = ts.restart().await;
     let token = format!("token={}", ts.acme.api);
     let mut late = call_socket(&ts, &id, &format!("{token}&since=1")).await;
@@ -819,6 +829,11 @@ async fn a_finished_call_closes_1000_after_what_since_asks_for_even_after_a_rest
             (Some("error"), Some("resume_gap")),
             "{gap}"
         );
+        assert!(
+            gap["message"].as_str().unwrap().contains("up to 2 "),
+            "{gap}"
+        );
+        assert_eq!(ws_json(&mut late).await["event_type"], "call.completed");
     }
     assert_eq!(ws_next(&mut late).await, WsEvent::Close(1000));
 }
