@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -22,8 +22,9 @@ pub struct InProcessConfig {
     /// Bytes kept per topic (events weighed by [`Event::weight`]); the newest event is kept
     /// whatever its size.
     pub history_max_bytes_per_topic: usize,
-    /// Bytes kept over all topics: past it, a topic that publishes gives up its oldest events
-    /// first, and [`InProcessBus::sweep`] empties finished, then idle, topics.
+    /// Bytes kept over all topics: past it, the topics of ended calls give up their oldest
+    /// events first (the earliest ended first), then the topic that publishes gives up its
+    /// own; [`InProcessBus::sweep`] empties finished, then idle, topics.
     pub history_max_bytes: usize,
     /// How long a topic's history is kept after its call ended, so late reconnects can resume.
     pub ended_retention: Duration,
@@ -56,6 +57,16 @@ pub struct InProcessBus {
     held: AtomicUsize,
     /// Events given up before their time to keep within a byte bound.
     trimmed: AtomicU64,
+    /// Topics whose call ended, in the order they ended, that may still hold history: over
+    /// `history_max_bytes`, a publish takes from these before its own topic's history, so
+    /// that live calls stay resumable while the calls that just ended hold the bus's bytes.
+    /// Measured in the soak (`bench/soak.sh`, docs/benchmarks.md): when 8,000 calls ended
+    /// together, their histories held all 128 MiB for `ended_retention`, every live call kept
+    /// one event (no resume), and the ~1 M events were freed together 300 s later, stalling
+    /// every stream for seconds.
+    ended: Mutex<VecDeque<Weak<TopicState>>>,
+    /// `ended.len()`, readable without its lock.
+    ended_len: AtomicUsize,
 }
 
 struct TopicState {
@@ -100,6 +111,8 @@ impl InProcessBus {
             audio: crate::audio::AudioTopics::default(),
             held: AtomicUsize::new(0),
             trimmed: AtomicU64::new(0),
+            ended: Mutex::new(VecDeque::new()),
+            ended_len: AtomicUsize::new(0),
         }
     }
 
@@ -121,25 +134,71 @@ impl InProcessBus {
         }
     }
 
+    fn over_total(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.config.history_max_bytes
+    }
+
     /// Keeps `inner`'s history within its bounds: the count, the topic's bytes and, while the
-    /// bus is over its total, everything but the newest event.
+    /// bus is over its total, what ended calls hold, then everything but the newest event.
     fn trim(&self, inner: &mut TopicInner) {
         while inner.history.len() > self.config.history_capacity {
             self.pop_oldest(inner);
         }
         while inner.history.len() > 1
-            && (inner.history_bytes > self.config.history_max_bytes_per_topic
-                || self.held.load(Ordering::Relaxed) > self.config.history_max_bytes)
+            && inner.history_bytes > self.config.history_max_bytes_per_topic
         {
+            self.pop_oldest(inner);
+            self.trimmed.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.over_total() {
+            self.take_from_ended();
+        }
+        while inner.history.len() > 1 && self.over_total() {
             self.pop_oldest(inner);
             self.trimmed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Gives up the oldest events of the earliest ended topics until the bus is within its
+    /// total or none is left. Called with a publishing topic's lock held: an ended topic is
+    /// only tried (never waited for), so no two locks are ever waited for in opposite orders.
+    fn take_from_ended(&self) {
+        if self.ended_len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut ended = self
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while self.over_total() {
+            let Some(state) = ended.front().map(Weak::upgrade) else {
+                break;
+            };
+            let Some(state) = state else {
+                ended.pop_front();
+                continue;
+            };
+            let mut inner = match state.inner.try_lock() {
+                Ok(inner) => inner,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                // Busy (a late subscriber reading it): the publisher gives up its own this time.
+                Err(TryLockError::WouldBlock) => break,
+            };
+            if inner.history.is_empty() {
+                drop(inner);
+                ended.pop_front();
+                continue;
+            }
+            self.pop_oldest(&mut inner);
+            self.trimmed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ended_len.store(ended.len(), Ordering::Relaxed);
+    }
+
     /// Empties histories, finished topics first, then the longest untouched, until the bus is
     /// within its total (each keeps its last seq, so a resume is told of the gap).
     fn shed(&self) {
-        if self.held.load(Ordering::Relaxed) <= self.config.history_max_bytes {
+        if !self.over_total() {
             return;
         }
         let mut holders: Vec<(bool, Instant, Arc<TopicState>)> = self
@@ -153,7 +212,7 @@ impl InProcessBus {
             .collect();
         holders.sort_by_key(|(live, touched, _)| (*live, *touched));
         for (_, _, state) in holders {
-            if self.held.load(Ordering::Relaxed) <= self.config.history_max_bytes {
+            if !self.over_total() {
                 break;
             }
             let mut inner = state.lock();
@@ -166,12 +225,16 @@ impl InProcessBus {
     }
 
     /// The topic's state, locked, created on first use; never one that `sweep` removed.
-    fn locked<R>(&self, topic: &Topic, f: impl FnOnce(&mut TopicInner) -> R) -> R {
+    fn locked<R>(
+        &self,
+        topic: &Topic,
+        f: impl FnOnce(&Arc<TopicState>, &mut TopicInner) -> R,
+    ) -> R {
         loop {
             let state = self.topic(topic);
             let mut inner = state.lock();
             if !inner.removed {
-                return f(&mut inner);
+                return f(&state, &mut inner);
             }
         }
     }
@@ -234,6 +297,12 @@ impl InProcessBus {
         });
         self.shed();
         release(forgotten);
+        let mut ended = self
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ended.retain(|topic| topic.strong_count() > 0);
+        self.ended_len.store(ended.len(), Ordering::Relaxed);
     }
 }
 
@@ -272,7 +341,7 @@ impl Bus for InProcessBus {
     async fn publish(&self, event: Arc<Event>) -> Result<PublishReport, BusError> {
         // Weighed (its JSON encoded, once) before the topic's lock is taken.
         let weight = event.weight();
-        let report = self.locked(&Topic::of(event.envelope()), |inner| {
+        let report = self.locked(&Topic::of(event.envelope()), |state, inner| {
             let mut report = PublishReport::default();
             if event.seq() <= inner.last_seq || inner.ended {
                 return report;
@@ -305,6 +374,12 @@ impl Bus for InProcessBus {
                 for sub in inner.subscribers.drain(..) {
                     sub.end.set(End::Finished);
                 }
+                let mut ended = self
+                    .ended
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                ended.push_back(Arc::downgrade(state));
+                self.ended_len.store(ended.len(), Ordering::Relaxed);
             }
             report
         });
@@ -317,7 +392,7 @@ impl Bus for InProcessBus {
         resume: Resume,
         options: SubscribeOptions,
     ) -> Result<Subscription, BusError> {
-        Ok(self.locked(topic, |inner| {
+        Ok(self.locked(topic, |_, inner| {
             Self::subscribe_locked(inner, resume, options)
         }))
     }
@@ -557,6 +632,62 @@ mod tests {
             bus.bounds(&topic).unwrap().0.is_some(),
             "a live topic kept its history"
         );
+    }
+
+    /// Calls that ended together (a campaign's end, a runtime's restart) must not leave the
+    /// live calls without resume: over the bus's total, the ended ones give way first, the
+    /// earliest ended first, and only then does a live call give up its own history.
+    #[tokio::test]
+    async fn over_the_total_ended_calls_give_way_to_live_ones() {
+        let (ws, first) = call();
+        let weight = heavy(&ws, &first, 1, 1_000).weight();
+        let bus = InProcessBus::new(InProcessConfig {
+            history_max_bytes: weight * 40,
+            ..Default::default()
+        });
+        let second = CallId::new();
+        for seq in 1..=20 {
+            bus.publish(heavy(&ws, &first, seq, 1_000)).await.unwrap();
+            bus.publish(heavy(&ws, &second, seq, 1_000)).await.unwrap();
+        }
+        bus.publish(event(&ws, &first, 21, true)).await.unwrap();
+        bus.publish(event(&ws, &second, 21, true)).await.unwrap();
+
+        let live = CallId::new();
+        for seq in 1..=30 {
+            bus.publish(heavy(&ws, &live, seq, 1_000)).await.unwrap();
+        }
+        let sub = bus
+            .subscribe(&Topic::call(&ws, &live), Resume::After(0), opts(64))
+            .await
+            .unwrap();
+        assert_eq!(sub.gap(), None, "the live call kept all it published");
+        assert_eq!(sub.first_backlog_seq(), Some(1));
+        let (held, _) = bus.history_usage();
+        assert!(held <= weight * 40, "held {held} of {}", weight * 40);
+        // The call that ended first gave up its events first, all of them, then the other
+        // from its oldest.
+        let (oldest_first, _) = bus.bounds(&Topic::call(&ws, &first)).unwrap();
+        let (oldest_second, _) = bus.bounds(&Topic::call(&ws, &second)).unwrap();
+        assert_eq!(oldest_first, None);
+        assert!(
+            oldest_second.is_some_and(|s| s > 1),
+            "the second kept from {oldest_second:?}"
+        );
+
+        // Once nothing ended is left to give, the live call gives up its own oldest.
+        for seq in 31..=60 {
+            bus.publish(heavy(&ws, &live, seq, 1_000)).await.unwrap();
+        }
+        assert_eq!(bus.bounds(&Topic::call(&ws, &first)).unwrap().0, None);
+        assert_eq!(bus.bounds(&Topic::call(&ws, &second)).unwrap().0, None);
+        let (held, _) = bus.history_usage();
+        assert!(held <= weight * 40, "held {held}");
+        assert!(bus.bounds(&Topic::call(&ws, &live)).unwrap().0 > Some(20));
+
+        // Ended topics the sweep forgot are not kept in the queue of those that may give.
+        bus.sweep(Instant::now() + Duration::from_secs(301));
+        assert_eq!(bus.ended_len.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
