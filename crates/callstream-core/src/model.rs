@@ -130,8 +130,10 @@ impl fmt::Display for Phone {
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $($(#[$vdoc])* #[serde(rename = $text)] $variant),* }
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        // utoipa does not see a `$text` inside `serde(rename)` here (it reaches the derive in an
+        // invisible group), so the schema is told the name again.
+        pub enum $name { $($(#[$vdoc])* #[serde(rename = $text)] #[schema(rename = $text)] $variant),* }
 
         impl $name {
             pub const ALL: &'static [Self] = &[$(Self::$variant),*];
@@ -192,14 +194,19 @@ text_enum! {
 }
 
 /// One call, as the call log shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Call {
+    #[schema(value_type = String, pattern = "^call_", example = "call_4bfd2a0c9e1f7b3a6d5c8e21")]
     pub id: CallId,
+    #[schema(value_type = String, pattern = "^ws_", example = "ws_0a1b2c3d4e5f60718293a4b5")]
     pub workspace_id: WorkspaceId,
+    /// E.164.
+    #[schema(value_type = String, example = "+14155550123")]
     pub phone: Phone,
     pub direction: Direction,
     pub transport: Transport,
     /// The runtime's own id for the call, e.g. a Twilio Call SID.
+    #[schema(required = true)]
     pub external_id: Option<String>,
     pub status: CallStatus,
     /// Opaque token that opens the live-call control socket for this call.
@@ -207,6 +214,7 @@ pub struct Call {
     #[serde(with = "time::millis")]
     pub started_at: DateTime<Utc>,
     #[serde(with = "time::millis_opt")]
+    #[schema(required = true)]
     pub ended_at: Option<DateTime<Utc>>,
     /// Why the call ended: its `call.failed` reason, or its `call.completed` reason when it gave
     /// one (`None` while it is live).
@@ -216,11 +224,12 @@ pub struct Call {
     pub last_seq: u64,
     /// How the call's screening phase ended; `None` while the call is still being screened
     /// (every call starts in its screening phase) or had none.
+    #[schema(required = true)]
     pub screening: Option<Screening>,
 }
 
 /// The end of a call's screening phase, from its `call.screening_ended` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Screening {
     #[serde(with = "time::millis")]
     pub ended_at: DateTime<Utc>,
@@ -238,9 +247,11 @@ impl Call {
 }
 
 /// One messaging conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Conversation {
+    #[schema(value_type = String, pattern = "^conv_", example = "conv_9c1e5a7b3d2f4e6a8b0c1d2e")]
     pub id: ConversationId,
+    #[schema(value_type = String, pattern = "^ws_", example = "ws_0a1b2c3d4e5f60718293a4b5")]
     pub workspace_id: WorkspaceId,
     pub channel: Channel,
     pub participants: Vec<String>,

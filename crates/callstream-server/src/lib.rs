@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod limit;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod reaper;
 pub mod revocations;
 pub mod routes;
@@ -37,7 +38,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use callstream_bus::{
     Bus, CommandRouter, InProcessBus, InProcessCommands, InProcessConfig, NatsBus, NatsCommands,
     NatsConfig,
@@ -46,6 +47,9 @@ use callstream_store::{PgStore, SqliteStore, Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use config::Config;
 pub use error::ApiError;
@@ -75,129 +79,91 @@ pub const STREAM_PATHS: &[&str] = &[
 ];
 
 /// `/healthz`, `/readyz` and `/metrics`: on the public listener, or alone on `internal_listen`.
+fn ops_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(routes::ops::healthz))
+        .routes(routes!(routes::ops::readyz))
+        .routes(routes!(routes::ops::metrics))
+}
+
 fn ops_routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
+    ops_api().into()
+}
+
+/// The REST surface, each route described by its handler's `#[utoipa::path]` (src/openapi.rs):
+/// a REST route added here without a description does not compile.
+fn rest_api(state: &AppState) -> OpenApiRouter<AppState> {
+    use routes::{
+        audio_streams, calls, conversations, dashboard, keys, session, stream_tokens, webhooks,
+        workspace,
+    };
+    // Seed 004's resource answers any other method with 405 in its own error shape, and takes
+    // its paths with and without the trailing slash (the alias is not described twice).
+    let (schemas, paths, streams) = routes!(
+        audio_streams::create,
+        audio_streams::list,
+        audio_streams::delete_all
+    );
+    let streams = streams.fallback(audio_streams::method_not_allowed);
+    let (one_schemas, one_paths, one_stream) = routes!(audio_streams::get, audio_streams::delete);
+    let one_stream = one_stream.fallback(audio_streams::method_not_allowed);
+    let rest = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(calls::create, calls::list))
+        .routes(routes!(workspace::get))
+        .routes(routes!(calls::get))
+        .routes(routes!(calls::ingest_events))
+        .routes(routes!(calls::transcript))
+        .routes(routes!(calls::command))
+        .routes(routes!(stream_tokens::create))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(conversations::get))
+        .routes(routes!(conversations::ingest_events))
+        .routes(routes!(conversations::change_mode))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::disable))
+        .routes(routes!(webhooks::enable))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::messages))
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(webhooks::retry))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(session::current, session::create, session::delete))
+        .routes((schemas, paths, streams.clone()))
+        .route("/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream", streams)
+        .routes((one_schemas, one_paths, one_stream.clone()))
+        .route(
+            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}",
+            one_stream,
+        )
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
+        .routes(routes!(dashboard::demo))
+        .routes(routes!(openapi::document));
+    // Health and metrics here, unless an internal listener serves them.
+    if state.config().internal_listen.is_none() {
+        rest.merge(ops_api())
+    } else {
+        rest
+    }
 }
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     // Everything but the long-lived streams answers within `request_timeout_secs`.
     let timeout = state.config().request_timeout();
-    let bounded = Router::new()
-        .route(
-            "/v1/calls",
-            post(routes::calls::create).get(routes::calls::list),
-        )
-        .route("/v1/workspace", get(routes::workspace::get))
-        .route("/v1/calls/{id}", get(routes::calls::get))
-        .route("/v1/calls/{id}/events", post(routes::calls::ingest_events))
-        .route("/v1/calls/{id}/transcript", get(routes::calls::transcript))
-        .route("/v1/calls/{id}/commands", post(routes::calls::command))
-        .route("/v1/stream-tokens", post(routes::stream_tokens::create))
-        .route(
-            "/v1/keys",
-            get(routes::keys::list).post(routes::keys::create),
-        )
-        .route("/v1/keys/{id}", axum::routing::delete(routes::keys::revoke))
-        .route(
-            "/v1/conversations",
-            post(routes::conversations::create).get(routes::conversations::list),
-        )
-        .route("/v1/conversations/{id}", get(routes::conversations::get))
-        .route(
-            "/v1/conversations/{id}/events",
-            post(routes::conversations::ingest_events),
-        )
-        .route(
-            "/v1/conversations/{id}/mode",
-            post(routes::conversations::change_mode),
-        )
-        .route(
-            "/v1/webhook-endpoints",
-            post(routes::webhooks::create).get(routes::webhooks::list),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}",
-            get(routes::webhooks::get)
-                .patch(routes::webhooks::update)
-                .delete(routes::webhooks::delete),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/disable",
-            post(routes::webhooks::disable),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/enable",
-            post(routes::webhooks::enable),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/rotate-secret",
-            post(routes::webhooks::rotate_secret),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/messages",
-            get(routes::webhooks::messages),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/messages/{event_id}/attempts",
-            get(routes::webhooks::attempts),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/messages/{event_id}/retry",
-            post(routes::webhooks::retry),
-        )
-        .route(
-            "/v1/webhook-endpoints/{id}/replay",
-            post(routes::webhooks::replay),
-        )
-        .route(
-            "/v1/session",
-            get(routes::session::current)
-                .post(routes::session::create)
-                .delete(routes::session::delete),
-        )
-        .route(
-            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
-            post(routes::audio_streams::create)
-                .get(routes::audio_streams::list)
-                .delete(routes::audio_streams::delete_all)
-                .fallback(routes::audio_streams::method_not_allowed),
-        )
-        .route(
-            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream",
-            post(routes::audio_streams::create)
-                .get(routes::audio_streams::list)
-                .delete(routes::audio_streams::delete_all)
-                .fallback(routes::audio_streams::method_not_allowed),
-        )
-        .route(
-            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}/",
-            get(routes::audio_streams::get)
-                .delete(routes::audio_streams::delete)
-                .fallback(routes::audio_streams::method_not_allowed),
-        )
-        .route(
-            "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}",
-            get(routes::audio_streams::get)
-                .delete(routes::audio_streams::delete)
-                .fallback(routes::audio_streams::method_not_allowed),
-        )
-        .route("/", get(routes::dashboard::page))
-        .route("/assets/dashboard.js", get(routes::dashboard::script))
-        .route("/assets/dashboard.css", get(routes::dashboard::style))
-        .route("/demo", get(routes::dashboard::demo));
-    // Health and metrics here, unless an internal listener serves them.
-    let bounded = if state.config().internal_listen.is_none() {
-        bounded.merge(ops_routes())
-    } else {
-        bounded
-    }
-    .route_layer(middleware::from_fn(move |request, next| {
-        answer_within(timeout, request, next)
-    }));
+    let (bounded, description) = rest_api(&state).split_for_parts();
+    let document = openapi::Document(bytes::Bytes::from(
+        description.to_pretty_json().unwrap_or_default(),
+    ));
+    let bounded = bounded
+        .layer(axum::Extension(document))
+        .route_layer(middleware::from_fn(move |request, next| {
+            answer_within(timeout, request, next)
+        }));
     let streams = Router::new()
         .route(
             "/v1/calls/{id}/transcript/stream",

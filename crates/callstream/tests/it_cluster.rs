@@ -41,6 +41,8 @@ mod limits;
 mod live_calls;
 #[path = "it/live_transcript.rs"]
 mod live_transcript;
+#[path = "it/openapi.rs"]
+mod openapi;
 #[path = "it/simulator.rs"]
 mod simulator;
 #[path = "it/sockets.rs"]

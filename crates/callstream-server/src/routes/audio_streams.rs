@@ -336,6 +336,23 @@ pub async fn method_not_allowed() -> StreamError {
 }
 
 /// `POST …/Stream/`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
+    tag = "audio streams",
+    summary = "Stream a call's audio to your WebSocket service",
+    description = "Seed 004 (Plivo's Audio Stream API): the gateway connects to `service_url` and sends the call's audio as `media` messages; with `bidirectional`, what the service sends back is played into the call. JSON or form-encoded. The same path without the trailing slash works too.",
+    security(("auth_id" = [], "auth_token" = [])),
+    params(("auth_id" = String, Path, description = "The workspace's `auth_id` (`GET /v1/workspace`)"), ("call_uuid" = String, Path, description = "The call's id (`call_…`) or its `external_id`")),
+    request_body(content = crate::openapi::CreateAudioStream, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Started", body = crate::openapi::AudioStreamStarted),
+        (status = 400, description = "A field is malformed, or `service_url` is refused", body = crate::openapi::AudioStreamError),
+        (status = 401, description = "No credentials, or not valid for this `auth_id`", body = crate::openapi::AudioStreamError),
+        (status = 404, description = "No such call (or stream) in the workspace", body = crate::openapi::AudioStreamError),
+        (status = 409, description = "The call has ended", body = crate::openapi::AudioStreamError),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     account: Account,
@@ -520,6 +537,20 @@ fn view(state: &AppState, s: &AudioStreamRecord) -> Value {
 }
 
 /// `GET …/Stream/{stream_id}/`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}/",
+    tag = "audio streams",
+    summary = "One audio stream",
+    description = "The same path without the trailing slash works too.",
+    security(("auth_id" = [], "auth_token" = [])),
+    params(("auth_id" = String, Path, description = "The workspace's `auth_id` (`GET /v1/workspace`)"), ("call_uuid" = String, Path, description = "The call's id (`call_…`) or its `external_id`"), ("stream_id" = String, Path, description = "The stream's id")),
+    responses(
+        (status = 200, description = "The stream", body = crate::openapi::AudioStream),
+        (status = 401, description = "No credentials, or not valid for this `auth_id`", body = crate::openapi::AudioStreamError),
+        (status = 404, description = "No such call (or stream) in the workspace", body = crate::openapi::AudioStreamError),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     account: Account,
@@ -550,6 +581,23 @@ async fn find_stream(
 }
 
 /// `GET …/Stream/?limit=&offset=`: the call's streams, oldest first, as Plivo pages them.
+#[utoipa::path(
+    get,
+    path = "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
+    tag = "audio streams",
+    summary = "A call's audio streams",
+    description = "Oldest first, paged as Plivo pages them. The same path without the trailing slash works too.",
+    security(("auth_id" = [], "auth_token" = [])),
+    params(("auth_id" = String, Path, description = "The workspace's `auth_id` (`GET /v1/workspace`)"), ("call_uuid" = String, Path, description = "The call's id (`call_…`) or its `external_id`"),
+        ("limit" = Option<u32>, Query, description = "1 to 100 (20)"),
+        ("offset" = Option<u64>, Query, description = "Streams to skip")),
+    responses(
+        (status = 200, description = "A page of streams", body = crate::openapi::AudioStreamPage),
+        (status = 400, description = "A query parameter is unknown or malformed", body = crate::openapi::AudioStreamError),
+        (status = 401, description = "No credentials, or not valid for this `auth_id`", body = crate::openapi::AudioStreamError),
+        (status = 404, description = "No such call (or stream) in the workspace", body = crate::openapi::AudioStreamError),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     account: Account,
@@ -600,6 +648,20 @@ pub async fn list(
 }
 
 /// `DELETE …/Stream/{stream_id}/`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/{stream_id}/",
+    tag = "audio streams",
+    summary = "Stop an audio stream",
+    description = "The same path without the trailing slash works too.",
+    security(("auth_id" = [], "auth_token" = [])),
+    params(("auth_id" = String, Path, description = "The workspace's `auth_id` (`GET /v1/workspace`)"), ("call_uuid" = String, Path, description = "The call's id (`call_…`) or its `external_id`"), ("stream_id" = String, Path, description = "The stream's id")),
+    responses(
+        (status = 204, description = "Stopped"),
+        (status = 401, description = "No credentials, or not valid for this `auth_id`", body = crate::openapi::AudioStreamError),
+        (status = 404, description = "No such call or stream, or the stream has ended", body = crate::openapi::AudioStreamError),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     account: Account,
@@ -617,6 +679,20 @@ pub async fn delete(
 }
 
 /// `DELETE …/Stream/`: every active stream of the call.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/Account/{auth_id}/Call/{call_uuid}/Stream/",
+    tag = "audio streams",
+    summary = "Stop every audio stream of a call",
+    description = "The same path without the trailing slash works too.",
+    security(("auth_id" = [], "auth_token" = [])),
+    params(("auth_id" = String, Path, description = "The workspace's `auth_id` (`GET /v1/workspace`)"), ("call_uuid" = String, Path, description = "The call's id (`call_…`) or its `external_id`")),
+    responses(
+        (status = 204, description = "Stopped"),
+        (status = 401, description = "No credentials, or not valid for this `auth_id`", body = crate::openapi::AudioStreamError),
+        (status = 404, description = "No such call, or it has no active stream", body = crate::openapi::AudioStreamError),
+    )
+)]
 pub async fn delete_all(
     State(state): State<AppState>,
     account: Account,

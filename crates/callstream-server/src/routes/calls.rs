@@ -32,6 +32,20 @@ pub struct CreateCall {
 }
 
 /// `POST /v1/calls`: the runtime announces a call. Publishes `call.started` as seq 1.
+#[utoipa::path(
+    post,
+    path = "/v1/calls",
+    tag = "calls",
+    summary = "Announce a call (the call runtime)",
+    description = "Records the call and publishes `call.started` as its event 1.",
+    security(("runtime_key" = [])),
+    request_body = crate::openapi::CreateCall,
+    responses(
+        (status = 201, description = "The call", body = callstream_core::Call),
+        (status = 400, description = "A field is missing or malformed (`invalid_request`)", body = crate::openapi::Error),
+        (status = 401, description = "No runtime key, or not a valid one (`unauthorized`)", body = crate::openapi::Error),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
@@ -77,6 +91,24 @@ pub async fn create(
 }
 
 /// `POST /v1/calls/{id}/events`: one event object, or an array of them, in order.
+#[utoipa::path(
+    post,
+    path = "/v1/calls/{id}/events",
+    tag = "calls",
+    summary = "Send a call's events (the call runtime)",
+    description = "One event object, or an array of them, numbered and published in order to every stream, stored where durable (final turns, the end) and queued for webhooks. `call.completed` or `call.failed` ends the call.",
+    security(("runtime_key" = [])),
+    params(("id" = String, Path, description = "The call's id (`call_…`)")),
+    request_body = crate::openapi::IncomingEvents,
+    responses(
+        (status = 202, description = "Numbered and published", body = crate::openapi::Accepted),
+        (status = 400, description = "An event is malformed (`invalid_event`, naming the field)", body = crate::openapi::Error),
+        (status = 401, description = "No runtime key, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such call in the workspace (`not_found`)", body = crate::openapi::Error),
+        (status = 409, description = "The call has ended (`call_ended`)", body = crate::openapi::Error),
+        (status = 413, description = "The body or an event is too large (`payload_too_large`)", body = crate::openapi::Error),
+    )
+)]
 pub async fn ingest_events(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
@@ -99,6 +131,27 @@ pub async fn ingest_events(
 
 /// `GET /v1/calls?status=&since=&phone=&before=&limit=&case=`: the call log, newest first,
 /// paged by `next_cursor`.
+#[utoipa::path(
+    get,
+    path = "/v1/calls",
+    tag = "calls",
+    summary = "The call log",
+    description = "Newest first, paged by `next_cursor`.",
+    security(("api_key" = []), ("session" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "`in_progress`, `completed`, `failed`, or `ended` (both ends)"),
+        ("since" = Option<String>, Query, description = "Calls started at or after this RFC 3339 time"),
+        ("phone" = Option<String>, Query, description = "Calls whose phone contains these digits"),
+        ("before" = Option<String>, Query, description = "A page's `next_cursor`: the calls after it"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (50)"),
+        ("case" = Option<String>, Query, description = "`snake` (default) or `camel` field names"),
+    ),
+    responses(
+        (status = 200, description = "A page of calls", body = crate::openapi::CallPage),
+        (status = 400, description = "A query parameter is unknown or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -172,6 +225,22 @@ pub async fn list(
 }
 
 /// `GET /v1/calls/{id}?case=`: one call log entry.
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}",
+    tag = "calls",
+    summary = "One call",
+    security(("api_key" = []), ("session" = [])),
+    params(
+        ("id" = String, Path, description = "The call's id (`call_…`)"),
+        ("case" = Option<String>, Query, description = "`snake` (default) or `camel` field names"),
+    ),
+    responses(
+        (status = 200, description = "The call", body = callstream_core::Call),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such call in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -246,6 +315,19 @@ fn camel_keys(value: Value) -> Value {
 }
 
 /// `GET /v1/calls/{id}/transcript`: the final turns so far.
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}/transcript",
+    tag = "calls",
+    summary = "A call's final transcript turns so far",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The call's id (`call_…`)")),
+    responses(
+        (status = 200, description = "The stored final turns, in order", body = crate::openapi::Transcript),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such call in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn transcript(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -264,6 +346,26 @@ pub struct CommandBody(callstream_core::Command);
 
 /// `POST /v1/calls/{id}/commands`: `{"command": "end_call" | "send_dtmf" | "join_call", …}`.
 /// Answers once the call runtime has carried it out.
+#[utoipa::path(
+    post,
+    path = "/v1/calls/{id}/commands",
+    tag = "calls",
+    summary = "Control a live call",
+    description = "`end_call`, `send_dtmf` (`digits`) or `join_call` (`user_id`), carried to the call's runtime; answers once the runtime has carried it out.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The call's id (`call_…`)")),
+    request_body = crate::openapi::CommandRequest,
+    responses(
+        (status = 200, description = "The runtime carried it out", body = crate::openapi::CommandDone),
+        (status = 400, description = "Not a command, or a bad field (`invalid_command`)", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such call in the workspace", body = crate::openapi::Error),
+        (status = 409, description = "The call has ended (`call_ended`)", body = crate::openapi::Error),
+        (status = 422, description = "The runtime refused it (`command_refused`, with its reason)", body = crate::openapi::Error),
+        (status = 503, description = "No runtime holds the call (`runtime_unavailable`), or its inbox is full (`runtime_busy`, with `Retry-After`)", body = crate::openapi::Error),
+        (status = 504, description = "The runtime did not answer in time (`runtime_timeout`)", body = crate::openapi::Error),
+    )
+)]
 pub async fn command(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,

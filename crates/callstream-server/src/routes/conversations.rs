@@ -44,6 +44,19 @@ pub struct CreateConversation {
 }
 
 /// `POST /v1/conversations` (runtime key).
+#[utoipa::path(
+    post,
+    path = "/v1/conversations",
+    tag = "conversations",
+    summary = "Announce a conversation (the runtime)",
+    security(("runtime_key" = [])),
+    request_body = crate::openapi::CreateConversation,
+    responses(
+        (status = 201, description = "The conversation", body = callstream_core::Conversation),
+        (status = 400, description = "A field is missing or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No runtime key, or not a valid one", body = crate::openapi::Error),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
@@ -74,6 +87,23 @@ pub async fn create(
 
 /// `POST /v1/conversations/{id}/events` (runtime key): `message.*` and
 /// `conversation.mode_changed` events, one or an array.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/events",
+    tag = "conversations",
+    summary = "Send a conversation's events (the runtime)",
+    description = "`message.received`, `message.sent`, `message.delivered`, `message.read`, `message.failed` and `conversation.mode_changed`, one or an array, in order.",
+    security(("runtime_key" = [])),
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)")),
+    request_body(content = crate::openapi::IncomingEvents, example = json!({"event_type": "message.received", "payload": {"message_id": "msg_1", "direction": "inbound", "status": "received", "text": "Can I move my appointment?"}})),
+    responses(
+        (status = 202, description = "Numbered and published", body = crate::openapi::Accepted),
+        (status = 400, description = "An event is malformed (`invalid_event`, naming the field)", body = crate::openapi::Error),
+        (status = 401, description = "No runtime key, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such conversation in the workspace", body = crate::openapi::Error),
+        (status = 413, description = "The body or an event is too large", body = crate::openapi::Error),
+    )
+)]
 pub async fn ingest_events(
     State(state): State<AppState>,
     RuntimeKey(who): RuntimeKey,
@@ -104,6 +134,23 @@ pub struct ChangeMode {
 
 /// `POST /v1/conversations/{id}/mode` (API key): operator handoff, e.g. `ai` → `human`.
 /// Publishes `conversation.mode_changed` with the actor.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/mode",
+    tag = "conversations",
+    summary = "Hand a conversation over (operator handoff)",
+    description = "`human`: an operator takes over from the AI; `ai`: hands it back. Publishes `conversation.mode_changed` with the actor.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)")),
+    request_body = crate::openapi::ChangeMode,
+    responses(
+        (status = 200, description = "The conversation in its new mode", body = callstream_core::Conversation),
+        (status = 400, description = "A field is missing or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such conversation in the workspace", body = crate::openapi::Error),
+        (status = 409, description = "Already in that mode (`mode_conflict`)", body = crate::openapi::Error),
+    )
+)]
 pub async fn change_mode(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -139,6 +186,23 @@ pub async fn change_mode(
 }
 
 /// `GET /v1/conversations?mode=&channel=&limit=` (API key).
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    summary = "The workspace's conversations",
+    security(("api_key" = []), ("session" = [])),
+    params(
+        ("mode" = Option<String>, Query, description = "`ai` or `human`"),
+        ("channel" = Option<String>, Query, description = "`sms` or `whatsapp`"),
+        ("limit" = Option<u32>, Query, description = "1 to 500 (50)"),
+    ),
+    responses(
+        (status = 200, description = "The conversations, newest first", body = crate::openapi::ConversationList),
+        (status = 400, description = "A query parameter is unknown or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -184,6 +248,19 @@ pub async fn list(
 }
 
 /// `GET /v1/conversations/{id}` (API key): the conversation with its message history.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    summary = "One conversation with its messages",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)")),
+    responses(
+        (status = 200, description = "The conversation and each message in its latest state", body = crate::openapi::ConversationWithMessages),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such conversation in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,

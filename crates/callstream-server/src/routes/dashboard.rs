@@ -33,6 +33,15 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
+/// `GET /`: the dashboard.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    summary = "The dashboard",
+    description = "Watch, listen to and steer calls and conversations; sign in with an API key or a one-time link (docs/dashboard.md). Every asset is in the binary.",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
 pub async fn page() -> Response {
     let mut response = asset(PAGE, "text/html; charset=utf-8");
     let headers = response.headers_mut();
@@ -44,15 +53,38 @@ pub async fn page() -> Response {
     response
 }
 
+/// `GET /assets/dashboard.js`.
+#[utoipa::path(
+    get,
+    path = "/assets/dashboard.js",
+    tag = "dashboard",
+    summary = "The dashboard's script",
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String))
+)]
 pub async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
+/// `GET /assets/dashboard.css`.
+#[utoipa::path(
+    get,
+    path = "/assets/dashboard.css",
+    tag = "dashboard",
+    summary = "The dashboard's style sheet",
+    responses((status = 200, description = "The style sheet", content_type = "text/css", body = String))
+)]
 pub async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
 }
 
 /// `/demo`, the page the dashboard replaced: a fragment (`#…`) survives the redirect.
+#[utoipa::path(
+    get,
+    path = "/demo",
+    tag = "dashboard",
+    summary = "The old demo page: a redirect to the dashboard",
+    responses((status = 308, description = "To `/`"))
+)]
 pub async fn demo() -> Redirect {
     Redirect::permanent("/")
 }

@@ -44,6 +44,20 @@ fn listed(k: &KeyRecord) -> Value {
 }
 
 /// `GET /v1/keys` (admin key): the workspace's keys, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    summary = "The workspace's keys",
+    description = "Newest first; never a secret.",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The keys", body = crate::openapi::KeyList),
+        (status = 400, description = "A query parameter was given (it takes none)", body = crate::openapi::Error),
+        (status = 401, description = "No key, or not a valid one", body = crate::openapi::Error),
+        (status = 403, description = "Not an admin key (`forbidden`)", body = crate::openapi::Error),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     AdminKey(who): AdminKey,
@@ -72,6 +86,21 @@ pub struct CreateKey {
 }
 
 /// `POST /v1/keys` (admin key): a new key; its secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "keys",
+    summary = "Mint a key",
+    description = "Its secret is in this answer only.",
+    security(("admin_key" = [])),
+    request_body = crate::openapi::CreateKey,
+    responses(
+        (status = 201, description = "The key, with its secret", body = crate::openapi::NewKey),
+        (status = 400, description = "A field is missing or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No key, or not a valid one", body = crate::openapi::Error),
+        (status = 403, description = "Not an admin key", body = crate::openapi::Error),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     AdminKey(who): AdminKey,
@@ -110,6 +139,21 @@ pub async fn create(
 
 /// `DELETE /v1/keys/{id}` (admin key): revokes the key. 204; 404 for an unknown or another
 /// workspace's key. Revoking a revoked key again changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    summary = "Revoke a key",
+    description = "Refused at once; every stream opened with it (or with a stream token or session it minted) closes within a second, on every node. Revoking a revoked key again changes nothing.",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No key, or not a valid one", body = crate::openapi::Error),
+        (status = 403, description = "Not an admin key", body = crate::openapi::Error),
+        (status = 404, description = "No such key in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     AdminKey(who): AdminKey,

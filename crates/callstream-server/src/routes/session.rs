@@ -64,6 +64,19 @@ impl SignInLinks {
     }
 }
 
+/// `POST /v1/session`: an API key (or a one-time sign-in link's secret) for a session cookie.
+#[utoipa::path(
+    post,
+    path = "/v1/session",
+    tag = "session",
+    summary = "Sign in: a session cookie for an API key",
+    description = "Send an API key, or the `sl_…` secret of a one-time sign-in link (`callstream demo` prints one), as `Authorization: Bearer`. The answer sets the HttpOnly, SameSite=Strict `callstream_session` cookie, which then works wherever an API key does.",
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Signed in; `Set-Cookie` carries the session", body = crate::openapi::Session),
+        (status = 401, description = "No key, not a valid one, or a used or expired sign-in link", body = crate::openapi::Error),
+    )
+)]
 pub async fn create(State(state): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
     let link = auth::bearer(&parts)?
         .filter(|secret| secret.starts_with(SIGN_IN_PREFIX))
@@ -127,6 +140,15 @@ pub async fn create(State(state): State<AppState>, mut parts: Parts) -> Result<R
     Ok(response)
 }
 
+/// `DELETE /v1/session`: signs out.
+#[utoipa::path(
+    delete,
+    path = "/v1/session",
+    tag = "session",
+    summary = "Sign out",
+    description = "Ends the session and clears its cookie; `204` even when there was none.",
+    responses((status = 204, description = "Signed out"))
+)]
 pub async fn delete(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
     if let Some(token) = auth::session_cookie(&parts) {
         state.store().delete_session(&auth::hash(&token)).await?;
@@ -141,6 +163,15 @@ pub async fn delete(State(state): State<AppState>, parts: Parts) -> Result<Respo
 /// `GET /v1/session`: whether this browser is signed in, always `200` (a page asks without a
 /// failed request in its console): `{"signed_in": false}`, or `true` with the `workspace_id` and
 /// the session's `expires_at`.
+#[utoipa::path(
+    get,
+    path = "/v1/session",
+    tag = "session",
+    summary = "Whether this browser is signed in",
+    description = "Always `200`, so that a page can ask without a failed request in its console.",
+    security((), ("session" = [])),
+    responses((status = 200, description = "Signed in or not", body = crate::openapi::SessionState))
+)]
 pub async fn current(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
     let signed_out = || axum::Json(json!({ "signed_in": false })).into_response();
     let Some(token) = auth::session_cookie(&parts) else {

@@ -27,6 +27,22 @@ pub struct CreateStreamToken {
     ttl_secs: Option<u64>,
 }
 
+/// `POST /v1/stream-tokens`: a token for one call's two browser streams.
+#[utoipa::path(
+    post,
+    path = "/v1/stream-tokens",
+    tag = "stream tokens",
+    summary = "Mint a stream token for one call",
+    description = "Opens only that call's transcript SSE and call WebSocket (`?token=`), watch-only, until it expires; never outlives the key that minted it.",
+    security(("api_key" = []), ("session" = [])),
+    request_body = crate::openapi::CreateStreamToken,
+    responses(
+        (status = 201, description = "The token, shown once", body = crate::openapi::StreamToken),
+        (status = 400, description = "A field is missing or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such call in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,

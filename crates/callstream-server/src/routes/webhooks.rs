@@ -115,6 +115,21 @@ fn new_secret() -> Result<Secret, ApiError> {
     Secret::generate().map_err(|_| ApiError::internal())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints",
+    tag = "webhooks",
+    summary = "Add a webhook endpoint",
+    description = "Its secret (`whsec_…`) is in this answer only; it signs every request (Standard Webhooks).",
+    security(("api_key" = []), ("session" = [])),
+    request_body = crate::openapi::CreateEndpoint,
+    responses(
+        (status = 201, description = "The endpoint, with its secret", body = crate::openapi::Endpoint),
+        (status = 400, description = "A field is malformed, or the URL is refused (a private address, a bad scheme)", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 409, description = "The workspace has `max_webhook_endpoints` already (`too_many_endpoints`)", body = crate::openapi::Error),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -167,6 +182,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints",
+    tag = "webhooks",
+    summary = "The workspace's webhook endpoints",
+    security(("api_key" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The endpoints, never their secrets", body = crate::openapi::EndpointList),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -175,6 +201,19 @@ pub async fn list(
     Ok(Json(json!({ "webhook_endpoints": endpoints })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}",
+    tag = "webhooks",
+    summary = "One webhook endpoint",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    responses(
+        (status = 200, description = "The endpoint", body = crate::openapi::Endpoint),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -204,6 +243,22 @@ async fn change(
     Ok(endpoint)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/webhook-endpoints/{id}",
+    tag = "webhooks",
+    summary = "Change a webhook endpoint",
+    description = "`url`, `event_types`, `description`; each field left out stays as it is, `\"event_types\": null` means every type again.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    request_body = crate::openapi::ChangeEndpoint,
+    responses(
+        (status = 200, description = "The endpoint as changed", body = crate::openapi::Endpoint),
+        (status = 400, description = "A field is malformed, or the URL is refused", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -226,6 +281,20 @@ pub async fn update(
     Ok(Json(view(&endpoint)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/disable",
+    tag = "webhooks",
+    summary = "Disable a webhook endpoint",
+    description = "Nothing is sent to it until it is enabled; its messages wait.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    responses(
+        (status = 200, description = "The endpoint, disabled", body = crate::openapi::Endpoint),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn disable(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -240,6 +309,20 @@ pub async fn disable(
     Ok(Json(view(&endpoint)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/enable",
+    tag = "webhooks",
+    summary = "Enable a webhook endpoint",
+    description = "Also one disabled by a `410` or by failing for `webhook_disable_after_secs`.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    responses(
+        (status = 200, description = "The endpoint, enabled", body = crate::openapi::Endpoint),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn enable(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -256,6 +339,20 @@ pub async fn enable(
 /// `POST /v1/webhook-endpoints/{id}/rotate-secret`: a new secret, shown this once; the old one
 /// signs beside it (a second `v1,` entry in `webhook-signature`) until
 /// `previous_secret_expires_at`. Rotating again before then drops the oldest at once.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/rotate-secret",
+    tag = "webhooks",
+    summary = "Rotate an endpoint's secret",
+    description = "The new secret signs at once; the old one signs beside it (a second `v1,` signature) until `previous_secret_expires_at`.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    responses(
+        (status = 200, description = "The endpoint, with its new secret", body = crate::openapi::Endpoint),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -274,6 +371,19 @@ pub async fn rotate_secret(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/webhook-endpoints/{id}",
+    tag = "webhooks",
+    summary = "Delete a webhook endpoint",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -298,6 +408,21 @@ const MAX_MESSAGES_PER_PAGE: u32 = 250;
 /// `GET /v1/webhook-endpoints/{id}/messages?status=&since=&until=&limit=&cursor=`: the events
 /// queued for the endpoint, newest first, each with its state; `next_cursor` (when there may be
 /// more) fetches the next page.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}/messages",
+    tag = "webhooks",
+    summary = "An endpoint's delivery log",
+    description = "The events queued for it, newest first, each with its state; paged by `next_cursor`.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)"), ("status" = Option<String>, Query, description = "`pending`, `failing`, `delivered` or `exhausted`"), ("since" = Option<String>, Query, description = "Queued at or after this RFC 3339 time"), ("until" = Option<String>, Query, description = "Queued before this RFC 3339 time"), ("limit" = Option<u32>, Query, description = "1 to 250 (50)"), ("cursor" = Option<String>, Query, description = "A page's `next_cursor`")),
+    responses(
+        (status = 200, description = "A page of messages", body = crate::openapi::MessagePage),
+        (status = 400, description = "A query parameter is unknown or malformed", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn messages(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -366,6 +491,20 @@ pub async fn messages(
 
 /// `GET /v1/webhook-endpoints/{id}/messages/{event_id}/attempts`: every attempt to deliver one
 /// message, oldest first: time, status code, latency, error kind, the first bytes of the answer.
+#[utoipa::path(
+    get,
+    path = "/v1/webhook-endpoints/{id}/messages/{event_id}/attempts",
+    tag = "webhooks",
+    summary = "Every attempt to deliver one message",
+    description = "Oldest first: time, status code, latency, error kind, the first bytes of the answer.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)"), ("event_id" = String, Path, description = "The message's event id (`evt_…`, its `webhook-id`)")),
+    responses(
+        (status = 200, description = "The attempts", body = crate::openapi::AttemptList),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint, or no such message of it", body = crate::openapi::Error),
+    )
+)]
 pub async fn attempts(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -381,6 +520,20 @@ pub async fn attempts(
 
 /// `POST /v1/webhook-endpoints/{id}/messages/{event_id}/retry`: sends one message again now,
 /// whatever its state, with its same `webhook-id`, on a new retry schedule.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/messages/{event_id}/retry",
+    tag = "webhooks",
+    summary = "Send one message again now",
+    description = "Whatever its state, with its same `webhook-id`, on a new retry schedule.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)"), ("event_id" = String, Path, description = "The message's event id (`evt_…`, its `webhook-id`)")),
+    responses(
+        (status = 202, description = "Queued again", body = crate::openapi::Requeued),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint, or no such message of it", body = crate::openapi::Error),
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,
@@ -404,6 +557,22 @@ pub struct Replay {
 /// `POST /v1/webhook-endpoints/{id}/replay` `{"since": "<RFC 3339>"}`: sends again every message
 /// queued for the endpoint since then, whatever its state, each with its same `webhook-id` (so
 /// receivers de-duplicate), on a new retry schedule.
+#[utoipa::path(
+    post,
+    path = "/v1/webhook-endpoints/{id}/replay",
+    tag = "webhooks",
+    summary = "Send again everything since a time",
+    description = "Every message queued for the endpoint since then, whatever its state, each with its same `webhook-id` (receivers de-duplicate), on a new retry schedule.",
+    security(("api_key" = []), ("session" = [])),
+    params(("id" = String, Path, description = "The endpoint's id (`whe_…`)")),
+    request_body = crate::openapi::Replay,
+    responses(
+        (status = 202, description = "Queued again", body = crate::openapi::Requeued),
+        (status = 400, description = "`since` is missing or not an RFC 3339 time", body = crate::openapi::Error),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+        (status = 404, description = "No such endpoint in the workspace", body = crate::openapi::Error),
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,

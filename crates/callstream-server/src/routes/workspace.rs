@@ -10,6 +10,17 @@ use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/v1/workspace",
+    tag = "workspace",
+    summary = "The key's workspace",
+    security(("api_key" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "The workspace", body = crate::openapi::WorkspaceView),
+        (status = 401, description = "No API key or session, or not a valid one", body = crate::openapi::Error),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     ApiKey(who): ApiKey,

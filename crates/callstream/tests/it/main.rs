@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod live_calls;
 mod live_transcript;
+mod openapi;
 mod simulator;
 mod sockets;
 mod speech;
