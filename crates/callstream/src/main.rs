@@ -532,6 +532,7 @@ async fn demo(mut config: Config) -> Result<()> {
     // The demo runs on this machine, and so do the services a newcomer points its audio streams
     // and callbacks at: private targets are allowed here (never by default in `serve`).
     config.allow_private_webhook_targets = true;
+    let data_dir = config.data_dir.clone();
     let server = callstream_server::start(config).await?;
     let store = server.state().store();
     let (workspace, api_key_id, api_key) =
@@ -553,6 +554,7 @@ async fn demo(mut config: Config) -> Result<()> {
     let socket = CancellationToken::new();
     runtime.serve_commands(socket.clone()).await?;
     let showcase = callstream_simulator::script::long_script(42, 120);
+    let long_phone = showcase.phone.clone();
     let call = runtime.create_call(&showcase).await?;
     let (showcase_runtime, showcase_stop, showcase_call) =
         (runtime.clone(), stop.clone(), call.clone());
@@ -603,7 +605,8 @@ async fn demo(mut config: Config) -> Result<()> {
          \x20 {base}/#sign-in={sign_in}\n\n\
          API key (workspace \"demo\"):  {api_key}\n\
          Runtime key:                 {runtime_key}\n\n\
-         The long call (about an hour; when it ends, another starts): {}\n\n\
+         The long call (about an hour; when it ends, another starts, with the same phone):\n\
+         \x20 {} (phone {long_phone}; the dashboard lists calls by phone)\n\n\
          Watch a live transcript in the terminal:\n\
          \x20 curl -N -H 'Authorization: Bearer {api_key}' {base}/v1/calls/{}/transcript/stream\n\n\
          Call events and control over WebSocket (send {{\"type\":\"send_dtmf\",\"id\":\"1\",\"digits\":\"5\"}}):\n\
@@ -615,6 +618,7 @@ async fn demo(mut config: Config) -> Result<()> {
          \x20 (private addresses such as 127.0.0.1 are allowed in the demo only)\n\n\
          List calls:   curl -H 'Authorization: Bearer {api_key}' '{base}/v1/calls?status=in_progress'\n\
          Metrics:      curl {base}/metrics\n\n\
+         Data directory (for `callstream keys … --data-dir`): {data_dir}\n\n\
          Press Ctrl-C to stop.\n",
         call.id,
         call.id,
@@ -622,6 +626,7 @@ async fn demo(mut config: Config) -> Result<()> {
         call.id,
         addr = server.addr(),
         auth_id = workspace.auth_id,
+        data_dir = data_dir.display(),
     );
 
     wait_for_signal().await;

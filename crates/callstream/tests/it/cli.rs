@@ -335,9 +335,12 @@ async fn the_demo_stops_quietly_and_ends_its_calls() {
         .unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut api = None;
+    let mut printed = String::new();
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await
     {
+        printed.push_str(&line);
+        printed.push('\n');
         if line.starts_with("API key") {
             api = line.split_whitespace().last().map(str::to_owned);
         }
@@ -346,6 +349,16 @@ async fn the_demo_stops_quietly_and_ends_its_calls() {
         }
     }
     let api = api.expect("the demo printed its key");
+    // A newcomer can find the long call in the dashboard (listed by phone), and knows the data
+    // directory that `keys create` needs.
+    assert!(printed.contains("(phone +"), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "Data directory (for `callstream keys … --data-dir`): {}",
+            dir.path().display()
+        )),
+        "{printed}"
+    );
     // Let a few of the flow's calls start (one every five seconds, plus the long one).
     tokio::time::sleep(std::time::Duration::from_secs(11)).await;
     let pid = demo.id().unwrap().to_string();
