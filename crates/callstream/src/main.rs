@@ -318,6 +318,19 @@ async fn run() -> Result<()> {
                 .with_context(|| format!("no workspace named {workspace:?}"))?;
             let id = callstream_core::id::KeyId::parse(&key_id)
                 .map_err(|_| anyhow::anyhow!("{key_id:?} is not a key id (key_…)"))?;
+            let earlier = store
+                .keys(&ws.id)
+                .await?
+                .into_iter()
+                .find(|k| k.id == id)
+                .and_then(|k| k.revoked_at);
+            if let Some(at) = earlier {
+                println!(
+                    "{key_id} was already revoked at {}; nothing changed",
+                    callstream_core::time::format(&at)
+                );
+                return Ok(());
+            }
             if !store
                 .revoke_key(&ws.id, &id, callstream_core::time::now())
                 .await?

@@ -306,6 +306,11 @@ async fn the_command_line_revokes_a_key_while_the_server_runs() {
     // Another process revoked it: this one's watch finds it within its poll.
     all_closed_for_revocation(&mut streams).await;
     assert_eq!(ts.get("/v1/calls", &key).await.0, 401);
+    // Revoking it again says so, rather than claiming to revoke it a second time.
+    let twice = cli(&["revoke", "--workspace", "acme", &key_id]);
+    assert!(twice.status.success());
+    let said = String::from_utf8_lossy(&twice.stdout);
+    assert!(said.contains("was already revoked at"), "{said}");
     let again = cli(&["revoke", "--workspace", "nobody", &key_id]);
     assert!(!again.status.success());
 }
