@@ -155,7 +155,8 @@ fn rest_api(state: &AppState) -> OpenApiRouter<AppState> {
 pub fn app(state: AppState) -> Router {
     // Everything but the long-lived streams answers within `request_timeout_secs`.
     let timeout = state.config().request_timeout();
-    let (bounded, description) = rest_api(&state).split_for_parts();
+    let (bounded, mut description) = rest_api(&state).split_for_parts();
+    openapi::qualify_operation_ids(&mut description);
     let document = openapi::Document(bytes::Bytes::from(
         description.to_pretty_json().unwrap_or_default(),
     ));

@@ -107,6 +107,34 @@ pub async fn document(
     )
 }
 
+/// Makes each `operationId` unique, as OpenAPI requires and client generators rely on: utoipa
+/// names an operation after its handler (`create`, `get`, … in several modules), so the
+/// operation's tag is put before it (`calls_create`, `webhooks_get`, `audio_streams_delete`).
+pub fn qualify_operation_ids(openapi: &mut utoipa::openapi::OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let tag = operation
+                .tags
+                .as_ref()
+                .and_then(|t| t.first())
+                .map(|t| t.replace(' ', "_"));
+            if let (Some(tag), Some(id)) = (tag, operation.operation_id.as_mut()) {
+                *id = format!("{tag}_{id}");
+            }
+        }
+    }
+}
+
 /// The description as served, encoded once when the app is built.
 #[derive(Clone)]
 pub struct Document(pub bytes::Bytes);

@@ -299,6 +299,14 @@ async fn every_route_is_described_and_every_described_method_is_routed() {
         Method::DELETE,
     ];
     assert!(paths.len() >= 30, "{} paths", paths.len());
+    // Every operation has an id of its own (client generators name their methods after it).
+    let mut ids = BTreeSet::new();
+    for item in paths.values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "operationId {id} is used twice");
+        }
+    }
     for (path, item) in &paths {
         let concrete = path
             .replace("{id}", "x_unknown")
