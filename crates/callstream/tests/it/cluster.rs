@@ -344,21 +344,9 @@ async fn a_session_cookie_and_a_stream_token_minted_at_one_node_work_at_another(
         .await;
     assert_eq!(ws_json(&mut ws).await["payload"]["text"], "hi");
 
-    let r = a
-        .http
-        .post(a.url("/v1/session"))
-        .bearer_auth(&a.acme.api)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (status, cookie, _) = a.sign_in(&a.acme.api).await;
+    assert_eq!(status, 201);
+    let cookie = cookie.unwrap();
     let mut s = SseReader::open(
         b.http
             .get(b.url(&format!("/v1/speech-events/stream?callId={id}")))

@@ -9,18 +9,8 @@ use serde_json::{Value, json};
 use crate::support::{TestServer, completed};
 
 async fn sign_in(ts: &TestServer, secret: &str) -> (u16, Option<String>) {
-    let r = ts
-        .http
-        .post(ts.url("/v1/session"))
-        .bearer_auth(secret)
-        .send()
-        .await
-        .unwrap();
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-    (r.status().as_u16(), cookie)
+    let (status, cookie, _) = ts.sign_in(secret).await;
+    (status, cookie)
 }
 
 async fn with_cookie(

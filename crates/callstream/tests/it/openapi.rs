@@ -593,22 +593,9 @@ async fn every_example_validates_and_every_operation_answers_as_described() {
     d.answer("/v1/webhook-endpoints/{id}", "get", status, &body);
 
     // The session.
-    let r = ts
-        .http
-        .post(ts.url("/v1/session"))
-        .bearer_auth(&api)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    d.answer("/v1/session", "post", status, &r.json().await.unwrap());
+    let (status, cookie, body) = ts.sign_in(&api).await;
+    d.answer("/v1/session", "post", status, &body);
+    let cookie = cookie.unwrap();
     for with_cookie in [true, false] {
         let mut request = ts.http.get(ts.url("/v1/session"));
         if with_cookie {

@@ -228,6 +228,25 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Signs in with `secret` (an API key or a sign-in link's), as the dashboard does:
+    /// `POST /v1/session`'s status, the session cookie (`name=value`) if one was set, and the
+    /// answer's JSON.
+    pub async fn sign_in(&self, secret: &str) -> (u16, Option<String>, Value) {
+        let r = self
+            .http
+            .post(self.url("/v1/session"))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+        (status, cookie, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// Creates a call as acme's runtime and returns its JSON.
     pub async fn create_call(&self, transport: &str) -> Value {
         let (status, call) = self
