@@ -26,11 +26,12 @@ serve() { # data dir
     $BIN/callstream serve --listen 127.0.0.1:8080 --data-dir "$1" 2>> "$OUT/callstream.log" &
   CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 }
-key() { $BIN/callstream keys create --init --data-dir "$1" --workspace bench --json "${@:2}" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
+key() { # data dir, workspace, flags
+  $BIN/callstream keys create --init --data-dir "$1" --workspace "$2" --json "${@:3}" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
 
 for endpoints in 0 1 10 100; do
   DATA=$(mktemp -d)
-  API=$(key "$DATA"); RT=$(key "$DATA" --runtime)
+  API=$(key "$DATA" bench); RT=$(key "$DATA" bench --runtime)
   serve "$DATA"
   $BIN/callstream-bench webhooks --api-key "$API" --runtime-key "$RT" --endpoints "$endpoints" \
     --events "$EVENTS" --rate "$RATE" --json "$OUT/results.jsonl" | tee -a "$OUT/table.md" \
@@ -38,9 +39,22 @@ for endpoints in 0 1 10 100; do
   kill "$CS_PID"; wait "$CS_PID" 2>/dev/null || true; rm -rf "$DATA"
 done
 
+# Fairness: another workspace's 40 endpoints on a port that accepts and never answers, 5 events
+# sent to them first, then one healthy endpoint measured at RATE.
+DATA=$(mktemp -d)
+API=$(key "$DATA" bench); RT=$(key "$DATA" bench --runtime)
+NOISY_API=$(key "$DATA" noisy); NOISY_RT=$(key "$DATA" noisy --runtime)
+serve "$DATA"
+$BIN/callstream-bench webhooks --api-key "$API" --runtime-key "$RT" --endpoints 1 \
+  --silent-endpoints 40 --silent-events 5 --silent-api-key "$NOISY_API" --silent-runtime-key "$NOISY_RT" \
+  --events "$EVENTS" --rate "$RATE" --label "1 endpoint beside 40 silent ones" \
+  --json "$OUT/results.jsonl" | tee -a "$OUT/table.md" \
+  || echo "(beside silent endpoints: not every delivery within the wait)" | tee -a "$OUT/table.md"
+kill "$CS_PID"; wait "$CS_PID" 2>/dev/null || true; rm -rf "$DATA"
+
 # Recovery after kill -9, under load.
 DATA=$(mktemp -d)
-API=$(key "$DATA"); RT=$(key "$DATA" --runtime)
+API=$(key "$DATA" bench); RT=$(key "$DATA" bench --runtime)
 serve "$DATA"
 $BIN/callstream-bench webhooks --api-key "$API" --runtime-key "$RT" --endpoints 10 \
   --events "$EVENTS" --rate "$RATE" --through-restarts --label "kill -9 at ${KILL_AFTER} s" \

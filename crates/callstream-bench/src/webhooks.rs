@@ -47,6 +47,18 @@ pub struct WebhookArgs {
     /// meanwhile), and wait for every accepted event at every endpoint.
     #[arg(long)]
     pub through_restarts: bool,
+    /// Before the measured run: this many endpoints in another workspace (`--silent-api-key`,
+    /// `--silent-runtime-key`) on a port that accepts connections and never answers, and
+    /// `--silent-events` events sent there, so that their deliveries hang until the gateway's
+    /// request timeout while the measured endpoints are served (issue 18's fairness scenario).
+    #[arg(long, default_value_t = 0)]
+    pub silent_endpoints: usize,
+    #[arg(long, default_value_t = 5)]
+    pub silent_events: usize,
+    #[arg(long)]
+    pub silent_api_key: Option<String>,
+    #[arg(long)]
+    pub silent_runtime_key: Option<String>,
     #[arg(long)]
     pub label: Option<String>,
     /// Append the result as one JSON line to this file.
@@ -117,6 +129,56 @@ fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// Creates `--silent-endpoints` endpoints in the silent workspace on a listener that accepts
+/// and never answers, and sends `--silent-events` events there; what it returns holds the
+/// listener's connections open until dropped.
+async fn silence(
+    http: &reqwest::Client,
+    base: &str,
+    args: &WebhookArgs,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let (Some(api_key), Some(runtime_key)) = (&args.silent_api_key, &args.silent_runtime_key)
+    else {
+        bail!("--silent-endpoints needs --silent-api-key and --silent-runtime-key");
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent = listener.local_addr()?;
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    for i in 0..args.silent_endpoints {
+        http.post(format!("{base}/v1/webhook-endpoints"))
+            .bearer_auth(api_key)
+            .json(&json!({"url": format!("http://{silent}/silent/{i}"), "event_types": ["custom.bench"]}))
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("creating silent endpoint {i}"))?;
+    }
+    let call: Value = http
+        .post(format!("{base}/v1/calls"))
+        .bearer_auth(runtime_key)
+        .json(&json!({"phone": "+14155550199", "direction": "inbound", "transport": "sip"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let call_id = call["id"].as_str().context("no call id")?;
+    for _ in 0..args.silent_events {
+        http.post(format!("{base}/v1/calls/{call_id}/events"))
+            .bearer_auth(runtime_key)
+            .json(&json!({"event_type": "custom.bench", "payload": {}}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(holder)
+}
+
 pub async fn run(args: WebhookArgs) -> Result<Outcome> {
     let label = args
         .label
@@ -137,6 +199,11 @@ pub async fn run(args: WebhookArgs) -> Result<Outcome> {
 
     let http = reqwest::Client::new();
     let base = args.gateway.trim_end_matches('/').to_owned();
+    let _silent = if args.silent_endpoints > 0 {
+        Some(silence(&http, &base, &args).await?)
+    } else {
+        None
+    };
     for i in 0..args.endpoints {
         let r = http
             .post(format!("{base}/v1/webhook-endpoints"))

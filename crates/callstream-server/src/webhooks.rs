@@ -22,10 +22,10 @@ use std::time::Duration;
 use callstream_core::WorkspaceId;
 use callstream_core::time;
 use callstream_store::{
-    AttemptLog, CallbackMethod, Delivery, DeliveryResult, DeliveryTarget, Skip,
+    AttemptLog, Attempted, CallbackMethod, Delivery, DeliveryResult, DeliveryTarget, Skip,
 };
 use callstream_webhooks::{NextStep, Outcome, RetrySchedule, Secret, TransportFailure};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::state::AppState;
 
@@ -162,6 +162,8 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
     let mut every = tokio::time::interval(Duration::from_millis(config.webhook_poll_ms));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_look = tokio::time::Instant::now();
+    let (finished, outcomes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(record(state.clone(), outcomes, in_flight.clone()));
     loop {
         tokio::select! {
             () = state.shutdown().cancelled() => return,
@@ -205,9 +207,9 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
                 over.push(delivery);
                 continue;
             }
-            let (state, http, schedule) = (state.clone(), http.clone(), schedule.clone());
-            let in_flight = in_flight.clone();
+            let (http, schedule, finished) = (http.clone(), schedule.clone(), finished.clone());
             let policy = state.config().target_policy();
+            let state = state.clone();
             tokio::spawn(async move {
                 let (result, log, exhausted) = attempt(&http, &schedule, policy, &delivery).await;
                 state.metrics().webhook(match &result {
@@ -216,25 +218,104 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
                     DeliveryResult::Abandon { .. } => "abandoned",
                     DeliveryResult::DisableEndpoint { .. } => "endpoint_disabled",
                 });
-                if let Err(err) = state
-                    .store()
-                    .record_delivery(&delivery, time::now(), &result, &log)
-                    .await
-                {
-                    tracing::warn!(error = %err, event_id = %delivery.event_id, "could not record a webhook attempt");
-                } else {
-                    after_recorded(&state, &delivery, &result, exhausted).await;
-                }
-                lock(&in_flight).give_back(&delivery);
-                drop(permit);
-                // A place is free: what waited for it goes now, not at the next poll.
-                state.wake_outbox_here();
+                // The recorder outlives every sender: it ends when the last one is dropped.
+                let _ = finished.send(Finished {
+                    delivery,
+                    at: time::now(),
+                    result,
+                    log,
+                    exhausted,
+                    permit,
+                });
             });
         }
         if !over.is_empty()
             && let Err(err) = state.store().release_deliveries(&over, now).await
         {
             tracing::warn!(error = %err, "could not give back claimed webhook deliveries");
+        }
+    }
+}
+
+/// An attempt that ended, waiting to be recorded; its place (permit and in-flight counts) is
+/// held until it is.
+struct Finished {
+    delivery: Delivery,
+    at: chrono::DateTime<chrono::Utc>,
+    result: DeliveryResult,
+    log: AttemptLog,
+    exhausted: bool,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The most outcomes recorded in one transaction.
+const RECORD_BATCH: usize = 256;
+
+/// Runs until every attempt's sender is gone: records the attempts that ended, all that ended
+/// while the previous write was committing in one transaction (measured on this machine's disk
+/// with `sqlite_synchronous = full`: one durable commit per attempt held the node at about 200
+/// deliveries a second, whatever the number of endpoints; see docs/benchmarks.md, "Webhooks").
+/// Then each one's place is given back and the worker woken for what waited for it.
+async fn record(
+    state: AppState,
+    mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Finished>,
+    in_flight: Arc<Mutex<InFlight>>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let attempted: Vec<Attempted<'_>> = batch.iter().map(Finished::attempted).collect();
+        let recorded = match state.store().record_deliveries(&attempted).await {
+            Ok(()) => vec![true; batch.len()],
+            // One at a time, so that one outcome the store refuses does not send the others
+            // again when their leases end.
+            Err(err) if batch.len() > 1 => {
+                tracing::warn!(error = %err, attempts = batch.len(), "could not record webhook attempts together; recording them one by one");
+                let mut each = Vec::with_capacity(batch.len());
+                for one in &attempted {
+                    each.push(record_one(&state, one).await);
+                }
+                each
+            }
+            Err(_) => vec![record_one(&state, &attempted[0]).await],
+        };
+        drop(attempted);
+        for (done, recorded) in batch.drain(..).zip(recorded) {
+            lock(&in_flight).give_back(&done.delivery);
+            drop(done.permit);
+            // What follows a failure reads and writes the store: off the recorder's path.
+            if recorded && !matches!(done.result, DeliveryResult::Delivered { .. }) {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    after_recorded(&state, &done.delivery, &done.result, done.exhausted).await;
+                });
+            }
+        }
+        // Places are free: what waited for them goes now, not at the next poll.
+        state.wake_outbox_here();
+    }
+}
+
+impl Finished {
+    fn attempted(&self) -> Attempted<'_> {
+        Attempted {
+            delivery: &self.delivery,
+            at: self.at,
+            result: &self.result,
+            log: &self.log,
+        }
+    }
+}
+
+async fn record_one(state: &AppState, attempted: &Attempted<'_>) -> bool {
+    match state
+        .store()
+        .record_deliveries(std::slice::from_ref(attempted))
+        .await
+    {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, event_id = %attempted.delivery.event_id, "could not record a webhook attempt");
+            false
         }
     }
 }

@@ -23,9 +23,9 @@ use callstream_core::{
 use serde_json::json;
 
 use crate::{
-    AttemptLog, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod, DeliveryResult,
-    DeliveryTarget, EndpointChange, KeyRecord, MessageFilter, MessageState, NewEvent, Requeue,
-    Store, StoreError, WebhookEndpoint,
+    AttemptLog, Attempted, AudioStreamRecord, CallFilter, CallbackMessage, CallbackMethod,
+    DeliveryResult, DeliveryTarget, EndpointChange, KeyRecord, MessageFilter, MessageState,
+    NewEvent, Requeue, Store, StoreError, WebhookEndpoint,
 };
 
 /// `append_call_events` with nothing to publish.
@@ -90,7 +90,8 @@ macro_rules! conformance_tests {
             group_appends_number_each_call_and_refuse_alone,
             concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back,
             endpoints_change_pause_while_disabled_and_rotate_with_an_overlap,
-            idle_live_calls_of_every_workspace_are_found_and_touches_keep_them
+            idle_live_calls_of_every_workspace_are_found_and_touches_keep_them,
+            outcomes_recorded_together_each_land_in_their_own_workspace
         );
     };
     (@each $fresh:path; always; $($check:ident),* $(,)?) => {
@@ -2234,4 +2235,149 @@ pub async fn idle_live_calls_of_every_workspace_are_found_and_touches_keep_them(
         .await
         .unwrap();
     assert_eq!(store.stale_calls(cutoff, 10).await.unwrap(), want[1..]);
+}
+
+/// The worker records what finished meanwhile in one write: each outcome lands on its own
+/// message, in its own workspace (on PostgreSQL, under that workspace's row-level security),
+/// callbacks beside endpoints.
+pub async fn outcomes_recorded_together_each_land_in_their_own_workspace(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let mut workspaces = Vec::new();
+    for name in ["a", "b"] {
+        let ws = store.ensure_workspace(name).await.unwrap();
+        store
+            .create_webhook_endpoint(&WebhookEndpoint {
+                id: format!("whe_{name}"),
+                workspace_id: ws.id.clone(),
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+                event_types: Some(vec!["call.dtmf".into()]),
+                description: String::new(),
+                created_at: time::now(),
+                disabled_at: None,
+                disabled_reason: None,
+                previous_secret: None,
+                previous_secret_until: None,
+                failing_since: None,
+            })
+            .await
+            .unwrap();
+        let call = new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        store
+            .append_call_events_np(
+                &ws.id,
+                &call.id,
+                vec![ev("call.dtmf", json!({"digits": "1"}))],
+            )
+            .await
+            .unwrap();
+        workspaces.push(ws.id);
+    }
+    store
+        .queue_callback(&CallbackMessage {
+            id: "msg_1".into(),
+            workspace_id: workspaces[0].clone(),
+            url: "http://127.0.0.1:9/status".into(),
+            method: CallbackMethod::Post,
+            body: "Event=StartStream".into(),
+            kind: "StartStream".into(),
+            created_at: time::now(),
+        })
+        .await
+        .unwrap();
+    let now = time::now();
+    let due = store
+        .due_deliveries(now, now + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 3);
+    let retry = now + chrono::Duration::seconds(30);
+    let outcome = |d: &crate::Delivery| match &d.target {
+        DeliveryTarget::Endpoint(e) if e == "whe_b" => DeliveryResult::RetryAt {
+            at: retry,
+            status: Some(503),
+            error: "HTTP 503".into(),
+        },
+        _ => DeliveryResult::Delivered { status: 204 },
+    };
+    let results: Vec<DeliveryResult> = due.iter().map(outcome).collect();
+    let logs: Vec<AttemptLog> = due
+        .iter()
+        .zip(&results)
+        .map(|(d, r)| AttemptLog {
+            latency_ms: 7,
+            error_kind: (!matches!(r, DeliveryResult::Delivered { .. }))
+                .then(|| "http_status".to_owned()),
+            response_body: format!("answer for {}", d.workspace_id.as_str()),
+        })
+        .collect();
+    let attempted: Vec<Attempted<'_>> = due
+        .iter()
+        .zip(results.iter().zip(&logs))
+        .map(|(delivery, (result, log))| Attempted {
+            delivery,
+            at: now,
+            result,
+            log,
+        })
+        .collect();
+    store.record_deliveries(&attempted).await.unwrap();
+
+    let (delivered, _) = messages(
+        &*store,
+        &workspaces[0],
+        "whe_a",
+        Some(MessageState::Delivered),
+    )
+    .await;
+    assert_eq!(delivered.len(), 1, "workspace a's message is delivered");
+    let (failing, _) = messages(
+        &*store,
+        &workspaces[1],
+        "whe_b",
+        Some(MessageState::Failing),
+    )
+    .await;
+    assert_eq!(
+        (
+            failing.len(),
+            failing[0].attempts,
+            failing[0].next_attempt_at
+        ),
+        (1, 1, Some(retry)),
+        "workspace b's message waits for its retry"
+    );
+    let log = store
+        .webhook_attempts(&workspaces[1], "whe_b", &failing[0].event_id)
+        .await
+        .unwrap()
+        .expect("the message exists");
+    assert_eq!(
+        log.iter()
+            .map(|a| (a.status_code, a.response_body.as_str()))
+            .collect::<Vec<_>>(),
+        [(
+            Some(503),
+            format!("answer for {}", workspaces[1].as_str()).as_str()
+        )],
+        "each attempt is logged in its own workspace"
+    );
+    // Only b's message is due at its retry: the callback and a's message are done.
+    let later = store
+        .due_deliveries(retry, retry + chrono::Duration::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        later
+            .iter()
+            .map(|d| (d.workspace_id.clone(), d.target.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            workspaces[1].clone(),
+            DeliveryTarget::Endpoint("whe_b".into())
+        )]
+    );
+    // An empty batch writes nothing and succeeds.
+    store.record_deliveries(&[]).await.unwrap();
 }

@@ -357,6 +357,16 @@ pub struct AttemptLog {
     pub response_body: String,
 }
 
+/// One finished attempt, to record: the delivery as claimed, when it ended, what comes next, and
+/// what the delivery log keeps of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempted<'a> {
+    pub delivery: &'a Delivery,
+    pub at: DateTime<Utc>,
+    pub result: &'a DeliveryResult,
+    pub log: &'a AttemptLog,
+}
+
 /// One attempt in an endpoint's delivery log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WebhookAttempt {
@@ -920,7 +930,20 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
         result: &DeliveryResult,
         log: &AttemptLog,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.record_deliveries(&[Attempted {
+            delivery,
+            at,
+            result,
+            log,
+        }])
+        .await
+    }
+
+    /// Records several attempts' outcomes in one transaction: all of them or none. The worker
+    /// records what finished while its previous write was committing, so that deliveries per
+    /// second are not bound by one durable commit each.
+    async fn record_deliveries(&self, attempts: &[Attempted<'_>]) -> Result<()>;
 
     /// An endpoint's messages; `None` if the workspace has no such endpoint.
     async fn webhook_messages(

@@ -27,7 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::{
-    Appended, AppendedConversation, AttemptLog, AudioStreamRecord, CallFilter, CallbackMessage,
+    Appended, AppendedConversation, Attempted, AudioStreamRecord, CallFilter, CallbackMessage,
     CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
     KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
     Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
@@ -1290,115 +1290,23 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_delivery(
-        &self,
-        d: &Delivery,
-        at: DateTime<Utc>,
-        result: &DeliveryResult,
-        log: &AttemptLog,
-    ) -> Result<()> {
-        let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
-            match result {
-                DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
-                DeliveryResult::RetryAt {
-                    at: next,
-                    status,
-                    error,
-                } => ("pending", *next, *status, Some(error)),
-                DeliveryResult::Abandon { status, error } => {
-                    ("abandoned", at, *status, Some(error))
-                }
-                DeliveryResult::DisableEndpoint { status } => {
-                    ("abandoned", at, Some(*status), Some("410 Gone"))
-                }
-            };
-        let mut tx = self.scoped(&d.workspace_id).await?;
-        let first = d.first_attempt_at.unwrap_or(at);
-        let endpoint_id = match &d.target {
-            DeliveryTarget::Endpoint(id) => id,
-            DeliveryTarget::Callback(_) => {
-                sqlx::query(
-                    "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
-                     first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-                     WHERE workspace_id = $6 AND id = $7 AND next_attempt_at = $8",
-                )
-                .bind(status)
-                .bind(next)
-                .bind(first)
-                .bind(last_status.map(i32::from))
-                .bind(error)
-                .bind(d.workspace_id.as_str())
-                .bind(&d.event_id)
-                .bind(d.lease_until)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Ok(());
+    async fn record_deliveries(&self, attempts: &[Attempted<'_>]) -> Result<()> {
+        let Some(first) = attempts.first() else {
+            return Ok(());
+        };
+        // One transaction; its workspace setting follows each attempt's workspace, so that
+        // every statement runs under the row-level security of the workspace it touches.
+        let mut workspace = &first.delivery.workspace_id;
+        let mut tx = self.scoped(workspace).await?;
+        for attempt in attempts {
+            if attempt.delivery.workspace_id != *workspace {
+                workspace = &attempt.delivery.workspace_id;
+                sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
+                    .bind(workspace.as_str())
+                    .execute(&mut *tx)
+                    .await?;
             }
-        };
-        sqlx::query(
-            "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
-             first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-             WHERE workspace_id = $6 AND endpoint_id = $7 AND event_id = $8 AND next_attempt_at = $9",
-        )
-        .bind(status)
-        .bind(next)
-        .bind(first)
-        .bind(last_status.map(i32::from))
-        .bind(error)
-        .bind(d.workspace_id.as_str())
-        .bind(endpoint_id)
-        .bind(&d.event_id)
-        .bind(d.lease_until)
-        .execute(&mut *tx)
-        .await?;
-        // Since when its attempts have all failed: cleared by a delivery.
-        let failing_since = match result {
-            DeliveryResult::Delivered { .. } => None,
-            _ => Some(at),
-        };
-        sqlx::query(
-            "UPDATE webhook_endpoints SET failing_since = CASE WHEN $3::TIMESTAMPTZ IS NULL THEN NULL \
-             ELSE COALESCE(failing_since, $3) END WHERE workspace_id = $1 AND id = $2",
-        )
-        .bind(d.workspace_id.as_str())
-        .bind(endpoint_id)
-        .bind(failing_since)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
-             latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(d.workspace_id.as_str())
-        .bind(endpoint_id)
-        .bind(&d.event_id)
-        .bind(at)
-        .bind(last_status.map(i32::from))
-        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
-        .bind(log.error_kind.as_deref())
-        .bind(&log.response_body)
-        .execute(&mut *tx)
-        .await?;
-        if let DeliveryResult::DisableEndpoint { .. } = result {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 \
-                 WHERE workspace_id = $3 AND id = $4",
-            )
-            .bind(at)
-            .bind("the endpoint answered 410 Gone")
-            .bind(d.workspace_id.as_str())
-            .bind(endpoint_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' \
-                 WHERE workspace_id = $1 AND endpoint_id = $2 AND status = 'pending'",
-            )
-            .bind(d.workspace_id.as_str())
-            .bind(endpoint_id)
-            .execute(&mut *tx)
-            .await?;
+            record_attempt(&mut tx, attempt).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -2288,6 +2196,118 @@ impl PgStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// One attempt's outcome, recorded in `tx` (scoped to the delivery's workspace): the message's
+/// state, the endpoint's failing time, the attempt in its log, and on `410 Gone` the endpoint
+/// disabled.
+async fn record_attempt(tx: &mut sqlx::PgConnection, attempt: &Attempted<'_>) -> Result<()> {
+    let Attempted {
+        delivery: d,
+        at,
+        result,
+        log,
+    } = *attempt;
+    let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
+        match result {
+            DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
+            DeliveryResult::RetryAt {
+                at: next,
+                status,
+                error,
+            } => ("pending", *next, *status, Some(error)),
+            DeliveryResult::Abandon { status, error } => ("abandoned", at, *status, Some(error)),
+            DeliveryResult::DisableEndpoint { status } => {
+                ("abandoned", at, Some(*status), Some("410 Gone"))
+            }
+        };
+    let first = d.first_attempt_at.unwrap_or(at);
+    let endpoint_id = match &d.target {
+        DeliveryTarget::Endpoint(id) => id,
+        DeliveryTarget::Callback(_) => {
+            sqlx::query(
+                    "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+                     first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+                     WHERE workspace_id = $6 AND id = $7 AND next_attempt_at = $8",
+                )
+                .bind(status)
+                .bind(next)
+                .bind(first)
+                .bind(last_status.map(i32::from))
+                .bind(error)
+                .bind(d.workspace_id.as_str())
+                .bind(&d.event_id)
+                .bind(d.lease_until)
+                .execute(&mut *tx)
+                .await?;
+            return Ok(());
+        }
+    };
+    sqlx::query(
+            "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+             first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+             WHERE workspace_id = $6 AND endpoint_id = $7 AND event_id = $8 AND next_attempt_at = $9",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(first)
+        .bind(last_status.map(i32::from))
+        .bind(error)
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(&d.event_id)
+        .bind(d.lease_until)
+        .execute(&mut *tx)
+        .await?;
+    // Since when its attempts have all failed: cleared by a delivery.
+    let failing_since = match result {
+        DeliveryResult::Delivered { .. } => None,
+        _ => Some(at),
+    };
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = CASE WHEN $3::TIMESTAMPTZ IS NULL THEN NULL \
+             ELSE COALESCE(failing_since, $3) END WHERE workspace_id = $1 AND id = $2",
+    )
+    .bind(d.workspace_id.as_str())
+    .bind(endpoint_id)
+    .bind(failing_since)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+            "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
+             latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(&d.event_id)
+        .bind(at)
+        .bind(last_status.map(i32::from))
+        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
+        .bind(log.error_kind.as_deref())
+        .bind(&log.response_body)
+        .execute(&mut *tx)
+        .await?;
+    if let DeliveryResult::DisableEndpoint { .. } = result {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 \
+                 WHERE workspace_id = $3 AND id = $4",
+        )
+        .bind(at)
+        .bind("the endpoint answered 410 Gone")
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' \
+                 WHERE workspace_id = $1 AND endpoint_id = $2 AND status = 'pending'",
+        )
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

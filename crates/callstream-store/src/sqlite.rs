@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    Appended, AppendedConversation, AttemptLog, AudioStreamRecord, CallFilter, CallbackMessage,
+    Appended, AppendedConversation, Attempted, AudioStreamRecord, CallFilter, CallbackMessage,
     CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
     KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
     Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
@@ -1245,105 +1245,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_delivery(
-        &self,
-        d: &Delivery,
-        at: DateTime<Utc>,
-        result: &DeliveryResult,
-        log: &AttemptLog,
-    ) -> Result<()> {
+    async fn record_deliveries(&self, attempts: &[Attempted<'_>]) -> Result<()> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
-            match result {
-                DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
-                DeliveryResult::RetryAt {
-                    at: next,
-                    status,
-                    error,
-                } => ("pending", *next, *status, Some(error)),
-                DeliveryResult::Abandon { status, error } => {
-                    ("abandoned", at, *status, Some(error))
-                }
-                DeliveryResult::DisableEndpoint { status } => {
-                    ("abandoned", at, Some(*status), Some("410 Gone"))
-                }
-            };
-        let endpoint_id = match &d.target {
-            DeliveryTarget::Endpoint(id) => id,
-            DeliveryTarget::Callback(_) => {
-                sqlx::query(
-                    "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
-                     first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-                     WHERE id = $6 AND next_attempt_at = $7",
-                )
-                .bind(status)
-                .bind(time::format(&next))
-                .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
-                .bind(last_status.map(i64::from))
-                .bind(error)
-                .bind(&d.event_id)
-                .bind(time::format(&d.lease_until))
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Ok(());
-            }
-        };
-        sqlx::query(
-            "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
-             first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
-             WHERE endpoint_id = $6 AND event_id = $7 AND next_attempt_at = $8",
-        )
-        .bind(status)
-        .bind(time::format(&next))
-        .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
-        .bind(last_status.map(i64::from))
-        .bind(error)
-        .bind(endpoint_id)
-        .bind(&d.event_id)
-        .bind(time::format(&d.lease_until))
-        .execute(&mut *tx)
-        .await?;
-        // Since when its attempts have all failed: cleared by a delivery.
-        let failing_since = match result {
-            DeliveryResult::Delivered { .. } => None,
-            _ => Some(time::format(&at)),
-        };
-        sqlx::query(
-            "UPDATE webhook_endpoints SET failing_since = CASE WHEN $2 IS NULL THEN NULL \
-             ELSE COALESCE(failing_since, $2) END WHERE id = $1",
-        )
-        .bind(endpoint_id)
-        .bind(failing_since)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
-             latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(d.workspace_id.as_str())
-        .bind(endpoint_id)
-        .bind(&d.event_id)
-        .bind(time::format(&at))
-        .bind(last_status.map(i64::from))
-        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
-        .bind(log.error_kind.as_deref())
-        .bind(&log.response_body)
-        .execute(&mut *tx)
-        .await?;
-        if let DeliveryResult::DisableEndpoint { .. } = result {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 WHERE id = $3",
-            )
-            .bind(time::format(&at))
-            .bind("the endpoint answered 410 Gone")
-            .bind(endpoint_id)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' WHERE endpoint_id = $1 AND status = 'pending'")
-                .bind(endpoint_id)
-                .execute(&mut *tx)
-                .await?;
+        for attempt in attempts {
+            record_attempt(&mut tx, attempt).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -2196,6 +2101,107 @@ impl SqliteStore {
         .await?;
         Ok(())
     }
+}
+
+/// One attempt's outcome, recorded in `tx`: the message's state, the endpoint's failing time,
+/// the attempt in its log, and on `410 Gone` the endpoint disabled.
+async fn record_attempt(tx: &mut sqlx::SqliteConnection, attempt: &Attempted<'_>) -> Result<()> {
+    let Attempted {
+        delivery: d,
+        at,
+        result,
+        log,
+    } = *attempt;
+    let (status, next, last_status, error): (&str, DateTime<Utc>, Option<u16>, Option<&str>) =
+        match result {
+            DeliveryResult::Delivered { status } => ("delivered", at, Some(*status), None),
+            DeliveryResult::RetryAt {
+                at: next,
+                status,
+                error,
+            } => ("pending", *next, *status, Some(error)),
+            DeliveryResult::Abandon { status, error } => ("abandoned", at, *status, Some(error)),
+            DeliveryResult::DisableEndpoint { status } => {
+                ("abandoned", at, Some(*status), Some("410 Gone"))
+            }
+        };
+    let endpoint_id = match &d.target {
+        DeliveryTarget::Endpoint(id) => id,
+        DeliveryTarget::Callback(_) => {
+            sqlx::query(
+                    "UPDATE callback_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+                     first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+                     WHERE id = $6 AND next_attempt_at = $7",
+                )
+                .bind(status)
+                .bind(time::format(&next))
+                .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
+                .bind(last_status.map(i64::from))
+                .bind(error)
+                .bind(&d.event_id)
+                .bind(time::format(&d.lease_until))
+                .execute(&mut *tx)
+                .await?;
+            return Ok(());
+        }
+    };
+    sqlx::query(
+        "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+             first_attempt_at = COALESCE(first_attempt_at, $3), last_status = $4, last_error = $5 \
+             WHERE endpoint_id = $6 AND event_id = $7 AND next_attempt_at = $8",
+    )
+    .bind(status)
+    .bind(time::format(&next))
+    .bind(time::format(&d.first_attempt_at.unwrap_or(at)))
+    .bind(last_status.map(i64::from))
+    .bind(error)
+    .bind(endpoint_id)
+    .bind(&d.event_id)
+    .bind(time::format(&d.lease_until))
+    .execute(&mut *tx)
+    .await?;
+    // Since when its attempts have all failed: cleared by a delivery.
+    let failing_since = match result {
+        DeliveryResult::Delivered { .. } => None,
+        _ => Some(time::format(&at)),
+    };
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = CASE WHEN $2 IS NULL THEN NULL \
+             ELSE COALESCE(failing_since, $2) END WHERE id = $1",
+    )
+    .bind(endpoint_id)
+    .bind(failing_since)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+            "INSERT INTO webhook_attempts (workspace_id, endpoint_id, event_id, attempted_at, status_code, \
+             latency_ms, error_kind, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(d.workspace_id.as_str())
+        .bind(endpoint_id)
+        .bind(&d.event_id)
+        .bind(time::format(&at))
+        .bind(last_status.map(i64::from))
+        .bind(i64::try_from(log.latency_ms).unwrap_or(i64::MAX))
+        .bind(log.error_kind.as_deref())
+        .bind(&log.response_body)
+        .execute(&mut *tx)
+        .await?;
+    if let DeliveryResult::DisableEndpoint { .. } = result {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET disabled_at = $1, disabled_reason = $2 WHERE id = $3",
+        )
+        .bind(time::format(&at))
+        .bind("the endpoint answered 410 Gone")
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE webhook_outbox SET status = 'abandoned', last_error = '410 Gone' WHERE endpoint_id = $1 AND status = 'pending'")
+                .bind(endpoint_id)
+                .execute(&mut *tx)
+                .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
