@@ -6,13 +6,19 @@
 # run with 10 endpoints and restarted a second later, every accepted event awaited at every
 # endpoint (duplicates and the time to the last delivery reported). Heavy: by hand, never in CI.
 #
+# Then fairness: one healthy endpoint measured beside another workspace's 40 silent ones.
+#
 #   bench/webhooks.sh
 #   RATE=500 EVENTS=5000 bench/webhooks.sh
+#   ENDPOINTS="10" PARTS="endpoints" bench/webhooks.sh    # one part alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-200}
 EVENTS=${EVENTS:-2000}
 KILL_AFTER=${KILL_AFTER:-5}
+ENDPOINTS=${ENDPOINTS:-0 1 10 100}
+PARTS=${PARTS:-endpoints fairness recovery}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)-webhooks}
 mkdir -p "$OUT"
 cargo build --release -q -p callstream -p callstream-bench
@@ -29,7 +35,7 @@ serve() { # data dir
 key() { # data dir, workspace, flags
   $BIN/callstream keys create --init --data-dir "$1" --workspace "$2" --json "${@:3}" | sed 's/.*"key":"\([^"]*\)".*/\1/'; }
 
-for endpoints in 0 1 10 100; do
+part endpoints && for endpoints in $ENDPOINTS; do
   DATA=$(mktemp -d)
   API=$(key "$DATA" bench); RT=$(key "$DATA" bench --runtime)
   serve "$DATA"
@@ -41,6 +47,7 @@ done
 
 # Fairness: another workspace's 40 endpoints on a port that accepts and never answers, 5 events
 # sent to them first, then one healthy endpoint measured at RATE.
+if part fairness; then
 DATA=$(mktemp -d)
 API=$(key "$DATA" bench); RT=$(key "$DATA" bench --runtime)
 NOISY_API=$(key "$DATA" noisy); NOISY_RT=$(key "$DATA" noisy --runtime)
@@ -51,8 +58,10 @@ $BIN/callstream-bench webhooks --api-key "$API" --runtime-key "$RT" --endpoints 
   --json "$OUT/results.jsonl" | tee -a "$OUT/table.md" \
   || echo "(beside silent endpoints: not every delivery within the wait)" | tee -a "$OUT/table.md"
 kill "$CS_PID"; wait "$CS_PID" 2>/dev/null || true; rm -rf "$DATA"
+fi
 
 # Recovery after kill -9, under load.
+if part recovery; then
 DATA=$(mktemp -d)
 API=$(key "$DATA" bench); RT=$(key "$DATA" bench --runtime)
 serve "$DATA"
@@ -66,4 +75,5 @@ sleep 1
 serve "$DATA"; echo "restarted and ready at $(date +%T.%N)" | tee -a "$OUT/table.md"
 wait "$BENCH"
 rm -rf "$DATA"
+fi
 echo "results in $OUT"

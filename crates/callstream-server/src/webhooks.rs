@@ -145,10 +145,10 @@ impl InFlight {
     }
 }
 
-/// Runs until shutdown: polls the outbox (and wakes when told it got rows, or when an attempt
-/// ended) and delivers, at most `webhook_concurrency` at once, at most
-/// `webhook_endpoint_concurrency` to one endpoint and `webhook_workspace_concurrency` for one
-/// workspace. It claims only as many as it can start at once, leaving out the endpoints and
+/// Runs until shutdown: polls the outbox (and looks when told it got rows, at most once per
+/// 20 ms, and at once when recorded attempts gave their places back) and delivers, at most
+/// `webhook_concurrency` at once, at most `webhook_endpoint_concurrency` to one endpoint and
+/// `webhook_workspace_concurrency` for one workspace. It claims only as many as it can start at once, leaving out the endpoints and
 /// workspaces at their limits; a claimed delivery over a limit is given back unattempted.
 pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySchedule>) {
     let config = state.config();
@@ -163,11 +163,14 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_look = tokio::time::Instant::now();
     let (finished, outcomes) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(record(state.clone(), outcomes, in_flight.clone()));
+    let freed = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(record(state.clone(), outcomes, in_flight.clone(), freed.clone()));
     loop {
         tokio::select! {
             () = state.shutdown().cancelled() => return,
             _ = every.tick() => {}
+            // Places came free (one wake-up per recorded batch): what waits for them goes now.
+            () = freed.notified() => {}
             () = state.outbox_wake() => {
                 // Woken by a write or an ended attempt: look now, but at most once per 20 ms
                 // however many there are (they coalesce into one wake-up meanwhile).
@@ -260,6 +263,7 @@ async fn record(
     state: AppState,
     mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Finished>,
     in_flight: Arc<Mutex<InFlight>>,
+    freed: Arc<tokio::sync::Notify>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
@@ -291,7 +295,7 @@ async fn record(
             }
         }
         // Places are free: what waited for them goes now, not at the next poll.
-        state.wake_outbox_here();
+        freed.notify_one();
     }
 }
 
