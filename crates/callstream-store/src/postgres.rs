@@ -52,6 +52,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
+            // A connection that was in use within the last second is handed out as it is; one
+            // idle longer is pinged first (and replaced if the server went away meanwhile).
+            // Pinging every one, sqlx's default, put a round trip in front of every
+            // transaction: at 20,000 events/s it was a tenth of the cluster's ingest latency
+            // (docs/benchmarks.md, "Several nodes").
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.application_name("callstream"))
             .await?;
         // Row-level security is what keeps workspaces apart here: a role that bypasses it
@@ -88,15 +102,33 @@ impl PgStore {
     }
 
     /// A transaction scoped to `workspace`: row-level security shows and accepts its rows only.
+    /// `BEGIN` and the setting go in one round trip (one simple query of two statements); a
+    /// workspace id is ASCII letters, digits, `_` and `-` only, so it is safe as a literal there,
+    /// and anything else is bound as a parameter in a second round trip instead.
     async fn scoped(&self, workspace: &WorkspaceId) -> Result<Transaction<'_, Postgres>> {
+        let id = workspace.as_str();
+        if id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Ok(self
+                .pool
+                .begin_with(sqlx::AssertSqlSafe(format!(
+                    "BEGIN; SELECT set_config('app.workspace_id', '{id}', true)"
+                )))
+                .await?);
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
-            .bind(workspace.as_str())
+            .bind(id)
             .execute(&mut *tx)
             .await?;
         Ok(tx)
     }
 }
+
+/// How long a pooled connection may have been idle before it is pinged on its way out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// A group commit's batches, by call id: each with its place among the caller's batches.
 type Group = std::collections::BTreeMap<String, (usize, Vec<NewEvent>)>;
@@ -2054,21 +2086,33 @@ impl PgStore {
         }
         let mut tx = self.scoped(workspace).await?;
         let ids: Vec<String> = wanted.keys().cloned().collect();
-        // The seq authority, as in `append_call_events`: each call's row stays locked until the
-        // group is published and committed.
-        let locked: Vec<String> = sqlx::query_scalar(if wait {
-            "SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
-             AND status = 'in_progress' ORDER BY id FOR UPDATE"
-        } else {
-            "SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
-             AND status = 'in_progress' ORDER BY id FOR UPDATE SKIP LOCKED"
-        })
+        let counts: Vec<i64> = wanted.values().map(|(_, e)| e.len() as i64).collect();
+        // The seq authority, as in `append_call_events`: each call's row is locked (in id
+        // order, so two nodes' groups never deadlock) and stays locked until the group is
+        // published and committed. Locking, numbering and reading the calls back are one
+        // statement, one round trip.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE calls SET last_seq = calls.last_seq + v.n \
+             FROM unnest($2::text[], $3::bigint[]) AS v(cid, n) \
+             WHERE calls.workspace_id = $1 AND calls.id = v.cid AND calls.id IN \
+             (SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
+              AND status = 'in_progress' ORDER BY id FOR UPDATE{}) \
+             RETURNING {}",
+            if wait { "" } else { " SKIP LOCKED" },
+            call_columns!()
+        )))
         .bind(workspace.as_str())
         .bind(&ids)
+        .bind(&counts)
         .fetch_all(&mut *tx)
         .await?;
+        let mut calls = std::collections::HashMap::new();
+        for row in &rows {
+            let call = call_row(row)?;
+            calls.insert(call.id.as_str().to_owned(), call);
+        }
         let mut busy = Group::new();
-        if !wait && locked.len() < ids.len() {
+        if !wait && calls.len() < ids.len() {
             // In progress but not locked here: held by another transaction.
             let live: Vec<String> = sqlx::query_scalar(
                 "SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
@@ -2079,38 +2123,23 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
             for id in live {
-                if !locked.contains(&id)
+                if !calls.contains_key(&id)
                     && let Some(batch) = wanted.remove(&id)
                 {
                     busy.insert(id, batch);
                 }
             }
         }
-        let counts: Vec<i64> = locked
-            .iter()
-            .map(|id| wanted.get(id).map_or(0, |(_, e)| e.len() as i64))
-            .collect();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "UPDATE calls SET last_seq = calls.last_seq + v.n \
-             FROM unnest($2::text[], $3::bigint[]) AS v(id, n) \
-             WHERE calls.workspace_id = $1 AND calls.id = v.id RETURNING calls.id, calls.last_seq",
-        )
-        .bind(workspace.as_str())
-        .bind(&locked)
-        .bind(&counts)
-        .fetch_all(&mut *tx)
-        .await?;
-        let lasts: std::collections::HashMap<String, i64> = rows.into_iter().collect();
         // Number each call's events; unknown and ended calls are refused alone.
         let mut numbered: Vec<(usize, CallId, Vec<Envelope>)> = Vec::new();
         let mut all = Vec::new();
         for (id, (i, events)) in wanted {
             let call_id = CallId::parse(&id).map_err(|e| corrupt("call id", e))?;
-            let Some(last) = lasts.get(&id) else {
+            let Some(last) = calls.get(&id).map(|c| c.last_seq) else {
                 out[i] = Some(Err(why_not(&mut tx, workspace, &call_id).await?));
                 continue;
             };
-            let first = seq_of(*last) + 1 - events.len() as u64;
+            let first = last + 1 - events.len() as u64;
             let mut envelopes = Vec::with_capacity(events.len());
             for (k, event) in events.into_iter().enumerate() {
                 match event.into_envelope(
@@ -2136,20 +2165,34 @@ impl PgStore {
             numbered.push((i, call_id, envelopes));
         }
         enqueue_webhooks(&mut tx, workspace, &all).await?;
-        let numbered_ids: Vec<&str> = numbered.iter().map(|(_, c, _)| c.as_str()).collect();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            call_columns!(),
-            " FROM calls WHERE workspace_id = $1 AND id = ANY($2)"
-        ))
-        .bind(workspace.as_str())
-        .bind(&numbered_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut calls = std::collections::HashMap::new();
-        for row in &rows {
-            let call = call_row(row)?;
-            calls.insert(call.id.as_str().to_owned(), call);
+        // The calls as the group leaves them: read again only where an event changed more than
+        // the seq (an end, the end of screening).
+        let changed: Vec<&str> = numbered
+            .iter()
+            .filter(|(_, _, envelopes)| {
+                envelopes.iter().any(|e| {
+                    matches!(
+                        e.payload,
+                        Payload::Completed(_) | Payload::Failed(_) | Payload::ScreeningEnded(_)
+                    )
+                })
+            })
+            .map(|(_, c, _)| c.as_str())
+            .collect();
+        if !changed.is_empty() {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                call_columns!(),
+                " FROM calls WHERE workspace_id = $1 AND id = ANY($2)"
+            ))
+            .bind(workspace.as_str())
+            .bind(&changed)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let call = call_row(row)?;
+                calls.insert(call.id.as_str().to_owned(), call);
+            }
         }
         // Every call's batch to its own subject, at once; each waits for its acknowledgement.
         let published = futures::future::join_all(
