@@ -15,6 +15,11 @@
 #   bench/soak.sh
 #   RATE=2.5 bench/soak.sh
 #   WINDOWS=2 WINDOW_SECS=60 bench/soak.sh      # a short rehearsal
+#   PERF_AT="240 2040" RATE=2.5 bench/soak.sh     # perf record (call graphs) for PERF_SECS (60)
+#                                                 # from 240 s and from 2,040 s (windows 1 and 4)
+#   BIN=/some/dir bench/soak.sh                   # binaries built earlier (no build here)
+#
+# samples.tsv also has the data directory's size (the SQLite database and its WAL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WINDOWS=${WINDOWS:-6}
@@ -26,8 +31,12 @@ RATE=${RATE:-5}
 OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)-soak}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
-cargo build --release -q -p callstream -p callstream-bench
-BIN=target/release
+PERF_AT=${PERF_AT:-}
+PERF_SECS=${PERF_SECS:-60}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p callstream -p callstream-bench
+  BIN=target/release
+fi
 ulimit -n "$(ulimit -Hn)"
 TMP=$(mktemp -d)
 PIDS=()
@@ -46,17 +55,31 @@ CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 TOTAL=$((WINDOWS * WINDOW_SECS))
 # The gateway's resources, sampled while everything runs.
 (
-  printf 'seconds\trss_kib\tfds\tconnections_open\n'
+  printf 'seconds\trss_kib\tfds\tconnections_open\tdata_kib\n'
   start=$(date +%s)
   while kill -0 "$CS_PID" 2>/dev/null; do
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$CS_PID/status")
     fds=$(ls "/proc/$CS_PID/fd" | wc -l)
     open=$(curl -s --max-time 5 http://127.0.0.1:8080/metrics | awk '/^callstream_connections_open / {print $2}')
-    printf '%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}"
+    data=$(du -sk "$TMP/cs" | cut -f1)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}" "$data"
     sleep "$SAMPLE_SECS"
   done
 ) > "$OUT/samples.tsv" &
 PIDS+=($!)
+
+# Profiles at the given offsets (seconds from here), each PERF_SECS long.
+if [ -n "$PERF_AT" ]; then
+  (
+    start=$(date +%s)
+    for at in $PERF_AT; do
+      sleep $(( at - ($(date +%s) - start) > 0 ? at - ($(date +%s) - start) : 0 ))
+      perf record -q -F 99 --call-graph dwarf,8192 -p "$CS_PID" -o "$OUT/perf-$at.data" \
+        -- sleep "$PERF_SECS" 2> "$OUT/perf-$at.err" || true
+    done
+  ) &
+  PIDS+=($!)
+fi
 
 python3 bench/churner.py --port 8080 --api-key "$API" --runtime-key "$RT" --other-key "$OTHER" \
   --other-runtime-key "$OTHER_RT" --churn "$CHURN" --bad "$BAD" --seconds "$TOTAL" \
