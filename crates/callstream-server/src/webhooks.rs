@@ -164,7 +164,12 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
     let mut last_look = tokio::time::Instant::now();
     let (finished, outcomes) = tokio::sync::mpsc::unbounded_channel();
     let freed = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(record(state.clone(), outcomes, in_flight.clone(), freed.clone()));
+    tokio::spawn(record(
+        state.clone(),
+        outcomes,
+        in_flight.clone(),
+        freed.clone(),
+    ));
     loop {
         tokio::select! {
             () = state.shutdown().cancelled() => return,
@@ -172,8 +177,8 @@ pub async fn run(state: AppState, http: reqwest::Client, schedule: Arc<RetrySche
             // Places came free (one wake-up per recorded batch): what waits for them goes now.
             () = freed.notified() => {}
             () = state.outbox_wake() => {
-                // Woken by a write or an ended attempt: look now, but at most once per 20 ms
-                // however many there are (they coalesce into one wake-up meanwhile).
+                // Woken by a write: look now, but at most once per 20 ms however many there
+                // are (they coalesce into one wake-up meanwhile).
                 tokio::time::sleep_until(last_look + MIN_LOOK_INTERVAL).await;
             }
         }
@@ -270,6 +275,13 @@ async fn record(
         let attempted: Vec<Attempted<'_>> = batch.iter().map(Finished::attempted).collect();
         let recorded = match state.store().record_deliveries(&attempted).await {
             Ok(()) => vec![true; batch.len()],
+            // The store is away: one at a time would only wait out its timeout once per
+            // attempt, holding every place meanwhile. Nothing is recorded; the deliveries are
+            // due again when their leases end (at least once, as after a crash).
+            Err(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, attempts = batch.len(), "could not record webhook attempts; they will be sent again when their leases end");
+                vec![false; batch.len()]
+            }
             // One at a time, so that one outcome the store refuses does not send the others
             // again when their leases end.
             Err(err) if batch.len() > 1 => {

@@ -91,7 +91,8 @@ macro_rules! conformance_tests {
             concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_back,
             endpoints_change_pause_while_disabled_and_rotate_with_an_overlap,
             idle_live_calls_of_every_workspace_are_found_and_touches_keep_them,
-            outcomes_recorded_together_each_land_in_their_own_workspace
+            outcomes_recorded_together_each_land_in_their_own_workspace,
+            two_nodes_record_batches_over_the_same_endpoints_in_opposite_orders
         );
     };
     (@each $fresh:path; always; $($check:ident),* $(,)?) => {
@@ -114,6 +115,24 @@ macro_rules! conformance_tests {
             }
         )*
     };
+}
+
+/// An enabled endpoint on a local URL with a fixed secret, for `event_types` (all with `None`).
+pub fn endpoint(ws: &WorkspaceId, id: &str, event_types: Option<&[&str]>) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: id.into(),
+        workspace_id: ws.clone(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+        event_types: event_types.map(|types| types.iter().map(|&t| t.to_owned()).collect()),
+        description: String::new(),
+        created_at: time::now(),
+        disabled_at: None,
+        disabled_reason: None,
+        previous_secret: None,
+        previous_secret_until: None,
+        failing_since: None,
+    }
 }
 
 pub fn new_call(ws: &WorkspaceId) -> Call {
@@ -783,20 +802,7 @@ pub async fn callbacks_are_queued_signed_by_the_workspace_and_claimed_like_webho
 pub async fn webhooks_are_queued_with_the_events_and_survive_reopen(backend: &dyn Backend) {
     let store = backend.open().await;
     let ws = store.ensure_workspace("a").await.unwrap();
-    let endpoint = WebhookEndpoint {
-        id: "whe_1".into(),
-        workspace_id: ws.id.clone(),
-        url: "http://127.0.0.1:9/hook".into(),
-        secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
-        event_types: Some(vec!["call.dtmf".into()]),
-        description: String::new(),
-        created_at: time::now(),
-        disabled_at: None,
-        disabled_reason: None,
-        previous_secret: None,
-        previous_secret_until: None,
-        failing_since: None,
-    };
+    let endpoint = endpoint(&ws.id, "whe_1", Some(&["call.dtmf"]));
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let call = new_call(&ws.id);
     store.create_call(&call).await.unwrap();
@@ -1746,18 +1752,9 @@ pub async fn endpoints_change_pause_while_disabled_and_rotate_with_an_overlap(
     let other = store.ensure_workspace("b").await.unwrap();
     let old_secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
     let endpoint = WebhookEndpoint {
-        id: "whe_change".into(),
-        workspace_id: ws.id.clone(),
-        url: "http://127.0.0.1:9/hook".into(),
         secret: old_secret.into(),
-        event_types: None,
         description: "first".into(),
-        created_at: time::now(),
-        disabled_at: None,
-        disabled_reason: None,
-        previous_secret: None,
-        previous_secret_until: None,
-        failing_since: None,
+        ..endpoint(&ws.id, "whe_change", None)
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let got = store
@@ -1950,20 +1947,7 @@ pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_bac
 ) {
     let store = backend.open().await;
     let ws = store.ensure_workspace("a").await.unwrap();
-    let endpoint = WebhookEndpoint {
-        id: "whe_claims".into(),
-        workspace_id: ws.id.clone(),
-        url: "http://127.0.0.1:9/hook".into(),
-        secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
-        event_types: None,
-        description: String::new(),
-        created_at: time::now(),
-        disabled_at: None,
-        disabled_reason: None,
-        previous_secret: None,
-        previous_secret_until: None,
-        failing_since: None,
-    };
+    let endpoint = endpoint(&ws.id, "whe_claims", None);
     store.create_webhook_endpoint(&endpoint).await.unwrap();
     let call = new_call(&ws.id);
     store.create_call(&call).await.unwrap();
@@ -2246,20 +2230,11 @@ pub async fn outcomes_recorded_together_each_land_in_their_own_workspace(backend
     for name in ["a", "b"] {
         let ws = store.ensure_workspace(name).await.unwrap();
         store
-            .create_webhook_endpoint(&WebhookEndpoint {
-                id: format!("whe_{name}"),
-                workspace_id: ws.id.clone(),
-                url: "http://127.0.0.1:9/hook".into(),
-                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
-                event_types: Some(vec!["call.dtmf".into()]),
-                description: String::new(),
-                created_at: time::now(),
-                disabled_at: None,
-                disabled_reason: None,
-                previous_secret: None,
-                previous_secret_until: None,
-                failing_since: None,
-            })
+            .create_webhook_endpoint(&endpoint(
+                &ws.id,
+                &format!("whe_{name}"),
+                Some(&["call.dtmf"]),
+            ))
             .await
             .unwrap();
         let call = new_call(&ws.id);
@@ -2380,4 +2355,103 @@ pub async fn outcomes_recorded_together_each_land_in_their_own_workspace(backend
     );
     // An empty batch writes nothing and succeeds.
     store.record_deliveries(&[]).await.unwrap();
+}
+
+/// Two nodes' recorders, each with a batch over the same two endpoints, in opposite orders and
+/// at the same moment: both commit. (A batch holds the endpoint rows it changes until it
+/// commits; taken in the order they came, one batch would lock the first endpoint and the
+/// other the second, each then waiting for the other, and PostgreSQL would fail one of them.)
+pub async fn two_nodes_record_batches_over_the_same_endpoints_in_opposite_orders(
+    backend: &dyn Backend,
+) {
+    let (node_a, node_b) = (backend.open().await, backend.open().await);
+    for round in 0..12 {
+        // A workspace per round: its endpoints get only this round's events.
+        let ws = node_a
+            .ensure_workspace(&format!("round-{round}"))
+            .await
+            .unwrap();
+        let call = new_call(&ws.id);
+        node_a.create_call(&call).await.unwrap();
+        let ids = [format!("whe_{round}_1"), format!("whe_{round}_2")];
+        for id in &ids {
+            node_a
+                .create_webhook_endpoint(&endpoint(&ws.id, id, None))
+                .await
+                .unwrap();
+        }
+        node_a
+            .append_call_events_np(
+                &ws.id,
+                &call.id,
+                vec![
+                    ev("call.dtmf", json!({"digits": "1"})),
+                    ev("call.dtmf", json!({"digits": "2"})),
+                ],
+            )
+            .await
+            .unwrap();
+        let now = time::now();
+        let mut due = node_a
+            .due_deliveries(now, now + chrono::Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            due.len(),
+            4,
+            "two events for each of the round's two endpoints"
+        );
+        due.sort_by(|x, y| x.event_id.cmp(&y.event_id));
+        let endpoint_of = |d: &crate::Delivery| match &d.target {
+            DeliveryTarget::Endpoint(e) => e.clone(),
+            DeliveryTarget::Callback(_) => String::new(),
+        };
+        // Node A: the first event's deliveries, first endpoint first; node B: the second
+        // event's, second endpoint first. Every attempt failed: each changes its endpoint.
+        let mut first: Vec<&crate::Delivery> = due[..2].iter().collect();
+        first.sort_by_key(|d| endpoint_of(d));
+        let mut second: Vec<&crate::Delivery> = due[2..].iter().collect();
+        second.sort_by_key(|d| std::cmp::Reverse(endpoint_of(d)));
+        let result = DeliveryResult::RetryAt {
+            at: now + chrono::Duration::seconds(30),
+            status: Some(500),
+            error: "HTTP 500".into(),
+        };
+        let log = AttemptLog::default();
+        let (a, b) = (
+            batch(&first, now, &result, &log),
+            batch(&second, now, &result, &log),
+        );
+        let (ra, rb) = tokio::join!(node_a.record_deliveries(&a), node_b.record_deliveries(&b));
+        assert!(
+            ra.is_ok() && rb.is_ok(),
+            "round {round}: both batches commit: {ra:?}, {rb:?}"
+        );
+        for id in &ids {
+            let (failing, _) = messages(&*node_a, &ws.id, id, Some(MessageState::Failing)).await;
+            assert_eq!(
+                failing.len(),
+                2,
+                "round {round}: both of {id}'s attempts recorded"
+            );
+        }
+    }
+}
+
+/// One node's batch: every delivery with the same outcome.
+fn batch<'a>(
+    deliveries: &[&'a crate::Delivery],
+    at: chrono::DateTime<chrono::Utc>,
+    result: &'a DeliveryResult,
+    log: &'a AttemptLog,
+) -> Vec<Attempted<'a>> {
+    deliveries
+        .iter()
+        .map(|&delivery| Attempted {
+            delivery,
+            at,
+            result,
+            log,
+        })
+        .collect()
 }

@@ -127,6 +127,14 @@ impl PgStore {
     }
 }
 
+/// The endpoint an attempt was for (`None` for a status callback).
+fn endpoint_of<'a>(attempt: &Attempted<'a>) -> Option<&'a str> {
+    match &attempt.delivery.target {
+        DeliveryTarget::Endpoint(id) => Some(id),
+        DeliveryTarget::Callback(_) => None,
+    }
+}
+
 /// How long a pooled connection may have been idle before it is pinged on its way out.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
@@ -1323,14 +1331,20 @@ impl Store for PgStore {
     }
 
     async fn record_deliveries(&self, attempts: &[Attempted<'_>]) -> Result<()> {
-        let Some(first) = attempts.first() else {
+        if attempts.is_empty() {
             return Ok(());
-        };
+        }
+        // In workspace and endpoint order: an attempt locks its endpoint's row when it changes
+        // it, and a batch holds its locks until it commits, so two nodes' batches must take
+        // them in one order (or PostgreSQL would break a deadlock by failing one of them).
+        let mut attempts = attempts.to_vec();
+        attempts.sort_by_key(|a| (a.delivery.workspace_id.as_str(), endpoint_of(a)));
+        let first = attempts[0];
         // One transaction; its workspace setting follows each attempt's workspace, so that
         // every statement runs under the row-level security of the workspace it touches.
         let mut workspace = &first.delivery.workspace_id;
         let mut tx = self.scoped(workspace).await?;
-        for attempt in attempts {
+        for attempt in &attempts {
             if attempt.delivery.workspace_id != *workspace {
                 workspace = &attempt.delivery.workspace_id;
                 sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
@@ -2308,8 +2322,10 @@ async fn record_attempt(tx: &mut sqlx::PgConnection, attempt: &Attempted<'_>) ->
         _ => Some(at),
     };
     sqlx::query(
-        "UPDATE webhook_endpoints SET failing_since = CASE WHEN $3::TIMESTAMPTZ IS NULL THEN NULL \
-             ELSE COALESCE(failing_since, $3) END WHERE workspace_id = $1 AND id = $2",
+        // Only a row that changes is written (and locked): a batch holds what it locks until
+        // it commits, and most attempts change nothing here.
+        "UPDATE webhook_endpoints SET failing_since = $3 WHERE workspace_id = $1 AND id = $2 \
+             AND (failing_since IS NULL) = ($3::TIMESTAMPTZ IS NOT NULL)",
     )
     .bind(d.workspace_id.as_str())
     .bind(endpoint_id)

@@ -2166,8 +2166,8 @@ async fn record_attempt(tx: &mut sqlx::SqliteConnection, attempt: &Attempted<'_>
         _ => Some(time::format(&at)),
     };
     sqlx::query(
-        "UPDATE webhook_endpoints SET failing_since = CASE WHEN $2 IS NULL THEN NULL \
-             ELSE COALESCE(failing_since, $2) END WHERE id = $1",
+        "UPDATE webhook_endpoints SET failing_since = $2 WHERE id = $1 \
+             AND (failing_since IS NULL) = ($2 IS NOT NULL)",
     )
     .bind(endpoint_id)
     .bind(failing_since)
