@@ -386,7 +386,7 @@ async fn serve(config: Config) -> Result<()> {
         )
     };
     tracing::info!(
-        "the dashboard is at http://{}/ ; make an API key with {keys} (README, \"A 5-minute tour\")",
+        "the dashboard is at http://{}/ ; make an API key with {keys}, and a runtime key (for a call runtime's ingest) with --runtime added (README, \"A 5-minute tour\")",
         server.addr()
     );
     wait_for_signal().await;
@@ -438,12 +438,19 @@ async fn keys_create(
             serde_json::json!({ "workspace_id": ws.id, "auth_id": ws.auth_id, "key": secret, "key_id": key_id })
         );
     } else {
+        let expires =
+            expires_at.map_or_else(|| "never".to_owned(), |t| callstream_core::time::format(&t));
         println!(
-            "workspace  {} ({})\nauth_id    {}\n{} key    {secret}\nkey id     {key_id}\n\nThe key is shown once; only its hash is stored.",
+            "workspace  {} ({})\nauth_id    {}\n{} key    {secret}\nkey id     {key_id}\nadmin      {}\nexpires    {expires}\n\nThe key is shown once; only its hash is stored.",
             ws.name,
             ws.id,
             ws.auth_id,
-            kind.as_str()
+            kind.as_str(),
+            if admin {
+                "yes: it may also list, create and revoke the workspace's keys (/v1/keys)"
+            } else {
+                "no"
+            },
         );
     }
     Ok(())
@@ -483,21 +490,55 @@ async fn keys_list(store: &dyn Store, workspace: &str, json: bool) -> Result<()>
         return Ok(());
     }
     println!("workspace {} ({})", ws.name, ws.id);
+    let mut rows = vec![[
+        "KEY ID".to_owned(),
+        "KIND".to_owned(),
+        "ADMIN".to_owned(),
+        "STATE".to_owned(),
+        "STARTS WITH".to_owned(),
+        "CREATED".to_owned(),
+        "EXPIRES".to_owned(),
+        "REVOKED".to_owned(),
+    ]];
+    let or_dash = |t: Option<chrono::DateTime<chrono::Utc>>| fmt(t).unwrap_or_else(|| "-".into());
     for k in &keys {
-        println!(
-            "{}  {:<7} {}{}  {}…  created {}{}",
-            k.id,
-            k.kind.as_str(),
-            state(k),
-            if k.admin { " admin" } else { "" },
-            k.hint,
+        rows.push([
+            k.id.to_string(),
+            k.kind.as_str().to_owned(),
+            if k.admin { "yes" } else { "no" }.to_owned(),
+            state(k).to_owned(),
+            format!("{}…", k.hint),
             callstream_core::time::format(&k.created_at),
-            k.expires_at
-                .map(|t| format!("  expires {}", callstream_core::time::format(&t)))
-                .unwrap_or_default(),
-        );
+            or_dash(k.expires_at),
+            or_dash(k.revoked_at),
+        ]);
+    }
+    print!("{}", columns(&rows));
+    if keys.is_empty() {
+        println!("(no keys)");
     }
     Ok(())
+}
+
+/// Rows as left-aligned columns, two spaces apart (widths in characters).
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 async fn simulate(args: SimulateArgs) -> Result<()> {

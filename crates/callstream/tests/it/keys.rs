@@ -313,6 +313,38 @@ async fn the_command_line_revokes_a_key_while_the_server_runs() {
     assert!(said.contains("was already revoked at"), "{said}");
     let again = cli(&["revoke", "--workspace", "nobody", &key_id]);
     assert!(!again.status.success());
+
+    // Read by a person: a header, and each key's state under it.
+    let plain = cli(&["list", "--workspace", "acme"]);
+    assert!(plain.status.success());
+    let plain = String::from_utf8_lossy(&plain.stdout).into_owned();
+    let header = plain
+        .lines()
+        .find(|l| l.starts_with("KEY ID"))
+        .unwrap_or_else(|| panic!("no header: {plain}"));
+    let row = plain
+        .lines()
+        .find(|l| l.starts_with(key_id.as_str()))
+        .unwrap_or_else(|| panic!("no row for {key_id}: {plain}"));
+    let state_at = header.find("STATE").unwrap();
+    assert_eq!(
+        row.get(state_at..state_at + "revoked".len()),
+        Some("revoked"),
+        "the state lines up under its header:\n{plain}"
+    );
+    // A key made by hand says what it may do and until when.
+    let made = cli(&[
+        "create",
+        "--workspace",
+        "acme",
+        "--admin",
+        "--expires-at",
+        "2031-01-02T03:04:05Z",
+    ]);
+    assert!(made.status.success());
+    let made = String::from_utf8_lossy(&made.stdout);
+    assert!(made.contains("admin      yes"), "{made}");
+    assert!(made.contains("expires    2031-01-02T03:04:05"), "{made}");
 }
 
 #[tokio::test]
