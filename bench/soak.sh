@@ -19,7 +19,8 @@
 #                                                 # from 240 s and from 2,040 s (windows 1 and 4)
 #   BIN=/some/dir bench/soak.sh                   # binaries built earlier (no build here)
 #
-# samples.tsv also has the data directory's size (the SQLite database and its WAL).
+# samples.tsv also has the data directory's size (the SQLite database and its WAL) and the
+# gateway's live async tasks (callstream_runtime_tasks_alive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WINDOWS=${WINDOWS:-6}
@@ -55,14 +56,16 @@ CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 TOTAL=$((WINDOWS * WINDOW_SECS))
 # The gateway's resources, sampled while everything runs.
 (
-  printf 'seconds\trss_kib\tfds\tconnections_open\tdata_kib\n'
+  printf 'seconds\trss_kib\tfds\tconnections_open\tdata_kib\ttasks_alive\n'
   start=$(date +%s)
   while kill -0 "$CS_PID" 2>/dev/null; do
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$CS_PID/status")
     fds=$(ls "/proc/$CS_PID/fd" | wc -l)
-    open=$(curl -s --max-time 5 http://127.0.0.1:8080/metrics | awk '/^callstream_connections_open / {print $2}')
+    metrics=$(curl -s --max-time 5 http://127.0.0.1:8080/metrics)
+    open=$(awk '/^callstream_connections_open / {print $2}' <<< "$metrics")
+    tasks=$(awk '/^callstream_runtime_tasks_alive / {print $2}' <<< "$metrics")
     data=$(du -sk "$TMP/cs" | cut -f1)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}" "$data"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}" "$data" "${tasks:-?}"
     sleep "$SAMPLE_SECS"
   done
 ) > "$OUT/samples.tsv" &

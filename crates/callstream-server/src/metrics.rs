@@ -117,6 +117,7 @@ pub struct Metrics {
     bus_subscribers: Gauge,
     audio_listeners: Gauge,
     history_bytes: Gauge,
+    runtime_tasks: Gauge,
     /// Connections held now, and those refused by the connection limits.
     pub connections_open: Gauge,
     pub connections_refused: Family<ReasonLabels, Counter>,
@@ -179,6 +180,13 @@ impl Metrics {
             "history_bytes",
             "Bytes of event history held for resume (events weighed by their canonical JSON)",
             history_bytes.clone(),
+        );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks_alive",
+            "Tasks alive in the process's async runtime (one that climbs under a steady load \
+             is a leak)",
+            runtime_tasks.clone(),
         );
         let history_trimmed = Counter::default();
         registry.register(
@@ -389,6 +397,7 @@ impl Metrics {
             bus_subscribers,
             audio_listeners,
             history_bytes,
+            runtime_tasks,
             connections_open,
             connections_refused,
             calls_ended,
@@ -456,6 +465,10 @@ impl Metrics {
             .set(i64::try_from(bus.audio_listeners).unwrap_or(i64::MAX));
         self.history_bytes
             .set(i64::try_from(bus.history_bytes).unwrap_or(i64::MAX));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         if let Ok(trimmed) = self.history_trimmed.lock() {
             trimmed.inc_by(bus.history_trimmed.saturating_sub(trimmed.get()));
         }

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{
-    TestServer, Ws, WsEvent, call_socket, transcription, ws_connect, ws_json, ws_next, ws_send,
+    TestServer, Ws, WsEvent, call_socket, transcript_stream, transcription, ws_connect, ws_json,
+    ws_next, ws_send,
 };
 
 const SID: &str = "CAfeedfacefeedfacefeedfacefeedface";
@@ -380,4 +381,37 @@ async fn thousands_of_half_sent_connections_stop_no_stream_and_exhaust_no_descri
     );
     drop(waves);
     assert!(eventually(&ts, "callstream_connections_open ", |n| n < 10.0).await);
+}
+
+/// Streams and sockets end with their clients: every async task a burst of them started is
+/// gone once they close (a task left behind per stream would grow the process for ever under
+/// the churn of real viewers). `callstream_runtime_tasks_alive` is what shows it.
+#[tokio::test]
+async fn the_tasks_of_closed_streams_and_sockets_are_gone() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    let before = ts.metric("callstream_runtime_tasks_alive ").await;
+    assert!(before > 0.0, "the gauge counts the runtime's tasks");
+    let mut streams = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..40 {
+        streams.push(transcript_stream(&ts, id, &ts.acme.api, None).await);
+        sockets.push(call_socket(&ts, id, &format!("token={}", ts.acme.api)).await);
+    }
+    let during = ts.metric("callstream_runtime_tasks_alive ").await;
+    assert!(
+        during >= before + 80.0,
+        "each stream and socket runs at least one task: {before} then {during}"
+    );
+    drop(streams);
+    drop(sockets);
+    // The client's own idle keep-alive connections may hold a task or two.
+    assert!(
+        eventually(&ts, "callstream_runtime_tasks_alive ", |n| n
+            <= before + 3.0)
+        .await,
+        "tasks left after the clients closed: {} (were {before})",
+        ts.metric("callstream_runtime_tasks_alive ").await
+    );
 }
