@@ -563,20 +563,19 @@ async fn attempt(
             } else {
                 TransportFailure::Other
             };
+            let kind = match failure {
+                TransportFailure::Timeout => "timeout",
+                TransportFailure::Connect => "connect",
+                TransportFailure::Other => "other",
+            };
             let log = AttemptLog {
                 latency_ms: u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX),
-                error_kind: Some(
-                    match failure {
-                        TransportFailure::Timeout => "timeout",
-                        TransportFailure::Connect => "connect",
-                        TransportFailure::Other => "other",
-                    }
-                    .to_owned(),
-                ),
+                error_kind: Some(kind.to_owned()),
                 response_body: String::new(),
             };
-            // The error's text names the host and the failure, never the payload or secret.
-            (Outcome::from(failure), None, format!("{failure:?}"), log)
+            // The error is the failure's kind, the same word as the attempt log's `error_kind`
+            // (it was `Connect` beside `connect`); never the payload, the host or a secret.
+            (Outcome::from(failure), None, kind.to_owned(), log)
         }
     };
     let attempt_number = d.attempts + 1;

@@ -1183,6 +1183,52 @@ async fn a_dead_endpoint_cannot_starve_another_workspaces_healthy_one() {
     holder.abort();
 }
 
+/// A failed attempt names its failure with one word, the same in the message's `last_error` and
+/// the attempt's `error_kind` (the message said `Connect` beside an attempt's `connect`).
+#[tokio::test]
+async fn a_refused_connection_is_named_alike_in_the_message_and_its_attempt() {
+    let ts = fast_server().await;
+    // A port that was just free and is closed again: the connection is refused.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let created = endpoint(&ts, json!({"url": url})).await;
+    let messages_path = format!(
+        "/v1/webhook-endpoints/{}/messages",
+        created["id"].as_str().unwrap()
+    );
+    let call = ts.create_call("sip").await;
+    ts.ingest(
+        call["id"].as_str().unwrap(),
+        json!({"event_type": "call.dtmf", "payload": {"digits": "4"}}),
+    )
+    .await;
+    let mut message = Value::Null;
+    for _ in 0..250 {
+        message = ts.get(&messages_path, &ts.acme.api).await.1["messages"][0].clone();
+        if message["attempts"].as_u64().is_some_and(|n| n >= 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(message["state"], "failing", "{message}");
+    assert_eq!(message["last_error"], "connect", "{message}");
+    assert_eq!(message["last_status_code"], Value::Null, "{message}");
+    let (_, attempts) = ts
+        .get(
+            &format!(
+                "{messages_path}/{}/attempts",
+                message["event_id"].as_str().unwrap()
+            ),
+            &ts.acme.api,
+        )
+        .await;
+    assert_eq!(
+        attempts["attempts"][0]["error_kind"], "connect",
+        "{attempts}"
+    );
+}
+
 /// A message given up after its whole schedule is counted and told to the workspace's endpoints
 /// that ask for `webhook.delivery_exhausted`; an endpoint whose every attempt has failed for
 /// `webhook_disable_after_failing_secs` is disabled with that reason.
