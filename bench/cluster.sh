@@ -14,6 +14,7 @@
 #   bench/cluster.sh                                   # hot and wide, SSE, every target
 #   SCENARIOS=hot TARGETS="cluster2 nchan2" bench/cluster.sh
 #   SCENARIOS=custom TARGETS=cluster2 EXTRA_ARGS="--channels 200 --per-channel 1 --rate 100" bench/cluster.sh
+#   BIN=/some/dir bench/cluster.sh                     # binaries built earlier (no build here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +30,10 @@ RESULTS="$OUT/results.jsonl"
 [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-nchan >/dev/null
 }
-cargo build --release -q -p callstream -p callstream-bench
-BIN=target/release
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -q -p callstream -p callstream-bench
+  BIN=target/release
+fi
 ulimit -n "$(ulimit -Hn)"
 
 TMP=$(mktemp -d)

@@ -18,9 +18,12 @@
 #   PERF_AT="240 2040" RATE=2.5 bench/soak.sh     # perf record (call graphs) for PERF_SECS (60)
 #                                                 # from 240 s and from 2,040 s (windows 1 and 4)
 #   BIN=/some/dir bench/soak.sh                   # binaries built earlier (no build here)
+#   STAT_AT="300 2100" bench/soak.sh              # perf stat (syscalls, context switches) for
+#                                                 # STAT_SECS (20) from each offset given
 #
-# samples.tsv also has the data directory's size (the SQLite database and its WAL) and the
-# gateway's live async tasks (callstream_runtime_tasks_alive).
+# samples.tsv also has the data directory's size (the SQLite database and its WAL), the
+# gateway's live async tasks (callstream_runtime_tasks_alive), its CPU time so far (user +
+# system, ms) and its context switches so far (every thread's, voluntary and not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WINDOWS=${WINDOWS:-6}
@@ -34,6 +37,8 @@ mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 PERF_AT=${PERF_AT:-}
 PERF_SECS=${PERF_SECS:-60}
+STAT_AT=${STAT_AT:-}
+STAT_SECS=${STAT_SECS:-20}
 if [ -z "${BIN:-}" ]; then
   cargo build --release -q -p callstream -p callstream-bench
   BIN=target/release
@@ -56,7 +61,8 @@ CS_PID=$!; PIDS+=($CS_PID); wait_port 8080
 TOTAL=$((WINDOWS * WINDOW_SECS))
 # The gateway's resources, sampled while everything runs.
 (
-  printf 'seconds\trss_kib\tfds\tconnections_open\tdata_kib\ttasks_alive\n'
+  printf 'seconds\trss_kib\tfds\tconnections_open\tdata_kib\ttasks_alive\tcpu_ms\tctx_switches\n'
+  tick_ms=$(( 1000 / $(getconf CLK_TCK) ))
   start=$(date +%s)
   while kill -0 "$CS_PID" 2>/dev/null; do
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$CS_PID/status")
@@ -65,7 +71,10 @@ TOTAL=$((WINDOWS * WINDOW_SECS))
     open=$(awk '/^callstream_connections_open / {print $2}' <<< "$metrics")
     tasks=$(awk '/^callstream_runtime_tasks_alive / {print $2}' <<< "$metrics")
     data=$(du -sk "$TMP/cs" | cut -f1)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}" "$data" "${tasks:-?}"
+    # Fields 14 and 15 of /proc/<pid>/stat (utime, stime), counted after the command's ")".
+    cpu=$(awk -v t="$tick_ms" '{ sub(/.*\) /, ""); print ($12 + $13) * t }' "/proc/$CS_PID/stat")
+    ctx=$(cat /proc/"$CS_PID"/task/*/status 2>/dev/null | awk '/ctxt_switches:/ { n += $2 } END { print n }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(( $(date +%s) - start ))" "$rss" "$fds" "${open:-?}" "$data" "${tasks:-?}" "$cpu" "$ctx"
     sleep "$SAMPLE_SECS"
   done
 ) > "$OUT/samples.tsv" &
@@ -79,6 +88,21 @@ if [ -n "$PERF_AT" ]; then
       sleep $(( at - ($(date +%s) - start) > 0 ? at - ($(date +%s) - start) : 0 ))
       perf record -q -F 99 --call-graph dwarf,8192 -p "$CS_PID" -o "$OUT/perf-$at.data" \
         -- sleep "$PERF_SECS" 2> "$OUT/perf-$at.err" || true
+    done
+  ) &
+  PIDS+=($!)
+fi
+
+# Counters at the given offsets: the syscalls that carry frames and wake-ups, per STAT_SECS.
+if [ -n "$STAT_AT" ]; then
+  (
+    start=$(date +%s)
+    for at in $STAT_AT; do
+      sleep $(( at - ($(date +%s) - start) > 0 ? at - ($(date +%s) - start) : 0 ))
+      perf stat -x, -e task-clock,context-switches,syscalls:sys_enter_epoll_wait \
+        -e syscalls:sys_enter_futex,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+        -e syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read \
+        -p "$CS_PID" -o "$OUT/stat-$at.csv" -- sleep "$STAT_SECS" 2> "$OUT/stat-$at.err" || true
     done
   ) &
   PIDS+=($!)
