@@ -274,6 +274,14 @@ impl InProcessBus {
         Some((inner.history.front().map(|e| e.seq()), inner.last_seq))
     }
 
+    /// The last seq this bus holds for the topic whose subject is `subject`; `None` for a
+    /// topic it does not know.
+    pub fn last_seq(&self, subject: &str) -> Option<u64> {
+        let state = self.topics.get(subject)?.clone();
+        let inner = state.lock();
+        (!inner.removed).then_some(inner.last_seq)
+    }
+
     /// Forgets topics whose retention has passed. Runs from [`Bus::maintain`].
     pub fn sweep(&self, now: Instant) {
         let mut forgotten = Vec::new();

@@ -136,6 +136,12 @@ pub struct NatsCounters {
     pub malformed: u64,
     /// Audio frames dropped because the queue to NATS was full.
     pub audio_dropped: u64,
+    /// Event messages handed to this node's streams by the live path (core NATS, before
+    /// JetStream stored them).
+    pub live_messages: u64,
+    /// Event messages handed over by the stored path (the JetStream reader): those the live
+    /// path could not hand over in order.
+    pub stored_messages: u64,
 }
 
 /// Publish/subscribe of event envelopes.

@@ -46,6 +46,13 @@ impl Topic {
     }
 }
 
+/// A topic is found by its subject's text (the hash of `Arc<str>` is its `str`'s).
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -744,22 +744,41 @@ impl Store for PgStore {
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             envelopes.push(env);
         }
-        if let Some((status, at, _)) =
-            record_effects(&mut tx, workspace, call_id, &envelopes).await?
-        {
-            end_call(&mut tx, workspace, call_id, status, at, &envelopes).await?;
-        }
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            call_columns!(),
-            " FROM calls WHERE workspace_id = $1 AND id = $2"
-        ))
-        .bind(workspace.as_str())
-        .bind(call_id.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let call = call_row(&row)?;
-        if let Err(reason) = publish.publish(&envelopes).await {
+        // Published while the same transaction records what the events change (as in
+        // `append_group`): the commit waits for both, and either failing burns the seqs.
+        let recording = async {
+            if let Some((status, at, _)) =
+                record_effects(&mut tx, workspace, call_id, &envelopes).await?
+            {
+                end_call(&mut tx, workspace, call_id, status, at, &envelopes).await?;
+            }
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                call_columns!(),
+                " FROM calls WHERE workspace_id = $1 AND id = $2"
+            ))
+            .bind(workspace.as_str())
+            .bind(call_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            call_row(&row)
+        };
+        let (published, recorded) = futures::join!(publish.publish(&envelopes), recording);
+        let call = match recorded {
+            Ok(call) => call,
+            Err(err) => {
+                let _ = tx.rollback().await;
+                self.burn_seqs(
+                    "calls",
+                    workspace,
+                    call_id.as_str(),
+                    last_seq_of(&envelopes),
+                )
+                .await?;
+                return Err(err);
+            }
+        };
+        if let Err(reason) = published {
             tx.rollback().await?;
             // Part of the batch may still reach subscribers (a publish that timed out can land
             // later): its seqs are never handed out again.
@@ -1953,6 +1972,50 @@ impl Store for PgStore {
     }
 }
 
+/// What a group's numbered events change, recorded in its transaction: each call's final turns
+/// and end, the group's outbox rows; returns the calls read again where an event changed more
+/// than the seq (an end, the end of screening).
+async fn record_group_effects(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    numbered: &[(usize, CallId, Vec<Envelope>)],
+    all: &[Envelope],
+) -> Result<Vec<Call>> {
+    for (_, call_id, envelopes) in numbered {
+        if let Some((status, at, _)) =
+            record_call_effects(tx, workspace, call_id, envelopes).await?
+        {
+            end_call(tx, workspace, call_id, status, at, envelopes).await?;
+        }
+    }
+    enqueue_webhooks(tx, workspace, all).await?;
+    let changed: Vec<&str> = numbered
+        .iter()
+        .filter(|(_, _, envelopes)| {
+            envelopes.iter().any(|e| {
+                matches!(
+                    e.payload,
+                    Payload::Completed(_) | Payload::Failed(_) | Payload::ScreeningEnded(_)
+                )
+            })
+        })
+        .map(|(_, c, _)| c.as_str())
+        .collect();
+    if changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        call_columns!(),
+        " FROM calls WHERE workspace_id = $1 AND id = ANY($2)"
+    ))
+    .bind(workspace.as_str())
+    .bind(&changed)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(call_row).collect()
+}
+
 /// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
 /// caller's transaction.
 async fn enqueue_webhooks(
@@ -2170,51 +2233,33 @@ impl PgStore {
                     }
                 }
             }
-            if let Some((status, at, _)) =
-                record_call_effects(&mut tx, workspace, &call_id, &envelopes).await?
-            {
-                end_call(&mut tx, workspace, &call_id, status, at, &envelopes).await?;
-            }
             all.extend(envelopes.iter().cloned());
             numbered.push((i, call_id, envelopes));
         }
-        enqueue_webhooks(&mut tx, workspace, &all).await?;
-        // The calls as the group leaves them: read again only where an event changed more than
-        // the seq (an end, the end of screening).
-        let changed: Vec<&str> = numbered
-            .iter()
-            .filter(|(_, _, envelopes)| {
-                envelopes.iter().any(|e| {
-                    matches!(
-                        e.payload,
-                        Payload::Completed(_) | Payload::Failed(_) | Payload::ScreeningEnded(_)
-                    )
-                })
-            })
-            .map(|(_, c, _)| c.as_str())
-            .collect();
-        if !changed.is_empty() {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                call_columns!(),
-                " FROM calls WHERE workspace_id = $1 AND id = ANY($2)"
-            ))
-            .bind(workspace.as_str())
-            .bind(&changed)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &rows {
-                let call = call_row(row)?;
-                calls.insert(call.id.as_str().to_owned(), call);
-            }
-        }
-        // Every call's batch to its own subject, at once; each waits for its acknowledgement.
-        let published = futures::future::join_all(
+        // Once numbered, every call's batch goes to its own subject at once (each waits for its
+        // acknowledgement) while the same transaction records what the events change: final
+        // turns, ends, the outbox rows, the calls read back. Either failing rolls both back and
+        // burns the seqs, as a failed publish always did; the commit waits for both. Done one
+        // after the other, the writes' round trips (p99 2.4 ms on two shared cores) sat in
+        // every frame's way to a node's streams (docs/benchmarks.md, "Several nodes").
+        let publishing = futures::future::join_all(
             numbered
                 .iter()
                 .map(|(i, _, envelopes)| publish[*i].publish(envelopes)),
-        )
-        .await;
+        );
+        let recording = record_group_effects(&mut tx, workspace, &numbered, &all);
+        let (published, recorded) = futures::join!(publishing, recording);
+        let reread = match recorded {
+            Ok(reread) => reread,
+            Err(err) => {
+                let _ = tx.rollback().await;
+                self.burn_group(workspace, &numbered).await?;
+                return Err(err);
+            }
+        };
+        for call in reread {
+            calls.insert(call.id.as_str().to_owned(), call);
+        }
         if let Some(Err(reason)) = published.into_iter().find(Result::is_err) {
             tx.rollback().await?;
             for (i, call_id, envelopes) in &numbered {
@@ -2232,6 +2277,19 @@ impl PgStore {
             out[i] = Some(Ok(Appended { envelopes, call }));
         }
         Ok(busy)
+    }
+
+    /// Burns the seqs of a group whose transaction failed after its events may have gone out.
+    async fn burn_group(
+        &self,
+        workspace: &WorkspaceId,
+        numbered: &[(usize, CallId, Vec<Envelope>)],
+    ) -> Result<()> {
+        for (_, call_id, envelopes) in numbered {
+            self.burn_seqs("calls", workspace, call_id.as_str(), last_seq_of(envelopes))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn burn_seqs(
