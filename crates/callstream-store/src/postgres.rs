@@ -2262,9 +2262,8 @@ impl PgStore {
         }
         if let Some(Err(reason)) = published.into_iter().find(Result::is_err) {
             tx.rollback().await?;
-            for (i, call_id, envelopes) in &numbered {
-                self.burn_seqs("calls", workspace, call_id.as_str(), last_seq_of(envelopes))
-                    .await?;
+            self.burn_group(workspace, &numbered).await?;
+            for (i, _, _) in &numbered {
                 out[*i] = Some(Err(StoreError::Publish(reason.clone())));
             }
             return Ok(busy);
