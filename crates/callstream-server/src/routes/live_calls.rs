@@ -128,10 +128,28 @@ async fn run(
     let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
     let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
     let config = state.config();
+    // Read the call again, then subscribe after the seq the read reflects. An event can reach
+    // this node before the transaction that numbered it commits (a batch is published while its
+    // writes complete, docs/operations.md): a subscription opened before the read could let an
+    // end of screening pass by that the read does not show yet. Subscribed after the read's seq,
+    // such an event comes from the bus's history.
+    let mut call = match state.store().call(&call.workspace_id, &call.id).await {
+        Ok(Some(call)) => call,
+        _ => {
+            let _ = socket
+                .send(text(lc::error("the call could not be read")))
+                .await;
+            let _ = socket.send(close(close_code::ERROR, "server error")).await;
+            return;
+        }
+    };
+    // The embedded store holds the end of the call's seq reservation: this node's last
+    // published seq is the one the read reflects.
+    state.live().overlay(&mut call);
     let Ok(mut subscription) = state
         .subscribe(
             &Topic::call(&call.workspace_id, &call.id),
-            Resume::Live,
+            Resume::After(call.last_seq),
             &LABELS,
         )
         .await
@@ -141,19 +159,6 @@ async fn run(
             .await;
         let _ = socket.send(close(close_code::ERROR, "server error")).await;
         return;
-    };
-    // Read the call again now that the subscription is open: the end of screening (and the
-    // call's end) are recorded before they are published, so what happened before this read is
-    // in the record, and what happens after reaches the subscription.
-    let call = match state.store().call(&call.workspace_id, &call.id).await {
-        Ok(Some(call)) => call,
-        _ => {
-            let _ = socket
-                .send(text(lc::error("the call could not be read")))
-                .await;
-            let _ = socket.send(close(close_code::ERROR, "server error")).await;
-            return;
-        }
     };
     let mut opening = vec![lc::start(call.phone.as_str(), &call.started_at)];
     let mut screening_said = false;

@@ -164,12 +164,20 @@ async fn run(
     let _open = OpenStream::new(metrics.open_streams.get_or_create(&LABELS).clone());
     let sent = metrics.frames_sent.get_or_create(&LABELS).clone();
 
-    // Subscribe before reading the history, so nothing falls between them; live segments the
-    // history already holds are skipped by seq.
+    // The history first, then the events after it. An event can reach this node before the
+    // transaction that numbered it commits (a batch is published while its writes complete,
+    // docs/operations.md), so a read can miss what a subscription opened just before it already
+    // passed by: subscribed after the seqs the reads reflect, such an event comes from the bus's
+    // history instead. Live segments the history already holds are skipped by seq.
+    let Ok(history) = state.store().transcript(&call.workspace_id, &call.id).await else {
+        let _ = socket.send(close(close_code::ERROR, "server error")).await;
+        return;
+    };
+    let history_seq = history.last().map_or(0, |t| t.seq);
     let Ok(mut subscription) = state
         .subscribe(
             &Topic::call(&call.workspace_id, &call.id),
-            Resume::Live,
+            Resume::After(call.last_seq.max(history_seq)),
             &LABELS,
         )
         .await
@@ -177,11 +185,6 @@ async fn run(
         let _ = socket.send(close(close_code::ERROR, "server error")).await;
         return;
     };
-    let Ok(history) = state.store().transcript(&call.workspace_id, &call.id).await else {
-        let _ = socket.send(close(close_code::ERROR, "server error")).await;
-        return;
-    };
-    let history_seq = history.last().map_or(0, |t| t.seq);
     let mut opening = vec![lt::established(&call_sid, call.status)];
     opening.extend(history.iter().map(|t| {
         lt::transcript(

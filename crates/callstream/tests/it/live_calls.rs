@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{
     TestServer, Ws, WsEvent, WsMessage, break_the_calls_table, completed, flood_until_closed,
-    obedient_runtime, transcription, ws_connect, ws_json, ws_next, ws_send,
+    obedient_runtime, publish_before_commit, transcription, ws_connect, ws_json, ws_next, ws_send,
 };
 
 /// Connects with the given headers; `Err(status)` when the server refuses the upgrade.
@@ -205,6 +205,31 @@ async fn start_screening_transcripts_and_call_end_in_the_seeds_shapes() {
     assert_eq!(rest.len(), 1, "{rest:?}");
     assert_eq!(rest[0]["type"], "event:callEnd");
     assert!(rest[0]["timestamp"].as_str().unwrap().ends_with('Z'));
+}
+
+/// The end of screening on the bus while its transaction is still committing (the store shows
+/// the call in screening): a socket opened then is told of it, once.
+#[tokio::test]
+async fn an_end_of_screening_on_the_bus_before_its_commit_is_told_to_a_socket_opened_meanwhile() {
+    let ts = TestServer::start().await;
+    let call = ts.create_call("sip").await;
+    let id = call["id"].as_str().unwrap();
+    publish_before_commit(
+        &ts,
+        id,
+        "call.screening_ended",
+        json!({"msg": "Screening passed"}),
+    )
+    .await;
+    let mut ws = open(&ts, &call, &[]).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "event:start");
+    assert_eq!(
+        ws_json(&mut ws).await,
+        json!({"type": "event:end", "msg": "Screening passed"})
+    );
+    // Nothing else is owed: the socket answers the next message and says nothing more first.
+    ws_send(&mut ws, &json!({"type": "nonsense"})).await;
+    assert_eq!(ws_json(&mut ws).await["type"], "error");
 }
 
 #[tokio::test]

@@ -312,6 +312,60 @@ async fn tenant(server: &Server, name: &str) -> Tenant {
     }
 }
 
+/// Puts `event_type` with `payload` on the bus as the call's next event (seq one above the
+/// store's) without recording it, as a batch looks to readers between its publish and its
+/// commit (the store publishes a group while its writes complete), and waits until this
+/// node's bus holds it. On the cluster backends the node then takes that seq as published:
+/// nothing more may be ingested for the call afterwards.
+pub async fn publish_before_commit(
+    ts: &TestServer,
+    call_id: &str,
+    event_type: &str,
+    payload: Value,
+) -> u64 {
+    use callstream_bus::{Event, Resume, SubscribeOptions, Topic};
+    let state = ts.server().state();
+    let who = auth::authenticate(state.store(), &ts.acme.api)
+        .await
+        .unwrap();
+    let call_id = callstream_core::CallId::parse(call_id).unwrap();
+    let mut call = state
+        .store()
+        .call(&who.workspace_id, &call_id)
+        .await
+        .unwrap()
+        .unwrap();
+    // The embedded store holds the end of the call's seq reservation; the node knows the last
+    // seq it published.
+    state.live().overlay(&mut call);
+    let seq = call.last_seq + 1;
+    let envelope = callstream_core::Envelope::new(
+        who.workspace_id.clone(),
+        callstream_core::Subject::Call(call_id.clone()),
+        seq,
+        callstream_core::time::now(),
+        callstream_core::Payload::parse(event_type, payload).unwrap(),
+    )
+    .unwrap();
+    let topic = Topic::call(&who.workspace_id, &call_id);
+    let options = SubscribeOptions {
+        queue_capacity: 8,
+        dropped: Default::default(),
+    };
+    let mut watch = state
+        .bus()
+        .subscribe(&topic, Resume::Live, options)
+        .await
+        .unwrap();
+    state.bus().publish(Event::new(envelope)).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the bus hands the event over within 10 s")
+        .expect("the subscription stays open");
+    assert_eq!(held.seq(), seq);
+    seq
+}
+
 pub fn transcription(role: &str, text: &str, is_final: bool, turn_id: &str) -> Value {
     json!({"event_type": "call.transcription", "payload": {"role": role, "text": text, "is_final": is_final, "turn_id": turn_id}})
 }
