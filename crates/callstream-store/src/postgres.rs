@@ -12,6 +12,8 @@
 //!
 //! Migrations run separately, as the owner role ([`PgStore::migrate`], `callstream migrate`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,6 +42,115 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Burns that could not be written (the database was away): applied to this node's next
+    /// numbering of their call or conversation, and retried until the database takes them.
+    unburnt: Arc<Unburnt>,
+}
+
+/// Seqs handed to a batch that may have gone out (published, or a publish that may still land)
+/// while its transaction failed, and whose burn failed too, because the database was away then
+/// (lost between the publish and the commit). Without them the next batch would take the same
+/// seqs and every node would drop it as already seen. Until a burn lands, this node numbers
+/// after them (`GREATEST(last_seq, floor)` in the numbering `UPDATE`), and a task retries the
+/// burns every [`BURN_RETRY`]; another node may number from the database's word only in the
+/// moments between the database's return and the retry (docs/operations.md, failure modes).
+#[derive(Default)]
+struct Unburnt {
+    floors: std::sync::Mutex<Floors>,
+}
+
+#[derive(Default)]
+struct Floors {
+    /// (table, id) to the workspace and the last seq that went out.
+    pending: HashMap<(&'static str, String), (WorkspaceId, u64)>,
+    /// Whether a task is retrying them.
+    retrying: bool,
+}
+
+/// How often a burn that failed is tried again.
+const BURN_RETRY: Duration = Duration::from_secs(1);
+
+impl Unburnt {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Floors> {
+        self.floors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The seq a new batch of `id` must be numbered after, at least (0: none pending).
+    fn floor(&self, table: &'static str, id: &str) -> u64 {
+        let floors = self.lock();
+        if floors.pending.is_empty() {
+            return 0;
+        }
+        floors
+            .pending
+            .get(&(table, id.to_owned()))
+            .map_or(0, |(_, last)| *last)
+    }
+
+    /// Forgets a floor the database now holds (a commit or a burn put `upto` or more there).
+    fn settled(&self, table: &'static str, id: &str, upto: u64) {
+        let mut floors = self.lock();
+        let key = (table, id.to_owned());
+        if floors
+            .pending
+            .get(&key)
+            .is_some_and(|(_, last)| *last <= upto)
+        {
+            floors.pending.remove(&key);
+        }
+    }
+
+    /// Keeps a burn that failed; starts the retrying task if none runs.
+    fn keep(
+        self: &Arc<Self>,
+        pool: &PgPool,
+        table: &'static str,
+        workspace: &WorkspaceId,
+        id: &str,
+        last: u64,
+    ) {
+        let mut floors = self.lock();
+        let entry = floors
+            .pending
+            .entry((table, id.to_owned()))
+            .or_insert_with(|| (workspace.clone(), last));
+        entry.1 = entry.1.max(last);
+        if !floors.retrying {
+            floors.retrying = true;
+            tokio::spawn(retry_burns(pool.clone(), Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Tries the kept burns every [`BURN_RETRY`] until none is left (or the store is gone).
+async fn retry_burns(pool: PgPool, unburnt: std::sync::Weak<Unburnt>) {
+    loop {
+        tokio::time::sleep(BURN_RETRY).await;
+        let Some(unburnt) = unburnt.upgrade() else {
+            return;
+        };
+        let pending: Vec<_> = {
+            let mut floors = unburnt.lock();
+            if floors.pending.is_empty() {
+                floors.retrying = false;
+                return;
+            }
+            floors
+                .pending
+                .iter()
+                .map(|((table, id), (workspace, last))| {
+                    (*table, id.clone(), workspace.clone(), *last)
+                })
+                .collect()
+        };
+        for (table, id, workspace, last) in pending {
+            if burn_on(&pool, table, &workspace, &id, last).await.is_ok() {
+                unburnt.settled(table, &id, last);
+            }
+        }
+    }
 }
 
 impl PgStore {
@@ -84,7 +195,10 @@ impl PgStore {
                     .into(),
             ));
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            unburnt: Arc::default(),
+        })
     }
 
     /// Runs the pending migrations, connected as the owner role.
@@ -105,26 +219,33 @@ impl PgStore {
     /// `BEGIN` and the setting go in one round trip (one simple query of two statements); a
     /// workspace id is ASCII letters, digits, `_` and `-` only, so it is safe as a literal there,
     /// and anything else is bound as a parameter in a second round trip instead.
-    async fn scoped(&self, workspace: &WorkspaceId) -> Result<Transaction<'_, Postgres>> {
-        let id = workspace.as_str();
-        if id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Ok(self
-                .pool
-                .begin_with(sqlx::AssertSqlSafe(format!(
-                    "BEGIN; SELECT set_config('app.workspace_id', '{id}', true)"
-                )))
-                .await?);
-        }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+    async fn scoped(&self, workspace: &WorkspaceId) -> Result<Transaction<'static, Postgres>> {
+        scoped_on(&self.pool, workspace).await
     }
+}
+
+/// A transaction on `pool` scoped to `workspace` ([`PgStore::scoped`]).
+async fn scoped_on(
+    pool: &PgPool,
+    workspace: &WorkspaceId,
+) -> Result<Transaction<'static, Postgres>> {
+    let id = workspace.as_str();
+    if id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Ok(pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SELECT set_config('app.workspace_id', '{id}', true)"
+            )))
+            .await?);
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.workspace_id', $1, true)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// The endpoint an attempt was for (`None` for a status callback).
@@ -723,14 +844,17 @@ impl Store for PgStore {
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
         let mut tx = self.scoped(workspace).await?;
         // The UPDATE is the seq authority: it locks the call's row until this transaction ends,
-        // so another node's append to the same call waits here, and so does its publish.
+        // so another node's append to the same call waits here, and so does its publish. It
+        // numbers after a burn this node could not write yet, if any (`Unburnt`).
+        let floor = self.unburnt.floor("calls", call_id.as_str());
         let reserved: Option<i64> = sqlx::query_scalar(
-            "UPDATE calls SET last_seq = last_seq + $1 \
+            "UPDATE calls SET last_seq = GREATEST(last_seq, $4) + $1 \
              WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
         )
         .bind(count)
         .bind(workspace.as_str())
         .bind(call_id.as_str())
+        .bind(signed(floor))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(last) = reserved else {
@@ -764,34 +888,34 @@ impl Store for PgStore {
             call_row(&row)
         };
         let (published, recorded) = futures::join!(publish.publish(&envelopes), recording);
+        let last = last_seq_of(&envelopes);
         let call = match recorded {
             Ok(call) => call,
             Err(err) => {
                 let _ = tx.rollback().await;
-                self.burn_seqs(
-                    "calls",
-                    workspace,
-                    call_id.as_str(),
-                    last_seq_of(&envelopes),
-                )
-                .await?;
+                self.burn_or_keep("calls", workspace, call_id.as_str(), last)
+                    .await;
                 return Err(err);
             }
         };
         if let Err(reason) = published {
-            tx.rollback().await?;
+            let _ = tx.rollback().await;
             // Part of the batch may still reach subscribers (a publish that timed out can land
             // later): its seqs are never handed out again.
-            self.burn_seqs(
-                "calls",
-                workspace,
-                call_id.as_str(),
-                last_seq_of(&envelopes),
-            )
-            .await?;
+            self.burn_or_keep("calls", workspace, call_id.as_str(), last)
+                .await;
             return Err(StoreError::Publish(reason));
         }
-        tx.commit().await?;
+        if let Err(err) = tx.commit().await {
+            // The batch went out; the database may have lost it (a connection lost with the
+            // commit on its way): its seqs are never handed out again either.
+            self.burn_or_keep("calls", workspace, call_id.as_str(), last)
+                .await;
+            return Err(err.into());
+        }
+        if floor > 0 {
+            self.unburnt.settled("calls", call_id.as_str(), last);
+        }
         Ok(Appended { envelopes, call })
     }
 
@@ -842,15 +966,17 @@ impl Store for PgStore {
         call_id: &CallId,
         block: u64,
     ) -> Result<(Call, u64)> {
+        let floor = self.unburnt.floor("calls", call_id.as_str());
         let mut tx = self.scoped(workspace).await?;
         let row = sqlx::query(concat!(
-            "UPDATE calls SET last_seq = last_seq + $1 \
+            "UPDATE calls SET last_seq = GREATEST(last_seq, $4) + $1 \
              WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING ",
             call_columns!()
         ))
         .bind(signed(block))
         .bind(workspace.as_str())
         .bind(call_id.as_str())
+        .bind(signed(floor))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -859,6 +985,9 @@ impl Store for PgStore {
         let call = call_row(&row)?;
         tx.commit().await?;
         let end = call.last_seq;
+        if floor > 0 {
+            self.unburnt.settled("calls", call_id.as_str(), end);
+        }
         Ok((call, end))
     }
 
@@ -1025,13 +1154,17 @@ impl Store for PgStore {
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
         let mut tx = self.scoped(workspace).await?;
+        let floor = self
+            .unburnt
+            .floor("conversations", conversation_id.as_str());
         let reserved = sqlx::query(
-            "UPDATE conversations SET last_seq = last_seq + $1 WHERE workspace_id = $2 AND id = $3 \
-             RETURNING last_seq, mode",
+            "UPDATE conversations SET last_seq = GREATEST(last_seq, $4) + $1 \
+             WHERE workspace_id = $2 AND id = $3 RETURNING last_seq, mode",
         )
         .bind(count)
         .bind(workspace.as_str())
         .bind(conversation_id.as_str())
+        .bind(signed(floor))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -1090,18 +1223,22 @@ impl Store for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let conversation = conversation_row(&row)?;
+        let last = last_seq_of(&envelopes);
         if let Err(reason) = publish.publish(&envelopes).await {
-            tx.rollback().await?;
-            self.burn_seqs(
-                "conversations",
-                workspace,
-                conversation_id.as_str(),
-                last_seq_of(&envelopes),
-            )
-            .await?;
+            let _ = tx.rollback().await;
+            self.burn_or_keep("conversations", workspace, conversation_id.as_str(), last)
+                .await;
             return Err(StoreError::Publish(reason));
         }
-        tx.commit().await?;
+        if let Err(err) = tx.commit().await {
+            self.burn_or_keep("conversations", workspace, conversation_id.as_str(), last)
+                .await;
+            return Err(err.into());
+        }
+        if floor > 0 {
+            self.unburnt
+                .settled("conversations", conversation_id.as_str(), last);
+        }
         Ok(AppendedConversation {
             envelopes,
             conversation,
@@ -2164,13 +2301,18 @@ impl PgStore {
         let mut tx = self.scoped(workspace).await?;
         let ids: Vec<String> = wanted.keys().cloned().collect();
         let counts: Vec<i64> = wanted.values().map(|(_, e)| e.len() as i64).collect();
+        // After a burn this node could not write yet, if any (`Unburnt`).
+        let floors: Vec<i64> = ids
+            .iter()
+            .map(|id| signed(self.unburnt.floor("calls", id)))
+            .collect();
         // The seq authority, as in `append_call_events`: each call's row is locked (in id
         // order, so two nodes' groups never deadlock) and stays locked until the group is
         // published and committed. Locking, numbering and reading the calls back are one
         // statement, one round trip.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE calls SET last_seq = calls.last_seq + v.n \
-             FROM unnest($2::text[], $3::bigint[]) AS v(cid, n) \
+            "UPDATE calls SET last_seq = GREATEST(calls.last_seq, v.f) + v.n \
+             FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS v(cid, n, f) \
              WHERE calls.workspace_id = $1 AND calls.id = v.cid AND calls.id IN \
              (SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
               AND status = 'in_progress' ORDER BY id FOR UPDATE{}) \
@@ -2181,6 +2323,7 @@ impl PgStore {
         .bind(workspace.as_str())
         .bind(&ids)
         .bind(&counts)
+        .bind(&floors)
         .fetch_all(&mut *tx)
         .await?;
         let mut calls = std::collections::HashMap::new();
@@ -2253,7 +2396,7 @@ impl PgStore {
             Ok(reread) => reread,
             Err(err) => {
                 let _ = tx.rollback().await;
-                self.burn_group(workspace, &numbered).await?;
+                self.burn_group(workspace, &numbered).await;
                 return Err(err);
             }
         };
@@ -2261,14 +2404,25 @@ impl PgStore {
             calls.insert(call.id.as_str().to_owned(), call);
         }
         if let Some(Err(reason)) = published.into_iter().find(Result::is_err) {
-            tx.rollback().await?;
-            self.burn_group(workspace, &numbered).await?;
+            let _ = tx.rollback().await;
+            self.burn_group(workspace, &numbered).await;
             for (i, _, _) in &numbered {
                 out[*i] = Some(Err(StoreError::Publish(reason.clone())));
             }
             return Ok(busy);
         }
-        tx.commit().await?;
+        if let Err(err) = tx.commit().await {
+            // The group went out; the database may have lost it: its seqs are never handed
+            // out again.
+            self.burn_group(workspace, &numbered).await;
+            return Err(err.into());
+        }
+        if floors.iter().any(|f| *f > 0) {
+            for (_, call_id, envelopes) in &numbered {
+                self.unburnt
+                    .settled("calls", call_id.as_str(), last_seq_of(envelopes));
+            }
+        }
         for (i, call_id, envelopes) in numbered {
             let call = calls
                 .remove(call_id.as_str())
@@ -2283,33 +2437,53 @@ impl PgStore {
         &self,
         workspace: &WorkspaceId,
         numbered: &[(usize, CallId, Vec<Envelope>)],
-    ) -> Result<()> {
+    ) {
         for (_, call_id, envelopes) in numbered {
-            self.burn_seqs("calls", workspace, call_id.as_str(), last_seq_of(envelopes))
-                .await?;
+            self.burn_or_keep("calls", workspace, call_id.as_str(), last_seq_of(envelopes))
+                .await;
         }
-        Ok(())
     }
 
-    async fn burn_seqs(
+    /// Moves the table row's `last_seq` past `last`, so that seqs of a batch that may have gone
+    /// out are never handed out again; when the database is away, keeps the burn for this
+    /// node's next numbering and retries it ([`Unburnt`]).
+    async fn burn_or_keep(
         &self,
         table: &'static str,
         workspace: &WorkspaceId,
         id: &str,
         last: u64,
-    ) -> Result<()> {
-        let mut tx = self.scoped(workspace).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET last_seq = GREATEST(last_seq, $1) WHERE workspace_id = $2 AND id = $3"
-        )))
-        .bind(signed(last))
-        .bind(workspace.as_str())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+    ) {
+        if let Err(err) = burn_on(&self.pool, table, workspace, id, last).await {
+            tracing::warn!(
+                table,
+                error = %err,
+                "a failed batch's seqs cannot be burnt now; numbering after them here, retrying"
+            );
+            self.unburnt.keep(&self.pool, table, workspace, id, last);
+        }
     }
+}
+
+/// `UPDATE {table} SET last_seq = GREATEST(last_seq, last)` for one row, in its own transaction.
+async fn burn_on(
+    pool: &PgPool,
+    table: &'static str,
+    workspace: &WorkspaceId,
+    id: &str,
+    last: u64,
+) -> Result<()> {
+    let mut tx = scoped_on(pool, workspace).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET last_seq = GREATEST(last_seq, $1) WHERE workspace_id = $2 AND id = $3"
+    )))
+    .bind(signed(last))
+    .bind(workspace.as_str())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// One attempt's outcome, recorded in `tx` (scoped to the delivery's workspace): the message's
@@ -2458,6 +2632,129 @@ mod tests {
             .connect(&db.app_url())
             .await
             .unwrap()
+    }
+
+    /// Publishes a batch, then takes the database away from the gateway while the batch's
+    /// transaction is still open (new connections refused, every open one ended): the batch
+    /// went out, and then its commit fails, and so does any burn of its seqs.
+    struct LoseTheDatabase {
+        name: String,
+        seen: std::sync::Mutex<Vec<u64>>,
+    }
+
+    #[async_trait]
+    impl PublishInOrder for LoseTheDatabase {
+        async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), String> {
+            self.seen
+                .lock()
+                .unwrap()
+                .extend(envelopes.iter().map(|e| e.seq));
+            // The transaction's own writes finish first (they run beside the publish), so that
+            // what is lost is the commit.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            allow_connections(&self.name, false).await;
+            Ok(())
+        }
+    }
+
+    async fn allow_connections(database: &str, allowed: bool) {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&crate::testing::admin_url())
+            .await
+            .unwrap();
+        // The name is the test's own (hex), not input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS {allowed}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        if !allowed {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(database)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    }
+
+    fn dtmf(digits: &str) -> NewEvent {
+        NewEvent::new(
+            time::now(),
+            Payload::parse("call.dtmf", serde_json::json!({"digits": digits})).unwrap(),
+        )
+    }
+
+    /// docs/operations.md's failure "PostgreSQL lost after a batch was published, before its
+    /// commit": the batch's seqs could not be burnt, and the call's next batch took them again,
+    /// so every node dropped it as already seen. Both ways in (one call, a group) are tried.
+    #[tokio::test]
+    async fn seqs_that_went_out_before_the_database_was_lost_are_never_handed_out_again() {
+        let Some(db) = PgTestDb::create("PostgreSQL lost between a publish and its commit").await
+        else {
+            return;
+        };
+        let store = db.store().await;
+        let ws = store.ensure_workspace("a").await.unwrap();
+        let call = crate::conformance::new_call(&ws.id);
+        store.create_call(&call).await.unwrap();
+        let first = store
+            .append_call_events(&ws.id, &call.id, vec![dtmf("1")], &crate::NoPublish)
+            .await
+            .unwrap();
+        assert_eq!(first.envelopes[0].seq, 1);
+
+        // Once through `append_call_events`, once through a group.
+        let mut went_out = 1;
+        for group in [false, true] {
+            let losing = LoseTheDatabase {
+                name: db.name.clone(),
+                seen: std::sync::Mutex::new(Vec::new()),
+            };
+            let lost = if group {
+                store
+                    .append_calls_events(
+                        &ws.id,
+                        vec![(call.id.clone(), vec![dtmf("2")])],
+                        &[&losing as &dyn PublishInOrder],
+                    )
+                    .await
+                    .and_then(|mut each| each.remove(0))
+            } else {
+                store
+                    .append_call_events(&ws.id, &call.id, vec![dtmf("2")], &losing)
+                    .await
+            };
+            assert!(lost.is_err(), "the commit was lost: {lost:?}");
+            let seen = losing.seen.lock().unwrap().clone();
+            assert_eq!(seen.len(), 1, "the batch went out");
+            assert!(seen[0] > went_out, "{seen:?} after {went_out}");
+            went_out = seen[0];
+
+            allow_connections(&db.name, true).await;
+            // The pool's connections ended with the database's; the first tries may meet one.
+            let mut next = None;
+            for _ in 0..20 {
+                match store
+                    .append_call_events(&ws.id, &call.id, vec![dtmf("3")], &crate::NoPublish)
+                    .await
+                {
+                    Ok(appended) => {
+                        next = Some(appended.envelopes[0].seq);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            let next = next.expect("the database is back");
+            assert!(
+                next > went_out,
+                "seq {went_out} went out before the database was lost; the next batch took {next}"
+            );
+            went_out = next;
+        }
     }
 
     #[tokio::test]
