@@ -15,6 +15,7 @@
 #   SCENARIOS=hot TARGETS="cluster2 nchan2" bench/cluster.sh
 #   SCENARIOS=custom TARGETS=cluster2 EXTRA_ARGS="--channels 200 --per-channel 1 --rate 100" bench/cluster.sh
 #   BIN=/some/dir bench/cluster.sh                     # binaries built earlier (no build here)
+#   NODE_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 bench/cluster.sh   # the nodes on another malloc
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,7 +68,7 @@ API=$($BIN/callstream keys create --database-url "$APP_URL" --workspace bench --
 RT=$($BIN/callstream keys create --database-url "$APP_URL" --workspace bench --runtime --json | json_key)
 node() { # port, log
   RUST_LOG=warn CALLSTREAM_DATABASE_URL=$APP_URL CALLSTREAM_NATS_URL=nats://127.0.0.1:4311 \
-    $BIN/callstream serve --listen "127.0.0.1:$1" --data-dir "$TMP/node-$1" 2> "$OUT/$2.log" &
+    LD_PRELOAD=${NODE_PRELOAD:-} $BIN/callstream serve --listen "127.0.0.1:$1" --data-dir "$TMP/node-$1" 2> "$OUT/$2.log" &
   PIDS+=($!); wait_port "$1"
 }
 node 8080 node-a; A_PID=${PIDS[-1]}

@@ -73,7 +73,7 @@ pub async fn append_call_events_in_place(
     call: &CallId,
     events: Vec<NewEvent>,
 ) -> Result<Published<Call>, ApiError> {
-    let published = if state.config().clustered() {
+    let (published, webhooks_queued) = if state.config().clustered() {
         // Several nodes may ingest for this call: the store numbers every batch and holds the
         // call until the bus has it, so every node's subscribers see one gap-free order.
         let publisher = BusPublisher::new(state);
@@ -83,10 +83,11 @@ pub async fn append_call_events_in_place(
             .await
             .map_err(|e| ApiError::from_store(e, "call"))?;
         state.live().remember(&appended.call);
-        Published {
+        let published = Published {
             events: publisher.into_events(),
             subject: appended.call,
-        }
+        };
+        (published, appended.webhooks_queued)
     } else {
         let (events, subject) = state
             .live()
@@ -94,12 +95,14 @@ pub async fn append_call_events_in_place(
                 publish(state, envelopes)
             })
             .await?;
-        Published { events, subject }
+        // One node knows when its workspace has no endpoint (the worker looks at most every
+        // 20 ms however often it is told).
+        let may_queue = state.live().may_queue_webhooks(workspace);
+        (Published { events, subject }, may_queue)
     };
-    // The batch may have queued webhooks (the worker looks at most every 20 ms however often
-    // it is told). One node knows when its workspace has no endpoint; a cluster's store decides
-    // per append, so there every append says so.
-    if state.config().clustered() || state.live().may_queue_webhooks(workspace) {
+    // A cluster's store says whether the batch queued webhooks: only then are the nodes' workers
+    // woken (each wake is a NATS message and an outbox claim at every node).
+    if webhooks_queued {
         state.outbox_written();
     }
     if !published.subject.status.is_active() {
@@ -137,9 +140,11 @@ pub async fn append_calls_events_grouped(
         }
     };
     let mut out = Vec::with_capacity(results.len());
+    let mut webhooks_queued = false;
     for (result, publisher) in results.into_iter().zip(publishers) {
         match result {
             Ok(appended) => {
+                webhooks_queued |= appended.webhooks_queued;
                 state.live().remember(&appended.call);
                 if !appended.call.status.is_active() {
                     state.commands().forget(&appended.call.id).await;
@@ -152,7 +157,9 @@ pub async fn append_calls_events_grouped(
             Err(e) => out.push(Err(ApiError::from_store(e, "call"))),
         }
     }
-    state.outbox_written();
+    if webhooks_queued {
+        state.outbox_written();
+    }
     out
 }
 

@@ -92,7 +92,8 @@ macro_rules! conformance_tests {
             endpoints_change_pause_while_disabled_and_rotate_with_an_overlap,
             idle_live_calls_of_every_workspace_are_found_and_touches_keep_them,
             outcomes_recorded_together_each_land_in_their_own_workspace,
-            two_nodes_record_batches_over_the_same_endpoints_in_opposite_orders
+            two_nodes_record_batches_over_the_same_endpoints_in_opposite_orders,
+            appends_say_whether_they_queued_webhooks_and_queue_only_their_workspaces
         );
     };
     (@each $fresh:path; always; $($check:ident),* $(,)?) => {
@@ -1574,6 +1575,144 @@ pub async fn appends_publish_in_seq_order_and_a_failed_publish_records_nothing(
 /// its own publisher; a call that would be refused alone is refused alone; two groups over the
 /// same calls at once (two nodes) never share a seq and never deadlock; a failed publish undoes
 /// the whole group and burns its seqs.
+/// The server wakes the webhook workers of every node only when an append says it queued
+/// something; an append that says no must have queued nothing, and one that says yes must have
+/// queued exactly what its workspace's endpoints want, single or grouped.
+pub async fn appends_say_whether_they_queued_webhooks_and_queue_only_their_workspaces(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let other = store.ensure_workspace("b").await.unwrap();
+    store
+        .create_webhook_endpoint(&endpoint(&other.id, "whe_other", None))
+        .await
+        .unwrap();
+    let (a, b) = (new_call(&ws.id), new_call(&ws.id));
+    for call in [&a, &b] {
+        store.create_call(call).await.unwrap();
+    }
+    let now = time::now();
+    // Due from the moment they are queued: looked for a little after, leased for a minute.
+    let due = || async {
+        let at = time::now() + chrono::Duration::seconds(1);
+        store
+            .due_deliveries(at, at + chrono::Duration::seconds(60), 10)
+            .await
+            .unwrap()
+    };
+    let dtmf = || ev("call.dtmf", json!({"digits": "1"}));
+    let metrics = || ev("call.metrics", json!({}));
+    let group =
+        |events: fn() -> Vec<NewEvent>| vec![(a.id.clone(), events()), (b.id.clone(), events())];
+    let no_publish: [&dyn crate::PublishInOrder; 2] = [&crate::NoPublish, &crate::NoPublish];
+
+    // No endpoint in this workspace (another workspace's wants everything): nothing queued.
+    let single = store
+        .append_call_events_np(&ws.id, &a.id, vec![dtmf()])
+        .await
+        .unwrap();
+    assert!(
+        !single.webhooks_queued,
+        "no endpoint: a single append queues nothing"
+    );
+    let grouped = store
+        .append_calls_events(
+            &ws.id,
+            group(|| vec![ev("call.dtmf", json!({"digits": "2"}))]),
+            &no_publish,
+        )
+        .await
+        .unwrap();
+    for result in grouped {
+        assert!(
+            !result.unwrap().webhooks_queued,
+            "no endpoint: a group queues nothing"
+        );
+    }
+    assert!(
+        due().await.is_empty(),
+        "another workspace's endpoint gets none of this workspace's events"
+    );
+
+    // Endpoints wanting DTMF only, and everything but DTMF turned off: metrics queue nothing.
+    store
+        .create_webhook_endpoint(&endpoint(&ws.id, "whe_dtmf", Some(&["call.dtmf"])))
+        .await
+        .unwrap();
+    store
+        .create_webhook_endpoint(&endpoint(&ws.id, "whe_all", None))
+        .await
+        .unwrap();
+    let disable = EndpointChange {
+        enabled: Some(false),
+        disabled_reason: Some("paused".into()),
+        ..EndpointChange::default()
+    };
+    store
+        .change_webhook_endpoint(&ws.id, "whe_all", &disable, now)
+        .await
+        .unwrap()
+        .unwrap();
+    let single = store
+        .append_call_events_np(&ws.id, &a.id, vec![metrics()])
+        .await
+        .unwrap();
+    assert!(!single.webhooks_queued, "an unwanted type queues nothing");
+    let grouped = store
+        .append_calls_events(
+            &ws.id,
+            group(|| vec![ev("call.metrics", json!({}))]),
+            &no_publish,
+        )
+        .await
+        .unwrap();
+    for result in grouped {
+        assert!(
+            !result.unwrap().webhooks_queued,
+            "an unwanted type queues nothing in a group"
+        );
+    }
+    assert!(due().await.is_empty());
+
+    // Wanted events: said, and queued once each for the endpoint that wants them.
+    let single = store
+        .append_call_events_np(&ws.id, &a.id, vec![dtmf(), metrics()])
+        .await
+        .unwrap();
+    assert!(single.webhooks_queued, "a wanted event is queued and said");
+    let grouped = store
+        .append_calls_events(
+            &ws.id,
+            group(|| {
+                vec![
+                    ev("call.dtmf", json!({"digits": "3"})),
+                    ev("call.metrics", json!({})),
+                ]
+            }),
+            &no_publish,
+        )
+        .await
+        .unwrap();
+    let mut wanted = vec![single.envelopes[0].event_id.to_string()];
+    for result in grouped {
+        let appended = result.unwrap();
+        assert!(
+            appended.webhooks_queued,
+            "a wanted event in a group is queued and said"
+        );
+        wanted.push(appended.envelopes[0].event_id.to_string());
+    }
+    let due = due().await;
+    let mut got: Vec<_> = due.iter().map(|d| d.event_id.clone()).collect();
+    got.sort();
+    wanted.sort();
+    assert_eq!(
+        got, wanted,
+        "each wanted event once, for the endpoint that wants it"
+    );
+}
+
 pub async fn group_appends_number_each_call_and_refuse_alone(backend: &dyn Backend) {
     let store = backend.open().await;
     let ws = store.ensure_workspace("a").await.unwrap();

@@ -681,6 +681,9 @@ pub struct Appended {
     pub envelopes: Vec<Envelope>,
     /// The call after the append (status changed if a terminal event was among them).
     pub call: Call,
+    /// Whether the append queued webhook deliveries: the caller wakes the webhook workers only
+    /// then (on a cluster every wake is a NATS message and an outbox claim at every node).
+    pub webhooks_queued: bool,
 }
 
 /// callstream's durable state.

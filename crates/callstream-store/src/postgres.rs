@@ -495,17 +495,20 @@ async fn end_call(
     Ok(())
 }
 
-/// Records what a batch of a call's events changes: final turns, the end of screening; returns
-/// the call's end if the batch ended it.
+/// The end of a call a batch brought, if any: its status, when, and the terminal event's seq.
+type CallEnd = Option<(CallStatus, DateTime<Utc>, u64)>;
+
+/// Records what a batch of a call's events changes: final turns, the end of screening, the
+/// webhook rows; returns the call's end if the batch ended it, and whether webhooks were queued.
 async fn record_effects(
     tx: &mut Transaction<'_, Postgres>,
     workspace: &WorkspaceId,
     call: &CallId,
     envelopes: &[Envelope],
-) -> Result<Option<(CallStatus, DateTime<Utc>, u64)>> {
+) -> Result<(CallEnd, bool)> {
     let end = record_call_effects(tx, workspace, call, envelopes).await?;
-    enqueue_webhooks(tx, workspace, envelopes).await?;
-    Ok(end)
+    let queued = enqueue_webhooks(tx, workspace, envelopes).await?;
+    Ok((end, queued))
 }
 
 /// [`record_effects`] without the webhook rows (a group commit queues them once for all).
@@ -871,9 +874,8 @@ impl Store for PgStore {
         // Published while the same transaction records what the events change (as in
         // `append_group`): the commit waits for both, and either failing burns the seqs.
         let recording = async {
-            if let Some((status, at, _)) =
-                record_effects(&mut tx, workspace, call_id, &envelopes).await?
-            {
+            let (end, queued) = record_effects(&mut tx, workspace, call_id, &envelopes).await?;
+            if let Some((status, at, _)) = end {
                 end_call(&mut tx, workspace, call_id, status, at, &envelopes).await?;
             }
             let row = sqlx::query(concat!(
@@ -885,12 +887,12 @@ impl Store for PgStore {
             .bind(call_id.as_str())
             .fetch_one(&mut *tx)
             .await?;
-            call_row(&row)
+            Ok((call_row(&row)?, queued))
         };
         let (published, recorded) = futures::join!(publish.publish(&envelopes), recording);
         let last = last_seq_of(&envelopes);
-        let call = match recorded {
-            Ok(call) => call,
+        let (call, webhooks_queued) = match recorded {
+            Ok(recorded) => recorded,
             Err(err) => {
                 let _ = tx.rollback().await;
                 self.burn_or_keep("calls", workspace, call_id.as_str(), last)
@@ -916,7 +918,11 @@ impl Store for PgStore {
         if floor > 0 {
             self.unburnt.settled("calls", call_id.as_str(), last);
         }
-        Ok(Appended { envelopes, call })
+        Ok(Appended {
+            envelopes,
+            call,
+            webhooks_queued,
+        })
     }
 
     async fn append_calls_events(
@@ -999,7 +1005,7 @@ impl Store for PgStore {
     ) -> Result<Option<Call>> {
         let mut tx = self.scoped(workspace).await?;
         let mut ended = None;
-        if let Some((status, at, seq)) =
+        if let (Some((status, at, seq)), _) =
             record_effects(&mut tx, workspace, call_id, envelopes).await?
         {
             let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
@@ -2117,7 +2123,8 @@ async fn record_group_effects(
     workspace: &WorkspaceId,
     numbered: &[(usize, CallId, Vec<Envelope>)],
     all: &[Envelope],
-) -> Result<Vec<Call>> {
+    endpoints: &Endpoints,
+) -> Result<(Vec<Call>, bool)> {
     for (_, call_id, envelopes) in numbered {
         if let Some((status, at, _)) =
             record_call_effects(tx, workspace, call_id, envelopes).await?
@@ -2125,7 +2132,7 @@ async fn record_group_effects(
             end_call(tx, workspace, call_id, status, at, envelopes).await?;
         }
     }
-    enqueue_webhooks(tx, workspace, all).await?;
+    let queued = enqueue_for(tx, workspace, all, endpoints).await?;
     let changed: Vec<&str> = numbered
         .iter()
         .filter(|(_, _, envelopes)| {
@@ -2139,7 +2146,7 @@ async fn record_group_effects(
         .map(|(_, c, _)| c.as_str())
         .collect();
     if changed.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), queued));
     }
     let rows = sqlx::query(concat!(
         "SELECT ",
@@ -2150,42 +2157,83 @@ async fn record_group_effects(
     .bind(&changed)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter().map(call_row).collect()
+    let calls = rows.iter().map(call_row).collect::<Result<_>>()?;
+    Ok((calls, queued))
 }
 
-/// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
-/// caller's transaction.
-async fn enqueue_webhooks(
+/// A workspace's enabled webhook endpoints: each id with the event types it wants (`None`: all).
+type Endpoints = Vec<(String, Option<Vec<String>>)>;
+
+/// Reads the workspace's enabled endpoints in the caller's transaction.
+async fn endpoints_of(
     tx: &mut Transaction<'_, Postgres>,
     workspace: &WorkspaceId,
-    envelopes: &[Envelope],
-) -> Result<()> {
-    let endpoints = sqlx::query(
+) -> Result<Endpoints> {
+    let rows = sqlx::query(
         "SELECT id, event_types FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL",
     )
     .bind(workspace.as_str())
     .fetch_all(&mut **tx)
     .await?;
-    if endpoints.is_empty() {
-        return Ok(());
-    }
-    let mut wanted = Vec::with_capacity(endpoints.len());
-    for row in &endpoints {
+    let mut wanted = Vec::with_capacity(rows.len());
+    for row in &rows {
         let id: String = row.try_get("id")?;
         let types: Option<String> = row.try_get("event_types")?;
-        let types: Option<Vec<String>> = types
-            .map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|e| corrupt("event types", e))?;
-        wanted.push((id, types));
+        wanted.push((id, event_types(types.as_deref())?));
     }
+    Ok(wanted)
+}
+
+fn event_types(stored: Option<&str>) -> Result<Option<Vec<String>>> {
+    stored
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| corrupt("event types", e))
+}
+
+/// The workspace's enabled endpoints as one value, read in the statement that numbers a group
+/// (an uncorrelated subquery: evaluated once per statement), which saves the group a round trip.
+const ENDPOINTS_COLUMN: &str = "(SELECT coalesce(json_agg(json_build_array(e.id, e.event_types)), '[]')::text \
+     FROM webhook_endpoints e WHERE e.workspace_id = $1 AND e.disabled_at IS NULL) AS endpoints";
+
+/// Decodes [`ENDPOINTS_COLUMN`].
+fn endpoints_from_column(row: &PgRow) -> Result<Endpoints> {
+    let text: &str = row.try_get("endpoints")?;
+    let pairs: Vec<(String, Option<String>)> =
+        serde_json::from_str(text).map_err(|e| corrupt("endpoints", e))?;
+    pairs
+        .into_iter()
+        .map(|(id, types)| Ok((id, event_types(types.as_deref())?)))
+        .collect()
+}
+
+/// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
+/// caller's transaction. Returns whether it queued any.
+async fn enqueue_webhooks(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    envelopes: &[Envelope],
+) -> Result<bool> {
+    let wanted = endpoints_of(tx, workspace).await?;
+    enqueue_for(tx, workspace, envelopes, &wanted).await
+}
+
+/// [`enqueue_webhooks`] for endpoints already read.
+async fn enqueue_for(
+    tx: &mut Transaction<'_, Postgres>,
+    workspace: &WorkspaceId,
+    envelopes: &[Envelope],
+    wanted: &Endpoints,
+) -> Result<bool> {
+    let mut queued = false;
     for env in envelopes {
         let ty = env.payload.type_name();
         let payload = env.to_json();
-        for (endpoint, types) in &wanted {
+        for (endpoint, types) in wanted {
             if types.as_ref().is_some_and(|t| !t.iter().any(|x| x == ty)) {
                 continue;
             }
+            queued = true;
             sqlx::query(
                 "INSERT INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT DO NOTHING",
@@ -2200,7 +2248,7 @@ async fn enqueue_webhooks(
             .await?;
         }
     }
-    Ok(())
+    Ok(queued)
 }
 
 async fn upsert_message(
@@ -2308,15 +2356,15 @@ impl PgStore {
             .collect();
         // The seq authority, as in `append_call_events`: each call's row is locked (in id
         // order, so two nodes' groups never deadlock) and stays locked until the group is
-        // published and committed. Locking, numbering and reading the calls back are one
-        // statement, one round trip.
+        // published and committed. Locking, numbering, reading the calls back and reading the
+        // workspace's webhook endpoints are one statement, one round trip.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE calls SET last_seq = GREATEST(calls.last_seq, v.f) + v.n \
              FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS v(cid, n, f) \
              WHERE calls.workspace_id = $1 AND calls.id = v.cid AND calls.id IN \
              (SELECT id FROM calls WHERE workspace_id = $1 AND id = ANY($2) \
               AND status = 'in_progress' ORDER BY id FOR UPDATE{}) \
-             RETURNING {}",
+             RETURNING {}, {ENDPOINTS_COLUMN}",
             if wait { "" } else { " SKIP LOCKED" },
             call_columns!()
         )))
@@ -2331,6 +2379,10 @@ impl PgStore {
             let call = call_row(row)?;
             calls.insert(call.id.as_str().to_owned(), call);
         }
+        let endpoints = match rows.first() {
+            Some(row) => endpoints_from_column(row)?,
+            None => Endpoints::new(),
+        };
         let mut busy = Group::new();
         if !wait && calls.len() < ids.len() {
             // In progress but not locked here: held by another transaction.
@@ -2390,10 +2442,10 @@ impl PgStore {
                 .iter()
                 .map(|(i, _, envelopes)| publish[*i].publish(envelopes)),
         );
-        let recording = record_group_effects(&mut tx, workspace, &numbered, &all);
+        let recording = record_group_effects(&mut tx, workspace, &numbered, &all, &endpoints);
         let (published, recorded) = futures::join!(publishing, recording);
-        let reread = match recorded {
-            Ok(reread) => reread,
+        let (reread, webhooks_queued) = match recorded {
+            Ok(recorded) => recorded,
             Err(err) => {
                 let _ = tx.rollback().await;
                 self.burn_group(workspace, &numbered).await;
@@ -2427,7 +2479,11 @@ impl PgStore {
             let call = calls
                 .remove(call_id.as_str())
                 .ok_or_else(|| corrupt("call", call_id.as_str()))?;
-            out[i] = Some(Ok(Appended { envelopes, call }));
+            out[i] = Some(Ok(Appended {
+                envelopes,
+                call,
+                webhooks_queued,
+            }));
         }
         Ok(busy)
     }

@@ -617,7 +617,7 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
             envelopes.push(env);
         }
-        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
+        let webhooks_queued = enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
         if let Some((status, at)) = end {
             let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
             sqlx::query(
@@ -652,7 +652,11 @@ impl Store for SqliteStore {
             return Err(StoreError::Publish(reason));
         }
         tx.commit().await?;
-        Ok(Appended { envelopes, call })
+        Ok(Appended {
+            envelopes,
+            call,
+            webhooks_queued,
+        })
     }
 
     async fn reserve_call_seqs(
@@ -1962,18 +1966,18 @@ async fn reserved_call(
 }
 
 /// Queues every envelope for every enabled endpoint of the workspace that wants its type, in the
-/// caller's transaction.
+/// caller's transaction. Returns whether it queued any.
 async fn enqueue_webhooks(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     workspace: &WorkspaceId,
     envelopes: &[Envelope],
-) -> Result<()> {
+) -> Result<bool> {
     let endpoints = sqlx::query("SELECT id, event_types FROM webhook_endpoints WHERE workspace_id = $1 AND disabled_at IS NULL")
         .bind(workspace.as_str())
         .fetch_all(&mut **tx)
         .await?;
     if endpoints.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut wanted = Vec::with_capacity(endpoints.len());
     for row in &endpoints {
@@ -1985,6 +1989,7 @@ async fn enqueue_webhooks(
             .map_err(|e| corrupt("event types", e))?;
         wanted.push((id, types));
     }
+    let mut queued = false;
     for env in envelopes {
         let ty = env.payload.type_name();
         let payload = env.to_json();
@@ -1992,6 +1997,7 @@ async fn enqueue_webhooks(
             if types.as_ref().is_some_and(|t| !t.iter().any(|x| x == ty)) {
                 continue;
             }
+            queued = true;
             sqlx::query(
                 "INSERT OR IGNORE INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
@@ -2006,7 +2012,7 @@ async fn enqueue_webhooks(
             .await?;
         }
     }
-    Ok(())
+    Ok(queued)
 }
 
 async fn upsert_message(

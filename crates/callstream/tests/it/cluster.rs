@@ -446,3 +446,76 @@ async fn a_dead_nodes_audio_stream_is_taken_over_by_another_when_its_lease_runs_
         "in-progress"
     );
 }
+
+/// Every wake of the webhook workers is a NATS message to every node and an outbox claim at
+/// each: a node sends one only when an append queued a webhook, whichever way the events came
+/// (an HTTP batch, or the runtime socket's group commit).
+#[tokio::test]
+async fn the_webhook_workers_are_woken_only_by_appends_that_queued_a_webhook() {
+    use futures::StreamExt;
+    let ts = TestServer::start().await;
+    if !clustered(&ts, "the_webhook_workers_are_woken_only_by_appends") {
+        return;
+    }
+    let nats = ts.server().state().nats().unwrap().clone();
+    let mut wakes = nats
+        .subscribe(callstream_server::state::OUTBOX_WAKE_SUBJECT)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let id = ts.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut runtime = ws_connect(&ts.ws_url("/v1/runtime"), Some(&ts.acme.runtime))
+        .await
+        .unwrap();
+    let dtmf = |digits: &str| json!([{"event_type": "call.dtmf", "payload": {"digits": digits}}]);
+
+    // No endpoint: events by HTTP and on the runtime socket wake nobody.
+    ts.ingest(&id, dtmf("1")).await;
+    ws_send(
+        &mut runtime,
+        &json!({"type": "events", "call_id": id, "events": dtmf("2")}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut runtime).await["type"], "accepted");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), wakes.next())
+            .await
+            .is_err(),
+        "an append that queued no webhook wakes no worker"
+    );
+
+    // With an endpoint that wants DTMF, each way wakes the workers.
+    let (status, created) = ts
+        .post(
+            "/v1/webhook-endpoints",
+            &ts.acme.api,
+            &json!({"url": "http://127.0.0.1:9/hook", "event_types": ["call.dtmf"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    // Whatever creating it said is let through first (wakes are at most one per 20 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while tokio::time::timeout(Duration::from_millis(50), wakes.next())
+        .await
+        .is_ok()
+    {}
+    ts.ingest(&id, dtmf("3")).await;
+    tokio::time::timeout(Duration::from_secs(5), wakes.next())
+        .await
+        .expect("an HTTP batch that queued a webhook wakes the workers")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ws_send(
+        &mut runtime,
+        &json!({"type": "events", "call_id": id, "events": dtmf("4")}),
+    )
+    .await;
+    assert_eq!(ws_json(&mut runtime).await["type"], "accepted");
+    tokio::time::timeout(Duration::from_secs(5), wakes.next())
+        .await
+        .expect("a group commit that queued a webhook wakes the workers")
+        .unwrap();
+}
