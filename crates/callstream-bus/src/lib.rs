@@ -68,6 +68,12 @@ pub enum BusError {
     /// The backend cannot be reached (a NATS server down, say). Retryable.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The batch's first seq was already published on its subject by another batch: one that
+    /// went out although the store never recorded it (its transaction failed, and the burn of
+    /// its seqs had not landed yet). The subject holds seqs up to `last`; nothing of this batch
+    /// was stored.
+    #[error("seqs up to {last} of this subject were already published by another batch")]
+    SeqsTaken { last: u64 },
 }
 
 /// Where a new subscription starts.

@@ -3,8 +3,10 @@
 //! - **Events** are stored in one JetStream stream over `cs.*.call.*` and `cs.*.conv.*` (24 h by
 //!   default) and published with an acknowledgement, so a publish that returns was stored. A
 //!   batch of one topic's events is one message (a JSON array, or a single envelope object), so
-//!   it is stored or refused whole. Headers: `Nats-Msg-Id` (the first event's id: a retried
-//!   publish is de-duplicated), `Cs-Seq` and `Cs-Last-Seq` (the batch's first and last seq).
+//!   it is stored or refused whole. Headers: `Nats-Msg-Id` (`{subject}:{first seq}`: a retried
+//!   publish is de-duplicated, and a second batch starting at a seq the subject already has is
+//!   refused with [`BusError::SeqsTaken`]), `Cs-Seq` and `Cs-Last-Seq` (the batch's first and
+//!   last seq).
 //! - **One shared reader per node**: an ordered JetStream consumer over the whole stream feeds
 //!   an [`InProcessBus`] that does this node's fan-out, per-subscriber queues and recent history,
 //!   exactly as on one node. The ordered consumer notices any gap in the stream's sequence (a
@@ -278,6 +280,49 @@ impl NatsBus {
                 _ => return Ok(None),
             }
         }
+    }
+
+    /// After JetStream took a batch as a duplicate of the message at stream sequence
+    /// `original`: `Ok` when that message is this very batch (a retry), otherwise
+    /// [`BusError::SeqsTaken`] with the highest seq the subject holds. Two batches can start at
+    /// the same seq only when the first went out and its store transaction failed before the
+    /// burn of its seqs landed (`docs/operations.md`, failure modes).
+    async fn taken(
+        &self,
+        subject: &str,
+        original: u64,
+        head: &Event,
+        tail: &Event,
+    ) -> Result<(), BusError> {
+        let mut from = original;
+        let mut last = 0;
+        let mut first_message = None;
+        loop {
+            let got = self.direct_batch(subject, from, 16).await?;
+            for m in &got {
+                last = last.max(m.last);
+                if first_message.is_none() {
+                    first_message = Some((m.stream_seq, m.first, m.last, m.payload.clone()));
+                }
+            }
+            match got.last() {
+                Some(m) if got.len() == 16 => from = m.stream_seq + 1,
+                _ => break,
+            }
+        }
+        if let Some((stream_seq, first, stored_last, payload)) = first_message
+            && stream_seq == original
+            && first == head.seq()
+            && stored_last == tail.seq()
+            && decode_events(&payload).is_ok_and(|events| {
+                events.first().map(|e| &e.event_id) == Some(&head.envelope().event_id)
+            })
+        {
+            return Ok(());
+        }
+        Err(BusError::SeqsTaken {
+            last: last.max(tail.seq()),
+        })
     }
 
     /// Up to `batch` messages of `subject` from stream sequence `from` on.
@@ -709,7 +754,13 @@ impl Bus for NatsBus {
             return Ok(PublishReport::default());
         };
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", head.envelope().event_id.as_str());
+        // One id per subject and first seq: JetStream then refuses, inside its duplicate
+        // window, a second batch that starts at a seq already published on the subject (see
+        // `taken`), as well as a retry of this one.
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}:{}", topic.as_str(), head.seq()).as_str(),
+        );
         headers.insert(SEQ_HEADER, head.seq().to_string().as_str());
         headers.insert(LAST_SEQ_HEADER, tail.seq().to_string().as_str());
         let unavailable =
@@ -719,7 +770,10 @@ impl Bus for NatsBus {
             .publish_with_headers(topic.as_str().to_owned(), headers, encode_events(&fresh))
             .await
             .map_err(|e| unavailable(&e))?;
-        ack.await.map_err(|e| unavailable(&e))?;
+        let ack = ack.await.map_err(|e| unavailable(&e))?;
+        if ack.duplicate {
+            self.taken(topic.as_str(), ack.sequence, head, tail).await?;
+        }
         if tail.envelope().payload.is_terminal() {
             self.published.remove(&topic);
         } else {

@@ -118,6 +118,42 @@ async fn events_and_audio_published_at_one_node_reach_the_others_in_order() {
     assert_eq!(*heard, *frame);
 }
 
+/// A batch that went out although its store transaction failed holds its seqs on the bus: a
+/// second batch from another node starting at one of them is refused with the subject's last
+/// seq (the store then burns past it and numbers again), while a node publishing the very same
+/// batch again (a retry) is told it is in.
+#[tokio::test]
+async fn a_second_batch_on_seqs_the_bus_holds_is_refused_and_a_retry_is_not() {
+    let Some(server) = NatsTestServer::start("a_second_batch_on_seqs_the_bus_holds") else {
+        return;
+    };
+    let (a, b) = (node(&server, 128).await, node(&server, 128).await);
+    let (ws, call) = (WorkspaceId::new(), CallId::new());
+    let topic = Topic::call(&ws, &call);
+    let mut at_b = b
+        .subscribe(&topic, Resume::Live, options(64))
+        .await
+        .unwrap();
+    let lost: Vec<Arc<Event>> = (1..=3).map(|s| event(&ws, &call, s, false)).collect();
+    a.publish_batch(&lost).await.unwrap();
+    assert_eq!(seqs(&mut at_b, 3).await, vec![1, 2, 3]);
+
+    // Another node numbers the call from the store, which never recorded 1..3.
+    let reused: Vec<Arc<Event>> = (1..=2).map(|s| event(&ws, &call, s, false)).collect();
+    match b.publish_batch(&reused).await {
+        Err(callstream_bus::BusError::SeqsTaken { last }) => assert_eq!(last, 3),
+        other => panic!("a batch on taken seqs must be refused, got {other:?}"),
+    }
+    // The same batch again, from a node that does not remember publishing it: it is in.
+    let c = node(&server, 128).await;
+    c.publish_batch(&lost).await.unwrap();
+    // Numbered after the taken seqs, a batch goes through; nothing of the refused one arrived.
+    b.publish_batch(&[event(&ws, &call, 4, false)])
+        .await
+        .unwrap();
+    assert_eq!(seqs(&mut at_b, 1).await, vec![4]);
+}
+
 #[tokio::test]
 async fn a_resume_reaches_past_a_nodes_memory_into_jetstream() {
     let Some(server) = NatsTestServer::start("a_resume_reaches_past_a_nodes_memory") else {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use callstream_bus::Event;
+use callstream_bus::{BusError, Event};
 use callstream_core::event::RawPayload;
 use callstream_core::incoming::IncomingBatch;
 use callstream_core::{
     Call, CallId, Conversation, ConversationId, Envelope, EventType, Payload, Transport,
     WorkspaceId, time,
 };
-use callstream_store::{NewEvent, PublishInOrder, StoreError};
+use callstream_store::{NewEvent, NotPublished, PublishInOrder, StoreError};
 use callstream_surfaces::runtime::Batch;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -222,7 +222,7 @@ impl<'a> BusPublisher<'a> {
 
 #[async_trait::async_trait]
 impl PublishInOrder for BusPublisher<'_> {
-    async fn publish(&self, envelopes: &[Envelope]) -> Result<(), String> {
+    async fn publish(&self, envelopes: &[Envelope]) -> Result<(), NotPublished> {
         let events: Vec<Arc<Event>> = envelopes
             .iter()
             .map(|envelope| Event::new(envelope.clone()))
@@ -231,7 +231,10 @@ impl PublishInOrder for BusPublisher<'_> {
             .bus()
             .publish_batch(&events)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                BusError::SeqsTaken { last } => NotPublished::Taken { last },
+                other => NotPublished::Failed(other.to_string()),
+            })?;
         for event in &events {
             self.state.metrics().ingested(event.envelope().event_type());
         }

@@ -93,7 +93,8 @@ macro_rules! conformance_tests {
             idle_live_calls_of_every_workspace_are_found_and_touches_keep_them,
             outcomes_recorded_together_each_land_in_their_own_workspace,
             two_nodes_record_batches_over_the_same_endpoints_in_opposite_orders,
-            appends_say_whether_they_queued_webhooks_and_queue_only_their_workspaces
+            appends_say_whether_they_queued_webhooks_and_queue_only_their_workspaces,
+            a_batch_on_seqs_the_bus_held_is_numbered_after_them
         );
     };
     (@each $fresh:path; always; $($check:ident),* $(,)?) => {
@@ -1481,9 +1482,12 @@ struct Recorder {
 
 #[async_trait]
 impl crate::PublishInOrder for Recorder {
-    async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), String> {
+    async fn publish(
+        &self,
+        envelopes: &[Envelope],
+    ) -> std::result::Result<(), crate::NotPublished> {
         if self.fail {
-            return Err("the bus is down".into());
+            return Err(crate::NotPublished::Failed("the bus is down".into()));
         }
         // Take a moment, so that a store that did not hold the call's authority across the
         // publish would let another batch in between.
@@ -2146,6 +2150,171 @@ pub async fn concurrent_claims_never_share_a_delivery_and_lapsed_leases_come_bac
 
 /// Concurrent appends to one conversation publish in seq order before they commit, as call
 /// appends do; a failed publish records nothing, and its seqs are never handed out again.
+/// A bus that already holds the seqs of the first batch it is given, and three more (a batch
+/// that went out from a node whose transaction then failed): it refuses that batch with
+/// `NotPublished::Taken` and takes every later one.
+struct TakenOnce {
+    refused: std::sync::atomic::AtomicBool,
+    seen: std::sync::Mutex<Vec<u64>>,
+}
+
+impl TakenOnce {
+    fn new() -> Self {
+        Self {
+            refused: std::sync::atomic::AtomicBool::new(false),
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn seen(&self) -> Vec<u64> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl crate::PublishInOrder for TakenOnce {
+    async fn publish(
+        &self,
+        envelopes: &[Envelope],
+    ) -> std::result::Result<(), crate::NotPublished> {
+        if !self.refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::NotPublished::Taken {
+                last: crate::last_seq_of(envelopes) + 3,
+            });
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(envelopes.iter().map(|e| e.seq));
+        Ok(())
+    }
+}
+
+/// The bus holds seqs the store never recorded (another node's batch went out, then its
+/// transaction failed before the burn of its seqs landed): an append whose numbering hits them
+/// burns past them and numbers its events again, the same events, after them; nothing of the
+/// refused try is kept. For a call alone, in a group, and for a conversation.
+pub async fn a_batch_on_seqs_the_bus_held_is_numbered_after_them(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ws = store.ensure_workspace("a").await.unwrap();
+    let dtmf = |d: &str| ev("call.dtmf", json!({"digits": d}));
+
+    // One call: tried as 1..2 (the bus holds up to 5), numbered 6..7.
+    let call = new_call(&ws.id);
+    store.create_call(&call).await.unwrap();
+    let base = store
+        .call(&ws.id, &call.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seq;
+    let bus = TakenOnce::new();
+    let events = vec![dtmf("1"), dtmf("2")];
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    let appended = store
+        .append_call_events(&ws.id, &call.id, events, &bus)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = appended.envelopes.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![base + 6, base + 7],
+        "numbered after the seqs the bus held"
+    );
+    assert_eq!(bus.seen(), seqs, "published once, under the new seqs");
+    let kept: Vec<String> = appended
+        .envelopes
+        .iter()
+        .map(|e| e.event_id.to_string())
+        .collect();
+    assert_eq!(kept, ids, "the same events");
+    let next = store
+        .append_call_events_np(&ws.id, &call.id, vec![dtmf("3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        next.envelopes[0].seq,
+        base + 8,
+        "and the next batch after them"
+    );
+
+    // A group: one call's publish hits taken seqs, and the whole group is numbered again.
+    let (a, b) = (new_call(&ws.id), new_call(&ws.id));
+    for c in [&a, &b] {
+        store.create_call(c).await.unwrap();
+    }
+    let (a0, b0) = (
+        store.call(&ws.id, &a.id).await.unwrap().unwrap().last_seq,
+        store.call(&ws.id, &b.id).await.unwrap().unwrap().last_seq,
+    );
+    let plain = Recorder {
+        seen: std::sync::Mutex::new(Vec::new()),
+        fail: false,
+    };
+    let taken = TakenOnce::new();
+    let (first, second) = if a.id.as_str() < b.id.as_str() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let results = store
+        .append_calls_events(
+            &ws.id,
+            vec![
+                (first.id.clone(), vec![dtmf("4")]),
+                (second.id.clone(), vec![dtmf("5"), dtmf("6")]),
+            ],
+            &[&plain, &taken],
+        )
+        .await
+        .unwrap();
+    let got: Vec<Vec<u64>> = results
+        .into_iter()
+        .map(|r| r.unwrap().envelopes.iter().map(|e| e.seq).collect())
+        .collect();
+    let (f0, s0) = if first.id == a.id { (a0, b0) } else { (b0, a0) };
+    // The call whose publish went through may have been numbered again with the group (its
+    // first try burnt) or kept (a store that appends a group call by call): either way once,
+    // under the seq it was given, and after its earlier events.
+    assert_eq!(
+        got[1],
+        vec![s0 + 6, s0 + 7],
+        "the held call after what the bus held"
+    );
+    let published = plain.seen.lock().unwrap().clone();
+    assert_eq!(
+        published.last(),
+        got[0].last(),
+        "the other under the seq it was given"
+    );
+    assert!(got[0][0] > f0 && got[0][0] <= f0 + 2, "{got:?}");
+    assert_eq!(taken.seen(), vec![s0 + 6, s0 + 7]);
+
+    // A conversation.
+    let c = Conversation {
+        id: ConversationId::new(),
+        workspace_id: ws.id.clone(),
+        channel: Channel::Sms,
+        participants: vec!["+14155550123".into()],
+        mode: ConversationMode::Ai,
+        created_at: time::now(),
+        last_seq: 0,
+    };
+    store.create_conversation(&c).await.unwrap();
+    let bus = TakenOnce::new();
+    let message =
+        json!({"message_id": "m1", "direction": "inbound", "status": "received", "text": "hi"});
+    let appended = store
+        .append_conversation_events(&ws.id, &c.id, vec![ev("message.received", message)], &bus)
+        .await
+        .unwrap();
+    assert_eq!(
+        appended.envelopes[0].seq, 5,
+        "tried as 1, the bus held up to 4"
+    );
+    assert_eq!(bus.seen(), vec![5]);
+}
+
 pub async fn conversation_appends_publish_in_seq_order(backend: &dyn Backend) {
     let store = backend.open().await;
     let ws = store.ensure_workspace("a").await.unwrap();

@@ -105,7 +105,51 @@ impl StoreError {
 pub trait PublishInOrder: Send + Sync {
     /// # Errors
     /// Why the events could not be published; the append is then undone.
-    async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), String>;
+    async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), NotPublished>;
+}
+
+/// How many times an append numbers its events again when the bus already held the seqs
+/// ([`NotPublished::Taken`]): once is what the failure it answers needs.
+pub(crate) const RENUMBERINGS: usize = 3;
+
+/// Why a batch was not published ([`PublishInOrder::publish`]). Either way the append is
+/// undone and its seqs are burnt, never handed out again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotPublished {
+    /// The bus could not take it (down, or no acknowledgement in time).
+    Failed(String),
+    /// The bus already holds this subject's seqs up to `last`, from a batch the store never
+    /// recorded: another node's batch that went out although its transaction failed, before
+    /// the burn of its seqs landed. The store burns past `last` and numbers the events again.
+    Taken { last: u64 },
+}
+
+impl NotPublished {
+    /// The seq to burn up to, for a batch whose own last seq is `own`.
+    pub fn burn_to(&self, own: u64) -> u64 {
+        match self {
+            Self::Failed(_) => own,
+            Self::Taken { last } => own.max(*last),
+        }
+    }
+}
+
+impl From<String> for NotPublished {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+impl std::fmt::Display for NotPublished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(reason) => f.write_str(reason),
+            Self::Taken { last } => write!(
+                f,
+                "seqs up to {last} were already published by a batch the store never recorded"
+            ),
+        }
+    }
 }
 
 /// Publishes nothing: for appends whose events are published some other way.
@@ -113,7 +157,7 @@ pub struct NoPublish;
 
 #[async_trait]
 impl PublishInOrder for NoPublish {
-    async fn publish(&self, _: &[Envelope]) -> std::result::Result<(), String> {
+    async fn publish(&self, _: &[Envelope]) -> std::result::Result<(), NotPublished> {
         Ok(())
     }
 }
@@ -175,6 +219,18 @@ pub struct NewEvent {
     pub payload: Payload,
     /// The payload as the runtime sent it, carried verbatim ([`RawPayload`]).
     pub payload_json: Option<RawPayload>,
+}
+
+impl From<Envelope> for NewEvent {
+    /// The event as it was before it was numbered (to number it again).
+    fn from(envelope: Envelope) -> Self {
+        Self {
+            event_id: envelope.event_id,
+            timestamp: envelope.timestamp,
+            payload: envelope.payload,
+            payload_json: envelope.payload_json,
+        }
+    }
 }
 
 impl NewEvent {

@@ -31,9 +31,9 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use crate::{
     Appended, AppendedConversation, Attempted, AudioStreamRecord, CallFilter, CallbackMessage,
     CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
-    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
-    Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
-    WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
+    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, NotPublished, PublishInOrder,
+    RENUMBERINGS, Requeue, Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord,
+    TranscriptTurn, WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -843,86 +843,19 @@ impl Store for PgStore {
         publish: &dyn PublishInOrder,
     ) -> Result<Appended> {
         check_call_batch(&events)?;
-        let count = i64::try_from(events.len())
-            .map_err(|_| StoreError::Invalid("too many events".into()))?;
-        let mut tx = self.scoped(workspace).await?;
-        // The UPDATE is the seq authority: it locks the call's row until this transaction ends,
-        // so another node's append to the same call waits here, and so does its publish. It
-        // numbers after a burn this node could not write yet, if any (`Unburnt`).
-        let floor = self.unburnt.floor("calls", call_id.as_str());
-        let reserved: Option<i64> = sqlx::query_scalar(
-            "UPDATE calls SET last_seq = GREATEST(last_seq, $4) + $1 \
-             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
-        )
-        .bind(count)
-        .bind(workspace.as_str())
-        .bind(call_id.as_str())
-        .bind(signed(floor))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(last) = reserved else {
-            return Err(why_not(&mut tx, workspace, call_id).await?);
-        };
-        let first = seq_of(last) + 1 - events.len() as u64;
-        let mut envelopes = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let env = event
-                .into_envelope(workspace, Subject::Call(call_id.clone()), first + i as u64)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            envelopes.push(env);
-        }
-        // Published while the same transaction records what the events change (as in
-        // `append_group`): the commit waits for both, and either failing burns the seqs.
-        let recording = async {
-            let (end, queued) = record_effects(&mut tx, workspace, call_id, &envelopes).await?;
-            if let Some((status, at, _)) = end {
-                end_call(&mut tx, workspace, call_id, status, at, &envelopes).await?;
+        let mut events = events;
+        for _ in 0..RENUMBERINGS {
+            match self
+                .append_call_events_once(workspace, call_id, events, publish)
+                .await?
+            {
+                Ok(appended) => return Ok(appended),
+                Err(again) => events = again,
             }
-            let row = sqlx::query(concat!(
-                "SELECT ",
-                call_columns!(),
-                " FROM calls WHERE workspace_id = $1 AND id = $2"
-            ))
-            .bind(workspace.as_str())
-            .bind(call_id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            Ok((call_row(&row)?, queued))
-        };
-        let (published, recorded) = futures::join!(publish.publish(&envelopes), recording);
-        let last = last_seq_of(&envelopes);
-        let (call, webhooks_queued) = match recorded {
-            Ok(recorded) => recorded,
-            Err(err) => {
-                let _ = tx.rollback().await;
-                self.burn_or_keep("calls", workspace, call_id.as_str(), last)
-                    .await;
-                return Err(err);
-            }
-        };
-        if let Err(reason) = published {
-            let _ = tx.rollback().await;
-            // Part of the batch may still reach subscribers (a publish that timed out can land
-            // later): its seqs are never handed out again.
-            self.burn_or_keep("calls", workspace, call_id.as_str(), last)
-                .await;
-            return Err(StoreError::Publish(reason));
         }
-        if let Err(err) = tx.commit().await {
-            // The batch went out; the database may have lost it (a connection lost with the
-            // commit on its way): its seqs are never handed out again either.
-            self.burn_or_keep("calls", workspace, call_id.as_str(), last)
-                .await;
-            return Err(err.into());
-        }
-        if floor > 0 {
-            self.unburnt.settled("calls", call_id.as_str(), last);
-        }
-        Ok(Appended {
-            envelopes,
-            call,
-            webhooks_queued,
-        })
+        Err(StoreError::Publish(format!(
+            "the call's seqs were taken {RENUMBERINGS} times over"
+        )))
     }
 
     async fn append_calls_events(
@@ -953,12 +886,23 @@ impl Store for PgStore {
         // Calls another transaction holds (another group, another node's ingest) are not waited
         // for inside this group, which would hold every other call of it meanwhile: they go in a
         // second group of their own, after this one.
-        let busy = self
+        // A group whose seqs the bus held already (`NotPublished::Taken`) comes back whole, to
+        // be numbered again after them.
+        let mut round = self
             .append_group(workspace, wanted, publish, &mut out, false)
             .await?;
-        if !busy.is_empty() {
-            self.append_group(workspace, busy, publish, &mut out, true)
+        for _ in 0..RENUMBERINGS {
+            if round.is_empty() {
+                break;
+            }
+            round = self
+                .append_group(workspace, round, publish, &mut out, true)
                 .await?;
+        }
+        for (i, _) in round.into_values() {
+            out[i] = Some(Err(StoreError::Publish(format!(
+                "the call's seqs were taken {RENUMBERINGS} times over"
+            ))));
         }
         Ok(out
             .into_iter()
@@ -1149,106 +1093,19 @@ impl Store for PgStore {
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation> {
-        for (i, e) in events.iter().enumerate() {
-            let ty = e.payload.event_type();
-            if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
-                return Err(StoreError::Invalid(format!(
-                    "events[{i}].event_type: {ty} is not a conversation event"
-                )));
+        let mut events = events;
+        for _ in 0..RENUMBERINGS {
+            match self
+                .append_conversation_events_once(workspace, conversation_id, events, publish)
+                .await?
+            {
+                Ok(appended) => return Ok(appended),
+                Err(again) => events = again,
             }
         }
-        let count = i64::try_from(events.len())
-            .map_err(|_| StoreError::Invalid("too many events".into()))?;
-        let mut tx = self.scoped(workspace).await?;
-        let floor = self
-            .unburnt
-            .floor("conversations", conversation_id.as_str());
-        let reserved = sqlx::query(
-            "UPDATE conversations SET last_seq = GREATEST(last_seq, $4) + $1 \
-             WHERE workspace_id = $2 AND id = $3 RETURNING last_seq, mode",
-        )
-        .bind(count)
-        .bind(workspace.as_str())
-        .bind(conversation_id.as_str())
-        .bind(signed(floor))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let last = seq_of(reserved.try_get(0)?);
-        let mode_text: String = reserved.try_get(1)?;
-        let mut mode =
-            ConversationMode::parse(&mode_text).ok_or_else(|| corrupt("mode", &mode_text))?;
-        let first = last + 1 - events.len() as u64;
-        let mut envelopes = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let seq = first + i as u64;
-            match &event.payload {
-                Payload::MessageReceived(m)
-                | Payload::MessageDelivered(m)
-                | Payload::MessageRead(m) => {
-                    upsert_message(
-                        &mut tx,
-                        workspace,
-                        conversation_id,
-                        seq,
-                        event.timestamp,
-                        m,
-                        event.payload_json.as_ref(),
-                    )
-                    .await?;
-                }
-                Payload::ModeChanged(change) => {
-                    if change.from_mode != mode {
-                        return Err(StoreError::Invalid(format!(
-                            "events[{i}].payload.from_mode: the conversation is in {mode} mode, not {}",
-                            change.from_mode
-                        )));
-                    }
-                    mode = change.to_mode;
-                }
-                _ => {}
-            }
-            let env = event
-                .into_envelope(
-                    workspace,
-                    Subject::Conversation(conversation_id.clone()),
-                    seq,
-                )
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            envelopes.push(env);
-        }
-        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
-        let row = sqlx::query(concat!(
-            "UPDATE conversations SET mode = $1 WHERE workspace_id = $2 AND id = $3 \
-             RETURNING ",
-            conversation_columns!()
-        ))
-        .bind(mode.as_str())
-        .bind(workspace.as_str())
-        .bind(conversation_id.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let conversation = conversation_row(&row)?;
-        let last = last_seq_of(&envelopes);
-        if let Err(reason) = publish.publish(&envelopes).await {
-            let _ = tx.rollback().await;
-            self.burn_or_keep("conversations", workspace, conversation_id.as_str(), last)
-                .await;
-            return Err(StoreError::Publish(reason));
-        }
-        if let Err(err) = tx.commit().await {
-            self.burn_or_keep("conversations", workspace, conversation_id.as_str(), last)
-                .await;
-            return Err(err.into());
-        }
-        if floor > 0 {
-            self.unburnt
-                .settled("conversations", conversation_id.as_str(), last);
-        }
-        Ok(AppendedConversation {
-            envelopes,
-            conversation,
-        })
+        Err(StoreError::Publish(format!(
+            "the conversation's seqs were taken {RENUMBERINGS} times over"
+        )))
     }
 
     async fn messages(
@@ -2330,6 +2187,225 @@ async fn insert_turn(
 }
 
 impl PgStore {
+    /// One try of [`Store::append_conversation_events`]: `Ok(Err(events))` when the bus already
+    /// held the seqs it numbered (`NotPublished::Taken`), burnt past now, to number again.
+    async fn append_conversation_events_once(
+        &self,
+        workspace: &WorkspaceId,
+        conversation_id: &ConversationId,
+        events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
+    ) -> Result<std::result::Result<AppendedConversation, Vec<NewEvent>>> {
+        for (i, e) in events.iter().enumerate() {
+            let ty = e.payload.event_type();
+            if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
+                return Err(StoreError::Invalid(format!(
+                    "events[{i}].event_type: {ty} is not a conversation event"
+                )));
+            }
+        }
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.scoped(workspace).await?;
+        let floor = self
+            .unburnt
+            .floor("conversations", conversation_id.as_str());
+        let reserved = sqlx::query(
+            "UPDATE conversations SET last_seq = GREATEST(last_seq, $4) + $1 \
+             WHERE workspace_id = $2 AND id = $3 RETURNING last_seq, mode",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(conversation_id.as_str())
+        .bind(signed(floor))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let last = seq_of(reserved.try_get(0)?);
+        let mode_text: String = reserved.try_get(1)?;
+        let mut mode =
+            ConversationMode::parse(&mode_text).ok_or_else(|| corrupt("mode", &mode_text))?;
+        let first = last + 1 - events.len() as u64;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as u64;
+            match &event.payload {
+                Payload::MessageReceived(m)
+                | Payload::MessageDelivered(m)
+                | Payload::MessageRead(m) => {
+                    upsert_message(
+                        &mut tx,
+                        workspace,
+                        conversation_id,
+                        seq,
+                        event.timestamp,
+                        m,
+                        event.payload_json.as_ref(),
+                    )
+                    .await?;
+                }
+                Payload::ModeChanged(change) => {
+                    if change.from_mode != mode {
+                        return Err(StoreError::Invalid(format!(
+                            "events[{i}].payload.from_mode: the conversation is in {mode} mode, not {}",
+                            change.from_mode
+                        )));
+                    }
+                    mode = change.to_mode;
+                }
+                _ => {}
+            }
+            let env = event
+                .into_envelope(
+                    workspace,
+                    Subject::Conversation(conversation_id.clone()),
+                    seq,
+                )
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            envelopes.push(env);
+        }
+        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE conversations SET mode = $1 WHERE workspace_id = $2 AND id = $3 \
+             RETURNING ",
+            conversation_columns!()
+        ))
+        .bind(mode.as_str())
+        .bind(workspace.as_str())
+        .bind(conversation_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let conversation = conversation_row(&row)?;
+        let last = last_seq_of(&envelopes);
+        if let Err(reason) = publish.publish(&envelopes).await {
+            let _ = tx.rollback().await;
+            self.burn_or_keep(
+                "conversations",
+                workspace,
+                conversation_id.as_str(),
+                reason.burn_to(last),
+            )
+            .await;
+            return match reason {
+                NotPublished::Taken { .. } => {
+                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
+                }
+                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
+            };
+        }
+        if let Err(err) = tx.commit().await {
+            self.burn_or_keep("conversations", workspace, conversation_id.as_str(), last)
+                .await;
+            return Err(err.into());
+        }
+        if floor > 0 {
+            self.unburnt
+                .settled("conversations", conversation_id.as_str(), last);
+        }
+        Ok(Ok(AppendedConversation {
+            envelopes,
+            conversation,
+        }))
+    }
+
+    /// One try of [`Store::append_call_events`]: `Ok(Err(events))` when the bus already held
+    /// the seqs it numbered (`NotPublished::Taken`), burnt past now, to number again.
+    async fn append_call_events_once(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
+    ) -> Result<std::result::Result<Appended, Vec<NewEvent>>> {
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.scoped(workspace).await?;
+        // The UPDATE is the seq authority: it locks the call's row until this transaction ends,
+        // so another node's append to the same call waits here, and so does its publish. It
+        // numbers after a burn this node could not write yet, if any (`Unburnt`).
+        let floor = self.unburnt.floor("calls", call_id.as_str());
+        let reserved: Option<i64> = sqlx::query_scalar(
+            "UPDATE calls SET last_seq = GREATEST(last_seq, $4) + $1 \
+             WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(call_id.as_str())
+        .bind(signed(floor))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(last) = reserved else {
+            return Err(why_not(&mut tx, workspace, call_id).await?);
+        };
+        let first = seq_of(last) + 1 - events.len() as u64;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let env = event
+                .into_envelope(workspace, Subject::Call(call_id.clone()), first + i as u64)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            envelopes.push(env);
+        }
+        // Published while the same transaction records what the events change (as in
+        // `append_group`): the commit waits for both, and either failing burns the seqs.
+        let recording = async {
+            let (end, queued) = record_effects(&mut tx, workspace, call_id, &envelopes).await?;
+            if let Some((status, at, _)) = end {
+                end_call(&mut tx, workspace, call_id, status, at, &envelopes).await?;
+            }
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                call_columns!(),
+                " FROM calls WHERE workspace_id = $1 AND id = $2"
+            ))
+            .bind(workspace.as_str())
+            .bind(call_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            Ok((call_row(&row)?, queued))
+        };
+        let (published, recorded) = futures::join!(publish.publish(&envelopes), recording);
+        let last = last_seq_of(&envelopes);
+        let (call, webhooks_queued) = match recorded {
+            Ok(recorded) => recorded,
+            Err(err) => {
+                let _ = tx.rollback().await;
+                self.burn_or_keep("calls", workspace, call_id.as_str(), last)
+                    .await;
+                return Err(err);
+            }
+        };
+        if let Err(reason) = published {
+            let _ = tx.rollback().await;
+            // Part of the batch may still reach subscribers (a publish that timed out can land
+            // later): its seqs are never handed out again. Seqs the bus held already (another
+            // node's batch the store never recorded) are burnt too, and the events numbered
+            // after them.
+            self.burn_or_keep("calls", workspace, call_id.as_str(), reason.burn_to(last))
+                .await;
+            return match reason {
+                NotPublished::Taken { .. } => {
+                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
+                }
+                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
+            };
+        }
+        if let Err(err) = tx.commit().await {
+            // The batch went out; the database may have lost it (a connection lost with the
+            // commit on its way): its seqs are never handed out again either.
+            self.burn_or_keep("calls", workspace, call_id.as_str(), last)
+                .await;
+            return Err(err.into());
+        }
+        if floor > 0 {
+            self.unburnt.settled("calls", call_id.as_str(), last);
+        }
+        Ok(Ok(Appended {
+            envelopes,
+            call,
+            webhooks_queued,
+        }))
+    }
+
     /// Moves the subject's last seq to at least `last`, so that seqs of a batch whose publish
     /// failed are never reused. `table` is `calls` or `conversations` (ours, not input).
     /// One group commit of [`Store::append_calls_events`]: fills `out` for the calls it
@@ -2455,11 +2531,34 @@ impl PgStore {
         for call in reread {
             calls.insert(call.id.as_str().to_owned(), call);
         }
-        if let Some(Err(reason)) = published.into_iter().find(Result::is_err) {
+        if published.iter().any(Result::is_err) {
             let _ = tx.rollback().await;
-            self.burn_group(workspace, &numbered).await;
-            for (i, _, _) in &numbered {
-                out[*i] = Some(Err(StoreError::Publish(reason.clone())));
+            let failed = published.iter().find_map(|p| match p {
+                Err(NotPublished::Failed(reason)) => Some(reason.clone()),
+                _ => None,
+            });
+            for ((_, call_id, envelopes), result) in numbered.iter().zip(&published) {
+                let own = last_seq_of(envelopes);
+                let to = result.as_ref().err().map_or(own, |r| r.burn_to(own));
+                self.burn_or_keep("calls", workspace, call_id.as_str(), to)
+                    .await;
+            }
+            match failed {
+                Some(reason) => {
+                    for (i, _, _) in &numbered {
+                        out[*i] = Some(Err(StoreError::Publish(reason.clone())));
+                    }
+                }
+                // Only seqs another batch took (`NotPublished::Taken`), burnt past now: the
+                // whole group is numbered again.
+                None => {
+                    for (i, call_id, envelopes) in numbered {
+                        busy.insert(
+                            call_id.as_str().to_owned(),
+                            (i, envelopes.into_iter().map(NewEvent::from).collect()),
+                        );
+                    }
+                }
             }
             return Ok(busy);
         }
@@ -2700,7 +2799,7 @@ mod tests {
 
     #[async_trait]
     impl PublishInOrder for LoseTheDatabase {
-        async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), String> {
+        async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), NotPublished> {
             self.seen
                 .lock()
                 .unwrap()

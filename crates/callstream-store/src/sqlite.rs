@@ -17,9 +17,9 @@ use sqlx::{Row, SqlitePool};
 use crate::{
     Appended, AppendedConversation, Attempted, AudioStreamRecord, CallFilter, CallbackMessage,
     CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
-    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
-    Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
-    WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
+    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, NotPublished, PublishInOrder,
+    RENUMBERINGS, Requeue, Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord,
+    TranscriptTurn, WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
 };
 use callstream_core::audio::{AudioTrack, StreamStatus};
 
@@ -589,74 +589,20 @@ impl Store for SqliteStore {
         publish: &dyn PublishInOrder,
     ) -> Result<Appended> {
         check_call_batch(&events)?;
-        let count = i64::try_from(events.len())
-            .map_err(|_| StoreError::Invalid("too many events".into()))?;
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let last = reserve_call_seqs_in(&mut tx, workspace, call_id, count).await?;
-        let first = last + 1 - events.len() as u64;
-
-        let mut envelopes = Vec::with_capacity(events.len());
-        let mut end: Option<(CallStatus, DateTime<Utc>)> = None;
-        for (i, event) in events.into_iter().enumerate() {
-            let seq = first + i as u64;
-            match &event.payload {
-                Payload::Transcription(t) => {
-                    if let Some(turn) = TranscriptTurn::from_event(seq, event.timestamp, t) {
-                        insert_turn(&mut tx, call_id, &turn).await?;
-                    }
-                }
-                Payload::Completed(_) => end = Some((CallStatus::Completed, event.timestamp)),
-                Payload::Failed(_) => end = Some((CallStatus::Failed, event.timestamp)),
-                Payload::ScreeningEnded(screening) => {
-                    end_screening(&mut tx, call_id, &event.timestamp, &screening.msg).await?;
-                }
-                _ => {}
+        let mut events = events;
+        for _ in 0..RENUMBERINGS {
+            match self
+                .append_call_events_once(workspace, call_id, events, publish)
+                .await?
+            {
+                Ok(appended) => return Ok(appended),
+                Err(again) => events = again,
             }
-            let env = event
-                .into_envelope(workspace, Subject::Call(call_id.clone()), seq)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            envelopes.push(env);
         }
-        let webhooks_queued = enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
-        if let Some((status, at)) = end {
-            let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
-            sqlx::query(
-                "UPDATE calls SET status = $1, ended_at = $2, end_reason = $3, end_event = $4 \
-                 WHERE id = $5",
-            )
-            .bind(status.as_str())
-            .bind(time::format(&at))
-            .bind(terminal.and_then(|e| e.payload.end_reason()))
-            .bind(terminal.map(Envelope::to_json))
-            .bind(call_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        let row = sqlx::query(call_select!("WHERE id = $1"))
-            .bind(call_id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        let call = call_row(&row)?;
-        // Published while the write lock is held: the next batch of this call waits for it.
-        if let Err(reason) = publish.publish(&envelopes).await {
-            tx.rollback().await?;
-            // Part of the batch may still reach subscribers (a publish that timed out can land
-            // later): its seqs are never handed out again.
-            self.burn_seqs(
-                "calls",
-                workspace,
-                call_id.as_str(),
-                last_seq_of(&envelopes),
-            )
-            .await?;
-            return Err(StoreError::Publish(reason));
-        }
-        tx.commit().await?;
-        Ok(Appended {
-            envelopes,
-            call,
-            webhooks_queued,
-        })
+        Err(StoreError::Publish(format!(
+            "the call's seqs were taken {} times over",
+            RENUMBERINGS
+        )))
     }
 
     async fn reserve_call_seqs(
@@ -836,98 +782,19 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation> {
-        for (i, e) in events.iter().enumerate() {
-            let ty = e.payload.event_type();
-            if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
-                return Err(StoreError::Invalid(format!(
-                    "events[{i}].event_type: {ty} is not a conversation event"
-                )));
+        let mut events = events;
+        for _ in 0..RENUMBERINGS {
+            match self
+                .append_conversation_events_once(workspace, conversation_id, events, publish)
+                .await?
+            {
+                Ok(appended) => return Ok(appended),
+                Err(again) => events = again,
             }
         }
-        let count = i64::try_from(events.len())
-            .map_err(|_| StoreError::Invalid("too many events".into()))?;
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let reserved = sqlx::query(
-            "UPDATE conversations SET last_seq = last_seq + $1 WHERE workspace_id = $2 AND id = $3 \
-             RETURNING last_seq, mode",
-        )
-        .bind(count)
-        .bind(workspace.as_str())
-        .bind(conversation_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let last = seq_of(reserved.try_get(0)?);
-        let mode_text: String = reserved.try_get(1)?;
-        let mut mode =
-            ConversationMode::parse(&mode_text).ok_or_else(|| corrupt("mode", &mode_text))?;
-        let first = last + 1 - events.len() as u64;
-        let mut envelopes = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let seq = first + i as u64;
-            match &event.payload {
-                Payload::MessageReceived(m)
-                | Payload::MessageDelivered(m)
-                | Payload::MessageRead(m) => {
-                    upsert_message(
-                        &mut tx,
-                        conversation_id,
-                        seq,
-                        event.timestamp,
-                        m,
-                        event.payload_json.as_ref(),
-                    )
-                    .await?;
-                }
-                Payload::ModeChanged(change) => {
-                    if change.from_mode != mode {
-                        return Err(StoreError::Invalid(format!(
-                            "events[{i}].payload.from_mode: the conversation is in {mode} mode, not {}",
-                            change.from_mode
-                        )));
-                    }
-                    mode = change.to_mode;
-                }
-                _ => {}
-            }
-            let env = event
-                .into_envelope(
-                    workspace,
-                    Subject::Conversation(conversation_id.clone()),
-                    seq,
-                )
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            envelopes.push(env);
-        }
-        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
-        sqlx::query("UPDATE conversations SET mode = $1 WHERE id = $2")
-            .bind(mode.as_str())
-            .bind(conversation_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let row = sqlx::query(
-            "SELECT id, workspace_id, channel, participants, mode, created_at, last_seq FROM conversations WHERE id = $1",
-        )
-        .bind(conversation_id.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        let conversation = conversation_row(&row)?;
-        if let Err(reason) = publish.publish(&envelopes).await {
-            tx.rollback().await?;
-            self.burn_seqs(
-                "conversations",
-                workspace,
-                conversation_id.as_str(),
-                last_seq_of(&envelopes),
-            )
-            .await?;
-            return Err(StoreError::Publish(reason));
-        }
-        tx.commit().await?;
-        Ok(AppendedConversation {
-            envelopes,
-            conversation,
-        })
+        Err(StoreError::Publish(format!(
+            "the conversation's seqs were taken {RENUMBERINGS} times over"
+        )))
     }
 
     async fn messages(
@@ -2088,6 +1955,198 @@ async fn insert_turn(
 }
 
 impl SqliteStore {
+    /// One try of [`Store::append_conversation_events`]: `Ok(Err(events))` when the bus already
+    /// held the seqs it numbered (`NotPublished::Taken`), burnt past now, to number again.
+    async fn append_conversation_events_once(
+        &self,
+        workspace: &WorkspaceId,
+        conversation_id: &ConversationId,
+        events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
+    ) -> Result<std::result::Result<AppendedConversation, Vec<NewEvent>>> {
+        for (i, e) in events.iter().enumerate() {
+            let ty = e.payload.event_type();
+            if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
+                return Err(StoreError::Invalid(format!(
+                    "events[{i}].event_type: {ty} is not a conversation event"
+                )));
+            }
+        }
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let reserved = sqlx::query(
+            "UPDATE conversations SET last_seq = last_seq + $1 WHERE workspace_id = $2 AND id = $3 \
+             RETURNING last_seq, mode",
+        )
+        .bind(count)
+        .bind(workspace.as_str())
+        .bind(conversation_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let last = seq_of(reserved.try_get(0)?);
+        let mode_text: String = reserved.try_get(1)?;
+        let mut mode =
+            ConversationMode::parse(&mode_text).ok_or_else(|| corrupt("mode", &mode_text))?;
+        let first = last + 1 - events.len() as u64;
+        let mut envelopes = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as u64;
+            match &event.payload {
+                Payload::MessageReceived(m)
+                | Payload::MessageDelivered(m)
+                | Payload::MessageRead(m) => {
+                    upsert_message(
+                        &mut tx,
+                        conversation_id,
+                        seq,
+                        event.timestamp,
+                        m,
+                        event.payload_json.as_ref(),
+                    )
+                    .await?;
+                }
+                Payload::ModeChanged(change) => {
+                    if change.from_mode != mode {
+                        return Err(StoreError::Invalid(format!(
+                            "events[{i}].payload.from_mode: the conversation is in {mode} mode, not {}",
+                            change.from_mode
+                        )));
+                    }
+                    mode = change.to_mode;
+                }
+                _ => {}
+            }
+            let env = event
+                .into_envelope(
+                    workspace,
+                    Subject::Conversation(conversation_id.clone()),
+                    seq,
+                )
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            envelopes.push(env);
+        }
+        enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
+        sqlx::query("UPDATE conversations SET mode = $1 WHERE id = $2")
+            .bind(mode.as_str())
+            .bind(conversation_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT id, workspace_id, channel, participants, mode, created_at, last_seq FROM conversations WHERE id = $1",
+        )
+        .bind(conversation_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let conversation = conversation_row(&row)?;
+        if let Err(reason) = publish.publish(&envelopes).await {
+            tx.rollback().await?;
+            self.burn_seqs(
+                "conversations",
+                workspace,
+                conversation_id.as_str(),
+                reason.burn_to(last_seq_of(&envelopes)),
+            )
+            .await?;
+            return match reason {
+                NotPublished::Taken { .. } => {
+                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
+                }
+                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
+            };
+        }
+        tx.commit().await?;
+        Ok(Ok(AppendedConversation {
+            envelopes,
+            conversation,
+        }))
+    }
+
+    /// One try of [`Store::append_call_events`]: `Ok(Err(events))` when the bus already held
+    /// the seqs it numbered (`NotPublished::Taken`), burnt past now, to number again.
+    async fn append_call_events_once(
+        &self,
+        workspace: &WorkspaceId,
+        call_id: &CallId,
+        events: Vec<NewEvent>,
+        publish: &dyn PublishInOrder,
+    ) -> Result<std::result::Result<Appended, Vec<NewEvent>>> {
+        let count = i64::try_from(events.len())
+            .map_err(|_| StoreError::Invalid("too many events".into()))?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let last = reserve_call_seqs_in(&mut tx, workspace, call_id, count).await?;
+        let first = last + 1 - events.len() as u64;
+
+        let mut envelopes = Vec::with_capacity(events.len());
+        let mut end: Option<(CallStatus, DateTime<Utc>)> = None;
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as u64;
+            match &event.payload {
+                Payload::Transcription(t) => {
+                    if let Some(turn) = TranscriptTurn::from_event(seq, event.timestamp, t) {
+                        insert_turn(&mut tx, call_id, &turn).await?;
+                    }
+                }
+                Payload::Completed(_) => end = Some((CallStatus::Completed, event.timestamp)),
+                Payload::Failed(_) => end = Some((CallStatus::Failed, event.timestamp)),
+                Payload::ScreeningEnded(screening) => {
+                    end_screening(&mut tx, call_id, &event.timestamp, &screening.msg).await?;
+                }
+                _ => {}
+            }
+            let env = event
+                .into_envelope(workspace, Subject::Call(call_id.clone()), seq)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            envelopes.push(env);
+        }
+        let webhooks_queued = enqueue_webhooks(&mut tx, workspace, &envelopes).await?;
+        if let Some((status, at)) = end {
+            let terminal = envelopes.iter().rfind(|e| e.payload.is_terminal());
+            sqlx::query(
+                "UPDATE calls SET status = $1, ended_at = $2, end_reason = $3, end_event = $4 \
+                 WHERE id = $5",
+            )
+            .bind(status.as_str())
+            .bind(time::format(&at))
+            .bind(terminal.and_then(|e| e.payload.end_reason()))
+            .bind(terminal.map(Envelope::to_json))
+            .bind(call_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query(call_select!("WHERE id = $1"))
+            .bind(call_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let call = call_row(&row)?;
+        // Published while the write lock is held: the next batch of this call waits for it.
+        if let Err(reason) = publish.publish(&envelopes).await {
+            tx.rollback().await?;
+            // Part of the batch may still reach subscribers (a publish that timed out can land
+            // later): its seqs are never handed out again.
+            self.burn_seqs(
+                "calls",
+                workspace,
+                call_id.as_str(),
+                reason.burn_to(last_seq_of(&envelopes)),
+            )
+            .await?;
+            return match reason {
+                NotPublished::Taken { .. } => {
+                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
+                }
+                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
+            };
+        }
+        tx.commit().await?;
+        Ok(Ok(Appended {
+            envelopes,
+            call,
+            webhooks_queued,
+        }))
+    }
+
     /// Moves the subject's last seq to at least `last`, so that seqs of a batch whose publish
     /// failed are never reused. `table` is `calls` or `conversations` (ours, not input).
     async fn burn_seqs(

@@ -519,3 +519,72 @@ async fn the_webhook_workers_are_woken_only_by_appends_that_queued_a_webhook() {
         .expect("a group commit that queued a webhook wakes the workers")
         .unwrap();
 }
+
+/// A batch that went out on the bus although its transaction failed holds its seqs, and the
+/// store does not know them until the failed node's burn lands: the next batch, ingested at any
+/// node meanwhile, must not reuse them (its events would be skipped by every stream as already
+/// seen). It is numbered after them instead, by HTTP and on the runtime socket alike, and every
+/// stream gets both.
+#[tokio::test]
+async fn a_batch_is_numbered_after_seqs_another_batch_took_on_the_bus_without_the_store() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_batch_is_numbered_after_seqs_another_batch_took") {
+        return;
+    }
+    let b = a.another_node().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut at_b = call_socket(&b, &id, &format!("token={}", b.acme.api)).await;
+
+    // Seq 2 went out from a node whose transaction then failed: the store still says 1.
+    let lost =
+        crate::support::publish_before_commit(&a, &id, "call.dtmf", json!({"digits": "9"})).await;
+    assert_eq!(lost, 2);
+    let event = ws_json(&mut at_b).await;
+    assert_eq!(
+        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
+        (Some(2), Some("9"))
+    );
+
+    // By HTTP, at the other node: numbered 3, and delivered.
+    let body = b
+        .ingest(
+            &id,
+            json!([{"event_type": "call.dtmf", "payload": {"digits": "1"}}]),
+        )
+        .await;
+    assert_eq!(body["seqs"], json!([3]), "{body}");
+    let event = ws_json(&mut at_b).await;
+    assert_eq!(
+        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
+        (Some(3), Some("1"))
+    );
+
+    // Once more, and this time the batch comes on a runtime socket (a group commit).
+    let lost =
+        crate::support::publish_before_commit(&a, &id, "call.dtmf", json!({"digits": "8"})).await;
+    assert_eq!(lost, 4);
+    let mut runtime = ws_connect(&b.ws_url("/v1/runtime"), Some(&b.acme.runtime))
+        .await
+        .unwrap();
+    ws_send(
+        &mut runtime,
+        &json!({"type": "events", "call_id": id, "events": [{"event_type": "call.dtmf", "payload": {"digits": "2"}}]}),
+    )
+    .await;
+    let accepted = ws_json(&mut runtime).await;
+    assert_eq!(
+        (accepted["type"].as_str(), &accepted["seqs"]),
+        (Some("accepted"), &json!([5])),
+        "{accepted}"
+    );
+    for (seq, digits) in [(4, "8"), (5, "2")] {
+        let event = ws_json(&mut at_b).await;
+        assert_eq!(
+            (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
+            (Some(seq), Some(digits))
+        );
+    }
+}
