@@ -1979,7 +1979,6 @@ async fn record_group_effects(
     tx: &mut Transaction<'_, Postgres>,
     workspace: &WorkspaceId,
     numbered: &[(usize, CallId, Vec<Envelope>)],
-    all: &[Envelope],
     endpoints: &Endpoints,
 ) -> Result<(Vec<Call>, bool)> {
     for (_, call_id, envelopes) in numbered {
@@ -1989,7 +1988,10 @@ async fn record_group_effects(
             end_call(tx, workspace, call_id, status, at, envelopes).await?;
         }
     }
-    let queued = enqueue_for(tx, workspace, all, endpoints).await?;
+    let mut queued = false;
+    for (_, _, envelopes) in numbered {
+        queued |= enqueue_for(tx, workspace, envelopes, endpoints).await?;
+    }
     let changed: Vec<&str> = numbered
         .iter()
         .filter(|(_, _, envelopes)| {
@@ -2082,15 +2084,20 @@ async fn enqueue_for(
     envelopes: &[Envelope],
     wanted: &Endpoints,
 ) -> Result<bool> {
+    if wanted.is_empty() {
+        return Ok(false);
+    }
     let mut queued = false;
     for env in envelopes {
         let ty = env.payload.type_name();
-        let payload = env.to_json();
+        // Serialised once an endpoint wants it, and once only.
+        let mut payload: Option<Vec<u8>> = None;
         for (endpoint, types) in wanted {
             if types.as_ref().is_some_and(|t| !t.iter().any(|x| x == ty)) {
                 continue;
             }
             queued = true;
+            let payload = payload.get_or_insert_with(|| env.to_json());
             sqlx::query(
                 "INSERT INTO webhook_outbox (endpoint_id, event_id, workspace_id, event_type, payload, status, next_attempt_at, created_at) \
                  VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT DO NOTHING",
@@ -2099,7 +2106,7 @@ async fn enqueue_for(
             .bind(env.event_id.as_str())
             .bind(workspace.as_str())
             .bind(ty)
-            .bind(&payload)
+            .bind(&*payload)
             .bind(env.timestamp.min(time::now()))
             .execute(&mut **tx)
             .await?;
@@ -2480,7 +2487,6 @@ impl PgStore {
         }
         // Number each call's events; unknown and ended calls are refused alone.
         let mut numbered: Vec<(usize, CallId, Vec<Envelope>)> = Vec::new();
-        let mut all = Vec::new();
         for (id, (i, events)) in wanted {
             let call_id = CallId::parse(&id).map_err(|e| corrupt("call id", e))?;
             let Some(last) = calls.get(&id).map(|c| c.last_seq) else {
@@ -2504,7 +2510,6 @@ impl PgStore {
                     }
                 }
             }
-            all.extend(envelopes.iter().cloned());
             numbered.push((i, call_id, envelopes));
         }
         // Once numbered, every call's batch goes to its own subject at once (each waits for its
@@ -2518,7 +2523,7 @@ impl PgStore {
                 .iter()
                 .map(|(i, _, envelopes)| publish[*i].publish(envelopes)),
         );
-        let recording = record_group_effects(&mut tx, workspace, &numbered, &all, &endpoints);
+        let recording = record_group_effects(&mut tx, workspace, &numbered, &endpoints);
         let (published, recorded) = futures::join!(publishing, recording);
         let (reread, webhooks_queued) = match recorded {
             Ok(recorded) => recorded,
