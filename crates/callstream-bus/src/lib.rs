@@ -222,6 +222,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Housekeeping the server runs every few seconds (expiring idle history, say).
     async fn maintain(&self) {}
 
+    /// The highest seq of `topic` this node has seen go through the bus (0 when it knows none).
+    /// A networked bus sees every node's batches, including one that went out although its
+    /// store transaction failed: numbering after this never reuses its seqs.
+    fn seen_up_to(&self, _topic: &Topic) -> u64 {
+        0
+    }
+
     fn stats(&self) -> BusStats;
 }
 

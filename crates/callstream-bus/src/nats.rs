@@ -860,6 +860,10 @@ impl Bus for NatsBus {
         Ok(subscription)
     }
 
+    fn seen_up_to(&self, topic: &Topic) -> u64 {
+        self.local.last_seq(topic.as_str()).unwrap_or(0)
+    }
+
     async fn maintain(&self) {
         self.local.maintain().await;
         self.audio.sweep();

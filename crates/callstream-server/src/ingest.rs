@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use callstream_bus::{BusError, Event};
+use callstream_bus::{BusError, Event, Topic};
 use callstream_core::event::RawPayload;
 use callstream_core::incoming::IncomingBatch;
 use callstream_core::{
-    Call, CallId, Conversation, ConversationId, Envelope, EventType, Payload, Transport,
+    Call, CallId, Conversation, ConversationId, Envelope, EventType, Payload, Subject, Transport,
     WorkspaceId, time,
 };
 use callstream_store::{NewEvent, NotPublished, PublishInOrder, StoreError};
@@ -222,6 +222,14 @@ impl<'a> BusPublisher<'a> {
 
 #[async_trait::async_trait]
 impl PublishInOrder for BusPublisher<'_> {
+    fn seen_up_to(&self, workspace: &WorkspaceId, subject: &Subject) -> u64 {
+        let topic = match subject {
+            Subject::Call(call) => Topic::call(workspace, call),
+            Subject::Conversation(conversation) => Topic::conversation(workspace, conversation),
+        };
+        self.state.bus().seen_up_to(&topic)
+    }
+
     async fn publish(&self, envelopes: &[Envelope]) -> Result<(), NotPublished> {
         let events: Vec<Arc<Event>> = envelopes
             .iter()

@@ -106,6 +106,14 @@ pub trait PublishInOrder: Send + Sync {
     /// # Errors
     /// Why the events could not be published; the append is then undone.
     async fn publish(&self, envelopes: &[Envelope]) -> std::result::Result<(), NotPublished>;
+
+    /// The highest seq of the subject the bus is known to hold (0: none known). A cluster's
+    /// store (PostgreSQL) numbers after it as well as after its own `last_seq`, so a batch that
+    /// went out although its transaction failed, before the burn of its seqs landed, is never
+    /// numbered over. (One node's SQLite store numbers alone; its bus holds nothing it did not.)
+    fn seen_up_to(&self, _workspace: &WorkspaceId, _subject: &Subject) -> u64 {
+        0
+    }
 }
 
 /// How many times an append numbers its events again when the bus already held the seqs

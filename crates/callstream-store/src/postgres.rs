@@ -2216,7 +2216,8 @@ impl PgStore {
         let mut tx = self.scoped(workspace).await?;
         let floor = self
             .unburnt
-            .floor("conversations", conversation_id.as_str());
+            .floor("conversations", conversation_id.as_str())
+            .max(publish.seen_up_to(workspace, &Subject::Conversation(conversation_id.clone())));
         let reserved = sqlx::query(
             "UPDATE conversations SET last_seq = GREATEST(last_seq, $4) + $1 \
              WHERE workspace_id = $2 AND id = $3 RETURNING last_seq, mode",
@@ -2330,7 +2331,12 @@ impl PgStore {
         // The UPDATE is the seq authority: it locks the call's row until this transaction ends,
         // so another node's append to the same call waits here, and so does its publish. It
         // numbers after a burn this node could not write yet, if any (`Unburnt`).
-        let floor = self.unburnt.floor("calls", call_id.as_str());
+        // Also after what the bus holds of the call: a batch of another node's that went out
+        // although its transaction failed, its burn not landed yet.
+        let floor = self
+            .unburnt
+            .floor("calls", call_id.as_str())
+            .max(publish.seen_up_to(workspace, &Subject::Call(call_id.clone())));
         let reserved: Option<i64> = sqlx::query_scalar(
             "UPDATE calls SET last_seq = GREATEST(last_seq, $4) + $1 \
              WHERE workspace_id = $2 AND id = $3 AND status = 'in_progress' RETURNING last_seq",
@@ -2433,10 +2439,13 @@ impl PgStore {
         let ids: Vec<String> = wanted.keys().cloned().collect();
         let counts: Vec<i64> = wanted.values().map(|(_, e)| e.len() as i64).collect();
         // After a burn this node could not write yet, if any (`Unburnt`).
-        let floors: Vec<i64> = ids
-            .iter()
-            .map(|id| signed(self.unburnt.floor("calls", id)))
-            .collect();
+        // After what the bus holds of each call, too (as in `append_call_events_once`).
+        let mut floors: Vec<i64> = Vec::with_capacity(ids.len());
+        for (id, (i, _)) in &wanted {
+            let call = CallId::parse(id).map_err(|e| corrupt("call id", e))?;
+            let seen = publish[*i].seen_up_to(workspace, &Subject::Call(call));
+            floors.push(signed(self.unburnt.floor("calls", id).max(seen)));
+        }
         // The seq authority, as in `append_call_events`: each call's row is locked (in id
         // order, so two nodes' groups never deadlock) and stays locked until the group is
         // published and committed. Locking, numbering, reading the calls back and reading the

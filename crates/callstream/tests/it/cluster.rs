@@ -588,3 +588,71 @@ async fn a_batch_is_numbered_after_seqs_another_batch_took_on_the_bus_without_th
         );
     }
 }
+
+/// The same hazard past JetStream's duplicate window (120 s): the lost batch went out long
+/// before, under a message id no later batch repeats. Every node saw it go through its bus, and
+/// numbers after it: the next batch, at any node, by HTTP or on a runtime socket, never reuses
+/// its seqs.
+#[tokio::test]
+async fn a_batch_is_numbered_after_what_the_bus_holds_even_past_the_duplicate_window() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_batch_is_numbered_after_what_the_bus_holds") {
+        return;
+    }
+    let b = a.another_node().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut at_b = call_socket(&b, &id, &format!("token={}", b.acme.api)).await;
+    let workspace = callstream_server::auth::authenticate(a.server().state().store(), &a.acme.api)
+        .await
+        .unwrap()
+        .workspace_id;
+    let call = callstream_core::CallId::parse(&id).unwrap();
+    let subject = callstream_bus::Topic::call(&workspace, &call);
+
+    // Seqs 2 to 4 went out, stored by JetStream, under an id of long ago; the store says 1.
+    let lost: Vec<callstream_core::Envelope> = (2..=4)
+        .map(|seq| {
+            callstream_core::Envelope::new(
+                workspace.clone(),
+                callstream_core::Subject::Call(call.clone()),
+                seq,
+                callstream_core::time::now(),
+                callstream_core::Payload::parse("call.dtmf", json!({"digits": "9"})).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "published-long-ago");
+    headers.insert("Cs-Seq", "2");
+    headers.insert("Cs-Last-Seq", "4");
+    let nats = a.server().state().nats().unwrap().clone();
+    nats.publish_with_headers(
+        subject.as_str().to_owned(),
+        headers,
+        serde_json::to_vec(&lost).unwrap().into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    for seq in 2..=4 {
+        assert_eq!(ws_json(&mut at_b).await["seq"].as_u64(), Some(seq));
+    }
+
+    // At the other node, by HTTP: numbered 5.
+    let body = b
+        .ingest(
+            &id,
+            json!([{"event_type": "call.dtmf", "payload": {"digits": "1"}}]),
+        )
+        .await;
+    assert_eq!(body["seqs"], json!([5]), "{body}");
+    let event = ws_json(&mut at_b).await;
+    assert_eq!(
+        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
+        (Some(5), Some("1"))
+    );
+}
