@@ -140,6 +140,47 @@ impl NotPublished {
             Self::Taken { last } => own.max(*last),
         }
     }
+
+    /// What an append answers once its transaction is undone and its seqs burnt: its events,
+    /// to number again, when the bus held their seqs; the failure otherwise.
+    pub(crate) fn undone<T>(self, envelopes: Vec<Envelope>) -> Result<Try<T>> {
+        match self {
+            Self::Taken { .. } => Ok(Err(envelopes.into_iter().map(NewEvent::from).collect())),
+            Self::Failed(reason) => Err(StoreError::Publish(reason)),
+        }
+    }
+}
+
+/// One try of an append: what it appended, or its events back to number again
+/// ([`NotPublished::Taken`]).
+pub(crate) type Try<T> = std::result::Result<T, Vec<NewEvent>>;
+
+/// Tries an append until it is not refused for seqs the bus held, numbering the same events
+/// again each time, at most [`RENUMBERINGS`] times; `subject` names what for the error.
+pub(crate) async fn renumbering<T, F, Fut>(
+    events: Vec<NewEvent>,
+    subject: &str,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut(Vec<NewEvent>) -> Fut,
+    Fut: std::future::Future<Output = Result<Try<T>>>,
+{
+    let mut events = events;
+    for _ in 0..RENUMBERINGS {
+        match attempt(events).await? {
+            Ok(done) => return Ok(done),
+            Err(again) => events = again,
+        }
+    }
+    Err(taken_too_often(subject))
+}
+
+/// The refusal of an append whose seqs the bus held [`RENUMBERINGS`] times over.
+pub(crate) fn taken_too_often(subject: &str) -> StoreError {
+    StoreError::Publish(format!(
+        "the {subject}'s seqs were taken {RENUMBERINGS} times over"
+    ))
 }
 
 impl From<String> for NotPublished {

@@ -34,6 +34,7 @@ use crate::{
     KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, NotPublished, PublishInOrder,
     RENUMBERINGS, Requeue, Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord,
     TranscriptTurn, WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
+    renumbering,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -843,19 +844,10 @@ impl Store for PgStore {
         publish: &dyn PublishInOrder,
     ) -> Result<Appended> {
         check_call_batch(&events)?;
-        let mut events = events;
-        for _ in 0..RENUMBERINGS {
-            match self
-                .append_call_events_once(workspace, call_id, events, publish)
-                .await?
-            {
-                Ok(appended) => return Ok(appended),
-                Err(again) => events = again,
-            }
-        }
-        Err(StoreError::Publish(format!(
-            "the call's seqs were taken {RENUMBERINGS} times over"
-        )))
+        renumbering(events, "call", |events| {
+            self.append_call_events_once(workspace, call_id, events, publish)
+        })
+        .await
     }
 
     async fn append_calls_events(
@@ -900,9 +892,7 @@ impl Store for PgStore {
                 .await?;
         }
         for (i, _) in round.into_values() {
-            out[i] = Some(Err(StoreError::Publish(format!(
-                "the call's seqs were taken {RENUMBERINGS} times over"
-            ))));
+            out[i] = Some(Err(crate::taken_too_often("call")));
         }
         Ok(out
             .into_iter()
@@ -1093,19 +1083,10 @@ impl Store for PgStore {
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation> {
-        let mut events = events;
-        for _ in 0..RENUMBERINGS {
-            match self
-                .append_conversation_events_once(workspace, conversation_id, events, publish)
-                .await?
-            {
-                Ok(appended) => return Ok(appended),
-                Err(again) => events = again,
-            }
-        }
-        Err(StoreError::Publish(format!(
-            "the conversation's seqs were taken {RENUMBERINGS} times over"
-        )))
+        renumbering(events, "conversation", |events| {
+            self.append_conversation_events_once(workspace, conversation_id, events, publish)
+        })
+        .await
     }
 
     async fn messages(
@@ -2202,7 +2183,7 @@ impl PgStore {
         conversation_id: &ConversationId,
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
-    ) -> Result<std::result::Result<AppendedConversation, Vec<NewEvent>>> {
+    ) -> Result<crate::Try<AppendedConversation>> {
         for (i, e) in events.iter().enumerate() {
             let ty = e.payload.event_type();
             if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
@@ -2294,12 +2275,7 @@ impl PgStore {
                 reason.burn_to(last),
             )
             .await;
-            return match reason {
-                NotPublished::Taken { .. } => {
-                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
-                }
-                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
-            };
+            return reason.undone(envelopes);
         }
         if let Err(err) = tx.commit().await {
             self.burn_or_keep("conversations", workspace, conversation_id.as_str(), last)
@@ -2324,7 +2300,7 @@ impl PgStore {
         call_id: &CallId,
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
-    ) -> Result<std::result::Result<Appended, Vec<NewEvent>>> {
+    ) -> Result<crate::Try<Appended>> {
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
         let mut tx = self.scoped(workspace).await?;
@@ -2395,12 +2371,7 @@ impl PgStore {
             // after them.
             self.burn_or_keep("calls", workspace, call_id.as_str(), reason.burn_to(last))
                 .await;
-            return match reason {
-                NotPublished::Taken { .. } => {
-                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
-                }
-                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
-            };
+            return reason.undone(envelopes);
         }
         if let Err(err) = tx.commit().await {
             // The batch went out; the database may have lost it (a connection lost with the

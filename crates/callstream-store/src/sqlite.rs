@@ -17,9 +17,9 @@ use sqlx::{Row, SqlitePool};
 use crate::{
     Appended, AppendedConversation, Attempted, AudioStreamRecord, CallFilter, CallbackMessage,
     CallbackMethod, ConversationFilter, Delivery, DeliveryResult, DeliveryTarget, EndpointChange,
-    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, NotPublished, PublishInOrder,
-    RENUMBERINGS, Requeue, Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord,
-    TranscriptTurn, WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of,
+    KeyRecord, MessageFilter, MessageRecord, MessageState, NewEvent, PublishInOrder, Requeue,
+    Result, SessionRecord, Skip, Store, StoreError, StreamTokenRecord, TranscriptTurn,
+    WebhookAttempt, WebhookEndpoint, WebhookMessage, check_call_batch, last_seq_of, renumbering,
 };
 use callstream_core::audio::{AudioTrack, StreamStatus};
 
@@ -589,20 +589,10 @@ impl Store for SqliteStore {
         publish: &dyn PublishInOrder,
     ) -> Result<Appended> {
         check_call_batch(&events)?;
-        let mut events = events;
-        for _ in 0..RENUMBERINGS {
-            match self
-                .append_call_events_once(workspace, call_id, events, publish)
-                .await?
-            {
-                Ok(appended) => return Ok(appended),
-                Err(again) => events = again,
-            }
-        }
-        Err(StoreError::Publish(format!(
-            "the call's seqs were taken {} times over",
-            RENUMBERINGS
-        )))
+        renumbering(events, "call", |events| {
+            self.append_call_events_once(workspace, call_id, events, publish)
+        })
+        .await
     }
 
     async fn reserve_call_seqs(
@@ -782,19 +772,10 @@ impl Store for SqliteStore {
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
     ) -> Result<AppendedConversation> {
-        let mut events = events;
-        for _ in 0..RENUMBERINGS {
-            match self
-                .append_conversation_events_once(workspace, conversation_id, events, publish)
-                .await?
-            {
-                Ok(appended) => return Ok(appended),
-                Err(again) => events = again,
-            }
-        }
-        Err(StoreError::Publish(format!(
-            "the conversation's seqs were taken {RENUMBERINGS} times over"
-        )))
+        renumbering(events, "conversation", |events| {
+            self.append_conversation_events_once(workspace, conversation_id, events, publish)
+        })
+        .await
     }
 
     async fn messages(
@@ -1963,7 +1944,7 @@ impl SqliteStore {
         conversation_id: &ConversationId,
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
-    ) -> Result<std::result::Result<AppendedConversation, Vec<NewEvent>>> {
+    ) -> Result<crate::Try<AppendedConversation>> {
         for (i, e) in events.iter().enumerate() {
             let ty = e.payload.event_type();
             if !ty.fits(callstream_core::event::SubjectKind::Conversation) {
@@ -2049,12 +2030,7 @@ impl SqliteStore {
                 reason.burn_to(last_seq_of(&envelopes)),
             )
             .await?;
-            return match reason {
-                NotPublished::Taken { .. } => {
-                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
-                }
-                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
-            };
+            return reason.undone(envelopes);
         }
         tx.commit().await?;
         Ok(Ok(AppendedConversation {
@@ -2071,7 +2047,7 @@ impl SqliteStore {
         call_id: &CallId,
         events: Vec<NewEvent>,
         publish: &dyn PublishInOrder,
-    ) -> Result<std::result::Result<Appended, Vec<NewEvent>>> {
+    ) -> Result<crate::Try<Appended>> {
         let count = i64::try_from(events.len())
             .map_err(|_| StoreError::Invalid("too many events".into()))?;
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
@@ -2132,12 +2108,7 @@ impl SqliteStore {
                 reason.burn_to(last_seq_of(&envelopes)),
             )
             .await?;
-            return match reason {
-                NotPublished::Taken { .. } => {
-                    Ok(Err(envelopes.into_iter().map(NewEvent::from).collect()))
-                }
-                NotPublished::Failed(reason) => Err(StoreError::Publish(reason)),
-            };
+            return reason.undone(envelopes);
         }
         tx.commit().await?;
         Ok(Ok(Appended {

@@ -520,49 +520,61 @@ async fn the_webhook_workers_are_woken_only_by_appends_that_queued_a_webhook() {
         .unwrap();
 }
 
+/// A second node, a call created at the first, and a socket on that call at the second.
+async fn a_call_watched_at_another_node(a: &TestServer) -> (TestServer, String, Ws) {
+    let b = a.another_node().await;
+    let id = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let at_b = call_socket(&b, &id, &format!("token={}", b.acme.api)).await;
+    (b, id, at_b)
+}
+
+/// The next event on a call socket is the `call.dtmf` of these digits, under this seq.
+async fn next_dtmf_is(ws: &mut Ws, seq: u64, digits: &str) {
+    let event = ws_json(ws).await;
+    assert_eq!(
+        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
+        (Some(seq), Some(digits)),
+        "{event}"
+    );
+}
+
 /// A batch that went out on the bus although its transaction failed holds its seqs, and the
 /// store does not know them until the failed node's burn lands: the next batch, ingested at any
 /// node meanwhile, must not reuse them (its events would be skipped by every stream as already
-/// seen). It is numbered after them instead, by HTTP and on the runtime socket alike, and every
-/// stream gets both.
+/// seen). It is numbered after them instead, and every stream gets both: at a node that saw the
+/// lost batch go through its bus (it numbers after what its bus holds), and at one started since
+/// (JetStream refuses the reused first seq, and the node numbers again after the subject's
+/// last), by HTTP and on the runtime socket.
 #[tokio::test]
 async fn a_batch_is_numbered_after_seqs_another_batch_took_on_the_bus_without_the_store() {
     let a = TestServer::start().await;
     if !clustered(&a, "a_batch_is_numbered_after_seqs_another_batch_took") {
         return;
     }
-    let b = a.another_node().await;
-    let id = a.create_call("sip").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut at_b = call_socket(&b, &id, &format!("token={}", b.acme.api)).await;
+    let (b, id, mut at_b) = a_call_watched_at_another_node(&a).await;
 
     // Seq 2 went out from a node whose transaction then failed: the store still says 1.
     let lost =
         crate::support::publish_before_commit(&a, &id, "call.dtmf", json!({"digits": "9"})).await;
     assert_eq!(lost, 2);
-    let event = ws_json(&mut at_b).await;
-    assert_eq!(
-        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
-        (Some(2), Some("9"))
-    );
+    next_dtmf_is(&mut at_b, 2, "9").await;
 
-    // By HTTP, at the other node: numbered 3, and delivered.
-    let body = b
+    // By HTTP, at a node started since, which never saw seq 2: numbered 3, and delivered.
+    let c = a.another_node().await;
+    let body = c
         .ingest(
             &id,
             json!([{"event_type": "call.dtmf", "payload": {"digits": "1"}}]),
         )
         .await;
     assert_eq!(body["seqs"], json!([3]), "{body}");
-    let event = ws_json(&mut at_b).await;
-    assert_eq!(
-        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
-        (Some(3), Some("1"))
-    );
+    next_dtmf_is(&mut at_b, 3, "1").await;
 
-    // Once more, and this time the batch comes on a runtime socket (a group commit).
+    // Once more, and this time the batch comes on a runtime socket (a group commit) at the node
+    // that saw it.
     let lost =
         crate::support::publish_before_commit(&a, &id, "call.dtmf", json!({"digits": "8"})).await;
     assert_eq!(lost, 4);
@@ -581,30 +593,21 @@ async fn a_batch_is_numbered_after_seqs_another_batch_took_on_the_bus_without_th
         "{accepted}"
     );
     for (seq, digits) in [(4, "8"), (5, "2")] {
-        let event = ws_json(&mut at_b).await;
-        assert_eq!(
-            (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
-            (Some(seq), Some(digits))
-        );
+        next_dtmf_is(&mut at_b, seq, digits).await;
     }
 }
 
 /// The same hazard past JetStream's duplicate window (120 s): the lost batch went out long
 /// before, under a message id no later batch repeats. Every node saw it go through its bus, and
-/// numbers after it: the next batch, at any node, by HTTP or on a runtime socket, never reuses
-/// its seqs.
+/// numbers after it (a runtime socket's group commit takes the same floor): the next batch at
+/// another node never reuses its seqs.
 #[tokio::test]
 async fn a_batch_is_numbered_after_what_the_bus_holds_even_past_the_duplicate_window() {
     let a = TestServer::start().await;
     if !clustered(&a, "a_batch_is_numbered_after_what_the_bus_holds") {
         return;
     }
-    let b = a.another_node().await;
-    let id = a.create_call("sip").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut at_b = call_socket(&b, &id, &format!("token={}", b.acme.api)).await;
+    let (b, id, mut at_b) = a_call_watched_at_another_node(&a).await;
     let workspace = callstream_server::auth::authenticate(a.server().state().store(), &a.acme.api)
         .await
         .unwrap()
@@ -650,9 +653,5 @@ async fn a_batch_is_numbered_after_what_the_bus_holds_even_past_the_duplicate_wi
         )
         .await;
     assert_eq!(body["seqs"], json!([5]), "{body}");
-    let event = ws_json(&mut at_b).await;
-    assert_eq!(
-        (event["seq"].as_u64(), event["payload"]["digits"].as_str()),
-        (Some(5), Some("1"))
-    );
+    next_dtmf_is(&mut at_b, 5, "1").await;
 }
