@@ -145,6 +145,9 @@ pub struct NatsCounters {
     /// Event messages handed to this node's streams by the live path (core NATS, before
     /// JetStream stored them).
     pub live_messages: u64,
+    /// Event messages this node published itself, handed over (by either path) as the events
+    /// they were made of (not decoded).
+    pub own_messages: u64,
     /// Event messages handed over by the stored path (the JetStream reader): those the live
     /// path could not hand over in order.
     pub stored_messages: u64,

@@ -118,6 +118,62 @@ async fn events_and_audio_published_at_one_node_reach_the_others_in_order() {
     assert_eq!(*heard, *frame);
 }
 
+/// A node's own batches reach its own streams as the events it published, undecoded, whenever
+/// the live path sees them before the acknowledgement (almost always: the server routes a
+/// message to subscribers before it stores it); the other nodes decode them. Either way every
+/// stream gets every event once, in order, with the same content.
+#[tokio::test]
+async fn a_node_hands_its_own_batches_over_undecoded() {
+    let Some(server) = NatsTestServer::start("own_batches_undecoded") else {
+        return;
+    };
+    let (a, b) = (node(&server, 128).await, node(&server, 128).await);
+    let (ws, call) = (WorkspaceId::new(), CallId::new());
+    let topic = Topic::call(&ws, &call);
+    let mut at_a = a
+        .subscribe(&topic, Resume::Live, options(512))
+        .await
+        .unwrap();
+    let mut at_b = b
+        .subscribe(&topic, Resume::Live, options(512))
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    for k in 0..50u64 {
+        let batch: Vec<Arc<Event>> = (1..=2)
+            .map(|j| event(&ws, &call, 2 * k + j, false))
+            .collect();
+        a.publish_batch(&batch).await.unwrap();
+        sent.extend(batch);
+    }
+    let mut undecoded = 0;
+    for published in &sent {
+        let got = tokio::time::timeout(WAIT, at_a.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.envelope().to_json(), published.envelope().to_json());
+        undecoded += usize::from(Arc::ptr_eq(&got, published));
+        let there = tokio::time::timeout(WAIT, at_b.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(there.envelope().to_json(), published.envelope().to_json());
+        assert!(!Arc::ptr_eq(&there, published), "another node decodes");
+    }
+    let own = a.stats().nats.unwrap().own_messages;
+    assert_eq!(
+        undecoded as u64,
+        2 * own,
+        "what the counter says reached the stream"
+    );
+    assert!(
+        own > 0,
+        "none of 50 batches came back before its acknowledgement"
+    );
+    assert_eq!(b.stats().nats.unwrap().own_messages, 0);
+}
+
 /// A batch that went out although its store transaction failed holds its seqs on the bus: a
 /// second batch from another node starting at one of them is refused with the subject's last
 /// seq (the store then burns past it and numbers again), while a node publishing the very same

@@ -127,7 +127,7 @@ pub struct Metrics {
     history_trimmed: std::sync::Mutex<Counter>,
     /// The NATS bus's counters, brought up to its own at each scrape (under the lock, so two
     /// scrapes at once cannot both add the same difference).
-    nats: std::sync::Mutex<[Counter; 8]>,
+    nats: std::sync::Mutex<[Counter; 9]>,
     /// Audio frames runtimes sent: inbound, outbound (taken from the family once: a frame
     /// arrives every 20 ms per track of every call).
     audio_received: [Counter; 2],
@@ -220,7 +220,7 @@ impl Metrics {
         for reason in ["runtime_lost", "stale"] {
             let _ = calls_ended.get_or_create(&ReasonLabels { reason });
         }
-        let nats: [Counter; 8] = Default::default();
+        let nats: [Counter; 9] = Default::default();
         for (counter, (name, help)) in nats.iter().zip([
             ("nats_reconnects", "Times the NATS connection came back after it was lost"),
             ("nats_disconnects", "Times the NATS connection was lost"),
@@ -229,6 +229,7 @@ impl Metrics {
             ("nats_malformed", "Messages on the event subjects that were not envelopes (ignored)"),
             ("nats_audio_dropped", "Audio frames dropped because the queue to NATS was full"),
             ("nats_live_messages", "Event messages handed to this node's streams by the live path (core NATS, before JetStream stored them)"),
+            ("nats_own_messages", "Event messages this node published itself, handed over (by either path) as the events they were made of, not decoded"),
             ("nats_stored_messages", "Event messages handed to this node's streams by the stored path (the JetStream reader): those the live path could not hand over in order"),
         ]) {
             registry.register(name, help, counter.clone());
@@ -485,6 +486,7 @@ impl Metrics {
                 n.malformed,
                 n.audio_dropped,
                 n.live_messages,
+                n.own_messages,
                 n.stored_messages,
             ];
             for (counter, now) in counters.iter().zip(now) {

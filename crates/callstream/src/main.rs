@@ -13,6 +13,16 @@ use callstream_store::{PgStore, SqliteStore, Store};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc rather than glibc's malloc. A node on NATS and PostgreSQL spent a quarter of its
+/// time in glibc's allocator (`malloc_consolidate`, `unlink_chunk`: every runtime message
+/// allocates and frees buffers of many sizes on both worker threads); with jemalloc the two
+/// nodes of the cross-node run took a fifth less CPU (node A 0.26–0.28 cores against
+/// 0.34–0.36) and its p50 fell from 7.9–8.2 to 6.6–7.2 ms (docs/benchmarks.md, "The
+/// allocator").
+#[cfg(all(unix, not(target_env = "musl"), feature = "jemalloc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "callstream",
