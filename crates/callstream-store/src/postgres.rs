@@ -178,7 +178,17 @@ impl PgStore {
                     Ok(true)
                 })
             })
-            .connect_with(options.application_name("callstream"))
+            // Every statement is planned for its parameters, each time. PostgreSQL otherwise
+            // settles on one generic plan per prepared statement after five runs and keeps it
+            // for the connection's life: planned while a workspace had a few calls, a lookup by
+            // id went on an index of `workspace_id` and read every call of the workspace once it
+            // had thousands (2.2 ms a lookup; the wide benchmark's 16,000 streams held PostgreSQL
+            // at 1.4 cores opening). The planning costs some tens of microseconds a statement.
+            .connect_with(
+                options
+                    .application_name("callstream")
+                    .options([("plan_cache_mode", "force_custom_plan")]),
+            )
             .await?;
         // Row-level security is what keeps workspaces apart here: a role that bypasses it
         // would serve every tenant's rows to every request.
@@ -2895,6 +2905,78 @@ mod tests {
             );
             went_out = next;
         }
+    }
+
+    /// A call is found by its key however much its workspace grew since the connection first
+    /// looked one up. PostgreSQL plans a prepared statement generically after five runs and
+    /// keeps that plan for the connection's life: planned while the workspace had one call, the
+    /// lookup went on an index of `workspace_id` and, thousands of calls later, read every call
+    /// of the workspace for each lookup (2.2 ms each, PostgreSQL at 1.4 cores while the wide
+    /// benchmark opened 16,000 streams on two nodes). The plan checked here is the one the
+    /// server holds for the store's own statement on its own connection.
+    #[tokio::test]
+    async fn a_lookup_by_id_stays_on_the_primary_key_as_the_workspace_grows() {
+        let Some(db) = PgTestDb::create("PostgreSQL plans as a workspace grows").await else {
+            return;
+        };
+        let store = PgStore::connect(&db.app_url(), 1).await.unwrap();
+        let ws = store.ensure_workspace("growing").await.unwrap();
+        let call = Call {
+            id: CallId::new(),
+            workspace_id: ws.id.clone(),
+            phone: Phone::parse("+14155550123").unwrap(),
+            direction: Direction::Inbound,
+            transport: Transport::Sip,
+            external_id: None,
+            status: CallStatus::InProgress,
+            live_conversation_token: Call::new_live_conversation_token(),
+            screening: None,
+            started_at: time::now(),
+            ended_at: None,
+            end_reason: None,
+            last_seq: 0,
+        };
+        store.create_call(&call).await.unwrap();
+        for _ in 0..8 {
+            assert!(store.call(&ws.id, &call.id).await.unwrap().is_some());
+        }
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.admin_db_url())
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO calls (id, workspace_id, phone, direction, transport, status, \
+             live_conversation_token, started_at) SELECT 'call_grown' || g, $1, '+1', 'inbound', \
+             'sip', 'in_progress', 'tok_grown' || g, now() FROM generate_series(1, 5000) g",
+        )
+        .bind(ws.id.as_str())
+        .execute(&admin)
+        .await
+        .unwrap();
+        assert!(store.call(&ws.id, &call.id).await.unwrap().is_some());
+
+        let mut conn = store.pool.acquire().await.unwrap();
+        let name: String = sqlx::query_scalar(
+            "SELECT name FROM pg_prepared_statements \
+             WHERE statement LIKE '%FROM calls WHERE workspace_id = $1 AND id = $2'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE {name}('{}', '{}')",
+            ws.id.as_str(),
+            call.id.as_str()
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("calls_pkey") && !plan.contains("Index Cond: (workspace_id"),
+            "the lookup reads the workspace's calls instead of one:\n{plan}"
+        );
     }
 
     #[tokio::test]
