@@ -655,3 +655,74 @@ async fn a_batch_is_numbered_after_what_the_bus_holds_even_past_the_duplicate_wi
     assert_eq!(body["seqs"], json!([5]), "{body}");
     next_dtmf_is(&mut at_b, 5, "1").await;
 }
+
+/// A cluster's runtime socket keeps several group commits in flight: while one call's append
+/// waits (its row held by another transaction), the next messages are read, and another call's
+/// events go out to its streams at once. A second message for the waiting call waits behind
+/// the first, numbered after it, and every answer comes back in the order the messages were sent.
+#[tokio::test]
+async fn a_runtime_socket_appends_for_other_calls_while_one_calls_append_waits() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_runtime_socket_appends_for_other_calls") {
+        return;
+    }
+    let cluster = a.cluster.clone().unwrap();
+    let held = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (b, free, mut at_b) = a_call_watched_at_another_node(&a).await;
+    let mut runtime = ws_connect(&a.ws_url("/v1/runtime"), Some(&a.acme.runtime))
+        .await
+        .unwrap();
+    let dtmf = |call: &str, r: &str, digits: &str| {
+        json!({"type": "events", "ref": r, "call_id": call,
+            "events": [{"event_type": "call.dtmf", "payload": {"digits": digits}}]})
+    };
+
+    // Another transaction holds the call's row, as another node's group commit would.
+    let mut locker = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+        .bind(&held)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    ws_send(&mut runtime, &dtmf(&held, "h1", "1")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws_send(&mut runtime, &dtmf(&held, "h2", "2")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws_send(&mut runtime, &dtmf(&free, "f1", "3")).await;
+
+    // The free call's event is out while the held call still waits.
+    next_dtmf_is(&mut at_b, 2, "3").await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ws_next(&mut runtime))
+            .await
+            .is_err(),
+        "no answer overtakes the first message's"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let answer = ws_json(&mut runtime).await;
+        assert_eq!(answer["type"], "accepted", "{answer}");
+        answers.push((
+            answer["ref"].as_str().unwrap().to_owned(),
+            answer["seqs"].clone(),
+        ));
+    }
+    assert_eq!(
+        answers,
+        [
+            ("h1".to_owned(), json!([2])),
+            ("h2".to_owned(), json!([3])),
+            ("f1".to_owned(), json!([2])),
+        ]
+    );
+    drop(b);
+}
