@@ -138,14 +138,17 @@ async fn run(
         let outgoing = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
+                settle(&mut socket, &state, &link, &mut in_flight).await;
                 let _ = socket.send(going_away()).await;
                 return;
             }
             () = revoked.cancelled() => {
+                settle(&mut socket, &state, &link, &mut in_flight).await;
                 let _ = socket.send(close(close_code::POLICY, "the runtime key was revoked")).await;
                 return;
             }
             () = &mut expiry => {
+                settle(&mut socket, &state, &link, &mut in_flight).await;
                 let _ = socket.send(close(close_code::POLICY, "the runtime key has expired")).await;
                 return;
             }
@@ -293,6 +296,27 @@ impl InFlight {
             answered
         });
         Self { calls, done, task }
+    }
+}
+
+/// Waits for the group commits in flight and sends their answers, before the socket is closed
+/// on the server's side: a node shutting down leaves no append half done (its shutdown waits for
+/// the sockets), and the runtime learns which of its messages went in.
+async fn settle(
+    socket: &mut WebSocket,
+    state: &AppState,
+    link: &RuntimeLink,
+    in_flight: &mut std::collections::VecDeque<InFlight>,
+) {
+    let mut writing = true;
+    while let Some(group) = in_flight.pop_front() {
+        let done = group.task.await;
+        if writing && send_answers(socket, state, link, done).await.is_err() {
+            writing = false;
+        }
+    }
+    if writing {
+        let _ = socket.flush().await;
     }
 }
 

@@ -726,3 +726,57 @@ async fn a_runtime_socket_appends_for_other_calls_while_one_calls_append_waits()
     );
     drop(b);
 }
+
+/// A node shutting down answers the runtime's messages whose appends are in flight before it
+/// closes the socket (and its shutdown waits for them): none is left half done, and the runtime
+/// knows which went in.
+#[tokio::test]
+async fn a_node_shutting_down_answers_the_appends_in_flight_before_it_closes() {
+    let a = TestServer::start().await;
+    if !clustered(&a, "a_node_shutting_down_answers_the_appends_in_flight") {
+        return;
+    }
+    let cluster = a.cluster.clone().unwrap();
+    let held = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut runtime = ws_connect(&a.ws_url("/v1/runtime"), Some(&a.acme.runtime))
+        .await
+        .unwrap();
+    let mut locker = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+        .bind(&held)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    ws_send(
+        &mut runtime,
+        &json!({"type": "events", "ref": "h1", "call_id": held,
+            "events": [{"event_type": "call.dtmf", "payload": {"digits": "1"}}]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.server().shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    let answer = ws_json(&mut runtime).await;
+    assert_eq!(
+        (
+            answer["type"].as_str(),
+            answer["ref"].as_str(),
+            &answer["seqs"]
+        ),
+        (Some("accepted"), Some("h1"), &json!([2])),
+        "{answer}"
+    );
+    match ws_next(&mut runtime).await {
+        WsEvent::Close(code) => assert_eq!(code, 1001),
+        WsEvent::Json(other) => panic!("expected the going-away close, got {other}"),
+    }
+}
