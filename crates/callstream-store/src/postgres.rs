@@ -2921,21 +2921,7 @@ mod tests {
         };
         let store = PgStore::connect(&db.app_url(), 1).await.unwrap();
         let ws = store.ensure_workspace("growing").await.unwrap();
-        let call = Call {
-            id: CallId::new(),
-            workspace_id: ws.id.clone(),
-            phone: Phone::parse("+14155550123").unwrap(),
-            direction: Direction::Inbound,
-            transport: Transport::Sip,
-            external_id: None,
-            status: CallStatus::InProgress,
-            live_conversation_token: Call::new_live_conversation_token(),
-            screening: None,
-            started_at: time::now(),
-            ended_at: None,
-            end_reason: None,
-            last_seq: 0,
-        };
+        let call = crate::conformance::new_call(&ws.id);
         store.create_call(&call).await.unwrap();
         for _ in 0..8 {
             assert!(store.call(&ws.id, &call.id).await.unwrap().is_some());

@@ -680,17 +680,7 @@ async fn a_runtime_socket_appends_for_other_calls_while_one_calls_append_waits()
             "events": [{"event_type": "call.dtmf", "payload": {"digits": digits}}]})
     };
 
-    // Another transaction holds the call's row, as another node's group commit would.
-    let mut locker = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
-        .await
-        .unwrap();
-    use sqlx::Connection;
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
-        .bind(&held)
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = hold_call_row(&cluster, &held).await;
     ws_send(&mut runtime, &dtmf(&held, "h1", "1")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     ws_send(&mut runtime, &dtmf(&held, "h2", "2")).await;
@@ -744,16 +734,7 @@ async fn a_node_shutting_down_answers_the_appends_in_flight_before_it_closes() {
     let mut runtime = ws_connect(&a.ws_url("/v1/runtime"), Some(&a.acme.runtime))
         .await
         .unwrap();
-    let mut locker = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
-        .await
-        .unwrap();
-    use sqlx::Connection;
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
-        .bind(&held)
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = hold_call_row(&cluster, &held).await;
     ws_send(
         &mut runtime,
         &json!({"type": "events", "ref": "h1", "call_id": held,
@@ -779,4 +760,20 @@ async fn a_node_shutting_down_answers_the_appends_in_flight_before_it_closes() {
         WsEvent::Close(code) => assert_eq!(code, 1001),
         WsEvent::Json(other) => panic!("expected the going-away close, got {other}"),
     }
+}
+
+/// A transaction of its own holding a call's row, as another node's group commit would; roll it
+/// back to let go.
+async fn hold_call_row(cluster: &crate::support::Cluster, call: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut locker = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+        .bind(call)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
 }
