@@ -146,6 +146,13 @@ run() { # target scenario
   [ -n "${DURATION:-}" ] && args+=(--duration "$DURATION")
   # shellcheck disable=SC2086
   $BIN/callstream-bench run "${args[@]}" ${EXTRA_ARGS:-} | tee -a "$OUT/table.md"
+  # The nodes' own counters after the run (frames dropped to full queues, NATS paths, …);
+  # they add up over the runs of one invocation.
+  local port
+  case $target in embedded) port="8084" ;; cluster1) port="8080" ;; cluster2) port="8080 8082" ;; *) port="" ;; esac
+  for p in $port; do
+    curl -s "http://127.0.0.1:$p/metrics" | grep -v '^#' > "$OUT/metrics-$target-$scenario-$p.txt" || true
+  done
 }
 
 for scenario in $SCENARIOS; do

@@ -5,7 +5,7 @@
 #   bench/cpu-split.sh 10 > split.txt & SCENARIOS=custom TARGETS=cluster2 ... bench/cluster.sh
 #
 # Groups: node A (8080) and B (8082) of cluster.sh, its nats-server (4311), every postgres
-# process, and the generator. Prints "<group> <cores> cores", one line each.
+# process, and the generator with its subscriber processes. Prints "<group> <cores> cores", one line each.
 set -euo pipefail
 span=${1:-10}
 for _ in $(seq 600); do pgrep -f "callstream-bench run" >/dev/null && break; sleep 0.5; done
@@ -18,7 +18,7 @@ ticks() {
   echo "$t"
 }
 declare -A pat=([nodeA]="serve --listen 127.0.0.1:8080" [nodeB]="serve --listen 127.0.0.1:8082"
-  [nats]="nats-server -a 127.0.0.1 -p 4311" [postgres]="^postgres" [generator]="callstream-bench run")
+  [nats]="nats-server -a 127.0.0.1 -p 4311" [postgres]="^postgres" [generator]="callstream-bench (run|subscribe)")
 declare -A before
 for k in "${!pat[@]}"; do before[$k]=$(ticks "${pat[$k]}"); done
 sleep "$span"
