@@ -73,6 +73,19 @@ pub async fn append_call_events_in_place(
     call: &CallId,
     events: Vec<NewEvent>,
 ) -> Result<Published<Call>, ApiError> {
+    let started = std::time::Instant::now();
+    let result = append_timed(state, workspace, call, events).await;
+    state.metrics().appended(false, started.elapsed());
+    result
+}
+
+/// The body of [`append_call_events_in_place`], which times it, refusals included.
+async fn append_timed(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    call: &CallId,
+    events: Vec<NewEvent>,
+) -> Result<Published<Call>, ApiError> {
     let (published, webhooks_queued) = if state.config().clustered() {
         // Several nodes may ingest for this call: the store numbers every batch and holds the
         // call until the bus has it, so every node's subscribers see one gap-free order.
@@ -122,6 +135,7 @@ pub async fn append_calls_events_grouped(
 ) -> Vec<Result<Published<Call>, ApiError>> {
     let publishers: Vec<BusPublisher<'_>> =
         batches.iter().map(|_| BusPublisher::new(state)).collect();
+    let started = std::time::Instant::now();
     let results = {
         let refs: Vec<&dyn PublishInOrder> = publishers
             .iter()
@@ -132,6 +146,7 @@ pub async fn append_calls_events_grouped(
             .append_calls_events(workspace, batches, &refs)
             .await
     };
+    state.metrics().appended(true, started.elapsed());
     let results = match results {
         Ok(results) => results,
         Err(e) => {

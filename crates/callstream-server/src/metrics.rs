@@ -7,6 +7,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The surfaces that hold streams open.
@@ -66,6 +67,17 @@ pub struct EventLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: &'static str,
+}
+
+/// Buckets of `ingest_append_seconds`: half a millisecond to five seconds (a cluster's append
+/// is a few milliseconds; a stall of PostgreSQL or NATS shows in the upper ones).
+const APPEND_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrackLabels {
     pub track: &'static str,
 }
@@ -107,6 +119,9 @@ pub struct Metrics {
     pub frames_sent: Family<SurfaceLabels, Counter>,
     pub frames_dropped: Family<SurfaceLabels, Counter>,
     ingest_events: Vec<Counter>,
+    /// How long appends took, from the store's transaction to the events on the bus: one call's
+    /// batch (`call`), or a runtime socket's group commit on a cluster (`group`).
+    ingest_append: [Histogram; 2],
     commands: Family<OutcomeLabels, Counter>,
     webhooks: Family<OutcomeLabels, Counter>,
     webhooks_exhausted: Counter,
@@ -234,6 +249,26 @@ impl Metrics {
         ]) {
             registry.register(name, help, counter.clone());
         }
+        let ingest_append_family =
+            Family::<PathLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(APPEND_BUCKETS.iter().copied())
+            });
+        registry.register(
+            "ingest_append_seconds",
+            "Time an append took, from the store's transaction to the events on the bus and \
+             committed, refusals included: one call's batch (call) or a runtime socket's group \
+             commit on a cluster (group)",
+            ingest_append_family.clone(),
+        );
+        // One statement each: the family's guard lives to the end of its statement, and a second
+        // `get_or_create` within it would wait for the first's lock forever.
+        let call = ingest_append_family
+            .get_or_create(&PathLabels { path: "call" })
+            .clone();
+        let group = ingest_append_family
+            .get_or_create(&PathLabels { path: "group" })
+            .clone();
+        let ingest_append = [call, group];
         let commands = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "commands",
@@ -391,6 +426,7 @@ impl Metrics {
             frames_sent,
             frames_dropped,
             ingest_events,
+            ingest_append,
             commands,
             webhooks,
             webhooks_exhausted,
@@ -446,6 +482,11 @@ impl Metrics {
         self.commands
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// One call's append (`group: false`) or a group commit (`group: true`) took `took`.
+    pub fn appended(&self, group: bool, took: std::time::Duration) {
+        self.ingest_append[usize::from(group)].observe(took.as_secs_f64());
     }
 
     pub fn ingested(&self, event_type: EventType) {
@@ -590,6 +631,51 @@ mod sort_tests {
         assert_eq!(
             sort_series(histogram),
             "# TYPE h histogram\nh_bucket{b=\"1\",le=\"0.1\"} 0\nh_bucket{b=\"1\",le=\"+Inf\"} 2\nh_bucket{b=\"2\",le=\"0.1\"} 1\nh_bucket{b=\"2\",le=\"+Inf\"} 1\n# EOF\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod append_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An append that waited (a held row, a slow bus) lands in the upper buckets of its own
+    /// path, where an operator looks for stalls; a quick one in the lowest.
+    #[test]
+    fn an_append_that_waited_shows_in_the_upper_buckets_of_its_path() {
+        let metrics = Metrics::new();
+        metrics.appended(true, Duration::from_micros(300));
+        metrics.appended(true, Duration::from_millis(600));
+        metrics.appended(false, Duration::from_millis(3));
+        let text = metrics.render(BusStats::default());
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+                .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+        };
+        let group = "callstream_ingest_append_seconds";
+        assert_eq!(value(&format!("{group}_count{{path=\"group\"}}")), 2.0);
+        assert_eq!(
+            value(&format!("{group}_bucket{{le=\"0.0005\",path=\"group\"}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&format!("{group}_bucket{{le=\"0.5\",path=\"group\"}}")),
+            1.0
+        );
+        assert_eq!(
+            value(&format!("{group}_bucket{{le=\"1.0\",path=\"group\"}}")),
+            2.0
+        );
+        assert_eq!(value(&format!("{group}_count{{path=\"call\"}}")), 1.0);
+        assert_eq!(
+            value(&format!("{group}_bucket{{le=\"0.002\",path=\"call\"}}")),
+            0.0
+        );
+        assert_eq!(
+            value(&format!("{group}_bucket{{le=\"0.005\",path=\"call\"}}")),
+            1.0
         );
     }
 }

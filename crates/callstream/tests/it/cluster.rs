@@ -714,6 +714,18 @@ async fn a_runtime_socket_appends_for_other_calls_while_one_calls_append_waits()
             ("f1".to_owned(), json!([2])),
         ]
     );
+    // The group that waited for the held row shows in the upper buckets, where an operator
+    // looks for stalls.
+    let groups = a
+        .metric("callstream_ingest_append_seconds_count{path=\"group\"}")
+        .await;
+    let quick = a
+        .metric("callstream_ingest_append_seconds_bucket{le=\"0.5\",path=\"group\"}")
+        .await;
+    assert!(
+        groups >= 2.0 && quick < groups,
+        "{quick} of {groups} groups under 0.5 s"
+    );
     drop(b);
 }
 

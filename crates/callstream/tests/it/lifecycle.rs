@@ -136,6 +136,12 @@ async fn health_readiness_and_metrics() {
         1.0
     );
     assert_eq!(ts.metric("callstream_bus_subscribers").await, 1.0);
+    // The ingest's append was timed (the call's creation may be timed too).
+    assert!(
+        ts.metric("callstream_ingest_append_seconds_count{path=\"call\"}")
+            .await
+            >= 1.0
+    );
     drop(s);
     // The gauge falls once the server notices the client left (on its next write).
     for _ in 0..100 {
