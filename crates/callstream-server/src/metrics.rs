@@ -654,28 +654,17 @@ mod append_tests {
                 .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
                 .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
         };
-        let group = "callstream_ingest_append_seconds";
-        assert_eq!(value(&format!("{group}_count{{path=\"group\"}}")), 2.0);
-        assert_eq!(
-            value(&format!("{group}_bucket{{le=\"0.0005\",path=\"group\"}}")),
-            1.0
-        );
-        assert_eq!(
-            value(&format!("{group}_bucket{{le=\"0.5\",path=\"group\"}}")),
-            1.0
-        );
-        assert_eq!(
-            value(&format!("{group}_bucket{{le=\"1.0\",path=\"group\"}}")),
-            2.0
-        );
-        assert_eq!(value(&format!("{group}_count{{path=\"call\"}}")), 1.0);
-        assert_eq!(
-            value(&format!("{group}_bucket{{le=\"0.002\",path=\"call\"}}")),
-            0.0
-        );
-        assert_eq!(
-            value(&format!("{group}_bucket{{le=\"0.005\",path=\"call\"}}")),
-            1.0
-        );
+        let h = "callstream_ingest_append_seconds";
+        for (series, expected) in [
+            (format!("{h}_count{{path=\"group\"}}"), 2.0),
+            (format!("{h}_bucket{{le=\"0.0005\",path=\"group\"}}"), 1.0),
+            (format!("{h}_bucket{{le=\"0.5\",path=\"group\"}}"), 1.0),
+            (format!("{h}_bucket{{le=\"1.0\",path=\"group\"}}"), 2.0),
+            (format!("{h}_count{{path=\"call\"}}"), 1.0),
+            (format!("{h}_bucket{{le=\"0.002\",path=\"call\"}}"), 0.0),
+            (format!("{h}_bucket{{le=\"0.005\",path=\"call\"}}"), 1.0),
+        ] {
+            assert_eq!(value(&series), expected, "{series}");
+        }
     }
 }

@@ -662,25 +662,17 @@ async fn a_batch_is_numbered_after_what_the_bus_holds_even_past_the_duplicate_wi
 /// the first, numbered after it, and every answer comes back in the order the messages were sent.
 #[tokio::test]
 async fn a_runtime_socket_appends_for_other_calls_while_one_calls_append_waits() {
-    let a = TestServer::start().await;
-    if !clustered(&a, "a_runtime_socket_appends_for_other_calls") {
+    let Some((a, held, mut runtime, mut locker)) =
+        a_runtime_and_a_held_call("a_runtime_socket_appends_for_other_calls").await
+    else {
         return;
-    }
-    let cluster = a.cluster.clone().unwrap();
-    let held = a.create_call("sip").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    };
     let (b, free, mut at_b) = a_call_watched_at_another_node(&a).await;
-    let mut runtime = ws_connect(&a.ws_url("/v1/runtime"), Some(&a.acme.runtime))
-        .await
-        .unwrap();
     let dtmf = |call: &str, r: &str, digits: &str| {
         json!({"type": "events", "ref": r, "call_id": call,
             "events": [{"event_type": "call.dtmf", "payload": {"digits": digits}}]})
     };
 
-    let mut locker = hold_call_row(&cluster, &held).await;
     ws_send(&mut runtime, &dtmf(&held, "h1", "1")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     ws_send(&mut runtime, &dtmf(&held, "h2", "2")).await;
@@ -734,19 +726,11 @@ async fn a_runtime_socket_appends_for_other_calls_while_one_calls_append_waits()
 /// knows which went in.
 #[tokio::test]
 async fn a_node_shutting_down_answers_the_appends_in_flight_before_it_closes() {
-    let a = TestServer::start().await;
-    if !clustered(&a, "a_node_shutting_down_answers_the_appends_in_flight") {
+    let Some((a, held, mut runtime, mut locker)) =
+        a_runtime_and_a_held_call("a_node_shutting_down_answers_the_appends_in_flight").await
+    else {
         return;
-    }
-    let cluster = a.cluster.clone().unwrap();
-    let held = a.create_call("sip").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut runtime = ws_connect(&a.ws_url("/v1/runtime"), Some(&a.acme.runtime))
-        .await
-        .unwrap();
-    let mut locker = hold_call_row(&cluster, &held).await;
+    };
     ws_send(
         &mut runtime,
         &json!({"type": "events", "ref": "h1", "call_id": held,
@@ -774,8 +758,28 @@ async fn a_node_shutting_down_answers_the_appends_in_flight_before_it_closes() {
     }
 }
 
-/// A transaction of its own holding a call's row, as another node's group commit would; roll it
-/// back to let go.
+/// On a cluster only (`None`, after one line saying so, otherwise): node A, a call there, a
+/// runtime connected to A, and a transaction of its own holding the call's row, as another node's
+/// group commit would (roll it back to let go).
+async fn a_runtime_and_a_held_call(
+    test: &str,
+) -> Option<(TestServer, String, Ws, sqlx::PgConnection)> {
+    let a = TestServer::start().await;
+    if !clustered(&a, test) {
+        return None;
+    }
+    let cluster = a.cluster.clone().unwrap();
+    let held = a.create_call("sip").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let runtime = ws_connect(&a.ws_url("/v1/runtime"), Some(&a.acme.runtime))
+        .await
+        .unwrap();
+    let locker = hold_call_row(&cluster, &held).await;
+    Some((a, held, runtime, locker))
+}
+
 async fn hold_call_row(cluster: &crate::support::Cluster, call: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
     let mut locker = sqlx::PgConnection::connect(&cluster.db.admin_db_url())
